@@ -1,0 +1,135 @@
+"""Carry out a plan: transfers in parallel, each result journaled, events for the views.
+
+Worker threads only talk to destinations; everything that touches the state happens on the
+calling thread as results come back, so the SQLite store keeps a single owner.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from datetime import UTC, datetime
+
+from reconciler.destinations.base import Destination, SendResult, VerifyResult
+from reconciler.events import (
+    ActionFinished,
+    ActionProgress,
+    ActionStarted,
+    Event,
+    RunFinished,
+    RunStarted,
+)
+from reconciler.plan import Action, Plan, summary_counts
+from reconciler.state import StateStore
+
+Emit = Callable[[Event], None]
+
+
+def apply_plan(
+    plan: Plan,
+    destinations: Callable[[str], Destination],
+    store: StateStore,
+    emit: Emit,
+    parallel_studies: int = 2,
+) -> dict[str, object]:
+    """Run every action of ``plan``; returns the run summary (also emitted last)."""
+    emit_lock = threading.Lock()
+
+    def emit_safely(event: Event) -> None:
+        with emit_lock:
+            emit(event)
+
+    counts = summary_counts(plan.actions)
+    run_id = store.start_run("apply")
+    started = time.monotonic()
+    emit_safely(RunStarted(len(plan.actions), counts["copy_bytes"]))
+    done = failed = instances = transferred = 0
+    outcome = "interrupted"
+    pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
+    try:
+        futures: dict[Future[SendResult | VerifyResult], tuple[Action, int]] = {}
+        for action in plan.actions:
+            entry = store.journal_start(
+                run_id, action.kind, action.study_uid, action.destination,
+                len(action.instances), action.bytes,
+            )
+            future = pool.submit(_run_action, action, destinations, emit_safely)
+            futures[future] = (action, entry)
+        for future in as_completed(futures):
+            action, entry = futures[future]
+            finished = _record(future, action, entry, store)
+            emit_safely(finished)
+            if finished.ok:
+                done += 1
+                if action.kind == "copy":
+                    instances += len(action.instances)
+                    transferred += action.bytes
+            else:
+                failed += 1
+        outcome = "failed" if failed else "ok"
+    finally:
+        pool.shutdown(wait=outcome != "interrupted", cancel_futures=True)
+        elapsed = time.monotonic() - started
+        summary: dict[str, object] = {
+            "outcome": outcome,
+            "actions_done": done,
+            "actions_failed": failed,
+            "instances_copied": instances,
+            "bytes_copied": transferred,
+            "seconds": round(elapsed, 3),
+            "bytes_per_second": round(transferred / elapsed) if elapsed > 0 else 0,
+        }
+        store.finish_run(run_id, outcome, summary)
+    emit_safely(RunFinished(summary))
+    return summary
+
+
+def _run_action(
+    action: Action, destinations: Callable[[str], Destination], emit: Emit
+) -> SendResult | VerifyResult:
+    emit(ActionStarted(action))
+    destination = destinations(action.destination)
+
+    def progress(size: int) -> None:
+        emit(ActionProgress(action, size))
+
+    if action.kind == "copy":
+        return destination.send(action, progress)
+    return destination.verify(action, progress)
+
+
+def _record(
+    future: Future[SendResult | VerifyResult], action: Action, entry: int, store: StateStore
+) -> ActionFinished:
+    try:
+        result = future.result()
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        store.journal_finish(entry, "failed", message)
+        return ActionFinished(action, False, message)
+    if isinstance(result, SendResult):
+        if result.committed is None:
+            message = _failure_summary(len(action.instances), result.failures, "failed to copy")
+            store.journal_finish(entry, "failed", message)
+            return ActionFinished(action, False, message, result.failures)
+        store.record_study_stored(action.destination, action.study_uid, result.committed)
+        store.journal_finish(entry, "done", None)
+        return ActionFinished(action, True, f"copied {result.sent} instances")
+    store.record_verification(
+        action.destination, action.study_uid, datetime.now(UTC), result.corrupt
+    )
+    if result.corrupt:
+        message = _failure_summary(result.checked, result.corrupt, "failed verification") + (
+            "; they will be copied again by the next apply"
+        )
+        store.journal_finish(entry, "failed", message)
+        return ActionFinished(action, False, message, result.corrupt)
+    store.journal_finish(entry, "done", None)
+    return ActionFinished(action, True, f"verified {result.checked} instances by checksum")
+
+
+def _failure_summary(total: int, failures: dict[str, str], what: str) -> str:
+    first_uid, first_reason = next(iter(failures.items()))
+    return f"{len(failures)} of {total} instances {what} (first: {first_uid}: {first_reason})"

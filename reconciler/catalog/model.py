@@ -1,0 +1,80 @@
+"""The local catalog: what the sources hold, one row per DICOM file, grouped into studies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogInstance:
+    path: str
+    source: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sha256: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    patient_id: str
+    study_date: str
+    modality: str
+    study_description: str
+    accession_number: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def changed_ns(self) -> int:
+        """When the file last changed here: ctime catches copies that preserved an old mtime."""
+        return max(self.mtime_ns, self.ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogStudy:
+    uid: str
+    instances: tuple[CatalogInstance, ...]
+
+    @property
+    def first(self) -> CatalogInstance:
+        return self.instances[0]
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        return frozenset(i.modality for i in self.instances if i.modality)
+
+    @property
+    def size(self) -> int:
+        return sum(i.size for i in self.instances)
+
+    def attribute(self, keyword: str) -> str:
+        """A study-level attribute by DICOM keyword, taken from the study's first file."""
+        standard = {
+            "PatientID": self.first.patient_id,
+            "StudyDate": self.first.study_date,
+            "StudyDescription": self.first.study_description,
+            "AccessionNumber": self.first.accession_number,
+            "Modality": self.first.modality,
+        }
+        if keyword in standard:
+            return standard[keyword]
+        return self.first.extra.get(keyword, "")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    studies: Mapping[str, CatalogStudy]
+    serial: int
+
+    @classmethod
+    def from_instances(cls, instances: list[CatalogInstance], serial: int) -> Catalog:
+        grouped: dict[str, list[CatalogInstance]] = {}
+        for instance in instances:
+            grouped.setdefault(instance.study_uid, []).append(instance)
+        studies = {
+            uid: CatalogStudy(uid, tuple(sorted(rows, key=lambda i: i.path)))
+            for uid, rows in grouped.items()
+        }
+        return cls(studies, serial)

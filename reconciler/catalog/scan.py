@@ -1,0 +1,214 @@
+"""Incremental, header-only scan of source folders into the catalog.
+
+An unchanged file (same size and mtime) costs one ``stat``; a new or changed one is hashed and
+its header read with pydicom up to the pixel data. Files that are not usable DICOM are recorded
+as rejected with the reason, never fatal, and not read again until they change.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from reconciler.catalog.model import CatalogInstance
+from reconciler.manifest import is_uid
+from reconciler.state import FileStamp, StateStore
+
+BATCH = 500
+READ_WORKERS = 4
+_BASE_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "StudyDate",
+    "Modality",
+    "StudyDescription",
+    "AccessionNumber",
+]
+
+
+class RejectedFileError(Exception):
+    """A file in a source that cannot be catalogued; the message says why."""
+
+
+@dataclass(frozen=True)
+class SourceFolder:
+    name: str
+    path: Path
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass
+class ScanResult:
+    files: int = 0
+    read: int = 0
+    removed: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # newly rejected: path, reason
+    missing_sources: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.read or self.removed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    path: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def scan_sources(
+    store: StateStore,
+    sources: Collection[SourceFolder],
+    extra_keywords: Collection[str] = (),
+    progress: ProgressCallback | None = None,
+) -> ScanResult:
+    """Bring the catalog up to date with the files now in ``sources``."""
+    result = ScanResult()
+    wanted_extra = frozenset(extra_keywords)
+    for source in sources:
+        if not source.path.is_dir():
+            result.missing_sources.append(source.name)
+            continue  # an unmounted share must not read as "every study was deleted"
+        known = store.file_stamps(source.name)
+        found = {f.path: f for f in _walk(source.path, source.exclude)}
+        result.files += len(found)
+        to_read = [
+            f for f in found.values() if _needs_reading(known.get(f.path), f, wanted_extra)
+        ]
+        removed = [p for p in known if p not in found]
+        store.record_scan([], [], removed)
+        result.removed += len(removed)
+        _read_changed(store, source.name, to_read, wanted_extra, result, progress)
+    return result
+
+
+def _walk(root: Path, exclude: tuple[str, ...]) -> Iterator[_Found]:
+    # Dot-files are skipped: receivers and rsync write partial files under such names.
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False) and not any(
+                    fnmatch.fnmatch(entry.name, pattern) for pattern in exclude
+                ):
+                    st = entry.stat(follow_symlinks=False)
+                    yield _Found(entry.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _needs_reading(stamp: FileStamp | None, found: _Found, wanted_extra: frozenset[str]) -> bool:
+    if stamp is None or stamp.size != found.size or stamp.mtime_ns != found.mtime_ns:
+        return True
+    # A selector that names a new attribute needs it read from files catalogued before.
+    return not stamp.rejected and not wanted_extra <= stamp.extra_keys
+
+
+def _read_changed(
+    store: StateStore,
+    source: str,
+    files: list[_Found],
+    wanted_extra: frozenset[str],
+    result: ScanResult,
+    progress: ProgressCallback | None,
+) -> None:
+    done = 0
+    with ThreadPoolExecutor(READ_WORKERS) as pool:
+        for start in range(0, len(files), BATCH):
+            batch = files[start : start + BATCH]
+            upserts, rejections = [], []
+            for found, outcome in zip(
+                batch, pool.map(lambda f: _read_file(f, source, wanted_extra), batch), strict=True
+            ):
+                if isinstance(outcome, CatalogInstance):
+                    upserts.append(outcome)
+                else:
+                    rejections.append((found.path, source, found.size, found.mtime_ns, outcome))
+                    result.rejected.append((found.path, outcome))
+            store.record_scan(upserts, rejections, [])
+            result.read += len(batch)
+            done += len(batch)
+            if progress:
+                progress(done, len(files))
+
+
+def _read_file(found: _Found, source: str, wanted_extra: frozenset[str]) -> CatalogInstance | str:
+    """The catalogue row for a file, or the reason it was rejected."""
+    try:
+        return read_instance(Path(found.path), source, wanted_extra, found)
+    except RejectedFileError as exc:
+        return str(exc)
+
+
+def read_instance(
+    path: Path, source: str, wanted_extra: Collection[str] = (), found: _Found | None = None
+) -> CatalogInstance:
+    if found is None:
+        st = path.stat()
+        found = _Found(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    try:
+        with open(path, "rb") as handle:
+            sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+            handle.seek(0)
+            ds = pydicom.dcmread(
+                handle, stop_before_pixels=True, specific_tags=[*_BASE_TAGS, *wanted_extra]
+            )
+    except InvalidDicomError:
+        raise RejectedFileError("not a DICOM Part-10 file (no DICM preamble)") from None
+    except OSError as exc:
+        raise RejectedFileError(f"cannot be read: {exc.strerror or exc}") from None
+    except Exception as exc:  # pydicom raises many kinds of errors on a damaged header
+        raise RejectedFileError(f"damaged DICOM header: {exc}") from None
+    uids = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = str(ds.get(keyword, "") or "").strip()
+        if not is_uid(value):
+            reason = "is missing" if not value else f"is not a valid UID ({value[:70]!r})"
+            raise RejectedFileError(f"{keyword} {reason}")
+        uids[keyword] = value
+    transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+    if not is_uid(transfer_syntax):
+        raise RejectedFileError("file meta has no valid TransferSyntaxUID")
+    return CatalogInstance(
+        path=found.path,
+        source=source,
+        size=found.size,
+        mtime_ns=found.mtime_ns,
+        ctime_ns=found.ctime_ns,
+        sha256=sha256,
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        sop_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        transfer_syntax=transfer_syntax,
+        patient_id=_text(ds, "PatientID"),
+        study_date=_text(ds, "StudyDate"),
+        modality=_text(ds, "Modality"),
+        study_description=_text(ds, "StudyDescription"),
+        accession_number=_text(ds, "AccessionNumber"),
+        extra={keyword: _text(ds, keyword) for keyword in sorted(wanted_extra)},
+    )
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+

@@ -1,0 +1,252 @@
+"""Command line: argument parsing and views only; the work happens in ``Workspace``.
+
+Exit codes: 0 success (and, with ``plan --detailed-exitcode``, no changes), 1 an error or a
+failed action, 2 changes present (``plan --detailed-exitcode`` only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from reconciler import __version__
+from reconciler.apply import apply_plan
+from reconciler.catalog.scan import ScanResult
+from reconciler.config.load import ConfigError, format_config, load_config
+from reconciler.plan import Plan, render_text
+from reconciler.schema import config_schema
+from reconciler.views import HumanView, JsonLinesView
+from reconciler.workspace import StalePlanError, Workspace
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command that cannot run as asked; the message tells the user what to do."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"Error: the configuration is not valid:\n{exc}", file=sys.stderr)
+    except (UsageError, StalePlanError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("Interrupted: nothing half-done was recorded as done.", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler", description="Keep DICOM studies copied where policies say they must be."
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> Any:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        sub.add_argument(
+            "-c", "--config", type=Path, default=Path("reconciler.yaml"),
+            help="config file or folder of *.yaml files (default: ./reconciler.yaml)",
+        )
+        return sub
+
+    sub = command("validate", cmd_validate, "check the configuration; touches no network or state")
+    sub.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    sub = command("fmt", cmd_fmt, "rewrite config files in the canonical layout, keeping comments")
+    sub.add_argument("--check", action="store_true", help="only report files that would change")
+
+    commands.add_parser("schema", help="print the config JSON Schema").set_defaults(
+        handler=cmd_schema
+    )
+
+    sub = command("plan", cmd_plan, "show what apply would do")
+    sub.add_argument("-o", "--out", type=Path, help="save the plan to this file for apply")
+    sub.add_argument("--json", action="store_true", help="print the plan as JSON")
+    sub.add_argument("--refresh", action="store_true", help="re-read every destination first")
+    sub.add_argument(
+        "--detailed-exitcode", action="store_true",
+        help="exit 0 when there are no changes, 2 when there are, 1 on error",
+    )
+
+    sub = command("apply", cmd_apply, "carry out a plan (made now, or saved by plan -o)")
+    sub.add_argument("planfile", nargs="?", type=Path, help="a plan saved by `plan -o`")
+    sub.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
+    sub.add_argument("--json", action="store_true", help="print events as JSON lines")
+    sub.add_argument("--refresh", action="store_true", help="re-read every destination first")
+
+    sub = command("status", cmd_status, "what the catalog holds, rejected files and recent runs")
+    sub.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    demo = commands.add_parser(
+        "demo", help="generate sample studies and back them up to a folder, end to end"
+    )
+    demo.set_defaults(handler=cmd_demo)
+    demo.add_argument("--dir", type=Path, default=Path("reconciler-demo"), help="work folder")
+    demo.add_argument("--studies", type=int, default=6)
+    return parser
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    config = loaded.config
+    if args.json:
+        print(json.dumps({"valid": True, "files": [str(f) for f in loaded.files]}))
+        return EXIT_OK
+    print(
+        f"The configuration is valid: {len(config.sources)} sources, "
+        f"{len(config.destinations)} destinations, {len(config.policies)} policies "
+        f"({', '.join(str(f) for f in loaded.files)})."
+    )
+    return EXIT_OK
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    changed = format_config(args.config, check=args.check)
+    for path in changed:
+        print(f"{'would reformat' if args.check else 'reformatted'} {path}")
+    return EXIT_ERROR if args.check and changed else EXIT_OK
+
+
+def cmd_schema(_: argparse.Namespace) -> int:
+    print(json.dumps(config_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    with Workspace(load_config(args.config)) as workspace:
+        plan, scanned = workspace.plan(refresh=args.refresh, scan_progress=_scan_bar(args.json))
+    if args.out:
+        _save_plan(plan, args.out)
+    if args.json:
+        print(plan.to_json())
+    else:
+        _print_scan(scanned)
+        print(render_text(plan))
+        if args.out:
+            print(f"\nSaved the plan to {args.out}: run `reconciler apply {args.out}` to apply it.")
+    if plan.has_errors:
+        return EXIT_ERROR
+    return EXIT_CHANGES if args.detailed_exitcode and plan.has_changes else EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    with Workspace(loaded) as workspace:
+        if args.planfile:
+            plan = _load_plan(args.planfile)
+            workspace.check_current(plan)
+        else:
+            plan, scanned = workspace.plan(refresh=args.refresh, scan_progress=_scan_bar(args.json))
+            if not args.json:
+                _print_scan(scanned)
+                print(render_text(plan))
+            if plan.has_changes and not args.auto_approve:
+                _confirm(args.json)
+        if not plan.has_changes:
+            if args.json:
+                print(json.dumps({"type": "summary", "outcome": "ok", "actions_done": 0}))
+            return EXIT_ERROR if plan.has_errors else EXIT_OK
+        view = JsonLinesView() if args.json else HumanView()
+        summary = apply_plan(
+            plan, workspace.destination, workspace.store, view,
+            loaded.config.apply.parallel_studies,
+        )
+    return EXIT_OK if summary["outcome"] == "ok" and not plan.has_errors else EXIT_ERROR
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Workspace(load_config(args.config)) as workspace:
+        status = workspace.status()
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return EXIT_OK
+    print(f"Catalog: {status['studies']} studies, {status['instances']} instances.")
+    for name, dest in status["destinations"].items():
+        print(f"  {name}: {dest['summary']}")
+    if status["rejected_files"]:
+        print(f"Rejected files ({len(status['rejected_files'])}), not copied:")
+        for rejected in status["rejected_files"]:
+            print(f"  {rejected['path']}: {rejected['reason']}")
+    if status["failing"]:
+        print("Failing:")
+        for failing in status["failing"]:
+            print(f"  {failing['kind']} {failing['study_uid']} -> {failing['destination']}: "
+                  f"{failing['error']}")
+    for run in status["runs"]:
+        print(f"Run {run['id']} ({run['command']}) {run['started_at']}: {run['outcome']}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from reconciler.demo import run_demo
+
+    return run_demo(args.dir, args.studies, main)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
+    if quiet:
+        return None
+    bar: dict[str, tqdm[Any]] = {}
+
+    def progress(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, unit="file", desc="scan", file=sys.stderr,
+                              disable=None, leave=False)
+        bar["bar"].update(done - bar["bar"].n)
+        if done >= total:
+            bar.pop("bar").close()
+
+    return progress
+
+
+def _print_scan(scanned: ScanResult) -> None:
+    for name in scanned.missing_sources:
+        print(f"WARNING: source {name} is not reachable; its studies are left as they were.")
+    for path, reason in scanned.rejected:
+        print(f"WARNING: skipped {path}: {reason}")
+    if scanned.rejected or scanned.missing_sources:
+        print()
+
+
+def _confirm(json_mode: bool) -> None:
+    if json_mode or not sys.stdin.isatty():
+        raise UsageError("apply needs confirmation: pass --auto-approve, or apply a saved plan")
+    answer = input("\nDo you want to perform these actions? Only 'yes' will be accepted: ")
+    if answer.strip() != "yes":
+        raise UsageError("apply cancelled; nothing was done")
+
+
+def _save_plan(plan: Plan, path: Path) -> None:
+    path.write_text(plan.to_json())
+    path.chmod(0o600)  # plans list file paths of patient studies
+
+
+def _load_plan(path: Path) -> Plan:
+    try:
+        return Plan.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise UsageError(f"no plan file at {path}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path} is not a plan saved by `reconciler plan -o`: {exc}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

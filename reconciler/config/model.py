@@ -1,0 +1,182 @@
+"""The configuration schema: what a site declares in YAML, with defaults and validation.
+
+Everything here is pure data; loading files and resolving references lives in ``load.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from reconciler.config.durations import Duration
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a misspelt setting must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TextMatch(StrictModel):
+    """How a text attribute is compared; give exactly one of the fields."""
+
+    equals: str | None = None
+    contains: str | None = Field(None, description="Case-insensitive substring.")
+    regex: str | None = Field(None, description="Python regular expression, searched anywhere.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TextMatch:
+        given = [k for k in ("equals", "contains", "regex") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of equals, contains or regex")
+        return self
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+# A plain string means "equals", a list means "equals any of these".
+Match = str | list[str] | TextMatch
+
+
+class DateRange(StrictModel):
+    since: date | None = Field(None, description="First study date included.")
+    until: date | None = Field(None, description="Last study date included.")
+
+
+class StudySelector(StrictModel):
+    """Which studies a policy applies to. Every given criterion must hold; empty selects all."""
+
+    modality: list[str] | None = Field(
+        None, description="Any series of the study has one of these modalities."
+    )
+    study_date: DateRange | None = None
+    older_than: Duration | None = Field(None, description="Study date older than this.")
+    newer_than: Duration | None = Field(None, description="Study date newer than this.")
+    study_description: Match | None = None
+    patient_id: Match | None = None
+    accession_number: Match | None = None
+    tags: dict[str, Match] = Field(
+        default_factory=dict,
+        description="Any other DICOM attribute by keyword, e.g. InstitutionName: {contains: North}.",
+    )
+
+    @field_validator("modality", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("tags")
+    @classmethod
+    def _known_text_keywords(cls, value: dict[str, Match]) -> dict[str, Match]:
+        for keyword in value:
+            if tag_for_keyword(keyword) is None:
+                raise ValueError(f"'{keyword}' is not a DICOM keyword (e.g. InstitutionName)")
+            if dictionary_VR(keyword) in {"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}:
+                raise ValueError(f"'{keyword}' is not a text attribute and cannot be matched")
+        return value
+
+
+class SourceConfig(StrictModel):
+    path: Path = Field(description="Folder of DICOM files; relative to the config file.")
+    stable_after: Duration = Field(
+        timedelta(seconds=60),
+        description="A study is complete once none of its files changed for this long.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns of file names to ignore, e.g. '*.tmp'."
+    )
+
+
+class ObjectTarget(StrictModel):
+    url: str = Field(description="fsspec URL of the prefix: file:///mnt/backup or s3://bucket/path")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options for the filesystem, e.g. endpoint_url; use ${env:X} for secrets.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _supported_protocol(cls, value: str) -> str:
+        protocol = value.split("://", 1)[0] if "://" in value else ""
+        if protocol not in {"file", "s3"}:
+            raise ValueError("the url must start with file:// or s3://")
+        return value.rstrip("/")
+
+
+class RetrySettings(StrictModel):
+    attempts: int = Field(5, ge=1, le=100)
+    initial_delay: Duration = timedelta(seconds=1)
+    multiplier: float = Field(2.0, ge=1.0)
+    max_delay: Duration = timedelta(minutes=1)
+
+
+class DestinationConfig(StrictModel):
+    object: ObjectTarget
+    verify: Literal["presence", "checksum"] = Field(
+        "presence",
+        description="presence: manifest and object sizes are checked at every refresh; "
+        "checksum: objects are also re-read and hashed every verify_every.",
+    )
+    verify_every: Duration = Field(timedelta(days=30), description="Deep verification period.")
+    refresh_after: Duration = Field(
+        timedelta(minutes=15),
+        description="Cached observations older than this are re-read before planning.",
+    )
+    concurrency: int = Field(8, ge=1, le=256, description="Parallel object transfers.")
+    retry: RetrySettings = RetrySettings()
+
+
+class Policy(StrictModel):
+    name: Name
+    select: StudySelector = StudySelector()
+    copy_to: list[Name] = Field(min_length=1, description="Destinations that must hold a copy.")
+
+
+class ApplySettings(StrictModel):
+    parallel_studies: int = Field(2, ge=1, le=64, description="Studies transferred at once.")
+
+
+class Config(StrictModel):
+    site: Name
+    state: Path | None = Field(
+        None, description="SQLite state file; default .reconciler/state.db beside the config."
+    )
+    sources: dict[Name, SourceConfig] = Field(min_length=1)
+    destinations: dict[Name, DestinationConfig] = Field(default_factory=dict)
+    policies: list[Policy] = Field(default_factory=list)
+    apply: ApplySettings = ApplySettings()
+
+    def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Names that point nowhere, with the location of each (checked by the loader)."""
+        errors: list[tuple[tuple[str | int, ...], str]] = []
+        seen: set[str] = set()
+        for i, policy in enumerate(self.policies):
+            if policy.name in seen:
+                errors.append((("policies", i, "name"), f"two policies are named '{policy.name}'"))
+            seen.add(policy.name)
+            for j, dest in enumerate(policy.copy_to):
+                if dest not in self.destinations:
+                    known = ", ".join(sorted(self.destinations)) or "none are defined"
+                    errors.append(
+                        (
+                            ("policies", i, "copy_to", j),
+                            f"'{dest}' is not a destination (known: {known})",
+                        )
+                    )
+        return errors

@@ -1,0 +1,44 @@
+"""The one small interface every kind of destination implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from reconciler.observation import ObservedInstance, ObservedStudy
+from reconciler.plan import Action
+
+
+class DestinationUnavailable(Exception):
+    """The destination could not be observed; its holdings are unknown, not empty."""
+
+
+@dataclass
+class SendResult:
+    sent: int = 0
+    bytes: int = 0
+    failures: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why
+    # What the destination holds for the study once the copy was committed; None if not.
+    committed: Mapping[str, ObservedInstance] | None = None
+
+
+@dataclass
+class VerifyResult:
+    checked: int = 0
+    corrupt: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> what is wrong
+
+
+ProgressCallback = Callable[[int], None]  # bytes just transferred
+
+
+class Destination(Protocol):
+    name: str
+
+    def observe(self) -> Mapping[str, ObservedStudy]: ...
+
+    def send(self, action: Action, progress: ProgressCallback) -> SendResult: ...
+
+    def verify(self, action: Action, progress: ProgressCallback) -> VerifyResult: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,259 @@
+"""Object-store destinations through fsspec: local folders (file://) and S3 (s3://).
+
+Layout under the configured prefix::
+
+    studies/<StudyInstanceUID>/<SOPInstanceUID>.dcm
+    studies/<StudyInstanceUID>/manifest.json      written last: the commit marker
+
+An instance counts as present only when the manifest lists it and its object exists with the
+size the manifest records; deep verification re-reads objects and compares SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from reconciler import __version__
+from reconciler.config.model import DestinationConfig
+from reconciler.destinations.base import (
+    DestinationUnavailable,
+    ProgressCallback,
+    SendResult,
+    VerifyResult,
+)
+from reconciler.manifest import Manifest, ManifestEntry, ManifestError
+from reconciler.observation import ObservedInstance, ObservedStudy
+from reconciler.plan import Action, InstanceRef
+from reconciler.retry import PermanentError, with_retries
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+# Larger files are streamed from disk instead of being held in memory while uploaded.
+IN_MEMORY_LIMIT = 64 * 1024 * 1024
+
+
+def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """botocore's default CRC checksums upset S3-compatible servers that are not AWS."""
+    if "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
+        return options
+    config_kwargs = {
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+        **options.get("config_kwargs", {}),
+    }
+    return {**options, "config_kwargs": config_kwargs}
+
+
+class ObjectStoreDestination:
+    def __init__(self, name: str, settings: DestinationConfig, site: str) -> None:
+        self.name = name
+        self.settings = settings
+        self.site = site
+        options = dict(settings.object.options)
+        if settings.object.url.startswith("s3://"):
+            options = _s3_defaults(options)
+        self.fs, root = fsspec.core.url_to_fs(settings.object.url, **options)
+        self.root = root.rstrip("/")
+        self._local = isinstance(self.fs, LocalFileSystem)
+        self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"dest-{name}")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _study_dir(self, study_uid: str) -> str:
+        return f"{self.root}/studies/{study_uid}"
+
+    # --- observe ---------------------------------------------------------------------------
+
+    def observe(self) -> Mapping[str, ObservedStudy]:
+        try:
+            listing = self._list_objects()
+            manifests = self._read_manifests(listing)
+        except Exception as exc:
+            raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        studies = {}
+        for study_uid, manifest in manifests.items():
+            folder = self._study_dir(study_uid)
+            present = {
+                e.sop_instance_uid: ObservedInstance(e.sha256, e.size)
+                for e in manifest.instances
+                if listing.get(f"{folder}/{e.object}") == e.stored_size
+            }
+            studies[study_uid] = ObservedStudy(study_uid, present)
+        return studies
+
+    def _list_objects(self) -> dict[str, int]:
+        """Every object under studies/ with its size (one recursive listing)."""
+        top = f"{self.root}/studies"
+        if self._local and not self.fs.exists(top):
+            return {}
+        found = self.fs.find(top, detail=True)
+        return {path.rstrip("/"): int(info.get("size") or 0) for path, info in found.items()}
+
+    def _read_manifests(self, listing: Mapping[str, int]) -> dict[str, Manifest]:
+        paths = [p for p in listing if p.endswith(f"/{MANIFEST_NAME}")]
+        contents = self.fs.cat(paths, on_error="return") if paths else {}
+        manifests = {}
+        for path, data in contents.items():
+            study_uid = path.rsplit("/", 2)[-2]
+            if isinstance(data, BaseException):
+                raise data
+            try:
+                manifests[study_uid] = Manifest.from_json(data, study_uid)
+            except ManifestError as exc:
+                log.warning("%s: study %s counts as absent: %s", self.name, study_uid, exc)
+        return manifests
+
+    # --- send ------------------------------------------------------------------------------
+
+    def send(self, action: Action, progress: ProgressCallback) -> SendResult:
+        folder = self._study_dir(action.study_uid)
+        if self._local:
+            self.fs.makedirs(folder, exist_ok=True)
+        futures = {
+            ref.sop_instance_uid: self._pool.submit(self._send_instance, folder, ref, progress)
+            for ref in action.instances
+        }
+        result = SendResult()
+        entries = []
+        for sop_uid, future in futures.items():
+            try:
+                entries.append(future.result())
+                result.sent += 1
+                result.bytes += entries[-1].stored_size
+            except Exception as exc:
+                result.failures[sop_uid] = _describe(exc)
+        if result.failures:
+            return result  # no manifest: the study is not recorded as stored
+        manifest = self._commit(action.study_uid, entries)
+        result.committed = {
+            e.sop_instance_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
+        }
+        return result
+
+    def _send_instance(self, folder: str, ref: InstanceRef, progress: ProgressCallback) -> ManifestEntry:
+        target = f"{folder}/{ref.sop_instance_uid}.dcm"
+        if ref.size <= IN_MEMORY_LIMIT:
+            data = _read_checked(ref)
+            with_retries(lambda: self._write(target, data), self.settings.retry)
+        else:
+            with_retries(lambda: self.fs.put_file(ref.path, target), self.settings.retry)
+            _read_checked(ref, keep=False)  # the file must not have changed while it streamed
+        progress(ref.size)
+        return ManifestEntry(
+            sop_instance_uid=ref.sop_instance_uid,
+            sop_class_uid=ref.sop_class_uid,
+            series_instance_uid=ref.series_instance_uid,
+            object=f"{ref.sop_instance_uid}.dcm",
+            size=ref.size,
+            sha256=ref.sha256,
+            stored_size=ref.size,
+            stored_sha256=ref.sha256,
+            transfer_syntax=ref.transfer_syntax,
+        )
+
+    def _write(self, target: str, data: bytes) -> None:
+        if not self._local:
+            self.fs.pipe_file(target, data)  # a single PUT is atomic on object stores
+            return
+        # A folder gets write-to-temporary, fsync, rename: a crash never leaves half a file.
+        temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+
+    def _commit(self, study_uid: str, entries: list[ManifestEntry]) -> Manifest:
+        """Write the study's manifest: the instances already committed plus the new ones."""
+        path = f"{self._study_dir(study_uid)}/{MANIFEST_NAME}"
+        merged: dict[str, ManifestEntry] = {}
+        try:
+            previous = Manifest.from_json(self.fs.cat_file(path), study_uid)
+            merged.update((e.sop_instance_uid, e) for e in previous.instances)
+        except FileNotFoundError:
+            pass
+        except ManifestError as exc:
+            log.warning("%s: replacing the unreadable manifest of %s: %s", self.name, study_uid, exc)
+        merged.update((e.sop_instance_uid, e) for e in entries)
+        manifest = Manifest(
+            site=self.site,
+            study_instance_uid=study_uid,
+            written_at=datetime.now(UTC),
+            tool_version=__version__,
+            instances=tuple(merged[k] for k in sorted(merged)),
+        )
+        data = manifest.to_json()
+        with_retries(lambda: self._write(path, data), self.settings.retry)
+        if self._local:
+            _fsync_dir(Path(path).parent)
+        return manifest
+
+    # --- verify ----------------------------------------------------------------------------
+
+    def verify(self, action: Action, progress: ProgressCallback) -> VerifyResult:
+        folder = self._study_dir(action.study_uid)
+        try:
+            manifest = Manifest.from_json(self.fs.cat_file(f"{folder}/{MANIFEST_NAME}"), action.study_uid)
+        except (FileNotFoundError, ManifestError) as exc:
+            return VerifyResult(corrupt={r.sop_instance_uid: f"no manifest: {exc}" for r in action.instances})
+
+        def check(entry: ManifestEntry) -> str | None:
+            try:
+                data = with_retries(lambda: self.fs.cat_file(f"{folder}/{entry.object}"), self.settings.retry)
+            except FileNotFoundError:
+                return "object is missing"
+            progress(len(data))
+            if hashlib.sha256(data).hexdigest() != entry.stored_sha256:
+                return "content does not match its SHA-256"
+            return None
+
+        result = VerifyResult()
+        for entry, problem in zip(manifest.instances, self._pool.map(check, manifest.instances), strict=True):
+            result.checked += 1
+            if problem:
+                result.corrupt[entry.sop_instance_uid] = problem
+        return result
+
+
+def _read_checked(ref: InstanceRef, keep: bool = True) -> bytes:
+    """The source bytes, refused if they are no longer what was scanned and planned."""
+    try:
+        with open(ref.path, "rb") as handle:
+            if keep:
+                data = handle.read()
+                digest = hashlib.sha256(data).hexdigest()
+            else:
+                data, digest = b"", hashlib.file_digest(handle, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise PermanentError(f"source file {ref.path} is gone since it was scanned") from None
+    if digest != ref.sha256:
+        raise PermanentError(
+            f"source file {ref.path} changed since it was scanned; it will be planned again"
+        )
+    return data
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {text}"

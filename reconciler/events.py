@@ -1,0 +1,68 @@
+"""Events an apply emits; views turn them into a progress bar, text lines or JSON lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.plan import Action
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    actions: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ActionStarted:
+    action: Action
+
+
+@dataclass(frozen=True)
+class ActionProgress:
+    action: Action
+    bytes: int  # just transferred or read
+
+
+@dataclass(frozen=True)
+class ActionFinished:
+    action: Action
+    ok: bool
+    message: str
+    failures: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    summary: dict[str, Any]
+
+
+Event = RunStarted | ActionStarted | ActionProgress | ActionFinished | RunFinished
+
+
+def action_fields(action: Action) -> dict[str, Any]:
+    return {
+        "kind": action.kind,
+        "study_uid": action.study_uid,
+        "destination": action.destination,
+        "instances": len(action.instances),
+        "bytes": action.bytes,
+    }
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    """The JSON-lines form of an event: one flat object with a ``type``."""
+    match event:
+        case RunStarted(actions=actions, bytes=size):
+            return {"type": "run_started", "actions": actions, "bytes": size}
+        case ActionStarted(action=action):
+            return {"type": "action_started", **action_fields(action)}
+        case ActionProgress(action=action, bytes=size):
+            return {"type": "progress", **action_fields(action), "bytes_done": size}
+        case ActionFinished(action=action, ok=ok, message=message, failures=failures):
+            kind = "action_done" if ok else "action_failed"
+            return {"type": kind, **action_fields(action), "message": message, "failures": failures}
+        case RunFinished(summary=summary):
+            return {"type": "summary", **summary}
+    raise TypeError(f"unknown event {event!r}")

@@ -1,0 +1,33 @@
+"""What a destination was seen to hold: the planner's view of the remote side."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedInstance:
+    sha256: str  # of the source bytes the stored copy was made from
+    size: int  # of the source bytes
+
+
+@dataclass(frozen=True)
+class ObservedStudy:
+    uid: str
+    instances: Mapping[str, ObservedInstance]  # by SOP Instance UID: committed and present
+    verified_at: datetime | None = None  # last deep (checksum) verification that passed
+    corrupt: frozenset[str] = frozenset()  # SOP Instance UIDs the last verification found bad
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One destination's holdings. ``ok`` False means unknown: never read as "absent"."""
+
+    destination: str
+    observed_at: datetime
+    serial: int
+    ok: bool
+    studies: Mapping[str, ObservedStudy] = field(default_factory=dict)
+    error: str | None = None

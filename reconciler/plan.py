@@ -1,0 +1,258 @@
+"""Plans: plain data computed once by the planner, then rendered, saved or applied.
+
+A saved plan records the fingerprint of what it was computed from, so ``apply`` can refuse
+it once the sources, the config or the destinations' observed state have moved on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+PLAN_FORMAT_VERSION = 1
+ActionKind = Literal["copy", "verify"]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRef:
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    path: str
+    size: int
+    sha256: str
+    transfer_syntax: str
+
+
+@dataclass(frozen=True)
+class StudyLabel:
+    """What an administrator recognises a study by, without patient names."""
+
+    modalities: str
+    study_date: str
+    description: str
+
+    def __str__(self) -> str:
+        when = self.study_date
+        if len(when) == 8 and when.isdigit():
+            when = f"{when[:4]}-{when[4:6]}-{when[6:]}"
+        parts = [self.modalities or "?", when or "undated"]
+        if self.description:
+            parts.append(f'"{self.description}"')
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    study_uid: str
+    destination: str
+    policies: tuple[str, ...]
+    reason: str
+    study: StudyLabel
+    instances: tuple[InstanceRef, ...] = ()
+    repair: bool = False  # some of the study is already there
+
+    @property
+    def bytes(self) -> int:
+        return sum(i.size for i in self.instances)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    study_uid: str
+    study: StudyLabel
+    ready_at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    message: str
+    destination: str | None = None
+    severity: Literal["error", "warning"] = "error"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    config_sha256: str
+    state_id: str
+    catalog_serial: int
+    observation_serials: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Plan:
+    created_at: datetime
+    actions: tuple[Action, ...]
+    waiting: tuple[Waiting, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    in_sync: int = 0  # study copies already where policies want them
+    fingerprint: Fingerprint | None = field(default=None, compare=False)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actions)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(p.severity == "error" for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": PLAN_FORMAT_VERSION,
+            "created_at": self.created_at.isoformat(),
+            "fingerprint": asdict(self.fingerprint) if self.fingerprint else None,
+            "summary": summary_counts(self.actions) | {"in_sync": self.in_sync},
+            "actions": [_action_dict(a) for a in self.actions],
+            "waiting": [
+                {
+                    "study_uid": w.study_uid,
+                    "study": asdict(w.study),
+                    "ready_at": w.ready_at.isoformat(),
+                    "reason": w.reason,
+                }
+                for w in self.waiting
+            ],
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> Plan:
+        if document.get("format_version") != PLAN_FORMAT_VERSION:
+            raise ValueError(
+                f"plan format_version {document.get('format_version')!r} is not "
+                f"{PLAN_FORMAT_VERSION}: make the plan again with this version"
+            )
+        fingerprint = document.get("fingerprint")
+        return cls(
+            created_at=datetime.fromisoformat(document["created_at"]),
+            actions=tuple(
+                Action(
+                    kind=a["kind"],
+                    study_uid=a["study_uid"],
+                    destination=a["destination"],
+                    policies=tuple(a["policies"]),
+                    reason=a["reason"],
+                    study=StudyLabel(**a["study"]),
+                    instances=tuple(InstanceRef(**i) for i in a["items"]),
+                    repair=a["repair"],
+                )
+                for a in document["actions"]
+            ),
+            waiting=tuple(
+                Waiting(
+                    w["study_uid"],
+                    StudyLabel(**w["study"]),
+                    datetime.fromisoformat(w["ready_at"]),
+                    w["reason"],
+                )
+                for w in document["waiting"]
+            ),
+            problems=tuple(Problem(**p) for p in document["problems"]),
+            in_sync=document["summary"]["in_sync"],
+            fingerprint=Fingerprint(**fingerprint) if fingerprint else None,
+        )
+
+
+def _action_dict(action: Action) -> dict[str, Any]:
+    return {
+        "kind": action.kind,
+        "study_uid": action.study_uid,
+        "destination": action.destination,
+        "instances": len(action.instances),
+        "bytes": action.bytes,
+        "policies": list(action.policies),
+        "policy": action.policies[0] if action.policies else None,
+        "reason": action.reason,
+        "repair": action.repair,
+        "study": asdict(action.study),
+        "items": [asdict(i) for i in action.instances],
+    }
+
+
+def summary_counts(actions: Iterable[Action]) -> dict[str, int]:
+    actions = list(actions)
+    copies = [a for a in actions if a.kind == "copy"]
+    return {
+        "copies": len(copies),
+        "copy_instances": sum(len(a.instances) for a in copies),
+        "copy_bytes": sum(a.bytes for a in copies),
+        "verifications": sum(1 for a in actions if a.kind == "verify"),
+        "deletions": 0,
+    }
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def render_text(plan: Plan) -> str:
+    lines: list[str] = []
+    for problem in plan.problems:
+        where = f"{problem.destination}: " if problem.destination else ""
+        lines.append(f"{problem.severity.upper()}: {where}{problem.message}")
+    if plan.problems:
+        lines.append("")
+    if plan.actions:
+        lines.append("reconciler will perform the following actions:")
+        lines.append("")
+        for action in plan.actions:
+            lines.extend(_render_action(action))
+        lines.append("")
+    if plan.waiting:
+        lines.append("Waiting for these studies to be complete (not copied yet):")
+        for waiting in plan.waiting:
+            lines.append(f"  . study {waiting.study_uid} {waiting.study}: {waiting.reason}")
+        lines.append("")
+    lines.append(summary_line(plan))
+    return "\n".join(lines)
+
+
+def _render_action(action: Action) -> list[str]:
+    policies = f"  [{', '.join(action.policies)}]" if action.policies else ""
+    if action.kind == "copy":
+        symbol = "~" if action.repair else "+"
+        head = (
+            f"  {symbol} copy   study {action.study_uid} {action.study}, "
+            f"{_plural(len(action.instances), 'instance')}, {human_bytes(action.bytes)} "
+            f"-> {action.destination}{policies}"
+        )
+    else:
+        head = f"  = verify study {action.study_uid} {action.study} at {action.destination}{policies}"
+    return [head, f"      {action.reason}"]
+
+
+def summary_line(plan: Plan) -> str:
+    counts = summary_counts(plan.actions)
+    if not plan.actions:
+        tail = (
+            f" {_plural(plan.in_sync, 'study copy', 'study copies')} in sync."
+            if plan.in_sync
+            else ""
+        )
+        waiting = (
+            f" {_plural(len(plan.waiting), 'study', 'studies')} waiting." if plan.waiting else ""
+        )
+        return f"No changes.{tail}{waiting}"
+    parts = [
+        f"{_plural(counts['copies'], 'copy', 'copies')} ({human_bytes(counts['copy_bytes'])})"
+    ]
+    if counts["verifications"]:
+        parts.append(_plural(counts["verifications"], "verification"))
+    parts.append(_plural(counts["deletions"], "deletion"))
+    return "Plan: " + ", ".join(parts) + "."

@@ -1,0 +1,232 @@
+"""The planner: a pure function of (desired config, catalog, observations, now) -> Plan.
+
+No I/O happens here, so every decision can be tested with plain values, and what ``plan``
+shows is exactly what ``apply`` will do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from reconciler.catalog.model import Catalog, CatalogInstance, CatalogStudy
+from reconciler.config.durations import format_duration
+from reconciler.config.model import Config
+from reconciler.observation import Observation, ObservedStudy
+from reconciler.plan import (
+    Action,
+    Fingerprint,
+    InstanceRef,
+    Plan,
+    Problem,
+    StudyLabel,
+    Waiting,
+)
+from reconciler.selection import selects
+
+
+def make_plan(
+    config: Config,
+    catalog: Catalog,
+    observations: Mapping[str, Observation],
+    now: datetime,
+    fingerprint: Fingerprint | None = None,
+) -> Plan:
+    problems = _unobservable_destinations(config, observations)
+    reachable = {
+        name for name, obs in observations.items() if obs.ok and name in config.destinations
+    }
+    actions: list[Action] = []
+    waiting: list[Waiting] = []
+    in_sync = 0
+    for study in sorted(catalog.studies.values(), key=lambda s: (s.first.study_date, s.uid)):
+        wanted = _wanted_destinations(config, study, now)
+        if not wanted:
+            continue
+        instances, conflicts = _distinct_instances(study)
+        problems.extend(conflicts)
+        label = label_of(study)
+        ready_at = _ready_at(config, study)
+        if ready_at > now:
+            waiting.append(Waiting(study.uid, label, ready_at, _waiting_reason(study, ready_at, now)))
+            continue
+        for destination, policies in wanted.items():
+            if destination not in reachable:
+                continue
+            observed = observations[destination].studies.get(study.uid)
+            action = _action_for(
+                config, destination, policies, study.uid, label, instances, observed, now
+            )
+            if action is None:
+                in_sync += 1
+            else:
+                actions.append(action)
+    return Plan(
+        created_at=now,
+        actions=tuple(actions),
+        waiting=tuple(waiting),
+        problems=tuple(problems),
+        in_sync=in_sync,
+        fingerprint=fingerprint,
+    )
+
+
+def label_of(study: CatalogStudy) -> StudyLabel:
+    return StudyLabel(
+        modalities="/".join(sorted(study.modalities)),
+        study_date=study.first.study_date,
+        description=study.first.study_description,
+    )
+
+
+def _unobservable_destinations(
+    config: Config, observations: Mapping[str, Observation]
+) -> list[Problem]:
+    used = sorted({d for p in config.policies for d in p.copy_to})
+    problems = []
+    for name in used:
+        observation = observations.get(name)
+        if observation is None or not observation.ok:
+            why = observation.error if observation and observation.error else "not observed"
+            problems.append(
+                Problem(
+                    f"could not be observed ({why}); nothing is planned for it until it answers",
+                    destination=name,
+                )
+            )
+    return problems
+
+
+def _wanted_destinations(config: Config, study: CatalogStudy, now: datetime) -> dict[str, list[str]]:
+    """Destination -> names of the policies that want the study there."""
+    wanted: dict[str, list[str]] = {}
+    for policy in config.policies:
+        if selects(policy.select, study, now):
+            for destination in policy.copy_to:
+                wanted.setdefault(destination, []).append(policy.name)
+    return wanted
+
+
+def _distinct_instances(study: CatalogStudy) -> tuple[list[CatalogInstance], list[Problem]]:
+    """One file per SOP Instance UID; differing files under one UID are held back and reported."""
+    by_uid: dict[str, list[CatalogInstance]] = {}
+    for instance in study.instances:
+        by_uid.setdefault(instance.sop_uid, []).append(instance)
+    chosen, problems = [], []
+    for sop_uid, files in by_uid.items():
+        if len({f.sha256 for f in files}) > 1:
+            paths = ", ".join(f.path for f in files)
+            problems.append(
+                Problem(
+                    f"study {study.uid}: SOP Instance UID {sop_uid} is carried by files with "
+                    f"different content ({paths}); it is not copied until only one remains",
+                    severity="warning",
+                )
+            )
+        else:
+            chosen.append(files[0])
+    return chosen, problems
+
+
+def _ready_at(config: Config, study: CatalogStudy) -> datetime:
+    def ready(instance: CatalogInstance) -> datetime:
+        source = config.sources.get(instance.source)
+        quiet = source.stable_after if source else timedelta()
+        return datetime.fromtimestamp(instance.changed_ns / 1e9, UTC) + quiet
+
+    return max(ready(i) for i in study.instances)
+
+
+def _waiting_reason(study: CatalogStudy, ready_at: datetime, now: datetime) -> str:
+    last_change = datetime.fromtimestamp(max(i.changed_ns for i in study.instances) / 1e9, UTC)
+    quiet = max(now - last_change, timedelta())
+    return (
+        f"last file changed {format_duration(quiet)} ago; complete after "
+        f"{format_duration(ready_at - last_change)} without changes"
+    )
+
+
+def _action_for(
+    config: Config,
+    destination: str,
+    policies: list[str],
+    study_uid: str,
+    label: StudyLabel,
+    instances: list[CatalogInstance],
+    observed: ObservedStudy | None,
+    now: datetime,
+) -> Action | None:
+    who = f"polic{'ies' if len(policies) > 1 else 'y'} {', '.join(policies)}"
+    present = observed.instances if observed else {}
+    corrupt = observed.corrupt if observed else frozenset()
+    missing = [i for i in instances if i.sop_uid not in present]
+    differing = [
+        i
+        for i in instances
+        if i.sop_uid in present and present[i.sop_uid].sha256 != i.sha256
+    ]
+    damaged = [i for i in instances if i.sop_uid in corrupt and i not in differing]
+    unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}
+    to_send = sorted(unique.values(), key=lambda i: (i.series_uid, i.path))
+    if to_send:
+        return Action(
+            kind="copy",
+            study_uid=study_uid,
+            destination=destination,
+            policies=tuple(policies),
+            reason=f"{who}: " + _copy_reason(destination, instances, missing, differing, damaged),
+            study=label,
+            instances=tuple(_ref(i) for i in to_send),
+            repair=bool(observed and present),
+        )
+    settings = config.destinations[destination]
+    if settings.verify == "checksum" and observed is not None:
+        last = observed.verified_at
+        if last is None or now - last >= settings.verify_every:
+            when = (
+                "never verified by checksum"
+                if last is None
+                else f"last verified {format_duration(now - last)} ago"
+            )
+            return Action(
+                kind="verify",
+                study_uid=study_uid,
+                destination=destination,
+                policies=tuple(policies),
+                reason=f"{who}: {when} (every {format_duration(settings.verify_every)})",
+                study=label,
+                instances=tuple(_ref(i) for i in instances),
+            )
+    return None
+
+
+def _copy_reason(
+    destination: str,
+    instances: list[CatalogInstance],
+    missing: list[CatalogInstance],
+    differing: list[CatalogInstance],
+    damaged: list[CatalogInstance],
+) -> str:
+    if len(missing) == len(instances):
+        return f"study not at {destination}"
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of {len(instances)} instances missing at {destination}")
+    if differing:
+        parts.append(f"{len(differing)} changed at the source since they were copied")
+    if damaged:
+        parts.append(f"{len(damaged)} failed checksum verification at {destination}")
+    return "; ".join(parts)
+
+
+def _ref(instance: CatalogInstance) -> InstanceRef:
+    return InstanceRef(
+        sop_instance_uid=instance.sop_uid,
+        sop_class_uid=instance.sop_class_uid,
+        series_instance_uid=instance.series_uid,
+        path=instance.path,
+        size=instance.size,
+        sha256=instance.sha256,
+        transfer_syntax=instance.transfer_syntax,
+    )
+

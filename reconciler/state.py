@@ -1,0 +1,373 @@
+"""The embedded SQLite state: catalog, cached observations, verifications, runs and the journal.
+
+One connection, used from one thread; callers that work in threads report back to the
+thread that owns the store. WAL mode keeps readers (``status``) from blocking a running apply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from reconciler.catalog.model import Catalog, CatalogInstance
+from reconciler.observation import Observation, ObservedInstance, ObservedStudy
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    path TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, sop_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL, patient_id TEXT NOT NULL,
+    study_date TEXT NOT NULL, modality TEXT NOT NULL, study_description TEXT NOT NULL,
+    accession_number TEXT NOT NULL, extra TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS rejected (
+    path TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, seen_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS observations (
+    destination TEXT PRIMARY KEY, observed_at TEXT NOT NULL, serial INTEGER NOT NULL,
+    ok INTEGER NOT NULL, error TEXT
+);
+CREATE TABLE IF NOT EXISTS observed_studies (
+    destination TEXT NOT NULL, study_uid TEXT NOT NULL, instances TEXT NOT NULL,
+    PRIMARY KEY (destination, study_uid)
+);
+CREATE TABLE IF NOT EXISTS verifications (
+    destination TEXT NOT NULL, study_uid TEXT NOT NULL, verified_at TEXT NOT NULL,
+    ok INTEGER NOT NULL, corrupt TEXT NOT NULL,
+    PRIMARY KEY (destination, study_uid)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, command TEXT NOT NULL, started_at TEXT NOT NULL,
+    finished_at TEXT, outcome TEXT, summary TEXT
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL, kind TEXT NOT NULL,
+    study_uid TEXT NOT NULL, destination TEXT NOT NULL, status TEXT NOT NULL,
+    started_at TEXT NOT NULL, finished_at TEXT, instances INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, error TEXT
+);
+"""
+
+_INSTANCE_COLUMNS = (
+    "path source size mtime_ns ctime_ns sha256 study_uid series_uid sop_uid sop_class_uid "
+    "transfer_syntax patient_id study_date modality study_description accession_number extra"
+).split()
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """What a rescan compares to decide whether a file must be read again."""
+
+    size: int
+    mtime_ns: int
+    extra_keys: frozenset[str]  # the extra attributes read last time
+    rejected: bool
+
+
+@dataclass(frozen=True)
+class RejectedFile:
+    path: str
+    source: str
+    reason: str
+    seen_at: str
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fresh = not path.exists()
+        self._db = sqlite3.connect(path, isolation_level=None)
+        if fresh:
+            os.chmod(path, 0o600)  # the catalog holds patient identifiers
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('state_id', ?)", (uuid.uuid4().hex,))
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('catalog_serial', '0')")
+        version = int(self._meta("schema_version"))
+        if version != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path} has state schema {version}; this version of reconciler reads {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _meta(self, key: str) -> str:
+        return self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    @property
+    def state_id(self) -> str:
+        return self._meta("state_id")
+
+    @property
+    def catalog_serial(self) -> int:
+        return int(self._meta("catalog_serial"))
+
+    # --- catalog -------------------------------------------------------------------------
+
+    def file_stamps(self, source: str) -> dict[str, FileStamp]:
+        rows = self._db.execute(
+            "SELECT path, size, mtime_ns, extra, 0 FROM instances WHERE source = ? "
+            "UNION ALL SELECT path, size, mtime_ns, '{}', 1 FROM rejected WHERE source = ?",
+            (source, source),
+        )
+        return {p: FileStamp(s, m, frozenset(json.loads(e)), bool(r)) for p, s, m, e, r in rows}
+
+    def record_scan(
+        self,
+        upserts: Iterable[CatalogInstance],
+        rejections: Iterable[tuple[str, str, int, int, str]],
+        removed: Iterable[str],
+    ) -> bool:
+        """Apply one batch of scan results atomically; returns whether anything changed."""
+        upserts, rejections, removed = list(upserts), list(rejections), list(removed)
+        if not (upserts or rejections or removed):
+            return False
+        with self.transaction() as db:
+            paths = [(i.path,) for i in upserts] + [(r[0],) for r in rejections] + [
+                (p,) for p in removed
+            ]
+            db.executemany("DELETE FROM instances WHERE path = ?", paths)
+            db.executemany("DELETE FROM rejected WHERE path = ?", paths)
+            db.executemany(
+                f"INSERT INTO instances VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))})",
+                [_instance_row(i) for i in upserts],
+            )
+            seen = _now()
+            db.executemany(
+                "INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?)",
+                [(*r, seen) for r in rejections],
+            )
+            db.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'catalog_serial'"
+            )
+        return True
+
+    def load_catalog(self) -> Catalog:
+        rows = self._db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances")
+        instances = [
+            CatalogInstance(*row[:-1], extra=json.loads(row[-1])) for row in rows
+        ]
+        return Catalog.from_instances(instances, self.catalog_serial)
+
+    def rejected_files(self) -> list[RejectedFile]:
+        rows = self._db.execute("SELECT path, source, reason, seen_at FROM rejected ORDER BY path")
+        return [RejectedFile(*row) for row in rows]
+
+    # --- observations --------------------------------------------------------------------
+
+    def observation_serials(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT destination, serial FROM observations"))
+
+    def save_observation(self, observation: Observation) -> Observation:
+        """Replace a destination's cached holdings; the serial moves only if they changed."""
+        previous = self.load_observation(observation.destination)
+        unchanged = (
+            previous is not None
+            and previous.ok == observation.ok
+            and _holdings(previous) == _holdings(observation)
+        )
+        serial = previous.serial if previous and unchanged else (previous.serial + 1 if previous else 1)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO observations VALUES (?, ?, ?, ?, ?)",
+                (
+                    observation.destination,
+                    observation.observed_at.isoformat(),
+                    serial,
+                    int(observation.ok),
+                    observation.error,
+                ),
+            )
+            if observation.ok and not unchanged:
+                db.execute(
+                    "DELETE FROM observed_studies WHERE destination = ?", (observation.destination,)
+                )
+                db.executemany(
+                    "INSERT INTO observed_studies VALUES (?, ?, ?)",
+                    [
+                        (observation.destination, s.uid, _instances_json(s.instances))
+                        for s in observation.studies.values()
+                    ],
+                )
+        return self.load_observation(observation.destination)  # type: ignore[return-value]
+
+    def record_study_stored(
+        self, destination: str, study_uid: str, instances: Mapping[str, ObservedInstance]
+    ) -> None:
+        """After a committed copy: the cache now holds what the new manifest lists."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?)",
+                (destination, study_uid, _instances_json(instances)),
+            )
+            db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+            # Repaired objects were just rewritten: a failed verification no longer holds.
+            db.execute(
+                "DELETE FROM verifications WHERE destination = ? AND study_uid = ? AND ok = 0",
+                (destination, study_uid),
+            )
+
+    def load_observation(self, destination: str) -> Observation | None:
+        head = self._db.execute(
+            "SELECT observed_at, serial, ok, error FROM observations WHERE destination = ?",
+            (destination,),
+        ).fetchone()
+        if head is None:
+            return None
+        verifications = {
+            uid: (datetime.fromisoformat(at), bool(ok), frozenset(json.loads(corrupt)))
+            for uid, at, ok, corrupt in self._db.execute(
+                "SELECT study_uid, verified_at, ok, corrupt FROM verifications "
+                "WHERE destination = ?",
+                (destination,),
+            )
+        }
+        studies = {}
+        for uid, instances in self._db.execute(
+            "SELECT study_uid, instances FROM observed_studies WHERE destination = ?",
+            (destination,),
+        ):
+            verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
+            studies[uid] = ObservedStudy(
+                uid,
+                {sop: ObservedInstance(sha, size) for sop, (sha, size) in json.loads(instances).items()},
+                verified_at=verified_at if ok else None,
+                corrupt=corrupt,
+            )
+        return Observation(
+            destination=destination,
+            observed_at=datetime.fromisoformat(head[0]),
+            serial=head[1],
+            ok=bool(head[2]),
+            studies=studies,
+            error=head[3],
+        )
+
+    def record_verification(
+        self, destination: str, study_uid: str, at: datetime, corrupt: Iterable[str]
+    ) -> None:
+        corrupt = sorted(corrupt)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?)",
+                (destination, study_uid, at.isoformat(), int(not corrupt), json.dumps(corrupt)),
+            )
+            db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+
+    # --- runs and journal ----------------------------------------------------------------
+
+    def start_run(self, command: str) -> int:
+        with self.transaction() as db:
+            # A run that never finished was killed: say so rather than leave it "running".
+            db.execute(
+                "UPDATE journal SET status = 'abandoned' WHERE status = 'running'"
+            )
+            db.execute("UPDATE runs SET outcome = 'interrupted' WHERE outcome IS NULL")
+            cursor = db.execute(
+                "INSERT INTO runs (command, started_at) VALUES (?, ?)", (command, _now())
+            )
+        return int(cursor.lastrowid or 0)
+
+    def finish_run(self, run_id: int, outcome: str, summary: Mapping[str, object]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?",
+                (_now(), outcome, json.dumps(summary), run_id),
+            )
+
+    def journal_start(
+        self, run_id: int, kind: str, study_uid: str, destination: str, instances: int, size: int
+    ) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO journal (run_id, kind, study_uid, destination, status, started_at, "
+                "instances, bytes) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                (run_id, kind, study_uid, destination, _now(), instances, size),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def journal_finish(self, entry_id: int, status: str, error: str | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE journal SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                (status, _now(), error, entry_id),
+            )
+
+    def recent_runs(self, limit: int = 10) -> list[dict[str, object]]:
+        rows = self._db.execute(
+            "SELECT id, command, started_at, finished_at, outcome, summary FROM runs "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {
+                "id": r[0],
+                "command": r[1],
+                "started_at": r[2],
+                "finished_at": r[3],
+                "outcome": r[4],
+                "summary": json.loads(r[5]) if r[5] else None,
+            }
+            for r in rows
+        ]
+
+    def failing_actions(self) -> list[dict[str, object]]:
+        """Per study and destination, the last journal entry when it failed."""
+        rows = self._db.execute(
+            "SELECT kind, study_uid, destination, finished_at, error FROM journal j "
+            "WHERE status = 'failed' AND id = (SELECT MAX(id) FROM journal k "
+            "WHERE k.study_uid = j.study_uid AND k.destination = j.destination) ORDER BY id"
+        )
+        keys = ("kind", "study_uid", "destination", "at", "error")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def _instance_row(instance: CatalogInstance) -> tuple[object, ...]:
+    values = [getattr(instance, c) for c in _INSTANCE_COLUMNS[:-1]]
+    return (*values, json.dumps(dict(instance.extra), sort_keys=True))
+
+
+def _instances_json(instances: Mapping[str, ObservedInstance]) -> str:
+    return json.dumps({sop: [i.sha256, i.size] for sop, i in sorted(instances.items())})
+
+
+def _holdings(observation: Observation) -> dict[str, str]:
+    return {uid: _instances_json(s.instances) for uid, s in observation.studies.items()}

@@ -1,0 +1,83 @@
+"""Views: turn apply events into a human progress display or JSON lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+from tqdm import tqdm
+
+from reconciler.events import (
+    ActionFinished,
+    ActionProgress,
+    Event,
+    RunFinished,
+    RunStarted,
+    event_dict,
+)
+from reconciler.plan import human_bytes
+
+
+class JsonLinesView:
+    """One JSON object per line on stdout, for scripts and log shippers."""
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self.out = out or sys.stdout
+
+    def __call__(self, event: Event) -> None:
+        self.out.write(json.dumps(event_dict(event)) + "\n")
+        self.out.flush()
+
+
+class HumanView:
+    """A byte progress bar on a terminal (none otherwise) and one line per finished action."""
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self.out = out or sys.stdout
+        self._bar: tqdm[Any] | None = None
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case RunStarted(bytes=size):
+                self._bar = tqdm(
+                    total=size, unit="B", unit_scale=True, desc="apply", file=sys.stderr,
+                    disable=None, leave=False,
+                )
+            case ActionProgress(action=action, bytes=size) if action.kind == "copy" and self._bar:
+                self._bar.update(size)
+            case ActionFinished():
+                self._write(_finished_line(event))
+            case RunFinished(summary=summary):
+                if self._bar:
+                    self._bar.close()
+                self._write(_summary_line(summary))
+
+    def _write(self, line: str) -> None:
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(line, file=self.out)
+        else:
+            print(line, file=self.out, flush=True)
+
+
+def _finished_line(event: ActionFinished) -> str:
+    action = event.action
+    head = f"{action.kind} study {action.study_uid} -> {action.destination}"
+    if event.ok:
+        return f"  done    {head}: {event.message}"
+    lines = [f"  FAILED  {head}: {event.message}"]
+    lines.extend(f"            {uid}: {why}" for uid, why in list(event.failures.items())[:5])
+    if len(event.failures) > 5:
+        lines.append(f"            ... and {len(event.failures) - 5} more")
+    return "\n".join(lines)
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    seconds = summary["seconds"]
+    rate = human_bytes(summary["bytes_per_second"]) + "/s"
+    verdict = "Apply complete" if summary["outcome"] == "ok" else "Apply finished with failures"
+    return (
+        f"\n{verdict}: {summary['actions_done']} actions done, {summary['actions_failed']} failed; "
+        f"{summary['instances_copied']} instances, {human_bytes(summary['bytes_copied'])} copied "
+        f"in {seconds:.1f} s ({rate})."
+    )

@@ -1,0 +1,182 @@
+"""One run's working set: the loaded config, its state store and its destinations.
+
+This is where the flow is wired together: sources -> catalog, destinations -> observations,
+then the pure planner. The CLI calls it; it never renders anything itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler.catalog.scan import ScanResult, SourceFolder, scan_sources
+from reconciler.config.load import LoadedConfig
+from reconciler.destinations.base import Destination, DestinationUnavailable
+from reconciler.destinations.object_store import ObjectStoreDestination
+from reconciler.observation import Observation
+from reconciler.plan import Fingerprint, Plan
+from reconciler.planner import make_plan
+from reconciler.state import StateStore
+
+
+class StalePlanError(Exception):
+    """A saved plan whose inputs changed since it was made."""
+
+
+class Workspace:
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.store = StateStore(loaded.state_path)
+        self._destinations: dict[str, Destination] = {}
+
+    def close(self) -> None:
+        for destination in self._destinations.values():
+            destination.close()
+        self.store.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def destination(self, name: str) -> Destination:
+        if name not in self._destinations:
+            settings = self.config.destinations[name]
+            url = settings.object.url
+            if url.startswith("file://") and not url.startswith("file:///"):
+                # A relative folder is relative to the config, like every other path in it.
+                folder = self.loaded.resolve_path(Path(url.removeprefix("file://")))
+                target = settings.object.model_copy(update={"url": folder.as_uri()})
+                settings = settings.model_copy(update={"object": target})
+            self._destinations[name] = ObjectStoreDestination(name, settings, self.config.site)
+        return self._destinations[name]
+
+    # --- the flow ---------------------------------------------------------------------------
+
+    def scan(self, progress: Callable[[int, int], None] | None = None) -> ScanResult:
+        folders = [
+            SourceFolder(name, self.loaded.resolve_path(source.path), tuple(source.exclude))
+            for name, source in self.config.sources.items()
+        ]
+        extra = {k for policy in self.config.policies for k in policy.select.tags}
+        return scan_sources(self.store, folders, extra, progress)
+
+    def observe(self, refresh: bool, now: datetime) -> dict[str, Observation]:
+        """Each destination's holdings: from the cache unless stale or ``refresh`` is asked."""
+        observations = {}
+        for name, settings in self.config.destinations.items():
+            cached = self.store.load_observation(name)
+            fresh = (
+                cached is not None
+                and cached.ok
+                and now - cached.observed_at < settings.refresh_after
+            )
+            observations[name] = cached if fresh and not refresh else self._observe(name, now)
+        return observations
+
+    def _observe(self, name: str, now: datetime) -> Observation:
+        try:
+            studies = self.destination(name).observe()
+        except DestinationUnavailable as exc:
+            failed = Observation(name, now, 0, ok=False, error=str(exc))
+            return self.store.save_observation(failed)
+        return self.store.save_observation(Observation(name, now, 0, ok=True, studies=studies))
+
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(
+            config_sha256=self.loaded.sha256,
+            state_id=self.store.state_id,
+            catalog_serial=self.store.catalog_serial,
+            observation_serials=self.store.observation_serials(),
+        )
+
+    def plan(
+        self,
+        refresh: bool = False,
+        now: datetime | None = None,
+        scan_progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[Plan, ScanResult]:
+        now = now or datetime.now(UTC)
+        scanned = self.scan(scan_progress)
+        observations = self.observe(refresh, now)
+        catalog = self.store.load_catalog()
+        plan = make_plan(self.config, catalog, observations, now, self.fingerprint())
+        return plan, scanned
+
+    def status(self, now: datetime | None = None) -> dict[str, Any]:
+        """What the state knows, with no scan and no network: safe to run beside an apply."""
+        now = now or datetime.now(UTC)
+        catalog = self.store.load_catalog()
+        cached = {
+            name: observation
+            for name in self.config.destinations
+            if (observation := self.store.load_observation(name)) is not None
+        }
+        plan = make_plan(self.config, catalog, cached, now)
+        destinations = {}
+        for name in self.config.destinations:
+            pending = [a for a in plan.actions if a.destination == name]
+            observation = cached.get(name)
+            destinations[name] = {
+                "observed_at": observation.observed_at.isoformat() if observation else None,
+                "reachable": observation.ok if observation else None,
+                "error": observation.error if observation else None,
+                "studies_held": len(observation.studies) if observation else 0,
+                "pending_copies": sum(1 for a in pending if a.kind == "copy"),
+                "pending_bytes": sum(a.bytes for a in pending if a.kind == "copy"),
+                "pending_verifications": sum(1 for a in pending if a.kind == "verify"),
+            }
+            destinations[name]["summary"] = _destination_summary(destinations[name])
+        return {
+            "studies": len(catalog.studies),
+            "instances": sum(len(s.instances) for s in catalog.studies.values()),
+            "waiting": len(plan.waiting),
+            "destinations": destinations,
+            "rejected_files": [vars(r) for r in self.store.rejected_files()],
+            "failing": self.store.failing_actions(),
+            "runs": self.store.recent_runs(),
+        }
+
+    def check_current(self, plan: Plan) -> None:
+        """Refuse a saved plan once anything it was computed from has changed."""
+        saved = plan.fingerprint
+        if saved is None:
+            raise StalePlanError("the plan file carries no fingerprint; make it with `plan -o`")
+        self.scan()
+        current = self.fingerprint()
+        reasons = _differences(saved, current)
+        if reasons:
+            raise StalePlanError(
+                "the saved plan is stale: " + "; ".join(reasons) + ". Run `reconciler plan` again."
+            )
+
+
+def _destination_summary(status: Mapping[str, Any]) -> str:
+    if status["observed_at"] is None:
+        return "never observed"
+    if not status["reachable"]:
+        return f"unreachable at last look ({status['error']})"
+    text = f"{status['studies_held']} studies held, {status['pending_copies']} copies pending"
+    return text + f" (as of {status['observed_at']})"
+
+
+def _differences(saved: Fingerprint, current: Fingerprint) -> list[str]:
+    reasons = []
+    if saved.config_sha256 != current.config_sha256:
+        reasons.append("the configuration changed")
+    if saved.state_id != current.state_id:
+        reasons.append("it was made against another state database")
+    if saved.catalog_serial != current.catalog_serial:
+        reasons.append("files in the sources changed")
+    changed = _changed_keys(saved.observation_serials, current.observation_serials)
+    if changed:
+        reasons.append(f"what is known of {', '.join(changed)} changed")
+    return reasons
+
+
+def _changed_keys(before: Mapping[str, int], after: Mapping[str, int]) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
