@@ -52,8 +52,12 @@ def apply_plan(
         futures: dict[Future[SendResult | VerifyResult], tuple[Action, int]] = {}
         for action in plan.actions:
             entry = store.journal_start(
-                run_id, action.kind, action.study_uid, action.destination,
-                len(action.instances), action.bytes,
+                run_id,
+                action.kind,
+                action.study_uid,
+                action.destination,
+                len(action.instances),
+                action.bytes,
             )
             future = pool.submit(_run_action, action, destinations, emit_safely)
             futures[future] = (action, entry)
@@ -115,6 +119,9 @@ def _record(
             store.journal_finish(entry, "failed", message)
             return ActionFinished(action, False, message, result.failures)
         store.record_study_stored(action.destination, action.study_uid, result.committed)
+        if not action.repair:
+            # Every stored byte was hashed as it was sent: the copy is verified as of now.
+            store.record_verification(action.destination, action.study_uid, datetime.now(UTC), ())
         store.journal_finish(entry, "done", None)
         return ActionFinished(action, True, f"copied {result.sent} instances")
     store.record_verification(

@@ -56,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
         sub.add_argument(
-            "-c", "--config", type=Path, default=Path("reconciler.yaml"),
+            "-c",
+            "--config",
+            type=Path,
+            default=Path("reconciler.yaml"),
             help="config file or folder of *.yaml files (default: ./reconciler.yaml)",
         )
         return sub
@@ -76,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print the plan as JSON")
     sub.add_argument("--refresh", action="store_true", help="re-read every destination first")
     sub.add_argument(
-        "--detailed-exitcode", action="store_true",
+        "--detailed-exitcode",
+        action="store_true",
         help="exit 0 when there are no changes, 2 when there are, 1 on error",
     )
 
@@ -163,7 +167,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
             return EXIT_ERROR if plan.has_errors else EXIT_OK
         view = JsonLinesView() if args.json else HumanView()
         summary = apply_plan(
-            plan, workspace.destination, workspace.store, view,
+            plan,
+            workspace.destination,
+            workspace.store,
+            view,
             loaded.config.apply.parallel_studies,
         )
     return EXIT_OK if summary["outcome"] == "ok" and not plan.has_errors else EXIT_ERROR
@@ -185,8 +192,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status["failing"]:
         print("Failing:")
         for failing in status["failing"]:
-            print(f"  {failing['kind']} {failing['study_uid']} -> {failing['destination']}: "
-                  f"{failing['error']}")
+            print(
+                f"  {failing['kind']} {failing['study_uid']} -> {failing['destination']}: "
+                f"{failing['error']}"
+            )
     for run in status["runs"]:
         print(f"Run {run['id']} ({run['command']}) {run['started_at']}: {run['outcome']}")
     return EXIT_OK
@@ -208,8 +217,9 @@ def _scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
 
     def progress(done: int, total: int) -> None:
         if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, unit="file", desc="scan", file=sys.stderr,
-                              disable=None, leave=False)
+            bar["bar"] = tqdm(
+                total=total, unit="file", desc="scan", file=sys.stderr, disable=None, leave=False
+            )
         bar["bar"].update(done - bar["bar"].n)
         if done >= total:
             bar.pop("bar").close()

@@ -39,10 +39,7 @@ class StudyLabel:
         when = self.study_date
         if len(when) == 8 and when.isdigit():
             when = f"{when[:4]}-{when[4:6]}-{when[6:]}"
-        parts = [self.modalities or "?", when or "undated"]
-        if self.description:
-            parts.append(f'"{self.description}"')
-        return " ".join(parts)
+        return f"{self.modalities or '?'} {when or 'undated'}"
 
 
 @dataclass(frozen=True)
@@ -233,8 +230,11 @@ def _render_action(action: Action) -> list[str]:
             f"-> {action.destination}{policies}"
         )
     else:
-        head = f"  = verify study {action.study_uid} {action.study} at {action.destination}{policies}"
-    return [head, f"      {action.reason}"]
+        head = (
+            f"  = verify study {action.study_uid} {action.study} at {action.destination}{policies}"
+        )
+    description = f'"{action.study.description}": ' if action.study.description else ""
+    return [head, f"           {description}{action.reason}"]
 
 
 def summary_line(plan: Plan) -> str:
@@ -249,9 +249,7 @@ def summary_line(plan: Plan) -> str:
             f" {_plural(len(plan.waiting), 'study', 'studies')} waiting." if plan.waiting else ""
         )
         return f"No changes.{tail}{waiting}"
-    parts = [
-        f"{_plural(counts['copies'], 'copy', 'copies')} ({human_bytes(counts['copy_bytes'])})"
-    ]
+    parts = [f"{_plural(counts['copies'], 'copy', 'copies')} ({human_bytes(counts['copy_bytes'])})"]
     if counts["verifications"]:
         parts.append(_plural(counts["verifications"], "verification"))
     parts.append(_plural(counts["deletions"], "deletion"))

@@ -48,7 +48,9 @@ def make_plan(
         label = label_of(study)
         ready_at = _ready_at(config, study)
         if ready_at > now:
-            waiting.append(Waiting(study.uid, label, ready_at, _waiting_reason(study, ready_at, now)))
+            waiting.append(
+                Waiting(study.uid, label, ready_at, _waiting_reason(study, ready_at, now))
+            )
             continue
         for destination, policies in wanted.items():
             if destination not in reachable:
@@ -97,7 +99,9 @@ def _unobservable_destinations(
     return problems
 
 
-def _wanted_destinations(config: Config, study: CatalogStudy, now: datetime) -> dict[str, list[str]]:
+def _wanted_destinations(
+    config: Config, study: CatalogStudy, now: datetime
+) -> dict[str, list[str]]:
     """Destination -> names of the policies that want the study there."""
     wanted: dict[str, list[str]] = {}
     for policy in config.policies:
@@ -161,9 +165,7 @@ def _action_for(
     corrupt = observed.corrupt if observed else frozenset()
     missing = [i for i in instances if i.sop_uid not in present]
     differing = [
-        i
-        for i in instances
-        if i.sop_uid in present and present[i.sop_uid].sha256 != i.sha256
+        i for i in instances if i.sop_uid in present and present[i.sop_uid].sha256 != i.sha256
     ]
     damaged = [i for i in instances if i.sop_uid in corrupt and i not in differing]
     unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}
@@ -229,4 +231,3 @@ def _ref(instance: CatalogInstance) -> InstanceRef:
         sha256=instance.sha256,
         transfer_syntax=instance.transfer_syntax,
     )
-

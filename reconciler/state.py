@@ -61,10 +61,25 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 
-_INSTANCE_COLUMNS = (
-    "path source size mtime_ns ctime_ns sha256 study_uid series_uid sop_uid sop_class_uid "
-    "transfer_syntax patient_id study_date modality study_description accession_number extra"
-).split()
+_INSTANCE_COLUMNS = [
+    "path",
+    "source",
+    "size",
+    "mtime_ns",
+    "ctime_ns",
+    "sha256",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "sop_class_uid",
+    "transfer_syntax",
+    "patient_id",
+    "study_date",
+    "modality",
+    "study_description",
+    "accession_number",
+    "extra",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +119,15 @@ class StateStore:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('state_id', ?)", (uuid.uuid4().hex,))
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('state_id', ?)", (uuid.uuid4().hex,)
+            )
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('catalog_serial', '0')")
         version = int(self._meta("schema_version"))
         if version != SCHEMA_VERSION:
             raise RuntimeError(
-                f"{path} has state schema {version}; this version of reconciler reads {SCHEMA_VERSION}"
+                f"{path} has state schema {version}; "
+                f"this version of reconciler reads {SCHEMA_VERSION}"
             )
 
     def close(self) -> None:
@@ -157,9 +175,11 @@ class StateStore:
         if not (upserts or rejections or removed):
             return False
         with self.transaction() as db:
-            paths = [(i.path,) for i in upserts] + [(r[0],) for r in rejections] + [
-                (p,) for p in removed
-            ]
+            paths = (
+                [(i.path,) for i in upserts]
+                + [(r[0],) for r in rejections]
+                + [(p,) for p in removed]
+            )
             db.executemany("DELETE FROM instances WHERE path = ?", paths)
             db.executemany("DELETE FROM rejected WHERE path = ?", paths)
             db.executemany(
@@ -178,9 +198,7 @@ class StateStore:
 
     def load_catalog(self) -> Catalog:
         rows = self._db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances")
-        instances = [
-            CatalogInstance(*row[:-1], extra=json.loads(row[-1])) for row in rows
-        ]
+        instances = [CatalogInstance(*row[:-1], extra=json.loads(row[-1])) for row in rows]
         return Catalog.from_instances(instances, self.catalog_serial)
 
     def rejected_files(self) -> list[RejectedFile]:
@@ -200,7 +218,9 @@ class StateStore:
             and previous.ok == observation.ok
             and _holdings(previous) == _holdings(observation)
         )
-        serial = previous.serial if previous and unchanged else (previous.serial + 1 if previous else 1)
+        serial = (
+            previous.serial if previous and unchanged else (previous.serial + 1 if previous else 1)
+        )
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO observations VALUES (?, ?, ?, ?, ?)",
@@ -266,7 +286,10 @@ class StateStore:
             verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
             studies[uid] = ObservedStudy(
                 uid,
-                {sop: ObservedInstance(sha, size) for sop, (sha, size) in json.loads(instances).items()},
+                {
+                    sop: ObservedInstance(sha, size)
+                    for sop, (sha, size) in json.loads(instances).items()
+                },
                 verified_at=verified_at if ok else None,
                 corrupt=corrupt,
             )
@@ -297,9 +320,7 @@ class StateStore:
     def start_run(self, command: str) -> int:
         with self.transaction() as db:
             # A run that never finished was killed: say so rather than leave it "running".
-            db.execute(
-                "UPDATE journal SET status = 'abandoned' WHERE status = 'running'"
-            )
+            db.execute("UPDATE journal SET status = 'abandoned' WHERE status = 'running'")
             db.execute("UPDATE runs SET outcome = 'interrupted' WHERE outcome IS NULL")
             cursor = db.execute(
                 "INSERT INTO runs (command, started_at) VALUES (?, ?)", (command, _now())

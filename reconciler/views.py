@@ -41,8 +41,13 @@ class HumanView:
         match event:
             case RunStarted(bytes=size):
                 self._bar = tqdm(
-                    total=size, unit="B", unit_scale=True, desc="apply", file=sys.stderr,
-                    disable=None, leave=False,
+                    total=size,
+                    unit="B",
+                    unit_scale=True,
+                    desc="apply",
+                    file=sys.stderr,
+                    disable=None,
+                    leave=False,
                 )
             case ActionProgress(action=action, bytes=size) if action.kind == "copy" and self._bar:
                 self._bar.update(size)

@@ -55,7 +55,7 @@ def test_unreachable_destination_is_an_error_and_never_read_as_empty() -> None:
 
 def test_a_study_still_arriving_waits() -> None:
     recent = int((NOW - timedelta(seconds=20)).timestamp() * 1e9)
-    ct = study("1.2.3", 2) + [instance("1.2.3", "1.2.3.1.9", mtime_ns=recent, ctime_ns=recent)]
+    ct = [*study("1.2.3", 2), instance("1.2.3", "1.2.3.1.9", mtime_ns=recent, ctime_ns=recent)]
     plan = make_plan(config(), catalog(ct), {"cloud": observed("cloud")}, NOW)
     assert plan.actions == ()
     [waiting] = plan.waiting
@@ -81,17 +81,22 @@ def test_policies_select_by_modality_description_and_age() -> None:
         },
     ]
     ct = study("1.1", 1)
-    mr_teaching_old = study("2.2", 1, modality="MR", study_description="Knee #TEACHING",
-                            study_date="20250101")
-    mr_teaching_new = study("3.3", 1, modality="MR", study_description="x #teaching",
-                            study_date="20260520")
+    mr_teaching_old = study(
+        "2.2", 1, modality="MR", study_description="Knee #TEACHING", study_date="20250101"
+    )
+    mr_teaching_new = study(
+        "3.3", 1, modality="MR", study_description="x #teaching", study_date="20260520"
+    )
     plan = make_plan(
         config(policies=policies),
         catalog(ct, mr_teaching_old, mr_teaching_new),
         {"cloud": observed("cloud"), "nas": observed("nas")},
         NOW,
     )
-    assert {(a.study_uid, a.destination) for a in plan.actions} == {("1.1", "cloud"), ("2.2", "nas")}
+    assert {(a.study_uid, a.destination) for a in plan.actions} == {
+        ("1.1", "cloud"),
+        ("2.2", "nas"),
+    }
 
 
 def test_two_policies_to_one_destination_make_one_action_naming_both() -> None:
@@ -101,8 +106,10 @@ def test_two_policies_to_one_destination_make_one_action_naming_both() -> None:
     ]
     ct = study("1.1", 2)
     plan = make_plan(
-        config(policies=policies), catalog(ct),
-        {"cloud": observed("cloud"), "nas": observed("nas")}, NOW,
+        config(policies=policies),
+        catalog(ct),
+        {"cloud": observed("cloud"), "nas": observed("nas")},
+        NOW,
     )
     by_dest = {a.destination: a for a in plan.actions}
     assert by_dest["cloud"].policies == ("all", "ct")
@@ -111,19 +118,25 @@ def test_two_policies_to_one_destination_make_one_action_naming_both() -> None:
 
 
 def test_any_dicom_keyword_can_be_selected_on() -> None:
-    policies = [{"name": "north", "select": {"tags": {"InstitutionName": {"regex": "^North"}}},
-                 "copy_to": ["cloud"]}]
+    policies = [
+        {
+            "name": "north",
+            "select": {"tags": {"InstitutionName": {"regex": "^North"}}},
+            "copy_to": ["cloud"],
+        }
+    ]
     north = study("1.1", 1, extra={"InstitutionName": "North Hospital"})
     south = study("2.2", 1, extra={"InstitutionName": "South Clinic"})
-    plan = make_plan(config(policies=policies), catalog(north, south),
-                     {"cloud": observed("cloud")}, NOW)
+    plan = make_plan(
+        config(policies=policies), catalog(north, south), {"cloud": observed("cloud")}, NOW
+    )
     assert [a.study_uid for a in plan.actions] == ["1.1"]
 
 
 def test_conflicting_files_for_one_instance_are_held_back_and_reported() -> None:
     ct = study("1.2.3", 2)
     twin = instance("1.2.3", ct[0].sop_uid, path="/srv/inbox/other.dcm", sha256="f" * 64)
-    plan = make_plan(config(), catalog(ct + [twin]), {"cloud": observed("cloud")}, NOW)
+    plan = make_plan(config(), catalog([*ct, twin]), {"cloud": observed("cloud")}, NOW)
     [action] = plan.actions
     assert [i.sop_instance_uid for i in action.instances] == [ct[1].sop_uid]
     assert any("different content" in p.message for p in plan.problems)
@@ -131,8 +144,11 @@ def test_conflicting_files_for_one_instance_are_held_back_and_reported() -> None
 
 
 def test_checksum_verification_is_planned_when_due() -> None:
-    cfg = config(destinations={"cloud": {"object": {"url": "s3://b/p"}, "verify": "checksum",
-                                         "verify_every": "7d"}})
+    cfg = config(
+        destinations={
+            "cloud": {"object": {"url": "s3://b/p"}, "verify": "checksum", "verify_every": "7d"}
+        }
+    )
     ct = study("1.1", 3)
     never = make_plan(cfg, catalog(ct), {"cloud": observed("cloud", held(ct))}, NOW)
     assert [(a.kind, a.reason) for a in never.actions] == [
@@ -141,13 +157,17 @@ def test_checksum_verification_is_planned_when_due() -> None:
     recent = held(ct, verified_at=NOW - timedelta(days=1))
     assert make_plan(cfg, catalog(ct), {"cloud": observed("cloud", recent)}, NOW).actions == ()
     stale = held(ct, verified_at=NOW - timedelta(days=8))
-    assert make_plan(cfg, catalog(ct), {"cloud": observed("cloud", stale)}, NOW).actions[0].kind == "verify"
+    assert (
+        make_plan(cfg, catalog(ct), {"cloud": observed("cloud", stale)}, NOW).actions[0].kind
+        == "verify"
+    )
 
 
 def test_instances_that_failed_verification_are_copied_again() -> None:
     ct = study("1.1", 3)
-    holdings = {"1.1": ObservedStudy("1.1", held(ct)["1.1"].instances,
-                                     corrupt=frozenset({ct[1].sop_uid}))}
+    holdings = {
+        "1.1": ObservedStudy("1.1", held(ct)["1.1"].instances, corrupt=frozenset({ct[1].sop_uid}))
+    }
     plan = make_plan(config(), catalog(ct), {"cloud": observed("cloud", holdings)}, NOW)
     [action] = plan.actions
     assert [i.sop_instance_uid for i in action.instances] == [ct[1].sop_uid]

@@ -88,9 +88,7 @@ def scan_sources(
         known = store.file_stamps(source.name)
         found = {f.path: f for f in _walk(source.path, source.exclude)}
         result.files += len(found)
-        to_read = [
-            f for f in found.values() if _needs_reading(known.get(f.path), f, wanted_extra)
-        ]
+        to_read = [f for f in found.values() if _needs_reading(known.get(f.path), f, wanted_extra)]
         removed = [p for p in known if p not in found]
         store.record_scan([], [], removed)
         result.removed += len(removed)
@@ -211,4 +209,3 @@ def read_instance(
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value).strip()
-

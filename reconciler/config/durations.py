@@ -24,7 +24,8 @@ def parse_duration(text: object) -> timedelta:
     compact = text.strip().replace(" ", "")
     if not re.fullmatch(DURATION_PATTERN, compact):
         raise ValueError(
-            f"'{text}' is not a duration: write a number and a unit, such as 60s, 2m, 10h, 30d or 2w"
+            f"'{text}' is not a duration: write a number and a unit, "
+            "such as 60s, 2m, 10h, 30d or 2w"
         )
     return sum(
         (timedelta(**{_UNITS[unit]: float(n)}) for n, unit in _PART.findall(compact)),

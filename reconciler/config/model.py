@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from reconciler.config.durations import Duration
@@ -50,6 +50,17 @@ class TextMatch(StrictModel):
         return value
 
 
+def _text_keyword(keyword: str) -> str:
+    if tag_for_keyword(keyword) is None:
+        raise ValueError(f"'{keyword}' is not a DICOM keyword (e.g. InstitutionName)")
+    if dictionary_VR(keyword) in {"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}:
+        raise ValueError(f"'{keyword}' is not a text attribute and cannot be matched")
+    return keyword
+
+
+# Checked per key, so an error points at the keyword's own line.
+DicomTextKeyword = Annotated[str, AfterValidator(_text_keyword)]
+
 # A plain string means "equals", a list means "equals any of these".
 Match = str | list[str] | TextMatch
 
@@ -71,25 +82,16 @@ class StudySelector(StrictModel):
     study_description: Match | None = None
     patient_id: Match | None = None
     accession_number: Match | None = None
-    tags: dict[str, Match] = Field(
+    tags: dict[DicomTextKeyword, Match] = Field(
         default_factory=dict,
-        description="Any other DICOM attribute by keyword, e.g. InstitutionName: {contains: North}.",
+        description="Any other DICOM attribute by keyword, e.g. "
+        "InstitutionName: {contains: North}.",
     )
 
     @field_validator("modality", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
-
-    @field_validator("tags")
-    @classmethod
-    def _known_text_keywords(cls, value: dict[str, Match]) -> dict[str, Match]:
-        for keyword in value:
-            if tag_for_keyword(keyword) is None:
-                raise ValueError(f"'{keyword}' is not a DICOM keyword (e.g. InstitutionName)")
-            if dictionary_VR(keyword) in {"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}:
-                raise ValueError(f"'{keyword}' is not a text attribute and cannot be matched")
-        return value
 
 
 class SourceConfig(StrictModel):

@@ -143,7 +143,9 @@ class ObjectStoreDestination:
         }
         return result
 
-    def _send_instance(self, folder: str, ref: InstanceRef, progress: ProgressCallback) -> ManifestEntry:
+    def _send_instance(
+        self, folder: str, ref: InstanceRef, progress: ProgressCallback
+    ) -> ManifestEntry:
         target = f"{folder}/{ref.sop_instance_uid}.dcm"
         if ref.size <= IN_MEMORY_LIMIT:
             data = _read_checked(ref)
@@ -186,7 +188,9 @@ class ObjectStoreDestination:
         except FileNotFoundError:
             pass
         except ManifestError as exc:
-            log.warning("%s: replacing the unreadable manifest of %s: %s", self.name, study_uid, exc)
+            log.warning(
+                "%s: replacing the unreadable manifest of %s: %s", self.name, study_uid, exc
+            )
         merged.update((e.sop_instance_uid, e) for e in entries)
         manifest = Manifest(
             site=self.site,
@@ -206,13 +210,19 @@ class ObjectStoreDestination:
     def verify(self, action: Action, progress: ProgressCallback) -> VerifyResult:
         folder = self._study_dir(action.study_uid)
         try:
-            manifest = Manifest.from_json(self.fs.cat_file(f"{folder}/{MANIFEST_NAME}"), action.study_uid)
+            manifest = Manifest.from_json(
+                self.fs.cat_file(f"{folder}/{MANIFEST_NAME}"), action.study_uid
+            )
         except (FileNotFoundError, ManifestError) as exc:
-            return VerifyResult(corrupt={r.sop_instance_uid: f"no manifest: {exc}" for r in action.instances})
+            return VerifyResult(
+                corrupt={r.sop_instance_uid: f"no manifest: {exc}" for r in action.instances}
+            )
 
         def check(entry: ManifestEntry) -> str | None:
             try:
-                data = with_retries(lambda: self.fs.cat_file(f"{folder}/{entry.object}"), self.settings.retry)
+                data = with_retries(
+                    lambda: self.fs.cat_file(f"{folder}/{entry.object}"), self.settings.retry
+                )
             except FileNotFoundError:
                 return "object is missing"
             progress(len(data))
@@ -221,7 +231,9 @@ class ObjectStoreDestination:
             return None
 
         result = VerifyResult()
-        for entry, problem in zip(manifest.instances, self._pool.map(check, manifest.instances), strict=True):
+        for entry, problem in zip(
+            manifest.instances, self._pool.map(check, manifest.instances), strict=True
+        ):
             result.checked += 1
             if problem:
                 result.corrupt[entry.sop_instance_uid] = problem

@@ -1,0 +1,86 @@
+"""Shared fixtures: a real S3 endpoint (moto's server on loopback) and generated studies."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "reconciler-test-key",
+    "AWS_SECRET_ACCESS_KEY": "reconciler-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server on loopback, as s3fs's own tests run it."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = {**S3_CREDENTIALS, "S3_ENDPOINT": s3_endpoint}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def s3_bucket(s3_env: dict[str, str], request: pytest.FixtureRequest) -> str:
+    """A new, empty bucket for one test."""
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    fs = s3fs.S3FileSystem(
+        endpoint_url=s3_env["S3_ENDPOINT"],
+        key=s3_env["AWS_ACCESS_KEY_ID"],
+        secret=s3_env["AWS_SECRET_ACCESS_KEY"],
+        skip_instance_cache=True,
+    )
+    fs.mkdir(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def small_studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three generated studies (CT, MR, CR) of 2 series x 3 small images, made once."""
+    from reconciler.synth import generate
+
+    folder = tmp_path_factory.mktemp("studies")
+    generate(folder, studies=3, series_per_study=2, instances_per_series=3, matrix=32)
+    return folder

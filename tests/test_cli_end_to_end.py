@@ -1,0 +1,169 @@
+"""The whole loop through the command line: plan -> apply -> plan, repair, saved plans."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+
+
+def folder_destination(tmp_path: Path) -> tuple[str, Path]:
+    block = 'object: {url: "file://backup"}'
+    return block, tmp_path / "backup"
+
+
+def s3_destination(bucket: str) -> str:
+    return textwrap.dedent(
+        f"""\
+        object:
+              url: "s3://{bucket}/hospital"
+              options:
+                endpoint_url: "${{env:S3_ENDPOINT}}"
+                key: "${{env:AWS_ACCESS_KEY_ID}}"
+                secret: "${{env:AWS_SECRET_ACCESS_KEY}}"
+                skip_instance_cache: true"""
+    )
+
+
+def write_config(folder: Path, destination_block: str) -> Path:
+    config = folder / "reconciler.yaml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            site: e2e-site
+            sources:
+              inbox:
+                path: inbox
+                stable_after: 0s
+            destinations:
+              backup:
+                DEST
+            policies:
+              - name: everything-offsite
+                select: {}
+                copy_to: [backup]
+            """
+        ).replace("DEST", destination_block)
+    )
+    return config
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, small_studies: Path) -> Path:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    return tmp_path / "inbox"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3"])
+def test_plan_apply_converge_then_repair_one_deleted_instance(
+    kind: str,
+    tmp_path: Path,
+    inbox: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if kind == "folder":
+        block, _ = folder_destination(tmp_path)
+    else:
+        block = s3_destination(request.getfixturevalue("s3_bucket"))
+    config = str(write_config(tmp_path, block))
+
+    code, out = run(capsys, "plan", "-c", config, "--detailed-exitcode")
+    assert code == 2, out
+    assert "Plan: 3 copies" in out and "+ copy" in out and "[everything-offsite]" in out
+
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 0, out
+    assert "Apply complete: 3 actions done, 0 failed; 18 instances" in out
+
+    code, out = run(capsys, "plan", "-c", config, "--detailed-exitcode")
+    assert (code, out.strip().splitlines()[-1]) == (0, "No changes. 3 study copies in sync.")
+
+    # Someone removes one stored instance behind our back.
+    from reconciler.config.load import load_config
+    from reconciler.workspace import Workspace
+
+    with Workspace(load_config(Path(config))) as workspace:
+        dest = workspace.destination("backup")
+        victim = sorted(p for p in dest.fs.find(f"{dest.root}/studies") if p.endswith(".dcm"))[4]
+        dest.fs.rm_file(victim)
+    victim_uid = victim.rsplit("/", 1)[1].removesuffix(".dcm")
+
+    code, out = run(capsys, "plan", "-c", config, "--refresh", "--json", "--detailed-exitcode")
+    assert code == 2
+    document = json.loads(out)
+    [action] = document["actions"]
+    assert (action["kind"], action["instances"], action["repair"]) == ("copy", 1, True)
+    assert [i["sop_instance_uid"] for i in action["items"]] == [victim_uid]
+    assert "1 of 6 instances missing at backup" in action["reason"]
+
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert next(e["type"] for e in events) == "run_started"
+    assert events[-1]["type"] == "summary" and events[-1]["instances_copied"] == 1
+
+    code, out = run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")
+    assert code == 0, out
+    if kind == "s3":
+        assert "reconciler-test-secret" not in out
+
+
+def test_saved_plan_applies_and_a_stale_one_is_refused(
+    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path, folder_destination(tmp_path)[0]))
+    planfile = tmp_path / "tfplan.json"
+    assert run(capsys, "plan", "-c", config, "-o", str(planfile))[0] == 0
+    code, out = run(capsys, "apply", "-c", config, str(planfile))
+    assert code == 0, out
+
+    assert run(capsys, "plan", "-c", config, "-o", str(planfile))[0] == 0
+    extra = next(inbox.rglob("*.dcm"))
+    shutil.copy(extra, inbox / "late-arrival.dcm")
+    code, out = run(capsys, "apply", "-c", config, str(planfile))
+    assert code == 1
+    assert "the saved plan is stale: files in the sources changed" in out
+
+
+def test_apply_without_approval_on_a_pipe_refuses(
+    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path, folder_destination(tmp_path)[0]))
+    code, out = run(capsys, "apply", "-c", config)
+    assert code == 1 and "--auto-approve" in out
+    assert not (tmp_path / "backup").exists()
+
+
+def test_unreachable_destination_makes_plan_fail(
+    tmp_path: Path, inbox: Path, s3_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path, s3_destination("no-such-bucket")))
+    code, out = run(capsys, "plan", "-c", config, "--detailed-exitcode")
+    assert code == 1
+    assert "ERROR: backup: could not be observed" in out
+
+
+def test_console_script_runs_validate(tmp_path: Path, inbox: Path) -> None:
+    config = write_config(tmp_path, folder_destination(tmp_path)[0])
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "The configuration is valid: 1 sources, 1 destinations, 1 policies" in done.stdout

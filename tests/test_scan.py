@@ -1,0 +1,120 @@
+"""The incremental, header-only scan of source folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reconciler.catalog.scan import SourceFolder, scan_sources
+from reconciler.state import StateStore
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, small_studies: Path) -> Path:
+    folder = tmp_path / "inbox"
+    shutil.copytree(small_studies, folder)
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    state = StateStore(tmp_path / "state" / "state.db")
+    yield state
+    state.close()
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.dcm"))
+
+
+def test_first_scan_catalogues_every_instance(inbox: Path, store: StateStore) -> None:
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    catalog = store.load_catalog()
+    assert result.read == 18 and result.rejected == []
+    assert len(catalog.studies) == 3
+    assert sum(len(s.instances) for s in catalog.studies.values()) == 18
+    some = next(iter(catalog.studies.values())).first
+    assert len(some.sha256) == 64 and some.modality in {"CT", "MR", "CR"}
+    assert some.transfer_syntax == "1.2.840.10008.1.2.1"
+
+
+def test_rescan_of_unchanged_files_reads_nothing(inbox: Path, store: StateStore) -> None:
+    scan_sources(store, [SourceFolder("inbox", inbox)])
+    serial = store.catalog_serial
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    assert result.read == 0 and not result.changed
+    assert store.catalog_serial == serial
+
+
+def test_changed_file_is_reread_and_rehashed(inbox: Path, store: StateStore) -> None:
+    scan_sources(store, [SourceFolder("inbox", inbox)])
+    target = dicom_files(inbox)[0]
+    before = {i.path: i.sha256 for s in store.load_catalog().studies.values() for i in s.instances}
+    with open(target, "ab") as handle:
+        handle.write(b"\0\0")  # trailing padding keeps it valid DICOM, changes size and hash
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    after = {i.path: i.sha256 for s in store.load_catalog().studies.values() for i in s.instances}
+    assert result.read == 1
+    assert after[str(target)] != before[str(target)]
+
+
+def test_removed_file_leaves_the_catalog(inbox: Path, store: StateStore) -> None:
+    scan_sources(store, [SourceFolder("inbox", inbox)])
+    dicom_files(inbox)[0].unlink()
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    assert result.removed == 1
+    assert sum(len(s.instances) for s in store.load_catalog().studies.values()) == 17
+
+
+def test_corrupt_and_foreign_files_are_rejected_with_reasons_not_fatal(
+    inbox: Path, store: StateStore
+) -> None:
+    (inbox / "notes.txt").write_text("not an image")
+    truncated = inbox / "truncated.dcm"
+    truncated.write_bytes(dicom_files(inbox)[0].read_bytes()[:200])
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    reasons = dict(result.rejected)
+    assert set(reasons) == {str(inbox / "notes.txt"), str(truncated)}
+    assert "not a DICOM Part-10 file" in reasons[str(inbox / "notes.txt")]
+    assert {r.path for r in store.rejected_files()} == set(reasons)
+    assert result.read == 20  # the 18 good ones were still catalogued
+    again = scan_sources(store, [SourceFolder("inbox", inbox)])
+    assert again.read == 0  # a rejected file is not read again until it changes
+
+
+def test_file_missing_a_required_uid_is_rejected(inbox: Path, store: StateStore) -> None:
+    import pydicom
+
+    path = dicom_files(inbox)[0]
+    ds = pydicom.dcmread(path)
+    del ds.StudyInstanceUID
+    ds.save_as(path)
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    assert dict(result.rejected)[str(path)] == "StudyInstanceUID is missing"
+
+
+def test_hidden_and_excluded_files_are_skipped(inbox: Path, store: StateStore) -> None:
+    source = dicom_files(inbox)[0]
+    shutil.copy(source, inbox / ".partial-upload.dcm")
+    shutil.copy(source, inbox / "copy.tmp")
+    result = scan_sources(store, [SourceFolder("inbox", inbox, exclude=("*.tmp",))])
+    assert result.files == 18
+
+
+def test_unreachable_source_keeps_its_catalog(inbox: Path, store: StateStore) -> None:
+    scan_sources(store, [SourceFolder("inbox", inbox)])
+    os.rename(inbox, inbox.with_name("unmounted"))
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    assert result.missing_sources == ["inbox"] and result.removed == 0
+    assert len(store.load_catalog().studies) == 3
+
+
+def test_new_selector_keyword_is_read_from_known_files(inbox: Path, store: StateStore) -> None:
+    scan_sources(store, [SourceFolder("inbox", inbox)])
+    result = scan_sources(store, [SourceFolder("inbox", inbox)], extra_keywords={"InstitutionName"})
+    assert result.read == 18
+    study = next(iter(store.load_catalog().studies.values()))
+    assert study.attribute("InstitutionName")
