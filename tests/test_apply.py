@@ -1,0 +1,105 @@
+"""Apply: results journaled, failures never recorded as done, corruption repaired next run."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+from test_cli_end_to_end import folder_destination, run, write_config
+
+from reconciler.apply import apply_plan
+from reconciler.config.load import load_config
+from reconciler.events import ActionFinished, Event, RunFinished
+from reconciler.workspace import Workspace
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, small_studies: Path) -> Workspace:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = write_config(tmp_path, folder_destination(tmp_path)[0])
+    with Workspace(load_config(config)) as opened:
+        yield opened
+
+
+def test_failed_instance_fails_its_action_and_it_is_planned_again(workspace: Workspace) -> None:
+    plan, _ = workspace.plan()
+    first = plan.actions[0]
+    bad = dataclasses.replace(first.instances[0], sha256="0" * 64)  # the file "changed"
+    broken = dataclasses.replace(first, instances=(bad, *first.instances[1:]))
+    plan = dataclasses.replace(plan, actions=(broken, *plan.actions[1:]))
+    events: list[Event] = []
+    summary = apply_plan(plan, workspace.destination, workspace.store, events.append)
+
+    assert summary["outcome"] == "failed"
+    assert (summary["actions_done"], summary["actions_failed"]) == (2, 1)
+    [failed] = [e for e in events if isinstance(e, ActionFinished) and not e.ok]
+    assert failed.action.study_uid == first.study_uid
+    assert "changed since it was scanned" in failed.message
+    assert isinstance(events[-1], RunFinished)
+    failing = workspace.store.failing_actions()
+    assert [(f["study_uid"], f["destination"]) for f in failing] == [(first.study_uid, "backup")]
+
+    again, _ = workspace.plan(refresh=True)
+    [retry] = again.actions
+    assert retry.study_uid == first.study_uid and len(retry.instances) == len(first.instances)
+    assert (
+        apply_plan(again, workspace.destination, workspace.store, lambda _: None)["outcome"] == "ok"
+    )
+    assert workspace.store.failing_actions() == []
+
+
+def test_verification_that_finds_corruption_leads_to_a_repair(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    block = 'object: {url: "file://backup"}\n    verify: checksum\n    verify_every: 0s'
+    config = str(write_config(tmp_path, block))
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    victim = sorted((tmp_path / "backup").rglob("*.dcm"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 1
+    assert "1 of 6 instances failed verification" in out
+
+    code, out = run(capsys, "plan", "-c", config)
+    assert "1 failed checksum verification at backup" in out
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    assert victim.read_bytes() != bytes(data)  # rewritten from the source
+
+
+def test_status_lists_rejected_files_and_what_is_pending(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    (tmp_path / "inbox" / "readme.txt").write_text("not dicom")
+    config = str(write_config(tmp_path, folder_destination(tmp_path)[0]))
+    run(capsys, "plan", "-c", config)
+    code, out = run(capsys, "status", "-c", config)
+    assert code == 0
+    assert "Catalog: 3 studies, 18 instances." in out
+    assert "readme.txt: not a DICOM Part-10 file" in out
+    assert "backup: 0 studies held, 3 copies pending" in out
+    run(capsys, "apply", "-c", config, "--auto-approve")
+    import json
+
+    status = json.loads(run(capsys, "status", "-c", config, "--json")[1])
+    assert status["destinations"]["backup"]["studies_held"] == 3
+    assert status["destinations"]["backup"]["pending_copies"] == 0
+    assert status["runs"][0]["outcome"] == "ok"
+
+
+def test_fmt_check_reports_a_file_that_would_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "reconciler.yaml"
+    config.write_text("site: x   # our site\nsources:\n    inbox: {path: in}\n")
+    code, out = run(capsys, "fmt", "-c", str(config), "--check")
+    assert code == 1 and "would reformat" in out
+    assert run(capsys, "fmt", "-c", str(config))[0] == 0
+    assert "# our site" in config.read_text()
+    assert run(capsys, "fmt", "-c", str(config), "--check")[0] == 0
