@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.plan import Action
+from reconciler.plan import Action, action_head
 
 
 @dataclass(frozen=True)
@@ -41,28 +41,18 @@ class RunFinished:
 Event = RunStarted | ActionStarted | ActionProgress | ActionFinished | RunFinished
 
 
-def action_fields(action: Action) -> dict[str, Any]:
-    return {
-        "kind": action.kind,
-        "study_uid": action.study_uid,
-        "destination": action.destination,
-        "instances": len(action.instances),
-        "bytes": action.bytes,
-    }
-
-
 def event_dict(event: Event) -> dict[str, Any]:
     """The JSON-lines form of an event: one flat object with a ``type``."""
     match event:
         case RunStarted(actions=actions, bytes=size):
             return {"type": "run_started", "actions": actions, "bytes": size}
         case ActionStarted(action=action):
-            return {"type": "action_started", **action_fields(action)}
+            return {"type": "action_started", **action_head(action)}
         case ActionProgress(action=action, bytes=size):
-            return {"type": "progress", **action_fields(action), "bytes_done": size}
+            return {"type": "progress", **action_head(action), "bytes_done": size}
         case ActionFinished(action=action, ok=ok, message=message, failures=failures):
             kind = "action_done" if ok else "action_failed"
-            return {"type": kind, **action_fields(action), "message": message, "failures": failures}
+            return {"type": kind, **action_head(action), "message": message, "failures": failures}
         case RunFinished(summary=summary):
             return {"type": "summary", **summary}
     raise TypeError(f"unknown event {event!r}")

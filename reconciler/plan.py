@@ -158,13 +158,20 @@ class Plan:
         )
 
 
-def _action_dict(action: Action) -> dict[str, Any]:
+def action_head(action: Action) -> dict[str, Any]:
+    """The fields that name an action in plans and in apply events alike."""
     return {
         "kind": action.kind,
         "study_uid": action.study_uid,
         "destination": action.destination,
         "instances": len(action.instances),
         "bytes": action.bytes,
+    }
+
+
+def _action_dict(action: Action) -> dict[str, Any]:
+    return {
+        **action_head(action),
         "policies": list(action.policies),
         "policy": action.policies[0] if action.policies else None,
         "reason": action.reason,
