@@ -9,7 +9,7 @@ from datetime import datetime
 
 @dataclass(frozen=True, slots=True)
 class ObservedInstance:
-    sha256: str  # of the source bytes the stored copy was made from
+    sha256: str | None  # of the source bytes the copy was made from; None if a peer can't say
     size: int  # of the source bytes
 
 

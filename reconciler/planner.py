@@ -165,7 +165,9 @@ def _action_for(
     corrupt = observed.corrupt if observed else frozenset()
     missing = [i for i in instances if i.sop_uid not in present]
     differing = [
-        i for i in instances if i.sop_uid in present and present[i.sop_uid].sha256 != i.sha256
+        i
+        for i in instances
+        if i.sop_uid in present and present[i.sop_uid].sha256 not in (None, i.sha256)
     ]
     damaged = [i for i in instances if i.sop_uid in corrupt and i not in differing]
     unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}
@@ -182,7 +184,7 @@ def _action_for(
             repair=bool(observed and present),
         )
     settings = config.destinations[destination]
-    if settings.verify == "checksum" and observed is not None:
+    if settings.verification == "checksum" and observed is not None:
         last = observed.verified_at
         if last is None or now - last >= settings.verify_every:
             when = (

@@ -248,11 +248,16 @@ class StateStore:
     def record_study_stored(
         self, destination: str, study_uid: str, instances: Mapping[str, ObservedInstance]
     ) -> None:
-        """After a committed copy: the cache now holds what the new manifest lists."""
+        """After a committed copy: the cached holdings gain what it stored."""
         with self.transaction() as db:
+            row = db.execute(
+                "SELECT instances FROM observed_studies WHERE destination = ? AND study_uid = ?",
+                (destination, study_uid),
+            ).fetchone()
+            held = _parse_instances(row[0]) if row else {}
             db.execute(
                 "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?)",
-                (destination, study_uid, _instances_json(instances)),
+                (destination, study_uid, _instances_json({**held, **instances})),
             )
             db.execute(
                 "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
@@ -286,10 +291,7 @@ class StateStore:
             verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
             studies[uid] = ObservedStudy(
                 uid,
-                {
-                    sop: ObservedInstance(sha, size)
-                    for sop, (sha, size) in json.loads(instances).items()
-                },
+                _parse_instances(instances),
                 verified_at=verified_at if ok else None,
                 corrupt=corrupt,
             )
@@ -388,6 +390,10 @@ def _instance_row(instance: CatalogInstance) -> tuple[object, ...]:
 
 def _instances_json(instances: Mapping[str, ObservedInstance]) -> str:
     return json.dumps({sop: [i.sha256, i.size] for sop, i in sorted(instances.items())})
+
+
+def _parse_instances(text: str) -> dict[str, ObservedInstance]:
+    return {sop: ObservedInstance(sha, size) for sop, (sha, size) in json.loads(text).items()}
 
 
 def _holdings(observation: Observation) -> dict[str, str]:

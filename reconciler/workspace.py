@@ -6,14 +6,16 @@ then the pure planner. The CLI calls it; it never renders anything itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.catalog.model import Catalog
 from reconciler.catalog.scan import ScanResult, SourceFolder, scan_sources
 from reconciler.config.load import LoadedConfig
 from reconciler.destinations.base import Destination, DestinationUnavailable
+from reconciler.destinations.dicom import DicomDestination
 from reconciler.destinations.object_store import ObjectStoreDestination
 from reconciler.observation import Observation
 from reconciler.plan import Fingerprint, Plan
@@ -45,15 +47,20 @@ class Workspace:
 
     def destination(self, name: str) -> Destination:
         if name not in self._destinations:
-            settings = self.config.destinations[name]
-            url = settings.object.url
-            if url.startswith("file://") and not url.startswith("file:///"):
-                # A relative folder is relative to the config, like every other path in it.
-                folder = self.loaded.resolve_path(Path(url.removeprefix("file://")))
-                target = settings.object.model_copy(update={"url": folder.as_uri()})
-                settings = settings.model_copy(update={"object": target})
-            self._destinations[name] = ObjectStoreDestination(name, settings, self.config.site)
+            self._destinations[name] = self._open_destination(name)
         return self._destinations[name]
+
+    def _open_destination(self, name: str) -> Destination:
+        settings = self.config.destinations[name]
+        if settings.dicom is not None:
+            return DicomDestination(name, settings.dicom, settings)
+        target = settings.object
+        assert target is not None  # the model requires exactly one kind
+        if target.url.startswith("file://") and not target.url.startswith("file:///"):
+            # A relative folder is relative to the config, like every other path in it.
+            folder = self.loaded.resolve_path(Path(target.url.removeprefix("file://")))
+            target = target.model_copy(update={"url": folder.as_uri()})
+        return ObjectStoreDestination(name, target, settings, self.config.site)
 
     # --- the flow ---------------------------------------------------------------------------
 
@@ -65,8 +72,11 @@ class Workspace:
         extra = {k for policy in self.config.policies for k in policy.select.tags}
         return scan_sources(self.store, folders, extra, progress)
 
-    def observe(self, refresh: bool, now: datetime) -> dict[str, Observation]:
+    def observe(self, catalog: Catalog, refresh: bool, now: datetime) -> dict[str, Observation]:
         """Each destination's holdings: from the cache unless stale or ``refresh`` is asked."""
+        expected = {
+            uid: [i.sop_uid for i in study.instances] for uid, study in catalog.studies.items()
+        }
         observations = {}
         for name, settings in self.config.destinations.items():
             cached = self.store.load_observation(name)
@@ -75,12 +85,22 @@ class Workspace:
                 and cached.ok
                 and now - cached.observed_at < settings.refresh_after
             )
-            observations[name] = cached if fresh and not refresh else self._observe(name, now)
+            if settings.verification == "none":
+                # Nothing is asked of the peer: what it holds is what we recorded sending.
+                observations[name] = cached or self.store.save_observation(
+                    Observation(name, now, 0, ok=True)
+                )
+            elif fresh and not refresh:
+                observations[name] = cached
+            else:
+                observations[name] = self._observe(name, expected, now)
         return observations
 
-    def _observe(self, name: str, now: datetime) -> Observation:
+    def _observe(
+        self, name: str, expected: Mapping[str, Collection[str]], now: datetime
+    ) -> Observation:
         try:
-            studies = self.destination(name).observe()
+            studies = self.destination(name).observe(expected)
         except DestinationUnavailable as exc:
             failed = Observation(name, now, 0, ok=False, error=str(exc))
             return self.store.save_observation(failed)
@@ -102,8 +122,8 @@ class Workspace:
     ) -> tuple[Plan, ScanResult]:
         now = now or datetime.now(UTC)
         scanned = self.scan(scan_progress)
-        observations = self.observe(refresh, now)
         catalog = self.store.load_catalog()
+        observations = self.observe(catalog, refresh, now)
         plan = make_plan(self.config, catalog, observations, now, self.fingerprint())
         return plan, scanned
 

@@ -40,7 +40,9 @@ def destination(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStoreDe
             },
             "retry": {"attempts": 2, "initial_delay": "0s"},
         }
-    dest = ObjectStoreDestination("backup", DestinationConfig.model_validate(settings), "site-a")
+    config = DestinationConfig.model_validate(settings)
+    assert config.object is not None
+    dest = ObjectStoreDestination("backup", config.object, config, "site-a")
     yield dest
     dest.close()
 
@@ -68,7 +70,7 @@ def test_sent_study_is_observed_whole_with_its_manifest(
     result = destination.send(action, progress.append)
     assert result.failures == {} and result.sent == len(action.instances)
     assert sum(progress) == action.bytes
-    held = destination.observe()
+    held = destination.observe({})
     assert set(held) == {action.study_uid}
     assert {uid: (i.sha256, i.size) for uid, i in held[action.study_uid].instances.items()} == {
         r.sop_instance_uid: (r.sha256, r.size) for r in action.instances
@@ -90,7 +92,7 @@ def test_partial_transfer_writes_no_manifest(
     result = destination.send(broken, lambda _: None)
     assert result.committed is None
     assert "changed since it was scanned" in result.failures[changed.sop_instance_uid]
-    assert destination.observe() == {}  # objects without a manifest are not a copy
+    assert destination.observe({}) == {}  # objects without a manifest are not a copy
 
 
 def test_repair_adds_instances_to_the_existing_manifest(
@@ -99,9 +101,9 @@ def test_repair_adds_instances_to_the_existing_manifest(
     action = copy_actions[0]
     first, rest = action.instances[:2], action.instances[2:]
     destination.send(dataclasses.replace(action, instances=first), lambda _: None)
-    assert len(destination.observe()[action.study_uid].instances) == 2
+    assert len(destination.observe({})[action.study_uid].instances) == 2
     destination.send(dataclasses.replace(action, instances=rest), lambda _: None)
-    assert len(destination.observe()[action.study_uid].instances) == len(action.instances)
+    assert len(destination.observe({})[action.study_uid].instances) == len(action.instances)
 
 
 def test_missing_object_is_observed_as_missing(
@@ -111,7 +113,7 @@ def test_missing_object_is_observed_as_missing(
     destination.send(action, lambda _: None)
     gone = action.instances[0].sop_instance_uid
     destination.fs.rm_file(f"{destination.root}/studies/{action.study_uid}/{gone}.dcm")
-    held = destination.observe()[action.study_uid]
+    held = destination.observe({})[action.study_uid]
     assert gone not in held.instances
     assert len(held.instances) == len(action.instances) - 1
 
@@ -138,7 +140,7 @@ def test_unreadable_manifest_means_absent(
     action = copy_actions[0]
     destination.send(action, lambda _: None)
     destination.fs.pipe_file(f"{destination.root}/studies/{action.study_uid}/manifest.json", b"{")
-    assert destination.observe() == {}
+    assert destination.observe({}) == {}
 
 
 def test_unreachable_endpoint_is_unavailable_not_empty(s3_env: dict[str, str]) -> None:
@@ -154,7 +156,8 @@ def test_unreachable_endpoint_is_unavailable_not_empty(s3_env: dict[str, str]) -
             }
         }
     )
-    dest = ObjectStoreDestination("down", settings, "site-a")
+    assert settings.object is not None
+    dest = ObjectStoreDestination("down", settings.object, settings, "site-a")
     with pytest.raises(DestinationUnavailable):
-        dest.observe()
+        dest.observe({})
     dest.close()

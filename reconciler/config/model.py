@@ -128,12 +128,37 @@ class RetrySettings(StrictModel):
     max_delay: Duration = timedelta(minutes=1)
 
 
+class DicomTarget(StrictModel):
+    """A DICOM peer (PACS) reached over DIMSE: C-STORE to send, C-FIND to observe."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    ae_title: str = Field(max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
+    calling_ae_title: str = Field("RECONCILER", max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
+    acse_timeout: Duration = Field(timedelta(seconds=30), description="Association set-up.")
+    dimse_timeout: Duration = Field(timedelta(seconds=60), description="Waiting for a response.")
+    network_timeout: Duration = Field(timedelta(seconds=60), description="A silent connection.")
+    max_pdu: int = Field(16382, ge=0, description="Largest PDU we accept; 0 means no limit.")
+    warning_is_success: bool = Field(
+        True, description="Count C-STORE warnings (e.g. 0xB000 coercion) as stored."
+    )
+
+
+OBJECT_VERIFY = ("presence", "checksum")
+DICOM_VERIFY = ("instances", "count", "none")
+
+
 class DestinationConfig(StrictModel):
-    object: ObjectTarget
-    verify: Literal["presence", "checksum"] = Field(
-        "presence",
-        description="presence: manifest and object sizes are checked at every refresh; "
-        "checksum: objects are also re-read and hashed every verify_every.",
+    """Give exactly one of ``object`` or ``dicom``."""
+
+    object: ObjectTarget | None = None
+    dicom: DicomTarget | None = None
+    verify: Literal["presence", "checksum", "instances", "count", "none"] | None = Field(
+        None,
+        description="object stores: presence (default: manifest and sizes at every refresh) or "
+        "checksum (objects re-read and hashed every verify_every); DICOM peers: instances "
+        "(default: C-FIND lists each SOP Instance UID), count (study-level instance count) "
+        "or none.",
     )
     verify_every: Duration = Field(timedelta(days=30), description="Deep verification period.")
     refresh_after: Duration = Field(
@@ -142,6 +167,23 @@ class DestinationConfig(StrictModel):
     )
     concurrency: int = Field(8, ge=1, le=256, description="Parallel object transfers.")
     retry: RetrySettings = RetrySettings()
+
+    @model_validator(mode="after")
+    def _one_kind_and_its_verification(self) -> DestinationConfig:
+        if (self.object is None) == (self.dicom is None):
+            raise ValueError("give exactly one of object: or dicom:")
+        allowed = OBJECT_VERIFY if self.object is not None else DICOM_VERIFY
+        if self.verify is not None and self.verify not in allowed:
+            kind = "an object" if self.object is not None else "a DICOM"
+            raise ValueError(
+                f"verify: {self.verify} does not apply to {kind} destination "
+                f"(choose {', '.join(allowed)})"
+            )
+        return self
+
+    @property
+    def verification(self) -> str:
+        return self.verify or (OBJECT_VERIFY[0] if self.object is not None else DICOM_VERIFY[0])
 
 
 class Policy(StrictModel):

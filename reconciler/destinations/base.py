@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,7 +19,7 @@ class SendResult:
     sent: int = 0
     bytes: int = 0
     failures: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why
-    # What the destination holds for the study once the copy was committed; None if not.
+    # The instances this copy committed at the destination; None if it was not committed.
     committed: Mapping[str, ObservedInstance] | None = None
 
 
@@ -35,7 +35,13 @@ ProgressCallback = Callable[[int], None]  # bytes just transferred
 class Destination(Protocol):
     name: str
 
-    def observe(self) -> Mapping[str, ObservedStudy]: ...
+    def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
+        """What is held of the ``expected`` studies (UID -> SOP Instance UIDs we have).
+
+        Stores that can list everything cheaply may report more; a PACS is only asked about
+        the studies we hold.
+        """
+        ...
 
     def send(self, action: Action, progress: ProgressCallback) -> SendResult: ...
 

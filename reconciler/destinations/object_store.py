@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,13 +25,14 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from reconciler import __version__
-from reconciler.config.model import DestinationConfig
+from reconciler.config.model import DestinationConfig, ObjectTarget
 from reconciler.destinations.base import (
     DestinationUnavailable,
     ProgressCallback,
     SendResult,
     VerifyResult,
 )
+from reconciler.destinations.source_files import check_unchanged, read_unchanged
 from reconciler.manifest import Manifest, ManifestEntry, ManifestError
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action, InstanceRef
@@ -57,14 +58,16 @@ def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class ObjectStoreDestination:
-    def __init__(self, name: str, settings: DestinationConfig, site: str) -> None:
+    def __init__(
+        self, name: str, target: ObjectTarget, settings: DestinationConfig, site: str
+    ) -> None:
         self.name = name
         self.settings = settings
         self.site = site
-        options = dict(settings.object.options)
-        if settings.object.url.startswith("s3://"):
+        options = dict(target.options)
+        if target.url.startswith("s3://"):
             options = _s3_defaults(options)
-        self.fs, root = fsspec.core.url_to_fs(settings.object.url, **options)
+        self.fs, root = fsspec.core.url_to_fs(target.url, **options)
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"dest-{name}")
@@ -77,7 +80,8 @@ class ObjectStoreDestination:
 
     # --- observe ---------------------------------------------------------------------------
 
-    def observe(self) -> Mapping[str, ObservedStudy]:
+    def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
+        # One listing shows everything: cheaper than asking study by study.
         try:
             listing = self._list_objects()
             manifests = self._read_manifests(listing)
@@ -148,11 +152,11 @@ class ObjectStoreDestination:
     ) -> ManifestEntry:
         target = f"{folder}/{ref.sop_instance_uid}.dcm"
         if ref.size <= IN_MEMORY_LIMIT:
-            data = _read_checked(ref)
+            data = read_unchanged(ref)
             with_retries(lambda: self._write(target, data), self.settings.retry)
         else:
             with_retries(lambda: self.fs.put_file(ref.path, target), self.settings.retry)
-            _read_checked(ref, keep=False)  # the file must not have changed while it streamed
+            check_unchanged(ref)  # the file must not have changed while it streamed
         progress(ref.size)
         return ManifestEntry(
             sop_instance_uid=ref.sop_instance_uid,
@@ -238,24 +242,6 @@ class ObjectStoreDestination:
             if problem:
                 result.corrupt[entry.sop_instance_uid] = problem
         return result
-
-
-def _read_checked(ref: InstanceRef, keep: bool = True) -> bytes:
-    """The source bytes, refused if they are no longer what was scanned and planned."""
-    try:
-        with open(ref.path, "rb") as handle:
-            if keep:
-                data = handle.read()
-                digest = hashlib.sha256(data).hexdigest()
-            else:
-                data, digest = b"", hashlib.file_digest(handle, "sha256").hexdigest()
-    except FileNotFoundError:
-        raise PermanentError(f"source file {ref.path} is gone since it was scanned") from None
-    if digest != ref.sha256:
-        raise PermanentError(
-            f"source file {ref.path} changed since it was scanned; it will be planned again"
-        )
-    return data
 
 
 def _fsync_dir(path: Path) -> None:
