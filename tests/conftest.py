@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# The real DICOM peers (DCMTK, Orthanc) as fixtures: dcmqrscp_peer, storescp_peer, orthanc_peer.
+pytest_plugins = ["peers"]
+
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "reconciler-test-key",
     "AWS_SECRET_ACCESS_KEY": "reconciler-test-secret",

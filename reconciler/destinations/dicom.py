@@ -84,9 +84,8 @@ class DicomDestination:
         peer = f"{self.target.ae_title}@{self.target.host}:{self.target.port}"
         if assoc.is_rejected:
             return f"{peer} rejected the association (check the AE titles it accepts)"
-        if assoc.is_aborted:
-            return f"{peer} aborted the association"
-        return f"no association with {peer} (connection refused or timed out)"
+        # pynetdicom reports a refused connection as an abort too.
+        return f"{peer} did not accept an association (connection refused, aborted or timed out)"
 
     # --- observe ---------------------------------------------------------------------------
 

@@ -1,0 +1,172 @@
+"""DICOM destinations against real peers on loopback: DCMTK's dcmqrscp and Orthanc."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+import textwrap
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+import pytest
+from peers import DicomPeer, free_port, orthanc_get
+from test_cli_end_to_end import run
+from tests_config import one_policy_config
+
+from reconciler.catalog.scan import SourceFolder, scan_sources
+from reconciler.config.model import DestinationConfig
+from reconciler.destinations.base import DestinationUnavailable
+from reconciler.destinations.dicom import DicomDestination
+from reconciler.observation import Observation
+from reconciler.plan import Action
+from reconciler.planner import make_plan
+from reconciler.state import StateStore
+
+
+def dicom_destination(peer: DicomPeer, **settings: object) -> DicomDestination:
+    config = DestinationConfig.model_validate(
+        {
+            "dicom": {"host": peer.host, "port": peer.port, "ae_title": peer.ae_title},
+            "retry": {"attempts": 2, "initial_delay": "0s"},
+            **settings,
+        }
+    )
+    assert config.dicom is not None
+    return DicomDestination("pacs", config.dicom, config)
+
+
+@pytest.fixture
+def copy_actions(tmp_path: Path, small_studies: Path) -> list[Action]:
+    inbox = tmp_path / "inbox"
+    shutil.copytree(small_studies, inbox)
+    store = StateStore(tmp_path / "state.db")
+    scan_sources(store, [SourceFolder("inbox", inbox)])
+    now = datetime.now(UTC)
+    empty = {"backup": Observation("backup", now, 1, ok=True)}
+    plan = make_plan(one_policy_config(inbox, "file:///unused"), store.load_catalog(), empty, now)
+    store.close()
+    return list(plan.actions)
+
+
+def expected(actions: list[Action]) -> dict[str, list[str]]:
+    return {a.study_uid: [r.sop_instance_uid for r in a.instances] for a in actions}
+
+
+def test_sent_studies_are_listed_instance_by_instance(
+    dcmqrscp_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    destination = dicom_destination(dcmqrscp_peer)
+    for action in copy_actions:
+        progress: list[int] = []
+        result = destination.send(action, progress.append)
+        assert result.failures == {}
+        assert result.committed is not None and len(result.committed) == len(action.instances)
+        assert sum(progress) == action.bytes
+    held = destination.observe(expected(copy_actions))
+    assert {uid: sorted(s.instances) for uid, s in held.items()} == {
+        uid: sorted(sops) for uid, sops in expected(copy_actions).items()
+    }
+
+
+def test_partly_sent_study_shows_exactly_what_is_missing(
+    dcmqrscp_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    destination = dicom_destination(dcmqrscp_peer)
+    action = copy_actions[0]
+    destination.send(dataclasses.replace(action, instances=action.instances[:4]), lambda _: None)
+    held = destination.observe(expected([action]))[action.study_uid]
+    missing = {r.sop_instance_uid for r in action.instances} - set(held.instances)
+    assert missing == {r.sop_instance_uid for r in action.instances[4:]}
+
+
+def test_count_verification_uses_the_study_instance_count(
+    orthanc_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    destination = dicom_destination(orthanc_peer, verify="count")
+    action = copy_actions[0]
+    destination.send(dataclasses.replace(action, instances=action.instances[:4]), lambda _: None)
+    assert destination.observe(expected([action])) == {}  # 4 of 6: the study must go again
+    destination.send(action, lambda _: None)
+    held = destination.observe(expected([action]))
+    assert set(held[action.study_uid].instances) == set(expected([action])[action.study_uid])
+
+
+def test_orthanc_receives_every_instance_unchanged(
+    orthanc_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    destination = dicom_destination(orthanc_peer)
+    action = copy_actions[0]
+    assert destination.send(action, lambda _: None).failures == {}
+    instances = orthanc_get(orthanc_peer, "/instances?expand")
+    by_uid = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in instances}
+    assert set(by_uid) == {r.sop_instance_uid for r in action.instances}
+    ref = action.instances[0]
+    url = f"{orthanc_peer.rest_url}/instances/{by_uid[ref.sop_instance_uid]}/file"
+    with urllib.request.urlopen(url) as response:
+        stored = pydicom.dcmread(io.BytesIO(response.read()))
+    # Orthanc writes its own file meta; the dataset itself must be exactly ours.
+    original = pydicom.dcmread(ref.path)
+    assert stored == original
+    assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+
+
+def test_peer_that_is_down_is_unavailable_and_sends_fail_after_retries(
+    copy_actions: list[Action],
+) -> None:
+    down = DicomPeer("127.0.0.1", free_port(), "NOBODY", Path("/nonexistent"))
+    destination = dicom_destination(down)
+    with pytest.raises(DestinationUnavailable, match="did not accept an association"):
+        destination.observe(expected(copy_actions))
+    waits: list[float] = []
+    destination.sleep = waits.append
+    result = destination.send(copy_actions[0], lambda _: None)
+    assert result.committed is None
+    assert len(result.failures) == len(copy_actions[0].instances)
+    assert waits == [0.0]  # two attempts, one pause between them
+
+
+def test_rejected_association_names_the_cause(
+    dcmqrscp_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    wrong = dataclasses.replace(dcmqrscp_peer, ae_title="NOT-THE-AET")
+    with pytest.raises(DestinationUnavailable, match="rejected the association"):
+        dicom_destination(wrong).observe(expected(copy_actions))
+
+
+def test_cli_backs_up_to_orthanc_and_converges(
+    tmp_path: Path,
+    small_studies: Path,
+    orthanc_peer: DicomPeer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = tmp_path / "reconciler.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            site: pacs-backup
+            sources:
+              inbox: {{path: inbox, stable_after: 0s}}
+            destinations:
+              pacs:
+                dicom:
+                  host: 127.0.0.1
+                  port: {orthanc_peer.port}
+                  ae_title: {orthanc_peer.ae_title}
+                verify: instances
+            policies:
+              - name: everything-to-pacs
+                copy_to: [pacs]
+            """
+        )
+    )
+    code, out = run(capsys, "plan", "-c", str(config), "--detailed-exitcode")
+    assert code == 2 and "Plan: 3 copies" in out
+    code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
+    assert code == 0, out
+    code, out = run(capsys, "plan", "-c", str(config), "--refresh", "--detailed-exitcode")
+    assert code == 0, out
+    assert "No changes. 3 study copies in sync." in out
