@@ -236,7 +236,9 @@ def start_storescp(
     storage = workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv: list[str | Path] = [STORESCP, "-v", "-dhl", "-aet", ae_title, "+xa", "-od", storage]
+    # A negotiation profile (-xf) replaces "accept everything" (+xa); DCMTK refuses both.
+    accept = [] if "-xf" in extra_args else ["+xa"]
+    argv: list[str | Path] = [STORESCP, "-v", "-dhl", "-aet", ae_title, *accept, "-od", storage]
     argv += ["--fork"] if fork else ["--single-process"]
     argv += [*extra_args, str(port)]
     with _running(argv, workdir, "storescp", lambda: _port_open(HOST, port)):

@@ -1,4 +1,8 @@
-"""DICOM destinations against real peers on loopback: DCMTK's dcmqrscp and Orthanc."""
+"""DICOM destinations against real peers on loopback: Orthanc and DCMTK's storescp/dcmqrscp.
+
+Observation tests use Orthanc: it indexes an instance before answering its C-STORE, while
+dcmqrscp --fork may answer a C-FIND before another child's index update lands.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,26 @@ import io
 import shutil
 import textwrap
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pydicom
 import pytest
-from peers import DicomPeer, free_port, orthanc_get
+from peers import DicomPeer, free_port, orthanc_get, start_storescp
 from test_cli_end_to_end import run
 from tests_config import one_policy_config
 
 from reconciler.catalog.scan import SourceFolder, scan_sources
-from reconciler.config.model import DestinationConfig
+from reconciler.config.model import DestinationConfig, RetrySettings
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.dicom import DicomDestination
 from reconciler.observation import Observation
 from reconciler.plan import Action
 from reconciler.planner import make_plan
 from reconciler.state import StateStore
+
+# A peer that sends A-ASSOCIATE-RJ and closes at once is sometimes seen as an abort.
+REFUSED = "rejected the association|did not accept an association"
 
 
 def dicom_destination(peer: DicomPeer, **settings: object) -> DicomDestination:
@@ -56,9 +63,9 @@ def expected(actions: list[Action]) -> dict[str, list[str]]:
 
 
 def test_sent_studies_are_listed_instance_by_instance(
-    dcmqrscp_peer: DicomPeer, copy_actions: list[Action]
+    orthanc_peer: DicomPeer, copy_actions: list[Action]
 ) -> None:
-    destination = dicom_destination(dcmqrscp_peer)
+    destination = dicom_destination(orthanc_peer)
     for action in copy_actions:
         progress: list[int] = []
         result = destination.send(action, progress.append)
@@ -72,9 +79,9 @@ def test_sent_studies_are_listed_instance_by_instance(
 
 
 def test_partly_sent_study_shows_exactly_what_is_missing(
-    dcmqrscp_peer: DicomPeer, copy_actions: list[Action]
+    orthanc_peer: DicomPeer, copy_actions: list[Action]
 ) -> None:
-    destination = dicom_destination(dcmqrscp_peer)
+    destination = dicom_destination(orthanc_peer)
     action = copy_actions[0]
     destination.send(dataclasses.replace(action, instances=action.instances[:4]), lambda _: None)
     held = destination.observe(expected([action]))[action.study_uid]
@@ -132,7 +139,7 @@ def test_rejected_association_names_the_cause(
     dcmqrscp_peer: DicomPeer, copy_actions: list[Action]
 ) -> None:
     wrong = dataclasses.replace(dcmqrscp_peer, ae_title="NOT-THE-AET")
-    with pytest.raises(DestinationUnavailable, match="rejected the association"):
+    with pytest.raises(DestinationUnavailable, match=REFUSED):
         dicom_destination(wrong).observe(expected(copy_actions))
 
 
@@ -170,3 +177,85 @@ def test_cli_backs_up_to_orthanc_and_converges(
     code, out = run(capsys, "plan", "-c", str(config), "--refresh", "--detailed-exitcode")
     assert code == 0, out
     assert "No changes. 3 study copies in sync." in out
+
+
+MR_ONLY_PROFILE = """\
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+[[PresentationContexts]]
+[MROnly]
+PresentationContext1 = VerificationSOPClass\\Uncompressed
+PresentationContext2 = MRImageStorage\\Uncompressed
+[[Profiles]]
+[MROnly]
+PresentationContexts = MROnly
+"""
+
+
+def by_modality(actions: list[Action], modality: str) -> Action:
+    return next(a for a in actions if a.study.modalities == modality)
+
+
+def test_failure_status_fails_each_instance_with_the_peers_code(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    with start_storescp(tmp_path / "scp") as peer:
+        shutil.rmtree(peer.storage)  # storescp can no longer write: "out of resources"
+        result = dicom_destination(peer).send(copy_actions[0], lambda _: None)
+    assert result.committed is None
+    assert set(result.failures.values()) == {"the peer answered C-STORE with status 0xA700"}
+
+
+def test_sop_class_the_peer_rejects_is_reported_not_sent(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    profile = tmp_path / "mr-only.cfg"
+    profile.write_text(MR_ONLY_PROFILE)
+    with start_storescp(tmp_path / "scp", extra_args=["-xf", str(profile), "MROnly"]) as peer:
+        destination = dicom_destination(peer)
+        ct = destination.send(by_modality(copy_actions, "CT"), lambda _: None)
+        mr = destination.send(by_modality(copy_actions, "MR"), lambda _: None)
+    assert ct.committed is None and ct.sent == 0, ct.failures
+    assert all(
+        "accepts SOP class 1.2.840.10008.5.1.4.1.1.2 in no transfer syntax" in why
+        for why in ct.failures.values()
+    )
+    assert mr.failures == {} and mr.committed is not None
+
+
+def test_peer_aborting_mid_study_is_retried_and_never_committed(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    with start_storescp(tmp_path / "scp", extra_args=["--abort-during"]) as peer:
+        destination = dicom_destination(peer)
+        destination.sleep = lambda _: None
+        result = destination.send(copy_actions[0], lambda _: None)
+    assert result.committed is None
+    assert all("gave up after retries" in why for why in result.failures.values())
+
+
+def test_slow_peer_times_out(tmp_path: Path, copy_actions: list[Action]) -> None:
+    with start_storescp(tmp_path / "scp", extra_args=["--sleep-during", "5"]) as peer:
+        destination = dicom_destination(peer)
+        destination = DicomDestination(
+            "pacs",
+            destination.target.model_copy(update={"dimse_timeout": timedelta(seconds=1)}),
+            destination.settings.model_copy(update={"retry": RetrySettings(attempts=1)}),
+        )
+        action = dataclasses.replace(copy_actions[0], instances=copy_actions[0].instances[:1])
+        result = destination.send(action, lambda _: None)
+    assert result.committed is None
+    [why] = result.failures.values()
+    assert "no response to C-STORE" in why
+
+
+def test_peer_refusing_associations_is_unavailable(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    with (
+        start_storescp(tmp_path / "scp", extra_args=["--refuse"]) as peer,
+        pytest.raises(DestinationUnavailable, match=REFUSED),
+    ):
+        dicom_destination(peer).observe(expected(copy_actions))

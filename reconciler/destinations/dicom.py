@@ -43,6 +43,10 @@ class AssociationLost(Exception):
     """No association, or it ended mid-work: worth another attempt after a pause."""
 
 
+class ContextsRefused(Exception):
+    """The peer accepted none of the SOP class / transfer syntax pairs: retrying won't help."""
+
+
 def _no_delay(event: evt.Event) -> None:
     # pynetdicom leaves Nagle on; every small C-STORE PDU would then wait ~40 ms for an ACK.
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -73,6 +77,8 @@ class DicomDestination:
             evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)],
         )
         if not assoc.is_established:
+            if assoc.rejected_contexts and not assoc.accepted_contexts:
+                raise ContextsRefused(f"{self._peer} accepts none of the proposed contexts")
             raise AssociationLost(self._refusal(assoc))
         try:
             yield assoc
@@ -80,12 +86,17 @@ class DicomDestination:
             if assoc.is_established:
                 assoc.release()
 
+    @property
+    def _peer(self) -> str:
+        return f"{self.target.ae_title}@{self.target.host}:{self.target.port}"
+
     def _refusal(self, assoc: Association) -> str:
-        peer = f"{self.target.ae_title}@{self.target.host}:{self.target.port}"
         if assoc.is_rejected:
-            return f"{peer} rejected the association (check the AE titles it accepts)"
+            return f"{self._peer} rejected the association (check the AE titles it accepts)"
         # pynetdicom reports a refused connection as an abort too.
-        return f"{peer} did not accept an association (connection refused, aborted or timed out)"
+        return (
+            f"{self._peer} did not accept an association (connection refused, aborted or timed out)"
+        )
 
     # --- observe ---------------------------------------------------------------------------
 
@@ -104,6 +115,8 @@ class DicomDestination:
                     if held:
                         studies[study_uid] = ObservedStudy(study_uid, held)
                 return studies
+        except ContextsRefused as exc:
+            raise DestinationUnavailable(f"{exc}: it does not answer Study Root C-FIND") from exc
         except AssociationLost as exc:
             raise DestinationUnavailable(str(exc)) from exc
 
@@ -164,6 +177,10 @@ class DicomDestination:
                             result.sent += 1
                             result.bytes += ref.size
                             progress(ref.size)
+            except ContextsRefused:
+                for ref in remaining:
+                    result.failures[ref.sop_instance_uid] = _unsendable(ref)
+                return
             except AssociationLost as exc:
                 delay = next(delays, None)
                 if delay is None:
@@ -183,10 +200,7 @@ class DicomDestination:
         try:
             status = assoc.send_c_store(Path(ref.path))
         except ValueError:
-            return (
-                f"the peer accepts SOP class {ref.sop_class_uid} in no transfer syntax we can "
-                f"send unchanged (the file is {ref.transfer_syntax})"
-            )
+            return _unsendable(ref)
         except (OSError, RuntimeError) as exc:
             raise AssociationLost(f"sending failed: {exc}") from exc
         if "Status" not in status:
@@ -216,6 +230,13 @@ class DicomDestination:
                 if r.sop_instance_uid not in present
             },
         )
+
+
+def _unsendable(ref: InstanceRef) -> str:
+    return (
+        f"the peer accepts SOP class {ref.sop_class_uid} in no transfer syntax we can "
+        f"send unchanged (the file is {ref.transfer_syntax})"
+    )
 
 
 def _context_groups(instances: Sequence[InstanceRef]) -> list[list[InstanceRef]]:
