@@ -36,7 +36,12 @@ REFUSED = "rejected the association|did not accept an association"
 def dicom_destination(peer: DicomPeer, **settings: object) -> DicomDestination:
     config = DestinationConfig.model_validate(
         {
-            "dicom": {"host": peer.host, "port": peer.port, "ae_title": peer.ae_title},
+            "dicom": {
+                "host": peer.host,
+                "port": peer.port,
+                "ae_title": peer.ae_title,
+                "max_associations": 2,
+            },
             "retry": {"attempts": 2, "initial_delay": "0s"},
             **settings,
         }

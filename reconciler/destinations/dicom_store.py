@@ -1,0 +1,184 @@
+"""The C-STORE side of DICOM destinations, run in worker processes.
+
+pynetdicom spends its time in Python per PDU, so threads share one core's worth of work;
+separate processes, each holding its own association, scale. A worker keeps its association
+open between batches (and studies) while the contexts it needs were negotiated on it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import util
+from pathlib import Path
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
+
+from reconciler.config.model import DicomTarget
+from reconciler.destinations.source_files import check_unchanged
+from reconciler.plan import InstanceRef
+from reconciler.retry import PermanentError
+
+# Send the encoded file bytes in PDU-sized chunks instead of decoding every dataset.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+MAX_CONTEXTS = 128  # presentation contexts one association may propose
+WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
+
+Context = tuple[str, str]  # SOP class UID, transfer syntax UID
+
+
+class AssociationLost(Exception):
+    """No association, or it ended mid-work: worth another attempt after a pause."""
+
+
+class ContextsRefused(Exception):
+    """The peer accepted none of the SOP class / transfer syntax pairs: retrying won't help."""
+
+
+@dataclass
+class BatchResult:
+    stored: list[str] = field(default_factory=list)  # SOP Instance UIDs
+    failures: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why
+    unsent: list[InstanceRef] = field(default_factory=list)  # left when the association broke
+    lost: str | None = None  # why it broke
+
+
+def peer_name(target: DicomTarget) -> str:
+    return f"{target.ae_title}@{target.host}:{target.port}"
+
+
+def unsendable(ref: InstanceRef) -> str:
+    return (
+        f"the peer accepts SOP class {ref.sop_class_uid} in no transfer syntax we can "
+        f"send unchanged (the file is {ref.transfer_syntax})"
+    )
+
+
+def _no_delay(event: evt.Event) -> None:
+    # pynetdicom leaves Nagle on; every small C-STORE PDU would then wait ~40 ms for an ACK.
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@contextmanager
+def association(target: DicomTarget, contexts: Sequence[Context]) -> Iterator[Association]:
+    """A one-off association (released on exit), for queries and single batches."""
+    assoc = open_association(target, contexts)
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Association:
+    ae = AE(ae_title=target.calling_ae_title)
+    ae.acse_timeout = target.acse_timeout.total_seconds()
+    ae.dimse_timeout = target.dimse_timeout.total_seconds()
+    ae.network_timeout = target.network_timeout.total_seconds()
+    ae.maximum_pdu_size = target.max_pdu
+    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
+    assoc = ae.associate(
+        target.host,
+        target.port,
+        ae_title=target.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)],
+    )
+    if assoc.is_established:
+        return assoc
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        raise ContextsRefused(f"{peer_name(target)} accepts none of the proposed contexts")
+    if assoc.is_rejected:
+        raise AssociationLost(
+            f"{peer_name(target)} rejected the association (check the AE titles it accepts)"
+        )
+    # pynetdicom reports a refused connection as an abort too.
+    raise AssociationLost(
+        f"{peer_name(target)} did not accept an association "
+        "(connection refused, aborted or timed out)"
+    )
+
+
+# --- worker side: one reusable association per process ------------------------------------
+
+_open: tuple[DicomTarget, frozenset[Context], Association] | None = None
+
+
+def _release_open() -> None:
+    global _open
+    if _open is not None and _open[2].is_established:
+        _open[2].release()
+    _open = None
+
+
+def _reusable(target: DicomTarget, needed: set[Context]) -> Association:
+    """This process's association if it already covers ``needed``, else a new one."""
+    global _open
+    if _open is not None:
+        same_peer, proposed, assoc = _open
+        if same_peer == target and needed <= proposed and assoc.is_established:
+            return assoc
+        _release_open()
+        if same_peer == target and len(proposed | needed) <= MAX_CONTEXTS:
+            needed = set(proposed | needed)  # grow, so alternating studies keep reusing it
+    assoc = open_association(target, sorted(needed))
+    _open = (target, frozenset(needed), assoc)
+    return assoc
+
+
+# Release the kept association when a worker process exits (a no-op elsewhere).
+util.Finalize(None, _release_open, exitpriority=10)
+
+
+def store_batch(target: DicomTarget, refs: Sequence[InstanceRef]) -> BatchResult:
+    """C-STORE ``refs`` on this worker's association; runs in a worker process."""
+    result = BatchResult()
+    try:
+        assoc = _reusable(target, {(r.sop_class_uid, r.transfer_syntax) for r in refs})
+    except ContextsRefused:
+        result.failures = {r.sop_instance_uid: unsendable(r) for r in refs}
+        return result
+    except AssociationLost as exc:
+        result.unsent, result.lost = list(refs), str(exc)
+        return result
+    for index, ref in enumerate(refs):
+        try:
+            problem = store_one(assoc, ref, target.warning_is_success)
+        except AssociationLost as exc:
+            _release_open()
+            result.unsent, result.lost = list(refs[index:]), str(exc)
+            return result
+        if problem:
+            result.failures[ref.sop_instance_uid] = problem
+        else:
+            result.stored.append(ref.sop_instance_uid)
+    return result
+
+
+def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) -> str | None:
+    """Send one file; the reason it failed, or None. AssociationLost means: try again."""
+    if not assoc.is_established:
+        raise AssociationLost("the association ended")
+    try:
+        check_unchanged(ref)
+    except PermanentError as exc:
+        return str(exc)
+    try:
+        status = assoc.send_c_store(Path(ref.path))
+    except ValueError:
+        return unsendable(ref)
+    except (OSError, RuntimeError) as exc:
+        raise AssociationLost(f"sending failed: {exc}") from exc
+    if "Status" not in status:
+        raise AssociationLost("no response to C-STORE (timeout or abort)")
+    code = int(status.Status)
+    if code == 0x0000 or (code in WARNING_STATUSES and warning_is_success):
+        return None
+    comment = status.get("ErrorComment", "")
+    return f"the peer answered C-STORE with status 0x{code:04X}" + (
+        f": {comment}" if comment else ""
+    )
