@@ -2,4 +2,6 @@ import sys
 
 from reconciler.cli import main
 
-sys.exit(main())
+# Guarded: worker processes (spawned for DICOM sends) import the parent's __main__ module.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
 import subprocess
 import sys
@@ -167,3 +168,8 @@ def test_console_script_runs_validate(tmp_path: Path, inbox: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "The configuration is valid: 1 sources, 1 destinations, 1 policies" in done.stdout
+
+
+def test_module_entry_point_does_not_run_when_imported_by_a_worker_process() -> None:
+    """Spawned DICOM senders import the parent's __main__ as __mp_main__; it must not run."""
+    runpy.run_module("reconciler.__main__", run_name="__mp_main__")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import shutil
+import subprocess
+import sys
 import textwrap
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -264,3 +266,41 @@ def test_peer_refusing_associations_is_unavailable(
         pytest.raises(DestinationUnavailable, match=REFUSED),
     ):
         dicom_destination(peer).observe(expected(copy_actions))
+
+
+def test_module_entry_point_backs_up_to_a_dicom_peer(
+    tmp_path: Path, small_studies: Path, storescp_peer: DicomPeer
+) -> None:
+    """`python -m reconciler apply` with its sending worker processes, against storescp."""
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    (tmp_path / "reconciler.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            site: module-entry
+            sources:
+              inbox: {{path: inbox, stable_after: 0s}}
+            destinations:
+              pacs:
+                dicom:
+                  host: {storescp_peer.host}
+                  port: {storescp_peer.port}
+                  ae_title: {storescp_peer.ae_title}
+                  max_associations: 2
+                verify: none
+            policies:
+              - {{name: all, copy_to: [pacs]}}
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "apply", "-c", str(tmp_path), "--auto-approve"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(list(storescp_peer.storage.glob("*"))) == 18
+    store = StateStore(tmp_path / ".reconciler" / "state.db")
+    assert [run["command"] for run in store.recent_runs()] == ["apply"]
+    store.close()

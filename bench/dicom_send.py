@@ -1,0 +1,114 @@
+"""DICOM send benchmark: DCMTK storescu vs `reconciler apply`, into storescp --fork and Orthanc.
+
+Run by users, not by the tests:  .venv/bin/python bench/dicom_send.py [--studies 28]
+Needs DCMTK and Orthanc (.ci/install-peers). Every run gets a fresh, empty peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from peers import DicomPeer, start_orthanc, start_storescp
+
+from reconciler.synth import generate
+
+STORESCU = "/usr/bin/storescu"
+Peer = Callable[[Path], AbstractContextManager[DicomPeer]]
+
+
+def storescu(peer: DicomPeer, inbox: Path) -> None:
+    argv = [STORESCU, "-aec", peer.ae_title, "+sd", "+r", peer.host, str(peer.port), str(inbox)]
+    subprocess.run(
+        argv,
+        check=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def reconciler(peer: DicomPeer, inbox: Path, work: Path, associations: int) -> None:
+    config = work / "reconciler.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            site: bench
+            sources:
+              inbox: {{path: "{inbox}", stable_after: 0s}}
+            destinations:
+              pacs:
+                dicom: {{host: {peer.host}, port: {peer.port}, ae_title: {peer.ae_title},
+                         max_associations: {associations}}}
+                verify: none
+            policies:
+              - {{name: all, copy_to: [pacs]}}
+            """
+        )
+    )
+    argv = [sys.executable, "-m", "reconciler", "apply", "-c", str(config), "--auto-approve"]
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
+def timed(run: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def peers(work: Path) -> Iterator[tuple[str, Peer]]:
+    yield "storescp --fork", lambda d: start_storescp(d)
+    yield "Orthanc", lambda d: start_orthanc(d, stop_grace=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--studies", type=int, default=28)
+    parser.add_argument("--series", type=int, default=3)
+    parser.add_argument("--instances", type=int, default=50)
+    parser.add_argument("--associations", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="reconciler-dicom-bench-") as tmp:
+        work = Path(tmp)
+        inbox = work / "inbox"
+        generate(
+            inbox,
+            studies=args.studies,
+            series_per_study=args.series,
+            instances_per_series=args.instances,
+        )
+        files = list(inbox.rglob("*.dcm"))
+        total = sum(f.stat().st_size for f in files)
+        print(
+            f"{len(files)} instances, {total / 1e6:.0f} MB; reconciler with "
+            f"{args.associations} associations; plan and scan included in its time\n"
+        )
+        print(f"{'peer':<18}{'sender':<14}{'wall s':>8}{'MB/s':>8}{'vs storescu':>13}")
+        for number, (name, start) in enumerate(peers(work)):
+            base = None
+            for sender in ("storescu", "reconciler"):
+                run_dir = work / f"{number}-{sender}"
+                run_dir.mkdir()
+                with start(run_dir / "peer") as peer:
+                    if sender == "storescu":
+                        wall = timed(lambda p=peer: storescu(p, inbox))
+                        base = wall
+                    else:
+                        wall = timed(
+                            lambda p=peer, d=run_dir: reconciler(p, inbox, d, args.associations)
+                        )
+                ratio = f"{base / wall:.2f}x" if base else ""
+                print(f"{name:<18}{sender:<14}{wall:>8.1f}{total / wall / 1e6:>8.0f}{ratio:>13}")
+
+
+if __name__ == "__main__":
+    main()
