@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from reconciler.synth import generate
+from dataset import add_size_arguments, generate_set
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "bench",
@@ -79,25 +79,16 @@ def write_config(folder: Path, inbox: Path, destination: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--studies", type=int, default=20)
-    parser.add_argument("--series", type=int, default=3)
-    parser.add_argument("--instances", type=int, default=50)
+    add_size_arguments(parser, studies=20)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
         work = Path(tmp)
         inbox = work / "inbox"
-        generate(
-            inbox,
-            studies=args.studies,
-            series_per_study=args.series,
-            instances_per_series=args.instances,
-        )
-        files = list(inbox.rglob("*.dcm"))
-        total = sum(f.stat().st_size for f in files)
+        count, total = generate_set(inbox, args)
         print(
             f"{args.studies} studies x {args.series} series x {args.instances} instances: "
-            f"{len(files)} files, {total / 1e6:.0f} MB"
+            f"{count} files, {total / 1e6:.0f} MB"
         )
         server, endpoint = start_s3()
         try:

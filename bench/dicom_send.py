@@ -18,9 +18,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from dataset import add_size_arguments, generate_set
 from peers import DicomPeer, start_orthanc, start_storescp
-
-from reconciler.synth import generate
 
 STORESCU = "/usr/bin/storescu"
 Peer = Callable[[Path], AbstractContextManager[DicomPeer]]
@@ -72,24 +71,15 @@ def peers(work: Path) -> Iterator[tuple[str, Peer]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--studies", type=int, default=28)
-    parser.add_argument("--series", type=int, default=3)
-    parser.add_argument("--instances", type=int, default=50)
+    add_size_arguments(parser, studies=28)
     parser.add_argument("--associations", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="reconciler-dicom-bench-") as tmp:
         work = Path(tmp)
         inbox = work / "inbox"
-        generate(
-            inbox,
-            studies=args.studies,
-            series_per_study=args.series,
-            instances_per_series=args.instances,
-        )
-        files = list(inbox.rglob("*.dcm"))
-        total = sum(f.stat().st_size for f in files)
+        count, total = generate_set(inbox, args)
         print(
-            f"{len(files)} instances, {total / 1e6:.0f} MB; reconciler with "
+            f"{count} instances, {total / 1e6:.0f} MB; reconciler with "
             f"{args.associations} associations; plan and scan included in its time\n"
         )
         print(f"{'peer':<18}{'sender':<14}{'wall s':>8}{'MB/s':>8}{'vs storescu':>13}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,9 +10,17 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests_config import one_policy_config
+
+from reconciler.catalog.scan import SourceFolder, scan_sources
+from reconciler.observation import Observation
+from reconciler.plan import Action
+from reconciler.planner import make_plan
+from reconciler.state import StateStore
 
 # The real DICOM peers (DCMTK, Orthanc) as fixtures: dcmqrscp_peer, storescp_peer, orthanc_peer.
 pytest_plugins = ["peers"]
@@ -87,3 +96,17 @@ def small_studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("studies")
     generate(folder, studies=3, series_per_study=2, instances_per_series=3, matrix=32)
     return folder
+
+
+@pytest.fixture
+def copy_actions(tmp_path: Path, small_studies: Path) -> list[Action]:
+    """The plan's copy actions for the three small studies into an empty destination."""
+    inbox = tmp_path / "inbox"
+    shutil.copytree(small_studies, inbox)
+    store = StateStore(tmp_path / "state.db")
+    scan_sources(store, [SourceFolder("inbox", inbox)])
+    now = datetime.now(UTC)
+    empty = {"backup": Observation("backup", now, 1, ok=True)}
+    plan = make_plan(one_policy_config(inbox, "file:///unused"), store.load_catalog(), empty, now)
+    store.close()
+    return list(plan.actions)

@@ -13,22 +13,18 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
 import pytest
 from peers import DicomPeer, free_port, orthanc_get, start_storescp
 from test_cli_end_to_end import run
-from tests_config import one_policy_config
 
-from reconciler.catalog.scan import SourceFolder, scan_sources
 from reconciler.config.model import DestinationConfig, RetrySettings
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.dicom import DicomDestination
-from reconciler.observation import Observation
 from reconciler.plan import Action
-from reconciler.planner import make_plan
 from reconciler.state import StateStore
 
 # A peer that sends A-ASSOCIATE-RJ and closes at once is sometimes seen as an abort.
@@ -50,19 +46,6 @@ def dicom_destination(peer: DicomPeer, **settings: object) -> DicomDestination:
     )
     assert config.dicom is not None
     return DicomDestination("pacs", config.dicom, config)
-
-
-@pytest.fixture
-def copy_actions(tmp_path: Path, small_studies: Path) -> list[Action]:
-    inbox = tmp_path / "inbox"
-    shutil.copytree(small_studies, inbox)
-    store = StateStore(tmp_path / "state.db")
-    scan_sources(store, [SourceFolder("inbox", inbox)])
-    now = datetime.now(UTC)
-    empty = {"backup": Observation("backup", now, 1, ok=True)}
-    plan = make_plan(one_policy_config(inbox, "file:///unused"), store.load_catalog(), empty, now)
-    store.close()
-    return list(plan.actions)
 
 
 def expected(actions: list[Action]) -> dict[str, list[str]]:

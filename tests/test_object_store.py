@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from tests_config import one_policy_config
 
-from reconciler.catalog.scan import SourceFolder, scan_sources
 from reconciler.config.model import DestinationConfig
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.object_store import ObjectStoreDestination
-from reconciler.observation import Observation
 from reconciler.plan import Action
-from reconciler.planner import make_plan
-from reconciler.state import StateStore
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -45,21 +38,6 @@ def destination(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStoreDe
     dest = ObjectStoreDestination("backup", config.object, config, "site-a")
     yield dest
     dest.close()
-
-
-@pytest.fixture
-def copy_actions(tmp_path: Path, small_studies: Path) -> list[Action]:
-    """The plan's copy actions for the three small studies into an empty destination."""
-    inbox = tmp_path / "inbox"
-    shutil.copytree(small_studies, inbox)
-    store = StateStore(tmp_path / "state.db")
-    scan_sources(store, [SourceFolder("inbox", inbox)])
-    config = one_policy_config(inbox, "file:///unused")
-    now = datetime.now(UTC)
-    empty = {"backup": Observation("backup", now, 1, ok=True)}
-    plan = make_plan(config, store.load_catalog(), empty, now)
-    store.close()
-    return list(plan.actions)
 
 
 def test_sent_study_is_observed_whole_with_its_manifest(

@@ -28,7 +28,6 @@ from reconciler.destinations.base import (
     VerifyResult,
 )
 from reconciler.destinations.dicom_store import (
-    MAX_CONTEXTS,
     AssociationLost,
     BatchResult,
     ContextsRefused,
@@ -39,7 +38,9 @@ from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action, InstanceRef
 from reconciler.retry import backoff_delays
 
-BATCH_LIMIT = 50  # instances per task: small enough to spread a study over the associations
+# Instances per task: small enough to spread a study over the associations, and always
+# fewer than the 128 presentation contexts one association can carry.
+BATCH_LIMIT = 50
 PENDING_STATUSES = {0xFF00, 0xFF01}
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
@@ -163,7 +164,6 @@ class DicomDestination:
 def _batches(instances: Sequence[InstanceRef], workers: int) -> list[list[InstanceRef]]:
     """Spread a study over the associations; no batch needs more than 128 contexts."""
     size = max(1, min(BATCH_LIMIT, math.ceil(len(instances) / workers)))
-    assert size <= MAX_CONTEXTS
     return [list(instances[i : i + size]) for i in range(0, len(instances), size)]
 
 
