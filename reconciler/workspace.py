@@ -53,7 +53,11 @@ class Workspace:
     def _open_destination(self, name: str) -> Destination:
         settings = self.config.destinations[name]
         if settings.dicom is not None:
-            return DicomDestination(name, settings.dicom, settings)
+            target = settings.dicom
+            if target.tls is not None:
+                tls = target.tls.resolved(self.loaded.resolve_path)
+                target = target.model_copy(update={"tls": tls})
+            return DicomDestination(name, target, settings)
         target = settings.object
         assert target is not None  # the model requires exactly one kind
         if target.url.startswith("file://") and not target.url.startswith("file:///"):

@@ -13,25 +13,31 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 
 import pydicom
 import pytest
+from certificates import Certificates, make_certificates
 from peers import DicomPeer, free_port, orthanc_get, start_storescp
 from test_cli_end_to_end import run
 
+from reconciler.config.load import load_config
 from reconciler.config.model import DestinationConfig, RetrySettings
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.dicom import DicomDestination
 from reconciler.plan import Action
 from reconciler.state import StateStore
+from reconciler.workspace import Workspace
 
 # A peer that sends A-ASSOCIATE-RJ and closes at once is sometimes seen as an abort.
 REFUSED = "rejected the association|did not accept an association"
 
 
-def dicom_destination(peer: DicomPeer, **settings: object) -> DicomDestination:
+def dicom_destination(
+    peer: DicomPeer, tls: dict[str, object] | None = None, **settings: object
+) -> DicomDestination:
     config = DestinationConfig.model_validate(
         {
             "dicom": {
@@ -39,6 +45,7 @@ def dicom_destination(peer: DicomPeer, **settings: object) -> DicomDestination:
                 "port": peer.port,
                 "ae_title": peer.ae_title,
                 "max_associations": 2,
+                "tls": tls,
             },
             "retry": {"attempts": 2, "initial_delay": "0s"},
             **settings,
@@ -287,3 +294,75 @@ def test_module_entry_point_backs_up_to_a_dicom_peer(
     store = StateStore(tmp_path / ".reconciler" / "state.db")
     assert [run["command"] for run in store.recent_runs()] == ["apply"]
     store.close()
+
+
+def tls_peer(tmp_path: Path, certs: Certificates) -> AbstractContextManager[DicomPeer]:
+    """storescp over TLS that requires a client certificate signed by our CA."""
+    tls = ["+tls", str(certs.server_key), str(certs.server_cert), "-pw"]
+    return start_storescp(tmp_path / "scp", extra_args=[*tls, "-rc", "+cf", str(certs.ca)])
+
+
+def test_mutual_tls_association_sends_the_study(tmp_path: Path, copy_actions: list[Action]) -> None:
+    certs = make_certificates(tmp_path / "pki")
+    tls = {"ca": certs.ca, "cert": certs.client_cert, "key": certs.client_key}
+    with tls_peer(tmp_path, certs) as peer:
+        destination = dicom_destination(peer, tls=tls)
+        result = destination.send(copy_actions[0], lambda _: None)
+        destination.close()
+        assert result.failures == {} and result.committed is not None
+        assert len(list(peer.storage.glob("*"))) == len(copy_actions[0].instances)
+
+
+def test_tls_peer_certificate_is_verified_by_default(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    certs = make_certificates(tmp_path / "pki")
+    # Our client certificate is fine, but nothing tells us to trust the peer's CA.
+    tls = {"cert": certs.client_cert, "key": certs.client_key}
+    with tls_peer(tmp_path, certs) as peer:
+        destination = dicom_destination(peer, tls=tls)
+        destination.sleep = lambda _: None
+        result = destination.send(copy_actions[0], lambda _: None)
+        destination.close()
+        assert result.committed is None
+        assert all("TLS handshake failed" in why for why in result.failures.values())
+        assert list(peer.storage.glob("*")) == []
+
+
+def test_peer_verification_can_be_turned_off_explicitly(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    certs = make_certificates(tmp_path / "pki")
+    tls = {"cert": certs.client_cert, "key": certs.client_key, "verify_peer": False}
+    with tls_peer(tmp_path, certs) as peer:
+        destination = dicom_destination(peer, tls=tls)
+        result = destination.send(copy_actions[0], lambda _: None)
+        destination.close()
+    assert result.failures == {}
+
+
+def test_certificate_paths_are_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "reconciler.yaml").write_text(
+        textwrap.dedent(
+            """\
+            site: tls-site
+            sources:
+              inbox: {path: inbox}
+            destinations:
+              pacs:
+                dicom:
+                  host: pacs.example.org
+                  port: 2762
+                  ae_title: PACS
+                  tls: {ca: pki/ca.crt, cert: pki/client.crt, key: pki/client.key}
+            policies:
+              - {name: all, copy_to: [pacs]}
+            """
+        )
+    )
+    with Workspace(load_config(tmp_path / "reconciler.yaml")) as workspace:
+        destination = workspace.destination("pacs")
+        assert isinstance(destination, DicomDestination)
+        assert destination.target.tls is not None
+        assert destination.target.tls.ca == tmp_path / "pki" / "ca.crt"
+        assert destination.target.tls.key == tmp_path / "pki" / "client.key"

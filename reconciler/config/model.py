@@ -6,6 +6,7 @@ Everything here is pure data; loading files and resolving references lives in ``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -128,6 +129,32 @@ class RetrySettings(StrictModel):
     max_delay: Duration = timedelta(minutes=1)
 
 
+class TlsSettings(StrictModel):
+    """TLS for a DICOM association; the peer's certificate is verified unless told not to."""
+
+    ca: Path | None = Field(
+        None, description="CA certificates that sign the peer's; default: the system's."
+    )
+    cert: Path | None = Field(None, description="Our client certificate, if the peer wants one.")
+    key: Path | None = Field(None, description="The client certificate's private key.")
+    verify_peer: bool = Field(True, description="Check the peer's certificate and host name.")
+    server_name: str | None = Field(
+        None, description="Name the peer's certificate must carry; default: host."
+    )
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TlsSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give cert and key together")
+        return self
+
+    def resolved(self, resolve: Callable[[Path], Path]) -> TlsSettings:
+        """The same settings with relative files made relative to the config."""
+        return self.model_copy(
+            update={k: resolve(v) for k in ("ca", "cert", "key") if (v := getattr(self, k))}
+        )
+
+
 class DicomTarget(StrictModel):
     """A DICOM peer (PACS) reached over DIMSE: C-STORE to send, C-FIND to observe."""
 
@@ -145,6 +172,7 @@ class DicomTarget(StrictModel):
     warning_is_success: bool = Field(
         True, description="Count C-STORE warnings (e.g. 0xB000 coercion) as stored."
     )
+    tls: TlsSettings | None = Field(None, description="Use TLS (DICOM port usually 2762).")
 
 
 OBJECT_VERIFY = ("presence", "checksum")

@@ -8,6 +8,7 @@ open between batches (and studies) while the contexts it needs were negotiated o
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Associ
         target.host,
         target.port,
         ae_title=target.ae_title,
+        tls_args=_tls_arguments(target),
         evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)],
     )
     if assoc.is_established:
@@ -96,11 +98,25 @@ def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Associ
         raise AssociationLost(
             f"{peer_name(target)} rejected the association (check the AE titles it accepts)"
         )
-    # pynetdicom reports a refused connection as an abort too.
+    # pynetdicom reports a refused connection (and a failed TLS handshake) as an abort too.
+    causes = "connection refused, TLS handshake failed" if target.tls else "connection refused"
     raise AssociationLost(
-        f"{peer_name(target)} did not accept an association "
-        "(connection refused, aborted or timed out)"
+        f"{peer_name(target)} did not accept an association ({causes}, aborted or timed out)"
     )
+
+
+def _tls_arguments(target: DicomTarget) -> tuple[ssl.SSLContext, str] | None:
+    """Built where the association is made: SSL contexts cannot be sent to worker processes."""
+    tls = target.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca)
+    if tls.cert is not None:
+        context.load_cert_chain(tls.cert, tls.key)
+    if not tls.verify_peer:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context, tls.server_name or target.host
 
 
 # --- worker side: one reusable association per process ------------------------------------
