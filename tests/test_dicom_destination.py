@@ -366,3 +366,38 @@ def test_certificate_paths_are_relative_to_the_config(tmp_path: Path) -> None:
         assert destination.target.tls is not None
         assert destination.target.tls.ca == tmp_path / "pki" / "ca.crt"
         assert destination.target.tls.key == tmp_path / "pki" / "client.key"
+
+
+IMPLICIT_ONLY_PROFILE = """\
+[[TransferSyntaxes]]
+[ImplicitOnly]
+TransferSyntax1 = LittleEndianImplicit
+[[PresentationContexts]]
+[ImplicitOnly]
+PresentationContext1 = VerificationSOPClass\\ImplicitOnly
+PresentationContext2 = CTImageStorage\\ImplicitOnly
+[[Profiles]]
+[ImplicitOnly]
+PresentationContexts = ImplicitOnly
+"""
+
+
+def test_peer_accepting_only_implicit_vr_gets_the_same_dataset_re_encoded(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    profile = tmp_path / "implicit-only.cfg"
+    profile.write_text(IMPLICIT_ONLY_PROFILE)
+    ct = by_modality(copy_actions, "CT")
+    args = ["-xf", str(profile), "ImplicitOnly"]
+    with start_storescp(tmp_path / "scp", extra_args=args) as peer:
+        result = dicom_destination(peer).send(ct, lambda _: None)
+        stored = sorted(peer.storage.glob("*"))
+    assert result.failures == {} and result.committed is not None
+    assert len(stored) == len(ct.instances)
+    received = pydicom.dcmread(stored[0])
+    original = pydicom.dcmread(
+        next(r.path for r in ct.instances if r.sop_instance_uid == received.SOPInstanceUID)
+    )
+    assert received.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+    assert received.PixelData == original.PixelData
+    assert received == original

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from multiprocessing import util
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
@@ -29,6 +31,7 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 Context = tuple[str, str]  # SOP class UID, transfer syntax UID
 
@@ -54,9 +57,14 @@ def peer_name(target: DicomTarget) -> str:
 
 
 def unsendable(ref: InstanceRef) -> str:
+    if UID(ref.transfer_syntax).is_compressed:
+        return (
+            f"the peer accepts SOP class {ref.sop_class_uid} in no transfer syntax we can "
+            f"send it in (the file is {ref.transfer_syntax}; decompressing is not supported yet)"
+        )
     return (
         f"the peer accepts SOP class {ref.sop_class_uid} in no transfer syntax we can "
-        f"send unchanged (the file is {ref.transfer_syntax})"
+        "send it in (offered: the file's own and uncompressed little endian)"
     )
 
 
@@ -82,7 +90,7 @@ def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Associ
     ae.dimse_timeout = target.dimse_timeout.total_seconds()
     ae.network_timeout = target.network_timeout.total_seconds()
     ae.maximum_pdu_size = target.max_pdu
-    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
+    ae.requested_contexts = [build_context(sop, _syntaxes_to_propose(ts)) for sop, ts in contexts]
     assoc = ae.associate(
         target.host,
         target.port,
@@ -103,6 +111,11 @@ def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Associ
     raise AssociationLost(
         f"{peer_name(target)} did not accept an association ({causes}, aborted or timed out)"
     )
+
+
+def _syntaxes_to_propose(transfer_syntax: str) -> list[str]:
+    """The file's own syntax first (sent as is), then the uncompressed ones we can re-encode to."""
+    return [transfer_syntax, *(ts for ts in UNCOMPRESSED if ts != transfer_syntax)]
 
 
 def _tls_arguments(target: DicomTarget) -> tuple[ssl.SSLContext, str] | None:
@@ -184,7 +197,13 @@ def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) ->
     except PermanentError as exc:
         return str(exc)
     try:
-        status = assoc.send_c_store(Path(ref.path))
+        try:
+            status = assoc.send_c_store(Path(ref.path))
+        except ValueError:  # the file's own syntax was not accepted
+            if UID(ref.transfer_syntax).is_compressed:
+                return unsendable(ref)
+            # Decoded, pynetdicom re-encodes it in whichever uncompressed syntax was accepted.
+            status = assoc.send_c_store(dcmread(ref.path))
     except ValueError:
         return unsendable(ref)
     except (OSError, RuntimeError) as exc:
