@@ -119,8 +119,7 @@ def _record(
             store.journal_finish(entry, "failed", message)
             return ActionFinished(action, False, message, result.failures)
         store.record_study_stored(action.destination, action.study_uid, result.committed)
-        if not action.repair:
-            # Every stored byte was hashed as it was sent: the copy is verified as of now.
+        if result.verified and not action.repair:
             store.record_verification(action.destination, action.study_uid, datetime.now(UTC), ())
         store.journal_finish(entry, "done", None)
         return ActionFinished(action, True, f"copied {result.sent} instances")

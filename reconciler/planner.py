@@ -24,6 +24,9 @@ from reconciler.plan import (
 )
 from reconciler.selection import selects
 
+# Verifications that must be asked for (and are repeated every verify_every), by their name.
+DEEP_VERIFICATION = {"checksum": "checksum", "commitment": "storage commitment"}
+
 
 def make_plan(
     config: Config,
@@ -184,11 +187,12 @@ def _action_for(
             repair=bool(observed and present),
         )
     settings = config.destinations[destination]
-    if settings.verification == "checksum" and observed is not None:
+    method = DEEP_VERIFICATION.get(settings.verification)
+    if method and observed is not None:
         last = observed.verified_at
         if last is None or now - last >= settings.verify_every:
             when = (
-                "never verified by checksum"
+                f"never verified by {method}"
                 if last is None
                 else f"last verified {format_duration(now - last)} ago"
             )

@@ -20,7 +20,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from certificates import Certificates, make_certificates
-from peers import DicomPeer, free_port, orthanc_get, start_storescp
+from peers import DicomPeer, free_port, orthanc_get, start_orthanc, start_storescp
 from test_cli_end_to_end import run
 
 from reconciler.config.load import load_config
@@ -36,7 +36,10 @@ REFUSED = "rejected the association|did not accept an association"
 
 
 def dicom_destination(
-    peer: DicomPeer, tls: dict[str, object] | None = None, **settings: object
+    peer: DicomPeer,
+    tls: dict[str, object] | None = None,
+    dicom: dict[str, object] | None = None,
+    **settings: object,
 ) -> DicomDestination:
     config = DestinationConfig.model_validate(
         {
@@ -46,6 +49,7 @@ def dicom_destination(
                 "ae_title": peer.ae_title,
                 "max_associations": 2,
                 "tls": tls,
+                **(dicom or {}),
             },
             "retry": {"attempts": 2, "initial_delay": "0s"},
             **settings,
@@ -401,3 +405,67 @@ def test_peer_accepting_only_implicit_vr_gets_the_same_dataset_re_encoded(
     assert received.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
     assert received.PixelData == original.PixelData
     assert received == original
+
+
+def test_storage_commitment_confirms_a_copy_and_refuses_what_the_peer_lacks(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    port = free_port()
+    with start_orthanc(tmp_path / "orthanc", calling_port=port, stop_grace=0.5) as peer:
+        destination = dicom_destination(
+            peer,
+            dicom={"commitment_port": port, "commitment_timeout": "20s"},
+            verify="commitment",
+        )
+        sent = destination.send(copy_actions[0], lambda _: None)
+        never_sent = destination.verify(copy_actions[1], lambda _: None)
+        again = destination.verify(copy_actions[0], lambda _: None)
+        destination.close()
+    assert sent.failures == {} and sent.committed is not None
+    assert again.corrupt == {}
+    assert set(never_sent.corrupt) == {r.sop_instance_uid for r in copy_actions[1].instances}
+    assert all("did not commit it (failure reason 0x" in why for why in never_sent.corrupt.values())
+
+
+def test_commitment_needs_a_port_for_the_reports() -> None:
+    with pytest.raises(ValueError, match="commitment_port"):
+        DestinationConfig.model_validate(
+            {"dicom": {"host": "h", "port": 104, "ae_title": "PACS"}, "verify": "commitment"}
+        )
+
+
+def test_cli_records_storage_commitment_in_the_state(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    port = free_port()
+    with start_orthanc(tmp_path / "orthanc", calling_port=port, stop_grace=0.5) as peer:
+        (tmp_path / "reconciler.yaml").write_text(
+            textwrap.dedent(
+                f"""\
+                site: committed
+                sources:
+                  inbox: {{path: inbox, stable_after: 0s}}
+                destinations:
+                  pacs:
+                    dicom:
+                      host: {peer.host}
+                      port: {peer.port}
+                      ae_title: {peer.ae_title}
+                      commitment_port: {port}
+                    verify: commitment
+                policies:
+                  - {{name: all, copy_to: [pacs]}}
+                """
+            )
+        )
+        config = str(tmp_path / "reconciler.yaml")
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+        assert code == 0, out
+        code, out = run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")
+        assert code == 0, out
+    store = StateStore(tmp_path / ".reconciler" / "state.db")
+    observation = store.load_observation("pacs")
+    store.close()
+    assert observation is not None and len(observation.studies) == 3
+    assert all(s.verified_at is not None for s in observation.studies.values())

@@ -180,3 +180,21 @@ def test_plan_is_deterministic_and_ordered_by_study_date() -> None:
     args = (config(), catalog(newer, older), {"cloud": observed("cloud")}, NOW)
     assert [a.study_uid for a in make_plan(*args).actions] == ["1.1", "9.9"]
     assert make_plan(*args) == make_plan(*args)
+
+
+def test_storage_commitment_is_requested_for_copies_never_committed() -> None:
+    cfg = config(
+        destinations={
+            "cloud": {
+                "dicom": {"host": "pacs", "port": 104, "ae_title": "PACS", "commitment_port": 1104},
+                "verify": "commitment",
+            }
+        }
+    )
+    ct = study("1.1", 2)
+    plan = make_plan(cfg, catalog(ct), {"cloud": observed("cloud", held(ct))}, NOW)
+    assert [(a.kind, a.reason) for a in plan.actions] == [
+        ("verify", "policy everything: never verified by storage commitment (every 30d)")
+    ]
+    committed = held(ct, verified_at=NOW - timedelta(days=1))
+    assert make_plan(cfg, catalog(ct), {"cloud": observed("cloud", committed)}, NOW).actions == ()

@@ -173,10 +173,20 @@ class DicomTarget(StrictModel):
         True, description="Count C-STORE warnings (e.g. 0xB000 coercion) as stored."
     )
     tls: TlsSettings | None = Field(None, description="Use TLS (DICOM port usually 2762).")
+    commitment_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port where we receive storage commitment reports (verify: commitment); "
+        "the peer must know calling_ae_title at this machine and port.",
+    )
+    commitment_timeout: Duration = Field(
+        timedelta(minutes=2), description="How long to wait for a commitment report."
+    )
 
 
 OBJECT_VERIFY = ("presence", "checksum")
-DICOM_VERIFY = ("instances", "count", "none")
+DICOM_VERIFY = ("instances", "count", "commitment", "none")
 
 
 class DestinationConfig(StrictModel):
@@ -184,12 +194,14 @@ class DestinationConfig(StrictModel):
 
     object: ObjectTarget | None = None
     dicom: DicomTarget | None = None
-    verify: Literal["presence", "checksum", "instances", "count", "none"] | None = Field(
-        None,
-        description="object stores: presence (default: manifest and sizes at every refresh) or "
-        "checksum (objects re-read and hashed every verify_every); DICOM peers: instances "
-        "(default: C-FIND lists each SOP Instance UID), count (study-level instance count) "
-        "or none.",
+    verify: Literal["presence", "checksum", "instances", "count", "commitment", "none"] | None = (
+        Field(
+            None,
+            description="object stores: presence (default: manifest and sizes at every refresh) or "
+            "checksum (objects re-read and hashed every verify_every); DICOM peers: instances "
+            "(default: C-FIND lists each SOP Instance UID), count (study-level instance count), "
+            "commitment (C-FIND, and storage commitment confirms every copy) or none.",
+        )
     )
     verify_every: Duration = Field(timedelta(days=30), description="Deep verification period.")
     refresh_after: Duration = Field(
@@ -210,6 +222,8 @@ class DestinationConfig(StrictModel):
                 f"verify: {self.verify} does not apply to {kind} destination "
                 f"(choose {', '.join(allowed)})"
             )
+        if self.verify == "commitment" and self.dicom and self.dicom.commitment_port is None:
+            raise ValueError("verify: commitment needs dicom: commitment_port to receive reports")
         return self
 
     @property

@@ -21,6 +21,9 @@ class SendResult:
     failures: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why
     # The instances this copy committed at the destination; None if it was not committed.
     committed: Mapping[str, ObservedInstance] | None = None
+    # Whether the copy was verified as it was made (stored bytes hashed, or the peer's
+    # storage commitment), so no separate verification is due yet.
+    verified: bool = False
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pydicom import Dataset
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
+from reconciler.config.durations import format_duration
 from reconciler.config.model import DestinationConfig, DicomTarget
 from reconciler.destinations.base import (
     DestinationUnavailable,
@@ -27,6 +28,7 @@ from reconciler.destinations.base import (
     SendResult,
     VerifyResult,
 )
+from reconciler.destinations.dicom_commitment import CommitmentListener, request_commitment
 from reconciler.destinations.dicom_store import (
     AssociationLost,
     BatchResult,
@@ -52,16 +54,20 @@ class DicomDestination:
         self.settings = settings
         self.sleep: Callable[[float], None] = time.sleep
         self._pool: ProcessPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._listener: CommitmentListener | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        with self._pool_lock:
+        with self._lock:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
 
     def _workers(self) -> ProcessPoolExecutor:
-        with self._pool_lock:
+        with self._lock:
             if self._pool is None:
                 # spawn: forking a process that runs threads (ours, pynetdicom's) is unsafe.
                 self._pool = ProcessPoolExecutor(
@@ -108,6 +114,9 @@ class DicomDestination:
                         result.failures[ref.sop_instance_uid] = f"{lost} (gave up after retries)"
                     break
                 self.sleep(delay)
+        if not result.failures and self.settings.verification == "commitment":
+            result.failures.update(self._commitment_failures(action.instances))
+            result.verified = not result.failures
         if not result.failures:
             result.committed = {
                 r.sop_instance_uid: ObservedInstance(None, r.size) for r in action.instances
@@ -145,9 +154,45 @@ class DicomDestination:
                 lost = batch.lost
         return unsent, lost
 
+    # --- storage commitment ----------------------------------------------------------------
+
+    def _commitment_listener(self) -> CommitmentListener:
+        with self._lock:
+            if self._listener is None:
+                assert self.target.commitment_port is not None  # the config requires it
+                self._listener = CommitmentListener(
+                    self.target.calling_ae_title, self.target.commitment_port
+                )
+            return self._listener
+
+    def _commitment_failures(self, refs: Sequence[InstanceRef]) -> dict[str, str]:
+        """Ask the peer to commit ``refs``; the instances it did not commit, and why."""
+        listener = self._commitment_listener()
+        try:
+            transaction_uid = request_commitment(self.target, refs)
+        except (AssociationLost, ContextsRefused) as exc:
+            return _uncommitted(refs, f"storage commitment could not be requested: {exc}")
+        timeout = self.target.commitment_timeout
+        report = listener.wait(transaction_uid, timeout.total_seconds())
+        if report is None:
+            return _uncommitted(
+                refs, f"no storage commitment report within {format_duration(timeout)}"
+            )
+        failures = {
+            uid: f"the peer did not commit it (failure reason 0x{reason:04X})"
+            for uid, reason in report.failed.items()
+        }
+        for ref in refs:
+            if ref.sop_instance_uid not in report.committed | failures.keys():
+                failures[ref.sop_instance_uid] = "missing from the storage commitment report"
+        return failures
+
     # --- verify ----------------------------------------------------------------------------
 
     def verify(self, action: Action, progress: ProgressCallback) -> VerifyResult:
+        if self.settings.verification == "commitment":
+            failures = self._commitment_failures(action.instances)
+            return VerifyResult(checked=len(action.instances), corrupt=failures)
         held = self.observe({action.study_uid: [r.sop_instance_uid for r in action.instances]})
         found = held.get(action.study_uid)
         present = found.instances if found else {}
@@ -159,6 +204,10 @@ class DicomDestination:
                 if r.sop_instance_uid not in present
             },
         )
+
+
+def _uncommitted(refs: Sequence[InstanceRef], why: str) -> dict[str, str]:
+    return {r.sop_instance_uid: why for r in refs}
 
 
 def _batches(instances: Sequence[InstanceRef], workers: int) -> list[list[InstanceRef]]:
