@@ -16,6 +16,7 @@ from reconciler.catalog.scan import ScanResult, SourceFolder, scan_sources
 from reconciler.config.load import LoadedConfig
 from reconciler.destinations.base import Destination, DestinationUnavailable
 from reconciler.destinations.dicom import DicomDestination
+from reconciler.destinations.dicomweb import DicomWebDestination
 from reconciler.destinations.object_store import ObjectStoreDestination
 from reconciler.observation import Observation
 from reconciler.plan import Fingerprint, Plan
@@ -58,6 +59,11 @@ class Workspace:
                 tls = target.tls.resolved(self.loaded.resolve_path)
                 target = target.model_copy(update={"tls": tls})
             return DicomDestination(name, target, settings)
+        if settings.dicomweb is not None:
+            web = settings.dicomweb
+            if web.ca is not None:
+                web = web.model_copy(update={"ca": self.loaded.resolve_path(web.ca)})
+            return DicomWebDestination(name, web, settings)
         target = settings.object
         assert target is not None  # the model requires exactly one kind
         if target.url.startswith("file://") and not target.url.startswith("file:///"):

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -38,6 +39,7 @@ STOP_GRACE = 5.0
 PLACEHOLDER_PORT = 104
 
 # urllib honours http_proxy & co.; loopback REST calls must never go through a proxy.
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -86,7 +88,7 @@ def orthanc_get(peer: DicomPeer, path: str, timeout: float = 5.0) -> Any:
 
 def _require(binary: Path, package: str) -> None:
     # Fail loudly rather than skip: CI must not pass by silently testing nothing.
-    if not os.access(binary, os.X_OK):
+    if not binary.exists():
         raise RuntimeError(
             f"{binary} not found: install the Debian package '{package}' "
             f"(apt-get install -y {package}, or run .ci/install-peers)"
@@ -281,6 +283,8 @@ def _orthanc_answers(rest_url: str) -> bool:
     try:
         with _DIRECT.open(f"{rest_url}/system", timeout=1) as response:
             return response.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401  # up, and asking for the users we configured
     except OSError:
         return False
 
@@ -293,6 +297,8 @@ def start_orthanc(
     calling_port: int | None = None,
     *,
     stop_grace: float = STOP_GRACE,
+    dicomweb: bool = False,
+    users: dict[str, str] | None = None,
 ) -> Iterator[DicomPeer]:
     """Orthanc with its own config, storage and index, no plugins, open C-FIND/C-STORE.
 
@@ -307,6 +313,13 @@ def start_orthanc(
     calling = (calling_ae_title, calling_port or PLACEHOLDER_PORT)
     config = workdir / "orthanc.json"
     settings = _orthanc_config(workdir, ae_title, dicom_port, http_port, calling)
+    if dicomweb:
+        _require(DICOMWEB_PLUGIN, "orthanc-dicomweb")
+        settings["Plugins"] = [str(DICOMWEB_PLUGIN)]
+        settings["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+    if users:
+        settings["AuthenticationEnabled"] = True
+        settings["RegisteredUsers"] = users
     config.write_text(json.dumps(settings, indent=2))
     rest_url = f"http://{HOST}:{http_port}"
 

@@ -11,7 +11,15 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from reconciler.config.durations import Duration
@@ -185,15 +193,45 @@ class DicomTarget(StrictModel):
     )
 
 
+class DicomWebTarget(StrictModel):
+    """A DICOMweb service: STOW-RS to send, QIDO-RS to observe."""
+
+    url: str = Field(description="Base URL of the service, e.g. https://pacs/dicom-web")
+    token: SecretStr | None = Field(None, description="Bearer token; give it as ${env:X}.")
+    username: str | None = Field(None, description="For HTTP basic authentication.")
+    password: SecretStr | None = Field(None, description="Give it as ${env:X} or ${file:P}.")
+    ca: Path | None = Field(None, description="CA certificates for https; default: the system's.")
+    verify_tls: bool = Field(True, description="Check the server's certificate on https.")
+    timeout: Duration = Field(timedelta(seconds=60), description="Per HTTP request.")
+    instances_per_request: int = Field(20, ge=1, le=1000, description="Instances per STOW-RS.")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("the url must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> DicomWebTarget:
+        if self.token is not None and self.username is not None:
+            raise ValueError("give either token or username and password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give username and password together")
+        return self
+
+
 OBJECT_VERIFY = ("presence", "checksum")
 DICOM_VERIFY = ("instances", "count", "commitment", "none")
+DICOMWEB_VERIFY = ("instances", "none")
 
 
 class DestinationConfig(StrictModel):
-    """Give exactly one of ``object`` or ``dicom``."""
+    """Give exactly one of ``object``, ``dicom`` or ``dicomweb``."""
 
     object: ObjectTarget | None = None
     dicom: DicomTarget | None = None
+    dicomweb: DicomWebTarget | None = None
     verify: Literal["presence", "checksum", "instances", "count", "commitment", "none"] | None = (
         Field(
             None,
@@ -213,13 +251,13 @@ class DestinationConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_kind_and_its_verification(self) -> DestinationConfig:
-        if (self.object is None) == (self.dicom is None):
-            raise ValueError("give exactly one of object: or dicom:")
-        allowed = OBJECT_VERIFY if self.object is not None else DICOM_VERIFY
+        kinds = [k for k in ("object", "dicom", "dicomweb") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of object:, dicom: or dicomweb:")
+        allowed = self._verifications
         if self.verify is not None and self.verify not in allowed:
-            kind = "an object" if self.object is not None else "a DICOM"
             raise ValueError(
-                f"verify: {self.verify} does not apply to {kind} destination "
+                f"verify: {self.verify} does not apply to a {kinds[0]} destination "
                 f"(choose {', '.join(allowed)})"
             )
         if self.verify == "commitment" and self.dicom and self.dicom.commitment_port is None:
@@ -227,8 +265,14 @@ class DestinationConfig(StrictModel):
         return self
 
     @property
+    def _verifications(self) -> tuple[str, ...]:
+        if self.object is not None:
+            return OBJECT_VERIFY
+        return DICOM_VERIFY if self.dicom is not None else DICOMWEB_VERIFY
+
+    @property
     def verification(self) -> str:
-        return self.verify or (OBJECT_VERIFY[0] if self.object is not None else DICOM_VERIFY[0])
+        return self.verify or self._verifications[0]
 
 
 class Policy(StrictModel):

@@ -1,0 +1,144 @@
+"""DICOMweb destinations against Orthanc's DICOMweb plugin on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import DicomPeer, free_port, start_orthanc
+from test_cli_end_to_end import run
+
+from reconciler.config.model import DestinationConfig
+from reconciler.destinations.base import DestinationUnavailable
+from reconciler.destinations.dicomweb import DicomWebDestination
+from reconciler.plan import Action
+
+PASSWORD = "stow-secret-4c1d"
+
+
+@pytest.fixture
+def web_peer(tmp_path: Path) -> Iterator[DicomPeer]:
+    with start_orthanc(
+        tmp_path / "orthanc", stop_grace=0.5, dicomweb=True, users={"backup": PASSWORD}
+    ) as peer:
+        yield peer
+
+
+def web_destination(peer: DicomPeer, password: str = PASSWORD) -> DicomWebDestination:
+    config = DestinationConfig.model_validate(
+        {
+            "dicomweb": {
+                "url": f"{peer.rest_url}/dicom-web",
+                "username": "backup",
+                "password": password,
+                "instances_per_request": 4,
+            },
+            "retry": {"attempts": 2, "initial_delay": "0s"},
+        }
+    )
+    assert config.dicomweb is not None
+    return DicomWebDestination("web", config.dicomweb, config)
+
+
+def expected(actions: list[Action]) -> dict[str, list[str]]:
+    return {a.study_uid: [r.sop_instance_uid for r in a.instances] for a in actions}
+
+
+def test_stow_sends_and_qido_lists_exactly_what_is_held(
+    web_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    destination = web_destination(web_peer)
+    action = copy_actions[0]
+    partial = destination.send(
+        dataclasses.replace(action, instances=action.instances[:3]), lambda _: None
+    )
+    assert partial.failures == {}
+    held = destination.observe(expected(copy_actions))
+    assert set(held) == {action.study_uid}
+    assert set(held[action.study_uid].instances) == {
+        r.sop_instance_uid for r in action.instances[:3]
+    }
+    progress: list[int] = []
+    result = destination.send(action, progress.append)
+    assert result.failures == {} and result.committed is not None
+    assert sum(progress) == action.bytes
+    assert destination.verify(action, lambda _: None).corrupt == {}
+    destination.close()
+
+
+def test_wrong_password_is_refused_without_revealing_it(
+    web_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    destination = web_destination(web_peer, password="not-the-password")
+    with pytest.raises(DestinationUnavailable, match="HTTP 401") as raised:
+        destination.observe(expected(copy_actions))
+    assert "not-the-password" not in str(raised.value)
+    result = destination.send(copy_actions[0], lambda _: None)
+    assert result.committed is None
+    assert set(result.failures.values()) == {"STOW-RS answered HTTP 401"}
+    assert orthanc_get_as_admin(web_peer) == []
+
+
+def orthanc_get_as_admin(peer: DicomPeer) -> object:
+    """Orthanc's /instances, read with the registered user (its REST API needs one here)."""
+    request = urllib.request.Request(f"{peer.rest_url}/instances")
+    manager = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+    manager.add_password(None, peer.rest_url, "backup", PASSWORD)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPBasicAuthHandler(manager)
+    )
+    with opener.open(request, timeout=5) as response:
+        return json.load(response)
+
+
+def test_service_that_is_down_is_unavailable(copy_actions: list[Action]) -> None:
+    down = DicomPeer(
+        "127.0.0.1", 0, "NONE", Path("/nonexistent"), f"http://127.0.0.1:{free_port()}"
+    )
+    destination = web_destination(down)
+    destination.sleep = lambda _: None
+    with pytest.raises(DestinationUnavailable, match="ConnectionError"):
+        destination.observe(expected(copy_actions))
+    result = destination.send(copy_actions[0], lambda _: None)
+    assert all("gave up after retries" in why for why in result.failures.values())
+
+
+def test_cli_backs_up_over_dicomweb_with_the_password_from_the_environment(
+    tmp_path: Path,
+    small_studies: Path,
+    web_peer: DicomPeer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    monkeypatch.setenv("STOW_PASSWORD", PASSWORD)
+    (tmp_path / "reconciler.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            site: web-backup
+            sources:
+              inbox: {{path: inbox, stable_after: 0s}}
+            destinations:
+              web:
+                dicomweb:
+                  url: {web_peer.rest_url}/dicom-web
+                  username: backup
+                  password: ${{env:STOW_PASSWORD}}
+            policies:
+              - {{name: all, copy_to: [web]}}
+            """
+        )
+    )
+    config = str(tmp_path / "reconciler.yaml")
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 0, out
+    code, plan = run(capsys, "plan", "-c", config, "--refresh", "--json", "--detailed-exitcode")
+    assert code == 0, plan
+    assert PASSWORD not in out + plan
+    assert len(orthanc_get_as_admin(web_peer)) == 18  # type: ignore[arg-type]
