@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -188,6 +189,20 @@ def store_batch(target: DicomTarget, refs: Sequence[InstanceRef]) -> BatchResult
     return result
 
 
+def _let_reactor_resume(assoc: Association, limit: float = 0.05) -> None:
+    """Wait until the association's own thread has really resumed after a DIMSE exchange.
+
+    pynetdicom pauses that thread during send_c_store by clearing an event and waiting for a
+    ``_is_paused`` flag. Right after an exchange the thread is woken but not yet running, so the
+    flag is still True from the last pause; a C-STORE sent at once skips the handshake, and the
+    waking thread can take a fast peer's response off the queue as "unexpected". The sender
+    then waits out the whole DIMSE timeout (seen here with storescp: 60 s stalls).
+    """
+    deadline = time.monotonic() + limit
+    while assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0)
+
+
 def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) -> str | None:
     """Send one file; the reason it failed, or None. AssociationLost means: try again."""
     if not assoc.is_established:
@@ -208,6 +223,7 @@ def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) ->
         return unsendable(ref)
     except (OSError, RuntimeError) as exc:
         raise AssociationLost(f"sending failed: {exc}") from exc
+    _let_reactor_resume(assoc)
     if "Status" not in status:
         raise AssociationLost("no response to C-STORE (timeout or abort)")
     code = int(status.Status)
