@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from reconciler.catalog.model import Catalog
 from reconciler.catalog.scan import ScanResult, SourceFolder, scan_sources
 from reconciler.config.load import LoadedConfig
 from reconciler.destinations.base import Destination, DestinationUnavailable
-from reconciler.destinations.dicom import DicomDestination
-from reconciler.destinations.dicomweb import DicomWebDestination
-from reconciler.destinations.object_store import ObjectStoreDestination
+from reconciler.destinations.factory import open_destination
 from reconciler.observation import Observation
 from reconciler.plan import Fingerprint, Plan
 from reconciler.planner import make_plan
@@ -48,29 +45,10 @@ class Workspace:
 
     def destination(self, name: str) -> Destination:
         if name not in self._destinations:
-            self._destinations[name] = self._open_destination(name)
+            self._destinations[name] = open_destination(
+                name, self.config.destinations[name], self.config.site, self.loaded.resolve_path
+            )
         return self._destinations[name]
-
-    def _open_destination(self, name: str) -> Destination:
-        settings = self.config.destinations[name]
-        if settings.dicom is not None:
-            target = settings.dicom
-            if target.tls is not None:
-                tls = target.tls.resolved(self.loaded.resolve_path)
-                target = target.model_copy(update={"tls": tls})
-            return DicomDestination(name, target, settings)
-        if settings.dicomweb is not None:
-            web = settings.dicomweb
-            if web.ca is not None:
-                web = web.model_copy(update={"ca": self.loaded.resolve_path(web.ca)})
-            return DicomWebDestination(name, web, settings)
-        target = settings.object
-        assert target is not None  # the model requires exactly one kind
-        if target.url.startswith("file://") and not target.url.startswith("file:///"):
-            # A relative folder is relative to the config, like every other path in it.
-            folder = self.loaded.resolve_path(Path(target.url.removeprefix("file://")))
-            target = target.model_copy(update={"url": folder.as_uri()})
-        return ObjectStoreDestination(name, target, settings, self.config.site)
 
     # --- the flow ---------------------------------------------------------------------------
 

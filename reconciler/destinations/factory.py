@@ -1,0 +1,45 @@
+"""Open the destination a config names, with its file paths made relative to the config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from reconciler.config.model import DestinationConfig, DicomTarget, DicomWebTarget, ObjectTarget
+from reconciler.destinations.base import Destination
+from reconciler.destinations.dicom import DicomDestination
+from reconciler.destinations.dicomweb import DicomWebDestination
+from reconciler.destinations.object_store import ObjectStoreDestination
+
+Resolve = Callable[[Path], Path]
+
+
+def open_destination(
+    name: str, settings: DestinationConfig, site: str, resolve: Resolve
+) -> Destination:
+    if settings.dicom is not None:
+        return DicomDestination(name, _dicom(settings.dicom, resolve), settings)
+    if settings.dicomweb is not None:
+        return DicomWebDestination(name, _dicomweb(settings.dicomweb, resolve), settings)
+    assert settings.object is not None  # the model requires exactly one kind
+    return ObjectStoreDestination(name, _object(settings.object, resolve), settings, site)
+
+
+def _dicom(target: DicomTarget, resolve: Resolve) -> DicomTarget:
+    if target.tls is None:
+        return target
+    return target.model_copy(update={"tls": target.tls.resolved(resolve)})
+
+
+def _dicomweb(target: DicomWebTarget, resolve: Resolve) -> DicomWebTarget:
+    if target.ca is None:
+        return target
+    return target.model_copy(update={"ca": resolve(target.ca)})
+
+
+def _object(target: ObjectTarget, resolve: Resolve) -> ObjectTarget:
+    if not target.url.startswith("file://") or target.url.startswith("file:///"):
+        return target
+    # A relative folder is relative to the config, like every other path in it.
+    folder = resolve(Path(target.url.removeprefix("file://")))
+    return target.model_copy(update={"url": folder.as_uri()})
