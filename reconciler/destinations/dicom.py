@@ -1,9 +1,10 @@
 """DICOM peers (PACS) over DIMSE: C-STORE sends the files as they are, C-FIND observes.
 
-Files are streamed without being decoded (pynetdicom's chunked send), which needs an accepted
-presentation context with the file's exact transfer syntax; a peer that accepts only others
-gets the instance reported as unsendable with that reason. Sends run in worker processes, one
-association each (``max_associations``); this process decides retries and what is committed.
+Files are streamed without being decoded (pynetdicom's chunked send) when the peer accepts
+their own transfer syntax; otherwise an uncompressed file is re-encoded in an uncompressed
+syntax it accepts, and anything else is reported as unsendable with the reason. Sends run in
+worker processes, one association each (``max_associations``); this process decides retries,
+storage commitment and what is committed.
 """
 
 from __future__ import annotations
