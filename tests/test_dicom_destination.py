@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -469,3 +470,14 @@ def test_cli_records_storage_commitment_in_the_state(
     store.close()
     assert observation is not None and len(observation.studies) == 3
     assert all(s.verified_at is not None for s in observation.studies.values())
+
+
+def test_each_c_store_carries_its_own_message_id(
+    storescp_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    destination = dicom_destination(storescp_peer, dicom={"max_associations": 1})
+    assert destination.send(copy_actions[0], lambda _: None).failures == {}
+    destination.close()
+    log = (storescp_peer.storage.parent / "storescp.log").read_text(errors="replace")
+    ids = re.findall(r"Received Store Request \(MsgID (\d+)", log)
+    assert len(ids) == len(copy_actions[0].instances) == len(set(ids))

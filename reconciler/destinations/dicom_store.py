@@ -7,6 +7,7 @@ open between batches (and studies) while the contexts it needs were negotiated o
 
 from __future__ import annotations
 
+import itertools
 import socket
 import ssl
 import time
@@ -189,6 +190,14 @@ def store_batch(target: DicomTarget, refs: Sequence[InstanceRef]) -> BatchResult
     return result
 
 
+_message_ids = itertools.count()
+
+
+def _next_message_id() -> int:
+    """Each request gets its own Message ID (an unsigned short), as DICOM asks."""
+    return next(_message_ids) % 0xFFFF + 1
+
+
 def _let_reactor_resume(assoc: Association, limit: float = 0.05) -> None:
     """Wait until the association's own thread has really resumed after a DIMSE exchange.
 
@@ -213,12 +222,12 @@ def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) ->
         return str(exc)
     try:
         try:
-            status = assoc.send_c_store(Path(ref.path))
+            status = assoc.send_c_store(Path(ref.path), msg_id=_next_message_id())
         except ValueError:  # the file's own syntax was not accepted
             if UID(ref.transfer_syntax).is_compressed:
                 return unsendable(ref)
             # Decoded, pynetdicom re-encodes it in whichever uncompressed syntax was accepted.
-            status = assoc.send_c_store(dcmread(ref.path))
+            status = assoc.send_c_store(dcmread(ref.path), msg_id=_next_message_id())
     except ValueError:
         return unsendable(ref)
     except (OSError, RuntimeError) as exc:
