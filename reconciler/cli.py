@@ -21,6 +21,7 @@ from reconciler.catalog.scan import ScanResult
 from reconciler.config.load import ConfigError, format_config, load_config
 from reconciler.plan import Plan, render_text
 from reconciler.schema import config_schema
+from reconciler.state_lock import StateBusyError
 from reconciler.views import HumanView, JsonLinesView
 from reconciler.workspace import StalePlanError, Workspace
 
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except ConfigError as exc:
         print(f"Error: the configuration is not valid:\n{exc}", file=sys.stderr)
-    except (UsageError, StalePlanError) as exc:
+    except (UsageError, StalePlanError, StateBusyError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("Interrupted: nothing half-done was recorded as done.", file=sys.stderr)
@@ -132,7 +133,7 @@ def cmd_schema(_: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    with Workspace(load_config(args.config)) as workspace:
+    with Workspace(load_config(args.config), "plan") as workspace:
         plan, scanned = workspace.plan(refresh=args.refresh, scan_progress=_scan_bar(args.json))
     if args.out:
         _save_plan(plan, args.out)
@@ -150,7 +151,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
-    with Workspace(loaded) as workspace:
+    with Workspace(loaded, "apply") as workspace:
         if args.planfile:
             plan = _load_plan(args.planfile)
             workspace.check_current(plan)

@@ -19,6 +19,7 @@ from reconciler.observation import Observation
 from reconciler.plan import Fingerprint, Plan
 from reconciler.planner import make_plan
 from reconciler.state import StateStore
+from reconciler.state_lock import StateLock
 
 
 class StalePlanError(Exception):
@@ -26,9 +27,11 @@ class StalePlanError(Exception):
 
 
 class Workspace:
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig, command: str | None = None) -> None:
+        """``command`` names a run that changes the state: it then holds the state's lock."""
         self.loaded = loaded
         self.config = loaded.config
+        self._lock = StateLock(loaded.state_path, command).__enter__() if command else None
         self.store = StateStore(loaded.state_path)
         self._destinations: dict[str, Destination] = {}
 
@@ -36,6 +39,8 @@ class Workspace:
         for destination in self._destinations.values():
             destination.close()
         self.store.close()
+        if self._lock is not None:
+            self._lock.__exit__()
 
     def __enter__(self) -> Workspace:
         return self

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,34 @@ def test_fmt_check_reports_a_file_that_would_change(
     assert run(capsys, "fmt", "-c", str(config))[0] == 0
     assert "# our site" in config.read_text()
     assert run(capsys, "fmt", "-c", str(config), "--check")[0] == 0
+
+
+def test_a_second_run_on_the_same_state_is_refused_until_the_first_ends(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = write_config(tmp_path, folder_destination(tmp_path)[0])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(config)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
+        assert code == 1
+        assert f"reconciler apply (pid {holder.pid}" in out and "is working on this state" in out
+        assert run(capsys, "status", "-c", str(config))[0] == 0  # reading needs no lock
+    finally:
+        holder.kill()  # dies holding the lock: the kernel releases it
+        holder.wait()
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from reconciler.config.load import load_config
+from reconciler.workspace import Workspace
+workspace = Workspace(load_config(Path(sys.argv[1])), "apply")
+print("locked", flush=True)
+time.sleep(60)
+"""
