@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -246,8 +247,11 @@ def _confirm(json_mode: bool) -> None:
 
 
 def _save_plan(plan: Plan, path: Path) -> None:
-    path.write_text(plan.to_json())
-    path.chmod(0o600)  # plans list file paths of patient studies
+    # Created private (plans list file paths of patient studies), never readable for a moment.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(plan.to_json())
+    path.chmod(0o600)  # an older file keeps its mode through O_CREAT
 
 
 def _load_plan(path: Path) -> Plan:

@@ -1,0 +1,58 @@
+"""Secrets given by reference never appear in any output, state or stored object."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import s3fs
+from test_cli_end_to_end import run, s3_destination, write_config
+
+
+def test_s3_credentials_appear_in_no_output_state_or_object(
+    tmp_path: Path,
+    small_studies: Path,
+    s3_bucket: str,
+    s3_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = str(write_config(tmp_path, s3_destination(s3_bucket)))
+    planfile = tmp_path / "plan.json"
+    outputs = [
+        run(capsys, "validate", "-c", config)[1],
+        run(capsys, "plan", "-c", config)[1],
+        run(capsys, "plan", "-c", config, "--json", "-o", str(planfile))[1],
+        run(capsys, "apply", "-c", config, str(planfile), "--json")[1],
+        run(capsys, "plan", "-c", config, "--refresh", "--json")[1],
+        run(capsys, "status", "-c", config, "--json")[1],
+    ]
+    stored = [planfile.read_bytes()]
+    stored += [p.read_bytes() for p in (tmp_path / ".reconciler").iterdir()]
+    fs = s3fs.S3FileSystem(
+        endpoint_url=s3_env["S3_ENDPOINT"],
+        key=s3_env["AWS_ACCESS_KEY_ID"],
+        secret=s3_env["AWS_SECRET_ACCESS_KEY"],
+        skip_instance_cache=True,
+    )
+    objects = fs.find(s3_bucket)
+    assert any(o.endswith("manifest.json") for o in objects)
+    stored += [fs.cat_file(o) for o in objects]
+    for secret in (s3_env["AWS_SECRET_ACCESS_KEY"], s3_env["AWS_ACCESS_KEY_ID"]):
+        assert not [text for text in outputs if secret in text]
+        assert not [blob for blob in stored if secret.encode() in blob]
+
+
+def test_state_and_saved_plans_are_private_to_their_owner(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = str(write_config(tmp_path, 'object: {url: "file://backup"}'))
+    planfile = tmp_path / "plan.json"
+    assert run(capsys, "plan", "-c", config, "-o", str(planfile))[0] == 0
+    state = tmp_path / ".reconciler"
+    # The folder guards SQLite's -wal and -shm files too, which it creates with the umask.
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert (state / "state.db").stat().st_mode & 0o777 == 0o600
+    assert planfile.stat().st_mode & 0o777 == 0o600
