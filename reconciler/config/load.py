@@ -195,7 +195,10 @@ def _parse_documents(raw: dict[Path, bytes]) -> list[_Document]:
         if root is None:
             problems.append(ConfigProblem(file, 1, 1, "", "the file is empty"))
         elif not isinstance(root, CommentedMap):
-            line, column = (root.lc.line, root.lc.col) if hasattr(root, "lc") else (0, 0)
+            position = getattr(root, "lc", None)
+            # A tagged scalar (e.g. `!0`) carries a position object without a line.
+            line = (position.line if position else None) or 0
+            column = (position.col if position else None) or 0
             message = "the top level must be a mapping of settings (site:, sources:, ...)"
             problems.append(ConfigProblem(file, line + 1, column + 1, "", message))
         else:
