@@ -33,8 +33,14 @@ def apply_plan(
     store: StateStore,
     emit: Emit,
     parallel_studies: int = 2,
+    stop: threading.Event | None = None,
 ) -> dict[str, object]:
-    """Run every action of ``plan``; returns the run summary (also emitted last)."""
+    """Run every action of ``plan``; returns the run summary (also emitted last).
+
+    Once ``stop`` is set, actions not yet started are skipped (and planned again next time);
+    those in flight finish, so nothing is left half-recorded.
+    """
+    stop = stop or threading.Event()
     emit_lock = threading.Lock()
 
     def emit_safely(event: Event) -> None:
@@ -45,11 +51,11 @@ def apply_plan(
     run_id = store.start_run("apply")
     started = time.monotonic()
     emit_safely(RunStarted(len(plan.actions), counts["copy_bytes"]))
-    done = failed = instances = transferred = 0
+    done = failed = skipped = instances = transferred = 0
     outcome = "interrupted"
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
     try:
-        futures: dict[Future[SendResult | VerifyResult], tuple[Action, int]] = {}
+        futures: dict[Future[SendResult | VerifyResult | None], tuple[Action, int]] = {}
         for action in plan.actions:
             entry = store.journal_start(
                 run_id,
@@ -59,10 +65,14 @@ def apply_plan(
                 len(action.instances),
                 action.bytes,
             )
-            future = pool.submit(_run_action, action, destinations, emit_safely)
+            future = pool.submit(_run_action, action, destinations, emit_safely, stop)
             futures[future] = (action, entry)
         for future in as_completed(futures):
             action, entry = futures[future]
+            if future.exception() is None and future.result() is None:
+                store.journal_finish(entry, "skipped", "stopping before it started")
+                skipped += 1
+                continue
             finished = _record(future, action, entry, store)
             emit_safely(finished)
             if finished.ok:
@@ -72,7 +82,7 @@ def apply_plan(
                     transferred += action.bytes
             else:
                 failed += 1
-        outcome = "failed" if failed else "ok"
+        outcome = "failed" if failed else "interrupted" if skipped else "ok"
     finally:
         pool.shutdown(wait=outcome != "interrupted", cancel_futures=True)
         elapsed = time.monotonic() - started
@@ -80,6 +90,7 @@ def apply_plan(
             "outcome": outcome,
             "actions_done": done,
             "actions_failed": failed,
+            "actions_skipped": skipped,
             "instances_copied": instances,
             "bytes_copied": transferred,
             "seconds": round(elapsed, 3),
@@ -91,8 +102,10 @@ def apply_plan(
 
 
 def _run_action(
-    action: Action, destinations: Callable[[str], Destination], emit: Emit
-) -> SendResult | VerifyResult:
+    action: Action, destinations: Callable[[str], Destination], emit: Emit, stop: threading.Event
+) -> SendResult | VerifyResult | None:
+    if stop.is_set():
+        return None
     emit(ActionStarted(action))
     destination = destinations(action.destination)
 
@@ -105,7 +118,10 @@ def _run_action(
 
 
 def _record(
-    future: Future[SendResult | VerifyResult], action: Action, entry: int, store: StateStore
+    future: Future[SendResult | VerifyResult | None],
+    action: Action,
+    entry: int,
+    store: StateStore,
 ) -> ActionFinished:
     try:
         result = future.result()

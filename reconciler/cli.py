@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     sub.add_argument("--json", action="store_true", help="print events as JSON lines")
     sub.add_argument("--refresh", action="store_true", help="re-read every destination first")
+
+    sub = command("watch", cmd_watch, "reconcile continuously as files arrive; stop with Ctrl-C")
+    sub.add_argument("--json", action="store_true", help="print events as JSON lines")
 
     sub = command("status", cmd_status, "what the catalog holds, rejected files and recent runs")
     sub.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -176,6 +181,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
             loaded.config.apply.parallel_studies,
         )
     return EXIT_OK if summary["outcome"] == "ok" and not plan.has_errors else EXIT_ERROR
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from reconciler.watch import watch
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    view = JsonLinesView() if args.json else HumanView()
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    say(f"watching {args.config}; stop with Ctrl-C or SIGTERM")
+    watch(args.config, view, say, stop)
+    say("stopped")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -285,6 +285,14 @@ class ApplySettings(StrictModel):
     parallel_studies: int = Field(2, ge=1, le=64, description="Studies transferred at once.")
 
 
+class WatchSettings(StrictModel):
+    replan_every: Duration = Field(
+        timedelta(minutes=5),
+        description="In watch mode, plan again this often even when no file changed "
+        "(remote drift, verifications that fall due).",
+    )
+
+
 class Config(StrictModel):
     site: Name
     state: Path | None = Field(
@@ -294,6 +302,7 @@ class Config(StrictModel):
     destinations: dict[Name, DestinationConfig] = Field(default_factory=dict)
     policies: list[Policy] = Field(default_factory=list)
     apply: ApplySettings = ApplySettings()
+    watch: WatchSettings = WatchSettings()
 
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Names that point nowhere, with the location of each (checked by the loader)."""

@@ -35,6 +35,7 @@ from reconciler.destinations.dicom_store import (
     BatchResult,
     ContextsRefused,
     association,
+    let_reactor_resume,
     store_batch,
 )
 from reconciler.observation import ObservedInstance, ObservedStudy
@@ -255,6 +256,7 @@ def _query(level: str, **keys: str) -> Dataset:
 
 def _find(assoc: Association, query: Dataset) -> list[Dataset]:
     matches = []
+    let_reactor_resume(assoc)
     for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
         if "Status" not in status:
             raise AssociationLost("no response to C-FIND (timeout or abort)")

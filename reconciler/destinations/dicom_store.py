@@ -198,14 +198,16 @@ def _next_message_id() -> int:
     return next(_message_ids) % 0xFFFF + 1
 
 
-def _let_reactor_resume(assoc: Association, limit: float = 0.05) -> None:
-    """Wait until the association's own thread has really resumed after a DIMSE exchange.
+def let_reactor_resume(assoc: Association, limit: float = 1.0) -> None:
+    """Call before each DIMSE request: wait until the association's own thread has resumed.
 
-    pynetdicom pauses that thread during send_c_store by clearing an event and waiting for a
-    ``_is_paused`` flag. Right after an exchange the thread is woken but not yet running, so the
-    flag is still True from the last pause; a C-STORE sent at once skips the handshake, and the
-    waking thread can take a fast peer's response off the queue as "unexpected". The sender
-    then waits out the whole DIMSE timeout (seen here with storescp: 60 s stalls).
+    pynetdicom pauses that thread during send_c_store/send_c_find by clearing an event and
+    waiting for an ``_is_paused`` flag. Right after an exchange the thread is woken but not yet
+    running, so the flag is still True from the last pause; a request sent at once skips the
+    handshake, and the waking thread can take the peer's answer off the queue as "unexpected".
+    A lost C-STORE response costs the whole DIMSE timeout (seen here: 60 s stalls against
+    storescp); a lost C-FIND match silently hides an instance (seen with Orthanc under load).
+    Normally this returns at once; ``limit`` only bounds a thread that never resumes.
     """
     deadline = time.monotonic() + limit
     while assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
@@ -221,6 +223,7 @@ def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) ->
     except PermanentError as exc:
         return str(exc)
     try:
+        let_reactor_resume(assoc)
         try:
             status = assoc.send_c_store(Path(ref.path), msg_id=_next_message_id())
         except ValueError:  # the file's own syntax was not accepted
@@ -232,7 +235,6 @@ def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) ->
         return unsendable(ref)
     except (OSError, RuntimeError) as exc:
         raise AssociationLost(f"sending failed: {exc}") from exc
-    _let_reactor_resume(assoc)
     if "Status" not in status:
         raise AssociationLost("no response to C-STORE (timeout or abort)")
     code = int(status.Status)

@@ -1,0 +1,119 @@
+"""`reconciler watch`: reconcile continuously as files arrive, and on a timer for remote drift.
+
+A cycle (incremental scan, plan, apply) runs when files in a source change, when a study that
+was waiting becomes stable, when the config changes, and every ``watch.replan_every``. An
+invalid new config is reported and the last good one keeps running. Setting ``stop`` (SIGTERM
+or SIGINT in the CLI) stops new work; transfers in flight finish first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import watchfiles
+
+from reconciler.apply import apply_plan
+from reconciler.config.load import ConfigError, LoadedConfig, load_config
+from reconciler.events import Event
+from reconciler.plan import Plan
+from reconciler.workspace import Workspace
+
+TICK_MS = 1000  # how often the loop looks at the clock when no file changes
+
+
+def watch(
+    config_path: Path,
+    emit: Callable[[Event], None],
+    say: Callable[[str], None],
+    stop: threading.Event,
+) -> None:
+    loaded = load_config(config_path)
+    workspace = Workspace(loaded, "watch")
+    try:
+        due = datetime.now(UTC)
+        stamp = _config_stamp(config_path)
+        for changes in watchfiles.watch(
+            *_watched_paths(loaded),
+            stop_event=stop,
+            yield_on_timeout=True,
+            rust_timeout=TICK_MS,
+            raise_interrupt=False,
+        ):
+            if _config_stamp(config_path) != stamp:
+                stamp = _config_stamp(config_path)
+                loaded, workspace = _reload(config_path, loaded, workspace, say)
+                due = datetime.now(UTC)
+            if changes or datetime.now(UTC) >= due:
+                plan = _cycle(workspace, emit, say, stop)
+                due = _next_cycle(workspace, plan)
+    finally:
+        workspace.close()
+
+
+def _watched_paths(loaded: LoadedConfig) -> list[Path]:
+    sources = [loaded.resolve_path(s.path) for s in loaded.config.sources.values()]
+    return [p for p in sources if p.is_dir()] or [loaded.base_dir]
+
+
+def _config_stamp(config_path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Sizes and mtimes of the config files: editors that save by renaming defeat watches."""
+    paths = (
+        sorted([*config_path.glob("*.y*ml"), config_path])
+        if config_path.is_dir()
+        else [config_path]
+    )
+    stamps = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        stamps.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(stamps)
+
+
+def _cycle(
+    workspace: Workspace,
+    emit: Callable[[Event], None],
+    say: Callable[[str], None],
+    stop: threading.Event,
+) -> Plan:
+    plan, scanned = workspace.plan()
+    for path, reason in scanned.rejected:
+        say(f"skipped {path}: {reason}")
+    for problem in plan.problems:
+        say(f"{problem.severity}: {problem.destination or ''} {problem.message}".strip())
+    if plan.has_changes and not stop.is_set():
+        apply_plan(
+            plan,
+            workspace.destination,
+            workspace.store,
+            emit,
+            workspace.config.apply.parallel_studies,
+            stop,
+        )
+    return plan
+
+
+def _next_cycle(workspace: Workspace, plan: Plan) -> datetime:
+    """The timer's next wake-up, or sooner when a waiting study becomes stable."""
+    due = datetime.now(UTC) + workspace.config.watch.replan_every
+    return min([due, *(w.ready_at for w in plan.waiting)])
+
+
+def _reload(
+    config_path: Path, loaded: LoadedConfig, workspace: Workspace, say: Callable[[str], None]
+) -> tuple[LoadedConfig, Workspace]:
+    try:
+        fresh = load_config(config_path)
+    except ConfigError as exc:
+        say(f"the changed configuration is not valid; still running the last good one:\n{exc}")
+        return loaded, workspace
+    if fresh.sha256 == loaded.sha256:
+        return loaded, workspace
+    workspace.close()
+    say("configuration reloaded")
+    return fresh, Workspace(fresh, "watch")

@@ -1,0 +1,112 @@
+"""`reconciler watch` as a real process: files dropped in while it runs, reload, signals."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from test_cli_end_to_end import run
+
+CONFIG = """\
+site: watched
+sources:
+  inbox: {path: inbox, stable_after: STABLE}
+destinations:
+  backup:
+    object: {url: "file://backup"}
+policies:
+  - {name: all, copy_to: [backup]}
+"""
+
+
+def write_config(folder: Path, stable_after: str = "1s") -> Path:
+    (folder / "inbox").mkdir(exist_ok=True)
+    config = folder / "reconciler.yaml"
+    config.write_text(CONFIG.replace("STABLE", stable_after))
+    return config
+
+
+@contextmanager
+def watching(folder: Path) -> Iterator[subprocess.Popen[str]]:
+    log = (folder / "watch.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "watch", "-c", str(folder), "--json"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: "watching" in (folder / "watch.log").read_text(), "watch to start")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        log.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.2)
+
+
+def manifests(folder: Path) -> list[Path]:
+    return list((folder / "backup").glob("studies/*/manifest.json"))
+
+
+def study_folders(studies: Path) -> list[Path]:
+    return sorted(p for p in studies.glob("*/*") if p.is_dir())
+
+
+def test_a_study_dropped_in_is_copied_and_sigterm_stops_cleanly(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    with watching(tmp_path) as process:
+        shutil.copytree(study_folders(small_studies)[0], tmp_path / "inbox" / "first")
+        wait_for(lambda: len(manifests(tmp_path)) == 1, "the study to reach the backup")
+        code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
+        assert code == 1 and "reconciler watch (pid" in out  # watch holds the state
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert run(capsys, "plan", "-c", str(config), "--detailed-exitcode")[0] == 0
+
+
+def test_a_study_still_being_written_waits_until_it_is_stable(
+    tmp_path: Path, small_studies: Path
+) -> None:
+    write_config(tmp_path, stable_after="3s")
+    files = sorted(study_folders(small_studies)[0].rglob("*.dcm"))
+    with watching(tmp_path):
+        target = tmp_path / "inbox" / "arriving"
+        target.mkdir()
+        for number, source in enumerate(files):
+            shutil.copy(source, target / f"{number}.dcm")
+            time.sleep(0.5)  # well under stable_after: the study never looks complete
+        assert manifests(tmp_path) == []  # at least 3 s must pass after the last file
+        wait_for(lambda: len(manifests(tmp_path)) == 1, "the stable study to be copied")
+
+
+def test_an_invalid_config_edit_keeps_the_last_good_one_running(
+    tmp_path: Path, small_studies: Path
+) -> None:
+    config = write_config(tmp_path)
+    with watching(tmp_path) as process:
+        good = config.read_text()
+        config.write_text(good.replace("stable_after: 1s", "stable_after: soon"))
+        log = tmp_path / "watch.log"
+        wait_for(lambda: "still running the last good one" in log.read_text(), "the warning")
+        assert "stable_after: 'soon' is not a duration" in log.read_text()
+        shutil.copytree(study_folders(small_studies)[1], tmp_path / "inbox" / "second")
+        wait_for(lambda: len(manifests(tmp_path)) == 1, "a copy under the last good config")
+        assert process.poll() is None
