@@ -23,7 +23,7 @@ from reconciler.destinations.base import (
 from reconciler.destinations.source_files import read_unchanged
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action, InstanceRef
-from reconciler.retry import PermanentError, backoff_delays
+from reconciler.retry import PermanentError, with_retries
 
 SOP_INSTANCE_UID = "00080018"
 FAILED_SOP_SEQUENCE = "00081198"
@@ -126,16 +126,13 @@ class DicomWebDestination:
                 failures[ref.sop_instance_uid] = str(exc)
         if not parts:
             return failures
-        delays = iter(backoff_delays(self.settings.retry))
-        while True:
-            try:
-                return failures | self._store(study_uid, parts)
-            except TransientHttpError as exc:
-                delay = next(delays, None)
-                if delay is None:
-                    why = f"{exc} (gave up after retries)"
-                    return failures | {ref.sop_instance_uid: why for ref, _ in parts}
-                self.sleep(delay)
+        try:
+            return failures | with_retries(
+                lambda: self._store(study_uid, parts), self.settings.retry, self.sleep
+            )
+        except TransientHttpError as exc:
+            why = f"{exc} (gave up after retries)"
+            return failures | {ref.sop_instance_uid: why for ref, _ in parts}
 
     def _store(self, study_uid: str, parts: Sequence[tuple[InstanceRef, bytes]]) -> dict[str, str]:
         """One STOW-RS request; the instances the service refused, and why."""
