@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("status", cmd_status, "what the catalog holds, rejected files and recent runs")
     sub.add_argument("--json", action="store_true", help="print the status as JSON")
 
+    sub = command("report", cmd_report, "per-run statistics: studies, bytes, speeds, failures")
+    sub.add_argument("--format", choices=("html", "csv", "json"), default="html")
+    sub.add_argument("--since", help="a date (2024-05-01) or a duration back from now (7d)")
+    sub.add_argument("-o", "--out", type=Path, help="write the report to this file")
+
     demo = commands.add_parser(
         "demo", help="generate sample studies and back them up to a folder, end to end"
     )
@@ -225,6 +230,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from reconciler.report import build_report, parse_since, render
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with Workspace(load_config(args.config)) as workspace:
+        text = render(build_report(workspace.store, since), args.format)
+    if args.out:
+        _write_private(args.out, text)  # it names studies
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from reconciler.demo import run_demo
 
@@ -269,10 +290,14 @@ def _confirm(json_mode: bool) -> None:
 
 
 def _save_plan(plan: Plan, path: Path) -> None:
-    # Created private (plans list file paths of patient studies), never readable for a moment.
+    _write_private(path, plan.to_json())  # plans list file paths of patient studies
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Created private, never readable by others for a moment."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        handle.write(plan.to_json())
+        handle.write(text)
     path.chmod(0o600)  # an older file keeps its mode through O_CREAT
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from reconciler.catalog.model import Catalog, CatalogInstance
 from reconciler.observation import Observation, ObservedInstance, ObservedStudy
@@ -381,6 +382,29 @@ class StateStore:
         )
         keys = ("kind", "study_uid", "destination", "at", "error")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def runs_since(self, since: datetime | None) -> list[dict[str, Any]]:
+        """Runs started at or after ``since`` (all when None), oldest first, each with its
+        journal entries under ``"journal"``."""
+        start = since.astimezone(UTC).isoformat() if since else ""
+        runs = [
+            {**run, "journal": []}
+            for run in reversed(self.recent_runs(-1))  # a negative LIMIT means no limit
+            if str(run["started_at"]) >= start  # ISO UTC stamps sort as text
+        ]
+        by_id = {run["id"]: run for run in runs}
+        if not by_id:
+            return runs
+        keys = ("run_id", "kind", "study_uid", "destination", "status", "started_at")
+        keys += ("finished_at", "instances", "bytes", "error")
+        rows = self._db.execute(
+            f"SELECT {', '.join(keys)} FROM journal WHERE run_id >= ? ORDER BY id",
+            (min(by_id),),
+        )
+        for row in rows:
+            if row[0] in by_id:
+                by_id[row[0]]["journal"].append(dict(zip(keys[1:], row[1:], strict=True)))
+        return runs
 
 
 def _instance_row(instance: CatalogInstance) -> tuple[object, ...]:
