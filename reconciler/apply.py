@@ -21,8 +21,10 @@ from reconciler.events import (
     RunFinished,
     RunStarted,
 )
-from reconciler.plan import Action, Plan, summary_counts
+from reconciler.plan import LOCAL, Action, Plan, human_bytes, summary_counts
+from reconciler.retention import CATALOG_SHRANK
 from reconciler.state import StateStore
+from reconciler.trash import Trash, TrashError
 
 Emit = Callable[[Event], None]
 
@@ -34,11 +36,13 @@ def apply_plan(
     emit: Emit,
     parallel_studies: int = 2,
     stop: threading.Event | None = None,
+    trash: Trash | None = None,
 ) -> dict[str, object]:
     """Run every action of ``plan``; returns the run summary (also emitted last).
 
     Once ``stop`` is set, actions not yet started are skipped (and planned again next time);
-    those in flight finish, so nothing is left half-recorded.
+    those in flight finish, so nothing is left half-recorded. Local deletions and purges run
+    last, and only when every copy and verification before them succeeded.
     """
     stop = stop or threading.Event()
     emit_lock = threading.Lock()
@@ -56,7 +60,9 @@ def apply_plan(
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
     try:
         futures: dict[Future[SendResult | VerifyResult | None], tuple[Action, int]] = {}
-        for action in plan.actions:
+        remote = [a for a in plan.actions if a.destination != LOCAL]
+        local = [a for a in plan.actions if a.destination == LOCAL]
+        for action in remote:
             entry = store.journal_start(
                 run_id,
                 action.kind,
@@ -82,7 +88,29 @@ def apply_plan(
                     transferred += action.bytes
             else:
                 failed += 1
+        remote_failed = failed
+        for action in local:
+            entry = store.journal_start(
+                run_id, action.kind, action.study_uid, LOCAL, len(action.instances), action.bytes
+            )
+            why_not = (
+                "a copy or verification in this run failed"
+                if remote_failed
+                else "stopping"
+                if stop.is_set()
+                else None
+            )
+            if why_not:
+                store.journal_finish(entry, "skipped", why_not)
+                skipped += 1
+                continue
+            emit_safely(ActionStarted(action))
+            finished = _run_local(action, entry, store, trash)
+            emit_safely(finished)
+            done, failed = (done + 1, failed) if finished.ok else (done, failed + 1)
         outcome = "failed" if failed else "interrupted" if skipped else "ok"
+        if not any(p.code == CATALOG_SHRANK for p in plan.problems):
+            store.record_catalog_size()
     finally:
         pool.shutdown(wait=outcome != "interrupted", cancel_futures=True)
         elapsed = time.monotonic() - started
@@ -150,6 +178,34 @@ def _record(
         return ActionFinished(action, False, message, result.corrupt)
     store.journal_finish(entry, "done", None)
     return ActionFinished(action, True, f"verified {result.checked} instances by checksum")
+
+
+def _run_local(
+    action: Action, entry: int, store: StateStore, trash: Trash | None
+) -> ActionFinished:
+    def failed(message: str) -> ActionFinished:
+        store.journal_finish(entry, "failed", message)
+        return ActionFinished(action, False, message)
+
+    if trash is None:
+        return failed("no trash was given for local actions")
+    now = datetime.now(UTC)
+    try:
+        if action.kind == "purge":
+            freed = trash.purge(action.instances)
+            store.journal_finish(entry, "done", None)
+            return ActionFinished(action, True, f"purged {human_bytes(freed)} from the trash")
+        if action.valid_until is None or now > action.valid_until:
+            return failed(
+                "the verified copies this deletion relied on are no longer recent enough; "
+                "it is planned again with fresh observations"
+            )
+        moved = trash.put(action.study_uid, action.study, action.instances, now)
+    except (TrashError, OSError) as exc:
+        return failed(str(exc))
+    store.forget_files(action.study_uid, moved)
+    store.journal_finish(entry, "done", None)
+    return ActionFinished(action, True, f"moved {len(moved)} files to the trash")
 
 
 def _failure_summary(total: int, failures: dict[str, str], what: str) -> str:

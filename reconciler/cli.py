@@ -13,20 +13,23 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ByteSize, TypeAdapter, ValidationError
 from tqdm import tqdm
 
 from reconciler import __version__
-from reconciler.apply import apply_plan
 from reconciler.catalog.scan import ScanResult
+from reconciler.config.durations import parse_duration
 from reconciler.config.load import ConfigError, format_config, load_config
-from reconciler.plan import Plan, render_text
+from reconciler.plan import Plan, human_bytes, render_text
+from reconciler.retention import TrashBatch
 from reconciler.schema import config_schema
 from reconciler.state_lock import StateBusyError
 from reconciler.views import HumanView, JsonLinesView
-from reconciler.workspace import StalePlanError, Workspace
+from reconciler.workspace import RetentionOverrides, StalePlanError, Workspace
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -87,12 +90,25 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 when there are no changes, 2 when there are, 1 on error",
     )
+    _retention_overrides(sub)
 
     sub = command("apply", cmd_apply, "carry out a plan (made now, or saved by plan -o)")
     sub.add_argument("planfile", nargs="?", type=Path, help="a plan saved by `plan -o`")
     sub.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     sub.add_argument("--json", action="store_true", help="print events as JSON lines")
     sub.add_argument("--refresh", action="store_true", help="re-read every destination first")
+    _retention_overrides(sub)
+
+    sub = command("untrash", cmd_untrash, "list the trash, or put deleted studies back")
+    sub.add_argument("--study", action="append", default=[], help="StudyInstanceUID to restore")
+    sub.add_argument("--all", action="store_true", help="restore every study in the trash")
+    sub.add_argument(
+        "--keep",
+        type=parse_duration,
+        default=timedelta(days=7),
+        help="keep restored studies local at least this long (default 7d)",
+    )
+    sub.add_argument("--json", action="store_true", help="print the result as JSON")
 
     sub = command("watch", cmd_watch, "reconcile continuously as files arrive; stop with Ctrl-C")
     sub.add_argument("--json", action="store_true", help="print events as JSON lines")
@@ -104,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=("html", "csv", "json"), default="html")
     sub.add_argument("--since", help="a date (2024-05-01) or a duration back from now (7d)")
     sub.add_argument("-o", "--out", type=Path, help="write the report to this file")
+
+    # Imported here: recovery_cli uses this module's helpers.
+    from reconciler.recovery_cli import register as register_recovery
+
+    register_recovery(commands)  # recover create|list|verify|restore|forget, state rebuild
 
     demo = commands.add_parser(
         "demo", help="generate sample studies and back them up to a folder, end to end"
@@ -144,7 +165,7 @@ def cmd_schema(_: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    with Workspace(load_config(args.config), "plan") as workspace:
+    with Workspace(load_config(args.config), "plan", _overrides(args)) as workspace:
         plan, scanned = workspace.plan(refresh=args.refresh, scan_progress=_scan_bar(args.json))
     if args.out:
         _save_plan(plan, args.out)
@@ -162,7 +183,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
-    with Workspace(loaded, "apply") as workspace:
+    with Workspace(loaded, "apply", _overrides(args)) as workspace:
         if args.planfile:
             plan = _load_plan(args.planfile)
             workspace.check_current(plan)
@@ -177,18 +198,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"type": "summary", "outcome": "ok", "actions_done": 0}))
             return EXIT_ERROR if plan.has_errors else EXIT_OK
-        view = JsonLinesView() if args.json else HumanView()
-        summary = apply_plan(
-            plan,
-            workspace.destination,
-            workspace.store,
-            view,
-            loaded.config.apply.parallel_studies,
-        )
+        summary = workspace.apply(plan, JsonLinesView() if args.json else HumanView())
     return EXIT_OK if summary["outcome"] == "ok" and not plan.has_errors else EXIT_ERROR
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from reconciler.metrics import MetricsUnavailable
     from reconciler.watch import watch
 
     stop = threading.Event()
@@ -200,7 +215,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr, flush=True)
 
     say(f"watching {args.config}; stop with Ctrl-C or SIGTERM")
-    watch(args.config, view, say, stop)
+    try:
+        watch(args.config, view, say, stop)
+    except MetricsUnavailable as exc:
+        raise UsageError(str(exc)) from None
     say("stopped")
     return EXIT_OK
 
@@ -246,6 +264,61 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_untrash(args: argparse.Namespace) -> int:
+    with Workspace(load_config(args.config), "untrash") as workspace:
+        if not (args.study or args.all):
+            return _list_trash(workspace.trash.batches(), args.json)
+        restored = workspace.trash.restore(None if args.all else args.study)
+        until = datetime.now(UTC) + args.keep
+        for result in restored:
+            if result.restored:
+                workspace.store.hold(result.study_uid, until, "restored from the trash")
+    missing = sorted(set(args.study) - {r.study_uid for r in restored})
+    if args.json:
+        print(json.dumps({"restored": [vars(r) for r in restored], "not_in_trash": missing}))
+    else:
+        for result in restored:
+            print(
+                f"study {result.study_uid}: {len(result.restored)} files restored, "
+                f"kept local until {until:%Y-%m-%d %H:%M} UTC"
+            )
+            for path in result.conflicts:
+                print(f"  left in the trash: {path} is now a different file")
+        for uid in missing:
+            print(f"study {uid} is not in the trash")
+    conflicts = any(r.conflicts for r in restored)
+    return EXIT_ERROR if conflicts or missing else EXIT_OK
+
+
+def _list_trash(batches: list[TrashBatch], as_json: bool) -> int:
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "study_uid": b.study_uid,
+                        "trashed_at": b.trashed_at.isoformat(),
+                        "files": len(b.files),
+                        "bytes": sum(f.size for f in b.files),
+                    }
+                    for b in batches
+                ]
+            )
+        )
+        return EXIT_OK
+    if not batches:
+        print("The trash is empty.")
+    for b in batches:
+        size = human_bytes(sum(f.size for f in b.files))
+        print(
+            f"study {b.study_uid} {b.study}: {len(b.files)} files, {size}, "
+            f"trashed {b.trashed_at:%Y-%m-%d %H:%M} UTC"
+        )
+    if batches:
+        print("\nRestore with `reconciler untrash --study UID` (or --all).")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from reconciler.demo import run_demo
 
@@ -253,6 +326,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _retention_overrides(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--max-deletes", type=int, help="allow this many local deletions in this run (cap)"
+    )
+    sub.add_argument(
+        "--max-delete-bytes", type=_byte_size, help="allow this much deleted in this run, e.g. 2TB"
+    )
+    sub.add_argument(
+        "--accept-shrink",
+        action="store_true",
+        help="studies left the sources on purpose: allow deletions despite the catalog's shrink",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> RetentionOverrides:
+    return RetentionOverrides(args.max_deletes, args.max_delete_bytes, args.accept_shrink)
+
+
+def _byte_size(text: str) -> int:
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 500GB or 2TiB") from None
 
 
 def _scan_bar(quiet: bool) -> Callable[[int, int], None] | None:

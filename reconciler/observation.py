@@ -19,6 +19,9 @@ class ObservedStudy:
     instances: Mapping[str, ObservedInstance]  # by SOP Instance UID: committed and present
     verified_at: datetime | None = None  # last deep (checksum) verification that passed
     corrupt: frozenset[str] = frozenset()  # SOP Instance UIDs the last verification found bad
+    # When an observation of the destination last listed the study; None while it is known
+    # only from our own copy, which is not evidence enough to delete anything.
+    seen_at: datetime | None = None
 
 
 @dataclass(frozen=True)

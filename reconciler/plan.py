@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-PLAN_FORMAT_VERSION = 1
-ActionKind = Literal["copy", "verify"]
+PLAN_FORMAT_VERSION = 2
+# delete: local files go to the trash; purge: trashed files older than trash_for are removed.
+ActionKind = Literal["copy", "verify", "delete", "purge"]
+LOCAL = "local"  # the destination field of local actions (delete, purge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,15 @@ class StudyLabel:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """A verified copy that justifies a deletion: where, checked how, and when."""
+
+    destination: str
+    method: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Action:
     kind: ActionKind
     study_uid: str
@@ -52,6 +63,8 @@ class Action:
     study: StudyLabel
     instances: tuple[InstanceRef, ...] = ()
     repair: bool = False  # some of the study is already there
+    evidence: tuple[Evidence, ...] = ()  # deletions: the verified copies they rely on
+    valid_until: datetime | None = None  # deletions: when that evidence grows too old
 
     @property
     def bytes(self) -> int:
@@ -67,10 +80,20 @@ class Waiting:
 
 
 @dataclass(frozen=True)
+class Retained:
+    """A study past its keep_local that stays, and why (not enough verified copies...)."""
+
+    study_uid: str
+    study: StudyLabel
+    reason: str
+
+
+@dataclass(frozen=True)
 class Problem:
     message: str
     destination: str | None = None
     severity: Literal["error", "warning"] = "error"
+    code: str | None = None  # for problems callers act on, e.g. "delete-cap"
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,7 @@ class Plan:
     actions: tuple[Action, ...]
     waiting: tuple[Waiting, ...] = ()
     problems: tuple[Problem, ...] = ()
+    retained: tuple[Retained, ...] = ()
     in_sync: int = 0  # study copies already where policies want them
     fingerprint: Fingerprint | None = field(default=None, compare=False)
 
@@ -114,6 +138,10 @@ class Plan:
                 }
                 for w in self.waiting
             ],
+            "retained": [
+                {"study_uid": r.study_uid, "study": asdict(r.study), "reason": r.reason}
+                for r in self.retained
+            ],
             "problems": [asdict(p) for p in self.problems],
         }
 
@@ -140,6 +168,11 @@ class Plan:
                     study=StudyLabel(**a["study"]),
                     instances=tuple(InstanceRef(**i) for i in a["items"]),
                     repair=a["repair"],
+                    evidence=tuple(
+                        Evidence(e["destination"], e["method"], datetime.fromisoformat(e["at"]))
+                        for e in a["evidence"]
+                    ),
+                    valid_until=_parse_time(a["valid_until"]),
                 )
                 for a in document["actions"]
             ),
@@ -153,9 +186,17 @@ class Plan:
                 for w in document["waiting"]
             ),
             problems=tuple(Problem(**p) for p in document["problems"]),
+            retained=tuple(
+                Retained(r["study_uid"], StudyLabel(**r["study"]), r["reason"])
+                for r in document["retained"]
+            ),
             in_sync=document["summary"]["in_sync"],
             fingerprint=Fingerprint(**fingerprint) if fingerprint else None,
         )
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 def action_head(action: Action) -> dict[str, Any]:
@@ -177,6 +218,11 @@ def _action_dict(action: Action) -> dict[str, Any]:
         "reason": action.reason,
         "repair": action.repair,
         "study": asdict(action.study),
+        "evidence": [
+            {"destination": e.destination, "method": e.method, "at": e.at.isoformat()}
+            for e in action.evidence
+        ],
+        "valid_until": action.valid_until.isoformat() if action.valid_until else None,
         "items": [asdict(i) for i in action.instances],
     }
 
@@ -189,7 +235,9 @@ def summary_counts(actions: Iterable[Action]) -> dict[str, int]:
         "copy_instances": sum(len(a.instances) for a in copies),
         "copy_bytes": sum(a.bytes for a in copies),
         "verifications": sum(1 for a in actions if a.kind == "verify"),
-        "deletions": 0,
+        "deletions": sum(1 for a in actions if a.kind == "delete"),
+        "delete_bytes": sum(a.bytes for a in actions if a.kind == "delete"),
+        "purges": sum(1 for a in actions if a.kind == "purge"),
     }
 
 
@@ -223,29 +271,39 @@ def render_text(plan: Plan) -> str:
         for waiting in plan.waiting:
             lines.append(f"  . study {waiting.study_uid} {waiting.study}: {waiting.reason}")
         lines.append("")
+    if plan.retained:
+        lines.append("Past keep_local but kept (not deleted):")
+        for kept in plan.retained:
+            lines.append(f"  . study {kept.study_uid} {kept.study}: {kept.reason}")
+        lines.append("")
     lines.append(summary_line(plan))
     return "\n".join(lines)
 
 
 def _render_action(action: Action) -> list[str]:
     policies = f"  [{', '.join(action.policies)}]" if action.policies else ""
+    study = f"study {action.study_uid} {action.study}"
+    size = f"{_plural(len(action.instances), 'file')}, {human_bytes(action.bytes)}"
     if action.kind == "copy":
         symbol = "~" if action.repair else "+"
         head = (
-            f"  {symbol} copy   study {action.study_uid} {action.study}, "
+            f"  {symbol} copy   {study}, "
             f"{_plural(len(action.instances), 'instance')}, {human_bytes(action.bytes)} "
             f"-> {action.destination}{policies}"
         )
+    elif action.kind == "verify":
+        head = f"  = verify {study} at {action.destination}{policies}"
+    elif action.kind == "delete":
+        head = f"  - delete {study}, {size} from local storage (to the trash){policies}"
     else:
-        head = (
-            f"  = verify study {action.study_uid} {action.study} at {action.destination}{policies}"
-        )
+        head = f"  - purge  {study}, {size} from the trash"
     description = f'"{action.study.description}": ' if action.study.description else ""
     return [head, f"           {description}{action.reason}"]
 
 
 def summary_line(plan: Plan) -> str:
     counts = summary_counts(plan.actions)
+    kept = f" {_plural(len(plan.retained), 'study', 'studies')} kept." if plan.retained else ""
     if not plan.actions:
         tail = (
             f" {_plural(plan.in_sync, 'study copy', 'study copies')} in sync."
@@ -255,9 +313,14 @@ def summary_line(plan: Plan) -> str:
         waiting = (
             f" {_plural(len(plan.waiting), 'study', 'studies')} waiting." if plan.waiting else ""
         )
-        return f"No changes.{tail}{waiting}"
+        return f"No changes.{tail}{waiting}{kept}"
     parts = [f"{_plural(counts['copies'], 'copy', 'copies')} ({human_bytes(counts['copy_bytes'])})"]
     if counts["verifications"]:
         parts.append(_plural(counts["verifications"], "verification"))
-    parts.append(_plural(counts["deletions"], "deletion"))
-    return "Plan: " + ", ".join(parts) + "."
+    deletions = _plural(counts["deletions"], "deletion")
+    if counts["deletions"]:
+        deletions += f" ({human_bytes(counts['delete_bytes'])})"
+    parts.append(deletions)
+    if counts["purges"]:
+        parts.append(_plural(counts["purges"], "trash purge"))
+    return "Plan: " + ", ".join(parts) + "." + kept

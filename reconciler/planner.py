@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
+from reconciler import retention
 from reconciler.catalog.model import Catalog, CatalogInstance, CatalogStudy
 from reconciler.config.durations import format_duration
 from reconciler.config.model import Config
@@ -19,9 +20,11 @@ from reconciler.plan import (
     InstanceRef,
     Plan,
     Problem,
+    Retained,
     StudyLabel,
     Waiting,
 )
+from reconciler.retention import LocalFacts, StudyFacts
 from reconciler.selection import selects
 
 # Verifications that must be asked for (and are repeated every verify_every), by their name.
@@ -34,22 +37,39 @@ def make_plan(
     observations: Mapping[str, Observation],
     now: datetime,
     fingerprint: Fingerprint | None = None,
+    local: LocalFacts | None = None,
 ) -> Plan:
+    local = local or LocalFacts()
     problems = _unobservable_destinations(config, observations)
     reachable = {
         name for name, obs in observations.items() if obs.ok and name in config.destinations
     }
     actions: list[Action] = []
+    deletions: list[Action] = []
+    retained: list[Retained] = []
     waiting: list[Waiting] = []
     in_sync = 0
     for study in sorted(catalog.studies.values(), key=lambda s: (s.first.study_date, s.uid)):
         wanted = _wanted_destinations(config, study, now)
-        if not wanted:
-            continue
         instances, conflicts = _distinct_instances(study)
         problems.extend(conflicts)
         label = label_of(study)
         ready_at = _ready_at(config, study)
+        facts = StudyFacts(
+            study,
+            label,
+            tuple(_ref(i) for i in study.instances),
+            tuple(wanted),
+            settled=ready_at <= now,
+            conflicted=bool(conflicts),
+        )
+        match retention.decide(config, facts, observations, now, local):
+            case Action() as deletion:
+                deletions.append(deletion)
+            case Retained() as kept:
+                retained.append(kept)
+        if not wanted:
+            continue
         if ready_at > now:
             waiting.append(
                 Waiting(study.uid, label, ready_at, _waiting_reason(study, ready_at, now))
@@ -66,11 +86,19 @@ def make_plan(
                 in_sync += 1
             else:
                 actions.append(action)
+    deletions, retained, guarded = retention.guard(
+        config.retention, deletions, retained, len(catalog.studies), local
+    )
+    problems.extend(guarded)
+    # Deletions come after every copy in the plan; apply runs them only if those succeeded.
+    actions.extend(deletions)
+    actions.extend(retention.purges(config.retention, local.trash, now))
     return Plan(
         created_at=now,
         actions=tuple(actions),
         waiting=tuple(waiting),
         problems=tuple(problems),
+        retained=tuple(retained),
         in_sync=in_sync,
         fingerprint=fingerprint,
     )

@@ -25,6 +25,7 @@ def selects(selector: StudySelector, study: CatalogStudy, now: datetime) -> bool
     if not _date_matches(selector, study_date(study), now):
         return False
     texts = {
+        "StudyInstanceUID": selector.study_uid,
         "StudyDescription": selector.study_description,
         "PatientID": selector.patient_id,
         "AccessionNumber": selector.accession_number,

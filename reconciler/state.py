@@ -20,7 +20,7 @@ from typing import Any
 from reconciler.catalog.model import Catalog, CatalogInstance
 from reconciler.observation import Observation, ObservedInstance, ObservedStudy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,7 +43,11 @@ CREATE TABLE IF NOT EXISTS observations (
 );
 CREATE TABLE IF NOT EXISTS observed_studies (
     destination TEXT NOT NULL, study_uid TEXT NOT NULL, instances TEXT NOT NULL,
-    PRIMARY KEY (destination, study_uid)
+    seen_at TEXT, PRIMARY KEY (destination, study_uid)
+);
+CREATE TABLE IF NOT EXISTS arrivals (study_uid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS holds (
+    study_uid TEXT PRIMARY KEY, until TEXT NOT NULL, reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS verifications (
     destination TEXT NOT NULL, study_uid TEXT NOT NULL, verified_at TEXT NOT NULL,
@@ -125,11 +129,26 @@ class StateStore:
             )
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('catalog_serial', '0')")
         version = int(self._meta("schema_version"))
+        if version == 1:
+            version = self._migrate_from_1()
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{path} has state schema {version}; "
                 f"this version of reconciler reads {SCHEMA_VERSION}"
             )
+
+    def _migrate_from_1(self) -> int:
+        """Version 2 adds seen_at (when an observation last listed a copy) and arrivals."""
+        with self.transaction() as db:
+            db.execute("ALTER TABLE observed_studies ADD COLUMN seen_at TEXT")
+            # Studies catalogued before arrivals were recorded count as arriving now: later,
+            # never earlier, so no study becomes due for deletion sooner than it should.
+            db.execute(
+                "INSERT OR IGNORE INTO arrivals SELECT DISTINCT study_uid, ? FROM instances",
+                (_now(),),
+            )
+            db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        return 2
 
     def close(self) -> None:
         self._db.close()
@@ -189,6 +208,10 @@ class StateStore:
             )
             seen = _now()
             db.executemany(
+                "INSERT OR IGNORE INTO arrivals VALUES (?, ?)",
+                [(uid, seen) for uid in {i.study_uid for i in upserts}],
+            )
+            db.executemany(
                 "INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?)",
                 [(*r, seen) for r in rejections],
             )
@@ -200,7 +223,57 @@ class StateStore:
     def load_catalog(self) -> Catalog:
         rows = self._db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances")
         instances = [CatalogInstance(*row[:-1], extra=json.loads(row[-1])) for row in rows]
-        return Catalog.from_instances(instances, self.catalog_serial)
+        arrivals = {
+            uid: datetime.fromisoformat(at)
+            for uid, at in self._db.execute("SELECT study_uid, first_seen FROM arrivals")
+        }
+        return Catalog.from_instances(instances, self.catalog_serial, arrivals)
+
+    def forget_files(self, study_uid: str, paths: Iterable[str]) -> None:
+        """After a deletion: the files leave the catalog, and the study's arrival with them
+        once none is left, so a study sent again later is kept for its full term again."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM instances WHERE path = ?", [(p,) for p in paths])
+            db.execute(
+                "DELETE FROM arrivals WHERE study_uid = ? AND NOT EXISTS "
+                "(SELECT 1 FROM instances WHERE study_uid = ?)",
+                (study_uid, study_uid),
+            )
+            db.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'catalog_serial'"
+            )
+
+    def catalog_study_count(self) -> int:
+        return int(
+            self._db.execute("SELECT COUNT(DISTINCT study_uid) FROM instances").fetchone()[0]
+        )
+
+    def record_catalog_size(self) -> None:
+        """Remembered after an apply: a sharp shrink by the next run stops its deletions."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('studies_after_apply', ?)",
+                (str(self.catalog_study_count()),),
+            )
+
+    def studies_after_last_apply(self) -> int | None:
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = 'studies_after_apply'"
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    # --- holds -----------------------------------------------------------------------------
+
+    def hold(self, study_uid: str, until: datetime, reason: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO holds VALUES (?, ?, ?)",
+                (study_uid, until.isoformat(), reason),
+            )
+
+    def holds(self) -> dict[str, tuple[datetime, str]]:
+        rows = self._db.execute("SELECT study_uid, until, reason FROM holds")
+        return {uid: (datetime.fromisoformat(until), reason) for uid, until, reason in rows}
 
     def rejected_files(self) -> list[RejectedFile]:
         rows = self._db.execute("SELECT path, source, reason, seen_at FROM rejected ORDER BY path")
@@ -233,16 +306,23 @@ class StateStore:
                     observation.error,
                 ),
             )
+            seen = observation.observed_at.isoformat()
             if observation.ok and not unchanged:
                 db.execute(
                     "DELETE FROM observed_studies WHERE destination = ?", (observation.destination,)
                 )
                 db.executemany(
-                    "INSERT INTO observed_studies VALUES (?, ?, ?)",
+                    "INSERT INTO observed_studies VALUES (?, ?, ?, ?)",
                     [
-                        (observation.destination, s.uid, _instances_json(s.instances))
+                        (observation.destination, s.uid, _instances_json(s.instances), seen)
                         for s in observation.studies.values()
                     ],
+                )
+            elif observation.ok:
+                # The same holdings seen again: every copy is confirmed as of now.
+                db.execute(
+                    "UPDATE observed_studies SET seen_at = ? WHERE destination = ?",
+                    (seen, observation.destination),
                 )
         return self.load_observation(observation.destination)  # type: ignore[return-value]
 
@@ -256,8 +336,9 @@ class StateStore:
                 (destination, study_uid),
             ).fetchone()
             held = _parse_instances(row[0]) if row else {}
+            # seen_at stays empty: our own copy is not an observation of it.
             db.execute(
-                "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?)",
+                "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL)",
                 (destination, study_uid, _instances_json({**held, **instances})),
             )
             db.execute(
@@ -285,8 +366,8 @@ class StateStore:
             )
         }
         studies = {}
-        for uid, instances in self._db.execute(
-            "SELECT study_uid, instances FROM observed_studies WHERE destination = ?",
+        for uid, instances, seen_at in self._db.execute(
+            "SELECT study_uid, instances, seen_at FROM observed_studies WHERE destination = ?",
             (destination,),
         ):
             verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
@@ -295,6 +376,7 @@ class StateStore:
                 _parse_instances(instances),
                 verified_at=verified_at if ok else None,
                 corrupt=corrupt,
+                seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
             )
         return Observation(
             destination=destination,

@@ -9,15 +9,16 @@ or SIGINT in the CLI) stops new work; transfers in flight finish first.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import watchfiles
 
-from reconciler.apply import apply_plan
 from reconciler.config.load import ConfigError, LoadedConfig, load_config
 from reconciler.events import Event
+from reconciler.metrics import WatchMetrics
 from reconciler.plan import Plan
 from reconciler.workspace import Workspace
 
@@ -31,24 +32,28 @@ def watch(
     stop: threading.Event,
 ) -> None:
     loaded = load_config(config_path)
+    metrics = WatchMetrics()
+    emit = metrics.view(emit)
     workspace = Workspace(loaded, "watch")
     try:
-        due = datetime.now(UTC)
-        stamp = _config_stamp(config_path)
-        for changes in watchfiles.watch(
-            *_watched_paths(loaded),
-            stop_event=stop,
-            yield_on_timeout=True,
-            rust_timeout=TICK_MS,
-            raise_interrupt=False,
-        ):
-            if _config_stamp(config_path) != stamp:
-                stamp = _config_stamp(config_path)
-                loaded, workspace = _reload(config_path, loaded, workspace, say)
-                due = datetime.now(UTC)
-            if changes or datetime.now(UTC) >= due:
-                plan = _cycle(workspace, emit, say, stop)
-                due = _next_cycle(workspace, plan)
+        # The endpoint keeps the address it started with; a reload does not move it.
+        with metrics.serving(loaded.config.watch.metrics):
+            due = datetime.now(UTC)
+            stamp = _config_stamp(config_path)
+            for changes in watchfiles.watch(
+                *_watched_paths(loaded),
+                stop_event=stop,
+                yield_on_timeout=True,
+                rust_timeout=TICK_MS,
+                raise_interrupt=False,
+            ):
+                if _config_stamp(config_path) != stamp:
+                    stamp = _config_stamp(config_path)
+                    loaded, workspace = _reload(config_path, loaded, workspace, say)
+                    due = datetime.now(UTC)
+                if changes or datetime.now(UTC) >= due:
+                    plan = _cycle(workspace, emit, say, stop, metrics)
+                    due = _next_cycle(workspace, plan)
     finally:
         workspace.close()
 
@@ -80,21 +85,19 @@ def _cycle(
     emit: Callable[[Event], None],
     say: Callable[[str], None],
     stop: threading.Event,
+    metrics: WatchMetrics,
 ) -> Plan:
+    started = time.monotonic()
     plan, scanned = workspace.plan()
+    metrics.record_plan(plan, workspace.config.destinations)
     for path, reason in scanned.rejected:
         say(f"skipped {path}: {reason}")
     for problem in plan.problems:
         say(f"{problem.severity}: {problem.destination or ''} {problem.message}".strip())
+    outcome = "ok"
     if plan.has_changes and not stop.is_set():
-        apply_plan(
-            plan,
-            workspace.destination,
-            workspace.store,
-            emit,
-            workspace.config.apply.parallel_studies,
-            stop,
-        )
+        outcome = workspace.apply(plan, emit, stop)["outcome"]
+    metrics.record_cycle(time.monotonic() - started, ok=outcome == "ok" and not plan.has_errors)
     return plan
 
 

@@ -6,33 +6,57 @@ then the pure planner. The CLI calls it; it never renders anything itself.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from reconciler.apply import Emit, apply_plan
 from reconciler.catalog.model import Catalog
 from reconciler.catalog.scan import ScanResult, SourceFolder, scan_sources
 from reconciler.config.load import LoadedConfig
+from reconciler.config.model import Config
 from reconciler.destinations.base import Destination, DestinationUnavailable
 from reconciler.destinations.factory import open_destination
 from reconciler.observation import Observation
 from reconciler.plan import Fingerprint, Plan
 from reconciler.planner import make_plan
+from reconciler.retention import Hold, LocalFacts
 from reconciler.state import StateStore
 from reconciler.state_lock import StateLock
+from reconciler.trash import Trash
 
 
 class StalePlanError(Exception):
     """A saved plan whose inputs changed since it was made."""
 
 
+@dataclass(frozen=True)
+class RetentionOverrides:
+    """One run's answers to the deletion guards, given on the command line."""
+
+    max_deletes: int | None = None
+    max_delete_bytes: int | None = None
+    accept_shrink: bool = False
+
+
 class Workspace:
-    def __init__(self, loaded: LoadedConfig, command: str | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        command: str | None = None,
+        overrides: RetentionOverrides = RetentionOverrides(),
+    ) -> None:
         """``command`` names a run that changes the state: it then holds the state's lock."""
         self.loaded = loaded
-        self.config = loaded.config
+        self.config = _with_overrides(loaded.config, overrides)
+        self.accept_shrink = overrides.accept_shrink
         self._lock = StateLock(loaded.state_path, command).__enter__() if command else None
         self.store = StateStore(loaded.state_path)
+        self.trash = Trash(
+            {name: loaded.resolve_path(s.path) for name, s in self.config.sources.items()}
+        )
         self._destinations: dict[str, Destination] = {}
 
     def close(self) -> None:
@@ -117,8 +141,30 @@ class Workspace:
         scanned = self.scan(scan_progress)
         catalog = self.store.load_catalog()
         observations = self.observe(catalog, refresh, now)
-        plan = make_plan(self.config, catalog, observations, now, self.fingerprint())
+        plan = make_plan(
+            self.config, catalog, observations, now, self.fingerprint(), self.local_facts()
+        )
         return plan, scanned
+
+    def local_facts(self) -> LocalFacts:
+        return LocalFacts(
+            previous_studies=None if self.accept_shrink else self.store.studies_after_last_apply(),
+            holds={uid: Hold(until, why) for uid, (until, why) in self.store.holds().items()},
+            trash=tuple(self.trash.batches()),
+        )
+
+    def apply(
+        self, plan: Plan, emit: Emit, stop: threading.Event | None = None
+    ) -> dict[str, object]:
+        return apply_plan(
+            plan,
+            self.destination,
+            self.store,
+            emit,
+            self.config.apply.parallel_studies,
+            stop,
+            self.trash,
+        )
 
     def status(self, now: datetime | None = None) -> dict[str, Any]:
         """What the state knows, with no scan and no network: safe to run beside an apply."""
@@ -129,7 +175,7 @@ class Workspace:
             for name in self.config.destinations
             if (observation := self.store.load_observation(name)) is not None
         }
-        plan = make_plan(self.config, catalog, cached, now)
+        plan = make_plan(self.config, catalog, cached, now, local=self.local_facts())
         destinations = {}
         for name in self.config.destinations:
             pending = [a for a in plan.actions if a.destination == name]
@@ -166,6 +212,17 @@ class Workspace:
             raise StalePlanError(
                 "the saved plan is stale: " + "; ".join(reasons) + ". Run `reconciler plan` again."
             )
+
+
+def _with_overrides(config: Config, overrides: RetentionOverrides) -> Config:
+    changes = {
+        "max_deletes_per_run": overrides.max_deletes,
+        "max_delete_bytes_per_run": overrides.max_delete_bytes,
+    }
+    given = {k: v for k, v in changes.items() if v is not None}
+    if not given:
+        return config
+    return config.model_copy(update={"retention": config.retention.model_copy(update=given)})
 
 
 def _destination_summary(status: Mapping[str, Any]) -> str:

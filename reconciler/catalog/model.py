@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,7 @@ class CatalogInstance:
 class CatalogStudy:
     uid: str
     instances: tuple[CatalogInstance, ...]
+    arrived_at: datetime | None = None  # when this state first catalogued it
 
     @property
     def first(self) -> CatalogInstance:
@@ -52,6 +54,7 @@ class CatalogStudy:
     def attribute(self, keyword: str) -> str:
         """A study-level attribute by DICOM keyword, taken from the study's first file."""
         standard = {
+            "StudyInstanceUID": self.uid,
             "PatientID": self.first.patient_id,
             "StudyDate": self.first.study_date,
             "StudyDescription": self.first.study_description,
@@ -69,12 +72,18 @@ class Catalog:
     serial: int
 
     @classmethod
-    def from_instances(cls, instances: list[CatalogInstance], serial: int) -> Catalog:
+    def from_instances(
+        cls,
+        instances: list[CatalogInstance],
+        serial: int,
+        arrivals: Mapping[str, datetime] | None = None,
+    ) -> Catalog:
         grouped: dict[str, list[CatalogInstance]] = {}
         for instance in instances:
             grouped.setdefault(instance.study_uid, []).append(instance)
+        arrivals = arrivals or {}
         studies = {
-            uid: CatalogStudy(uid, tuple(sorted(rows, key=lambda i: i.path)))
+            uid: CatalogStudy(uid, tuple(sorted(rows, key=lambda i: i.path)), arrivals.get(uid))
             for uid, rows in grouped.items()
         }
         return cls(studies, serial)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -84,6 +85,9 @@ class StudySelector(StrictModel):
 
     modality: list[str] | None = Field(
         None, description="Any series of the study has one of these modalities."
+    )
+    study_uid: Match | None = Field(
+        None, description="StudyInstanceUID, e.g. to protect one study."
     )
     study_date: DateRange | None = None
     older_than: Duration | None = Field(None, description="Study date older than this.")
@@ -278,11 +282,89 @@ class DestinationConfig(StrictModel):
 class Policy(StrictModel):
     name: Name
     select: StudySelector = StudySelector()
-    copy_to: list[Name] = Field(min_length=1, description="Destinations that must hold a copy.")
+    copy_to: list[Name] = Field(
+        default_factory=list, description="Destinations that must hold a copy."
+    )
+    keep_local: Duration | None = Field(
+        None,
+        description="Delete the local files of selected studies after this long, once "
+        "retention's safety rules hold (verified copies, caps). Default: keep forever.",
+    )
+    keep_local_from: Literal["arrival", "study_date"] = Field(
+        "arrival",
+        description="What keep_local counts from: when reconciler first saw the study here "
+        "(arrival), or its StudyDate.",
+    )
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Policy:
+        if not self.copy_to and self.keep_local is None:
+            raise ValueError("give copy_to, keep_local or both: this policy does nothing")
+        return self
+
+
+class RetentionSettings(StrictModel):
+    """Safety rules for deleting local files (policies' keep_local); all on by default."""
+
+    require_verified_copies: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="A study's local files are deleted only when this many destinations hold "
+        "a verified copy (and every destination its policies want holds one).",
+    )
+    verified_within: Duration = Field(
+        timedelta(days=1),
+        description="A copy counts only if verified (observed or checked) this recently.",
+    )
+    count_is_verification: bool = Field(
+        False,
+        description="Let a DICOM peer's study-level instance count (verify: count) stand as "
+        "verification; by default only instance-level C-FIND or storage commitment does.",
+    )
+    max_deletes_per_run: int = Field(
+        100, ge=0, description="More deletions than this make the plan fail, never truncate."
+    )
+    max_delete_bytes_per_run: ByteSize = Field(
+        ByteSize(100 * 10**9), description="Same, by size, e.g. 500GB or 2TiB."
+    )
+    max_catalog_shrink: int = Field(
+        50,
+        ge=0,
+        le=100,
+        description="No deletion when the catalog has lost more than this percentage of its "
+        "studies since the last apply (an unmounted or emptied source).",
+    )
+    protect: list[StudySelector] = Field(
+        default_factory=list,
+        description="Studies matched by any of these selectors are never deleted.",
+    )
+    trash_for: Duration = Field(
+        timedelta(days=7),
+        description="Deleted files wait this long in the source's .reconciler-trash folder "
+        "(restore with `reconciler untrash`) before a later run purges them.",
+    )
 
 
 class ApplySettings(StrictModel):
     parallel_studies: int = Field(2, ge=1, le=64, description="Studies transferred at once.")
+
+
+class MetricsSettings(StrictModel):
+    # A bare port reads from YAML as a number.
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    listen: str = Field(
+        pattern=r"^(.+:)?\d{1,5}$",
+        description="[host:]port of the Prometheus endpoint served at /metrics in watch mode; "
+        "the host defaults to 127.0.0.1 (loopback): name another to expose it.",
+        examples=["127.0.0.1:9464", "9464"],
+    )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class WatchSettings(StrictModel):
@@ -290,6 +372,38 @@ class WatchSettings(StrictModel):
         timedelta(minutes=5),
         description="In watch mode, plan again this often even when no file changed "
         "(remote drift, verifications that fall due).",
+    )
+    metrics: MetricsSettings | None = Field(
+        None, description="Serve Prometheus metrics while watching (off unless given)."
+    )
+
+
+class KeepPoints(StrictModel):
+    """Which recovery points `recover forget` keeps, as restic's forget: any rule keeps a point."""
+
+    last: int | None = Field(None, ge=1, description="The newest n points.")
+    daily: int | None = Field(None, ge=1, description="The newest point of each of n days.")
+    weekly: int | None = Field(None, ge=1, description="The newest point of each of n ISO weeks.")
+    monthly: int | None = Field(None, ge=1, description="The newest point of each of n months.")
+    yearly: int | None = Field(None, ge=1, description="The newest point of each of n years.")
+    within: Duration | None = Field(
+        None, description="Every point this close to the newest one, e.g. 14d."
+    )
+
+
+class RecoveryPointSettings(StrictModel):
+    """Disaster-recovery points written at object destinations (`reconciler recover ...`)."""
+
+    store_at: list[Name] = Field(
+        min_length=1, description="Object destinations that each get their own points."
+    )
+    every: Duration | None = Field(
+        None,
+        description="`apply` (and `recover create --if-due`) writes a point when the newest "
+        "is older than this, e.g. 1d. Default: only when asked.",
+    )
+    keep: KeepPoints | None = Field(
+        None, description="Retention of points; without it `recover forget` removes nothing."
     )
 
 
@@ -301,8 +415,10 @@ class Config(StrictModel):
     sources: dict[Name, SourceConfig] = Field(min_length=1)
     destinations: dict[Name, DestinationConfig] = Field(default_factory=dict)
     policies: list[Policy] = Field(default_factory=list)
+    retention: RetentionSettings = RetentionSettings()
     apply: ApplySettings = ApplySettings()
     watch: WatchSettings = WatchSettings()
+    recovery_points: RecoveryPointSettings | None = None
 
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Names that point nowhere, with the location of each (checked by the loader)."""
@@ -321,4 +437,18 @@ class Config(StrictModel):
                             f"'{dest}' is not a destination (known: {known})",
                         )
                     )
-        return errors
+        return errors + self._recovery_point_errors()
+
+    def _recovery_point_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
+        if self.recovery_points is None:
+            return []
+        objects = sorted(n for n, d in self.destinations.items() if d.object is not None)
+        return [
+            (
+                ("recovery_points", "store_at", i),
+                f"'{name}' is not an object destination "
+                f"(points are kept at: {', '.join(objects) or 'none are defined'})",
+            )
+            for i, name in enumerate(self.recovery_points.store_at)
+            if name not in objects
+        ]
