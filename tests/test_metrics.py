@@ -1,0 +1,112 @@
+"""Prometheus metrics of `reconciler watch`, scraped over HTTP from a real watch process."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from test_watch import manifests, study_folders, wait_for, watching, write_config
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def wait_for_value(port: int, name: str, expected: float) -> Samples:
+    """Scrape until ``name`` has the expected value (the endpoint may not be up yet)."""
+    latest: Samples = {}
+
+    def reached() -> bool:
+        nonlocal latest
+        try:
+            latest = scrape(port)
+        except OSError:
+            return False
+        return value(latest, name) == expected
+
+    wait_for(reached, f"{name} to be {expected}")
+    return latest
+
+
+def test_watch_serves_what_it_sent_failed_and_still_has_pending(
+    tmp_path: Path, small_studies: Path
+) -> None:
+    config = write_config(tmp_path, stable_after="0s")  # one cycle copies everything
+    port = free_port()
+    # A second destination that can never be written: its root is a regular file.
+    (tmp_path / "blocked").write_text("not a folder")
+    config.write_text(
+        config.read_text()
+        .replace("policies:", '  blocked:\n    object: {url: "file://blocked"}\npolicies:')
+        .replace("copy_to: [backup]", "copy_to: [backup, blocked]")
+        + f"watch:\n  metrics: {{listen: {port}}}\n"  # a bare port listens on loopback
+    )
+    first, second = study_folders(small_studies)[:2]
+    for study in (first, second):
+        shutil.copytree(study, tmp_path / "inbox" / study.name)
+    sent = sum(f.stat().st_size for study in (first, second) for f in study.rglob("*.dcm"))
+
+    with watching(tmp_path):
+        samples = wait_for_value(port, "reconciler_reconcile_duration_seconds_count", 1)
+    assert len(manifests(tmp_path)) == 2
+
+    assert value(samples, "reconciler_bytes_sent_total", destination="backup") == sent
+    assert value(samples, "reconciler_instances_sent_total", destination="backup") == 12
+    assert value(samples, "reconciler_bytes_sent_total", destination="blocked") == 0
+    # Copies done since the plan no longer count as pending; failed ones still do.
+    assert value(samples, "reconciler_pending_studies", destination="backup") == 0
+    assert value(samples, "reconciler_pending_studies", destination="blocked") == 2
+    failures = {k[1]: v for k, v in samples.items() if k[0] == "reconciler_failures_total"}
+    assert failures == {(("destination", "blocked"), ("kind", "copy")): 2}
+    assert value(samples, "reconciler_last_success_timestamp_seconds") == 0  # it had failures
+
+
+def test_last_success_is_stamped_once_a_cycle_ends_without_failures(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    port = free_port()
+    config.write_text(config.read_text() + f"watch:\n  metrics: {{listen: '127.0.0.1:{port}'}}\n")
+    with watching(tmp_path):
+        samples = wait_for_value(port, "reconciler_reconcile_duration_seconds_count", 1)
+    assert value(samples, "reconciler_last_success_timestamp_seconds") > time.time() - 60
+
+
+def test_a_metrics_port_already_taken_stops_watch_with_a_clear_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(config.read_text() + f"watch:\n  metrics: {{listen: {port}}}\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "reconciler", "watch", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"Error: cannot serve metrics on {port}: Address already in use" in done.stderr
