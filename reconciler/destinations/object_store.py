@@ -244,6 +244,49 @@ class ObjectStoreDestination:
                 result.corrupt[entry.sop_instance_uid] = problem
         return result
 
+    # --- plain keys under the prefix (recovery points read and write through these) --------
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def list_keys(self, prefix: str) -> dict[str, int]:
+        """Every object under ``prefix`` (relative to the root) with its size; {} if none."""
+        top = self._path(prefix)
+        if self._local and not self.fs.exists(top):
+            return {}
+        try:
+            found = self.fs.find(top, detail=True)
+        except FileNotFoundError:
+            return {}
+        skip = len(self.root) + 1
+        return {p.rstrip("/")[skip:]: int(i.get("size") or 0) for p, i in found.items()}
+
+    def read_key(self, key: str) -> bytes:
+        return with_retries(lambda: self.fs.cat_file(self._path(key)), self.settings.retry)
+
+    def read_keys(self, keys: Collection[str]) -> dict[str, bytes | BaseException]:
+        """Many small objects in one batch (s3fs fetches them concurrently)."""
+        if not keys:
+            return {}
+        contents = self.fs.cat([self._path(k) for k in keys], on_error="return")
+        skip = len(self.root) + 1
+        return {path[skip:]: data for path, data in contents.items()}
+
+    def open_key(self, key: str) -> Any:
+        """A binary file object, for objects too large to hold in memory."""
+        return self.fs.open(self._path(key), "rb")
+
+    def write_key(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if self._local:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with_retries(lambda: self._write(path, data), self.settings.retry)
+        if self._local:
+            _fsync_dir(Path(path).parent)
+
+    def delete_key(self, key: str) -> None:
+        with_retries(lambda: self.fs.rm_file(self._path(key)), self.settings.retry)
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
