@@ -76,7 +76,7 @@ def _run_stats(run: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _counts(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Copies count once they are done; a failed action counts as one failure."""
+    """Copies and local deletions count once done; a failed action counts as one failure."""
     entries = list(entries)
     copied = [e for e in entries if e["kind"] == "copy" and e["status"] == "done"]
     return {
@@ -84,6 +84,7 @@ def _counts(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         "instances": sum(e["instances"] for e in copied),
         "bytes": sum(e["bytes"] for e in copied),
         "verified": sum(1 for e in entries if e["kind"] == "verify" and e["status"] == "done"),
+        "deleted": sum(1 for e in entries if e["kind"] == "delete" and e["status"] == "done"),
         "failures": sum(1 for e in entries if e["status"] == "failed"),
     }
 
@@ -120,6 +121,7 @@ CSV_COLUMNS = (
     "instances",
     "bytes",
     "verified",
+    "deleted",
     "failures",
     "seconds",
     "bytes_per_second",
@@ -149,7 +151,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.failed td { background: #fdecea; } tr.interrupted td { background: #fff8e1; }
 code { font-size: 12px; }
 """
-_COUNT_HEADERS = ("studies", "instances", "size", "verified", "failures")
+_COUNT_HEADERS = ("studies", "instances", "size", "verified", "deleted", "failures")
 
 
 def render_html(report: Mapping[str, Any]) -> str:
@@ -223,6 +225,7 @@ def _count_cells(counts: Mapping[str, Any]) -> list[object]:
         counts["instances"],
         human_bytes(counts["bytes"]),
         counts["verified"],
+        counts["deleted"],
         counts["failures"],
     ]
 

@@ -53,8 +53,8 @@ def quiet_apply(plan: Plan, workspace: Workspace) -> object:
     return apply_plan(plan, workspace.destination, workspace.store, lambda _: None)["outcome"]
 
 
-def report(capsys: pytest.CaptureFixture[str], history: History, *argv: str) -> str:
-    code, out = run(capsys, "report", "-c", str(history.config), *argv)
+def report(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> str:
+    code, out = run(capsys, "report", "-c", str(config), *argv)
     assert code == 0, out
     return out
 
@@ -62,7 +62,7 @@ def report(capsys: pytest.CaptureFixture[str], history: History, *argv: str) -> 
 def test_json_counts_studies_instances_bytes_speed_and_failures_per_run(
     history: History, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    document = json.loads(report(capsys, history, "--format", "json"))
+    document = json.loads(report(capsys, history.config, "--format", "json"))
     first, second = document["runs"]
     assert (first["command"], first["outcome"], second["outcome"]) == ("apply", "failed", "ok")
     assert (first["studies"], first["instances"], first["bytes"]) == (2, 12, history.first_bytes)
@@ -85,7 +85,7 @@ def test_json_counts_studies_instances_bytes_speed_and_failures_per_run(
 def test_csv_has_one_row_per_run_with_its_first_error(
     history: History, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rows = list(csv.DictReader(io.StringIO(report(capsys, history, "--format", "csv"))))
+    rows = list(csv.DictReader(io.StringIO(report(capsys, history.config, "--format", "csv"))))
     assert [(r["id"], r["outcome"], r["studies"], r["instances"]) for r in rows] == [
         ("1", "failed", "2", "12"),
         ("2", "ok", "1", "6"),
@@ -98,7 +98,7 @@ def test_html_is_one_self_contained_page_with_every_value_escaped(
     history: History, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "report.html"
-    assert report(capsys, history, "--format", "html", "-o", str(out)) == ""
+    assert report(capsys, history.config, "--format", "html", "-o", str(out)) == ""
     page = out.read_text()
     assert out.stat().st_mode & 0o077 == 0  # it names studies
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
@@ -110,12 +110,11 @@ def test_html_is_one_self_contained_page_with_every_value_escaped(
 def test_since_keeps_only_runs_started_from_then(
     history: History, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    everything = json.loads(report(capsys, history, "--format", "json", "--since", "1h"))
+    everything = json.loads(report(capsys, history.config, "--format", "json", "--since", "1h"))
     assert len(everything["runs"]) == 2
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
-    assert (
-        json.loads(report(capsys, history, "--format", "json", "--since", tomorrow))["runs"] == []
-    )
+    later = report(capsys, history.config, "--format", "json", "--since", tomorrow)
+    assert json.loads(later)["runs"] == []
     second_started = datetime.fromisoformat(everything["runs"][1]["started_at"])
     with Workspace(load_config(history.config)) as workspace:
         [only] = build_report(workspace.store, second_started)["runs"]
@@ -130,3 +129,21 @@ def test_since_reads_dates_and_durations_and_refuses_anything_else(
     assert parse_since("2024-05-01", now) == datetime(2024, 5, 1, tzinfo=UTC)
     code, out = run(capsys, "report", "-c", str(history.config), "--since", "last week")
     assert code == 1 and "neither a date" in out
+
+
+def test_local_deletions_by_retention_are_counted(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = write_config(tmp_path, folder_destination(tmp_path)[0])
+    config.write_text(
+        config.read_text().replace("copy_to: [backup]", "copy_to: [backup]\n    keep_local: 0s")
+        + "retention: {require_verified_copies: 1}\n"
+    )
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    # Deleted once an observation confirms the copies.
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh")[0] == 0
+    copied, deleted = json.loads(report(capsys, config, "--format", "json"))["runs"]
+    assert (copied["studies"], copied["deleted"]) == (3, 0)
+    assert (deleted["studies"], deleted["deleted"]) == (0, 3)
+    assert deleted["destinations"]["local"]["deleted"] == 3
