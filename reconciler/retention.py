@@ -86,7 +86,7 @@ def decide(
     local: LocalFacts,
 ) -> Decision:
     """A delete action, a reason to keep the study past its keep_local, or None if not due."""
-    due = _due(config.policies, facts.study, now, local.holds.get(facts.study.uid))
+    due = _due(config.policies, facts.study, now)
     if due is None:
         return None
     policies, why_due = due
@@ -94,6 +94,10 @@ def decide(
 
     def kept(reason: str) -> Retained:
         return Retained(facts.study.uid, facts.label, reason)
+
+    hold = local.holds.get(facts.study.uid)
+    if hold is not None and hold.until > now:
+        return kept(f"held until {hold.until:%Y-%m-%d %H:%M} UTC ({hold.reason})")
 
     protector = next(
         (i for i, selector in enumerate(rules.protect) if selects(selector, facts.study, now)),
@@ -133,7 +137,7 @@ def decide(
 
 
 def _due(
-    policies: Sequence[Policy], study: CatalogStudy, now: datetime, hold: Hold | None
+    policies: Sequence[Policy], study: CatalogStudy, now: datetime
 ) -> tuple[tuple[str, ...], str] | None:
     """The policies that let the study go and why, once every one of them agrees it may."""
     keeping = [p for p in policies if p.keep_local is not None and selects(p.select, study, now)]
@@ -150,8 +154,6 @@ def _due(
             f"{policy.name} keeps {format_duration(policy.keep_local)} from "
             f"{policy.keep_local_from.replace('_', ' ')} ({age} ago)"
         )
-    if hold is not None and hold.until > now:
-        return None
     return tuple(p.name for p in keeping), "; ".join(reasons)
 
 

@@ -294,6 +294,7 @@ def test_a_held_study_waits_for_its_hold() -> None:
         local=LocalFacts(holds=holds),
     )
     assert deletions(plan) == []
+    assert kept(plan) == {"1.1": "held until 2026-06-04 12:00 UTC (restored from the trash)"}
 
 
 def test_exceeding_a_cap_withholds_every_deletion_and_fails_the_plan() -> None:
