@@ -14,8 +14,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
+    UID,
     BasicTextSRStorage,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -33,7 +35,7 @@ from reconciler.transforms.compression import (
     verify_lossless,
 )
 from reconciler.transforms.pool import CompressionPool
-from reconciler.transforms.settings import CompressionSettings, codec_for
+from reconciler.transforms.settings import CompressionSetting, CompressionSettings, codec_for
 
 CODECS = {
     "jpeg2000-lossless": JPEG2000Lossless,
@@ -105,7 +107,8 @@ def image(layout: Layout, syntax: str = ExplicitVRLittleEndian) -> tuple[bytes, 
     ds.BitsAllocated, ds.BitsStored = layout.bits_allocated, layout.bits_stored
     ds.HighBit = layout.bits_stored - 1
     ds.PixelRepresentation = int(layout.signed)
-    ds.PixelData = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    order = "<" if UID(syntax).is_little_endian else ">"
+    ds.PixelData = array.astype(array.dtype.newbyteorder(order)).tobytes()
     return _bytes(ds), array
 
 
@@ -200,8 +203,9 @@ def test_keep_returns_the_source_unchanged() -> None:
     assert (result.codec, result.transfer_syntax) == ("keep", ExplicitVRLittleEndian)
 
 
-def test_already_compressed_is_transcoded_or_kept() -> None:
-    source, array = image(LAYOUTS["12-in-16 signed"])
+@pytest.mark.parametrize("layout", ["12-in-16 signed", "2 frames RGB", "8-bit YBR_FULL"])
+def test_already_compressed_is_transcoded_or_kept(layout: str) -> None:
+    source, array = image(LAYOUTS[layout])
     j2k = compress(source, "jpeg2000-lossless").data
     again = compress(j2k, "jpeg2000-lossless")
     assert again.data is j2k
@@ -209,8 +213,10 @@ def test_already_compressed_is_transcoded_or_kept() -> None:
     for codec in ("rle-lossless", "jpeg-ls-lossless", "deflated"):
         result = compress(j2k, codec)  # type: ignore[arg-type]
         assert result.transfer_syntax == CODECS[codec]
+        stored = read(result.data)
+        assert stored.SOPInstanceUID == SOP_UID
+        assert stored.PhotometricInterpretation == LAYOUTS[layout].photometric
         np.testing.assert_array_equal(decoded(result.data), array)
-        assert read(result.data).SOPInstanceUID == SOP_UID
 
 
 def test_lossy_source_is_kept() -> None:
@@ -264,6 +270,16 @@ def test_implicit_vr_source() -> None:
     assert native.PixelData == read(source).PixelData
 
 
+def test_big_endian_source_is_kept() -> None:
+    source, array = image(LAYOUTS["16 signed"], ExplicitVRBigEndian)
+    np.testing.assert_array_equal(decoded(source), array)
+    result = compress(source, "jpeg2000-lossless")
+    assert result.data is source
+    assert "retired" in (result.kept_because or "")
+    with pytest.raises(CompressionError, match="not supported"):
+        decompress(source)
+
+
 def test_not_dicom_is_an_error() -> None:
     with pytest.raises(CompressionError, match="not a readable DICOM file"):
         compress(b"\0" * 128 + b"DICM" + b"\xff" * 10, "rle-lossless")
@@ -315,6 +331,16 @@ def test_codec_for_modality() -> None:
     assert codec_for(None, setting) == "deflated"
     assert codec_for("CT", "jpeg-ls-lossless") == "jpeg-ls-lossless"
     assert codec_for("CT", CompressionSettings()) == "keep"
+
+
+def test_compression_setting_takes_a_codec_or_a_table() -> None:
+    # The shape a destination's `compression:` field will have.
+    field = pydantic.TypeAdapter(CompressionSetting)
+    assert field.validate_python("rle-lossless") == "rle-lossless"
+    table = field.validate_python({"by_modality": {"CT": "jpeg-ls-lossless"}})
+    assert codec_for("ct", table) == "jpeg-ls-lossless"
+    with pytest.raises(pydantic.ValidationError):
+        field.validate_python("lzw")
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,7 @@ class Compressed:
 def compress(data: bytes, codec: Codec) -> Compressed:
     """``data`` (a Part-10 file) re-encoded with ``codec``, verified lossless."""
     ds = _read(data)
-    source_syntax = UID(ds.file_meta.TransferSyntaxUID)
+    source_syntax = _syntax(ds)
     if codec == "keep":
         return Compressed(data, str(source_syntax), "keep")
     target = TRANSFER_SYNTAX[codec]
@@ -110,9 +110,11 @@ def decompress(data: bytes) -> bytes:
     Unchanged when it already is one; decoded samples are kept exactly (no YCbCr to RGB).
     """
     ds = _read(data)
-    source_syntax = UID(ds.file_meta.TransferSyntaxUID)
+    source_syntax = _syntax(ds)
     if source_syntax == ExplicitVRLittleEndian:
         return data
+    if not source_syntax.is_little_endian:
+        raise CompressionError(f"{source_syntax.name} is not supported (retired in 2004)")
     has_pixels = "PixelData" in ds
     if source_syntax.is_compressed and has_pixels:
         if not get_decoder(source_syntax).is_available:
@@ -131,7 +133,7 @@ def verify_lossless(source: bytes, stored: bytes) -> None:
     source_ds = _read(source)
     reference = None
     if "PixelData" in source_ds:
-        if UID(source_ds.file_meta.TransferSyntaxUID).is_compressed:
+        if _syntax(source_ds).is_compressed:
             _decompress_in_place(source_ds)
         reference = _samples(source_ds)
     _check_lossless(_read(source), reference, _read(stored))
@@ -147,10 +149,20 @@ def _read(data: bytes) -> Dataset:
         raise CompressionError(f"not a readable DICOM file: {exc or type(exc).__name__}") from None
 
 
+def _syntax(ds: Dataset) -> UID:
+    syntax = ds.get("file_meta", {}).get("TransferSyntaxUID")
+    if not syntax:
+        raise CompressionError("the file meta information has no Transfer Syntax UID")
+    return UID(syntax)
+
+
 def _write(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
-    # enforce_file_format: preamble and group 2 are written, its group length recomputed.
-    ds.save_as(buffer, enforce_file_format=True)
+    try:
+        # enforce_file_format: preamble and group 2 are written, its group length recomputed.
+        ds.save_as(buffer, enforce_file_format=True)
+    except Exception as exc:
+        raise CompressionError(f"cannot write the re-encoded file: {exc}") from exc
     return buffer.getvalue()
 
 
@@ -186,6 +198,8 @@ def _reason_to_keep(ds: Dataset, source: UID, target: UID) -> str | None:
         return f"already {target.name}"
     if "PixelData" not in ds:
         return "no pixel data"
+    if not source.is_little_endian:
+        return f"{source.name} is retired (2004): not re-encoded"
     if source.is_compressed and source not in _LOSSLESS_ENCAPSULATED:
         return f"{source.name} is lossy: re-encoding cannot restore what it dropped"
     if source.is_compressed and not get_decoder(source).is_available:
