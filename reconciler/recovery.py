@@ -633,10 +633,10 @@ def _restore_file(
     # A symbolic link planted in the target must not carry the restore elsewhere either.
     if not target.parent.resolve().is_relative_to(root.resolve()):
         return "problem", 0, Finding(study_uid, sop, "unsafe", f"{target.parent} leads outside")
-    if target.exists() or target.is_symlink():
-        return _existing(study_uid, entry, target)
     for stale in target.parent.glob(f".{target.name}.partial-*"):
         stale.unlink(missing_ok=True)  # left by an interrupted run
+    if target.exists() or target.is_symlink():
+        return _existing(study_uid, entry, target)
     temporary = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex}")
     try:
         with open(temporary, "xb") as sink:
