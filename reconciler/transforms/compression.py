@@ -183,7 +183,7 @@ def _decompress_in_place(ds: Dataset) -> None:
 
 
 def _encode(ds: Dataset, target: UID, samples: np.ndarray) -> None:
-    # Encoding from the decoded array also covers implicit VR and big endian sources.
+    # Encoding from the decoded array rather than the raw buffer also covers implicit VR.
     try:
         ds.compress(target, samples, generate_instance_uid=False)
     except Exception as exc:
@@ -207,7 +207,7 @@ def _reason_to_keep(ds: Dataset, source: UID, target: UID) -> str | None:
     if target in ENCODING_PROFILES and not _fits_profile(ds, target):
         return f"{target.name} does not support this pixel layout ({_layout(ds)})"
     if not source.is_compressed and target != DeflatedExplicitVRLittleEndian:
-        return _unused_bits_problem(ds, source)
+        return _unused_bits_problem(ds)
     return None
 
 
@@ -247,7 +247,7 @@ def _fits_profile(ds: Dataset, target: UID) -> bool:
     )
 
 
-def _unused_bits_problem(ds: Dataset, source: UID) -> str | None:
+def _unused_bits_problem(ds: Dataset) -> str | None:
     """Bits above Bits Stored must be zero (or the sign's copies): the codecs keep no others.
 
     pydicom masks them when decoding, so only the raw buffer shows them.
@@ -255,8 +255,9 @@ def _unused_bits_problem(ds: Dataset, source: UID) -> str | None:
     allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
     if stored >= allocated or allocated not in (8, 16, 32):
         return None
-    order = "<" if source.is_little_endian else ">"
-    raw = np.frombuffer(ds.PixelData, dtype=f"{order}u{allocated // 8}")
+    width = allocated // 8
+    usable = len(ds.PixelData) // width * width  # a malformed odd length fails at decoding
+    raw = np.frombuffer(ds.PixelData[:usable], dtype=f"<u{width}")
     expected = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
     expected *= int(ds.get("NumberOfFrames") or 1)
     high = raw[:expected] >> (stored - 1 if ds.PixelRepresentation == 1 else stored)
