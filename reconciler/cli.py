@@ -24,6 +24,7 @@ from reconciler import __version__
 from reconciler.catalog.scan import ScanResult
 from reconciler.config.durations import parse_duration
 from reconciler.config.load import ConfigError, format_config, load_config
+from reconciler.notify import notify_after_run
 from reconciler.plan import Plan, human_bytes, render_text
 from reconciler.retention import TrashBatch
 from reconciler.schema import config_schema
@@ -197,9 +198,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if not plan.has_changes:
             if args.json:
                 print(json.dumps({"type": "summary", "outcome": "ok", "actions_done": 0}))
-            return EXIT_ERROR if plan.has_errors else EXIT_OK
+            return EXIT_ERROR if plan.has_errors else _scheduled_points(workspace, args.json)
         summary = workspace.apply(plan, JsonLinesView() if args.json else HumanView())
-    return EXIT_OK if summary["outcome"] == "ok" and not plan.has_errors else EXIT_ERROR
+        notify_after_run(loaded.config, workspace.store, _warn)
+        if summary["outcome"] != "ok" or plan.has_errors:
+            return EXIT_ERROR
+        return _scheduled_points(workspace, args.json)
+
+
+def _scheduled_points(workspace: Workspace, json_mode: bool) -> int:
+    """After a clean apply: the recovery point that recovery_points.every says is due."""
+    from reconciler.recovery_cli import scheduled_points
+
+    return scheduled_points(workspace, json_mode)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -230,6 +241,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=1))
         return EXIT_OK
     print(f"Catalog: {status['studies']} studies, {status['instances']} instances.")
+    local = status["local"]
+    print(
+        f"Local: {human_bytes(local['bytes'])} of studies; retention would free "
+        f"{human_bytes(local['bytes_retention_frees'])} ({local['deletions_due']} studies), "
+        f"keeps {local['kept_past_keep_local']} past keep_local; trash: "
+        f"{local['trash_studies']} studies, {human_bytes(local['trash_bytes'])}."
+    )
+    for name, disk in local["disks"].items():
+        print(f"  source {name}: {human_bytes(disk['free'])} free of {human_bytes(disk['total'])}")
     for name, dest in status["destinations"].items():
         print(f"  {name}: {dest['summary']}")
     if status["rejected_files"]:
@@ -351,6 +371,10 @@ def _byte_size(text: str) -> int:
         return int(TypeAdapter(ByteSize).validate_python(text))
     except ValidationError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 500GB or 2TiB") from None
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _scan_bar(quiet: bool) -> Callable[[int, int], None] | None:

@@ -6,6 +6,7 @@ then the pure planner. The CLI calls it; it never renders anything itself.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -194,10 +195,30 @@ class Workspace:
             "studies": len(catalog.studies),
             "instances": sum(len(s.instances) for s in catalog.studies.values()),
             "waiting": len(plan.waiting),
+            "local": self._local_status(plan, catalog),
             "destinations": destinations,
             "rejected_files": [vars(r) for r in self.store.rejected_files()],
             "failing": self.store.failing_actions(),
             "runs": self.store.recent_runs(),
+        }
+
+    def _local_status(self, plan: Plan, catalog: Catalog) -> dict[str, Any]:
+        """Disk use, what retention would free now, what it keeps, and the trash."""
+        deletions = [a for a in plan.actions if a.kind == "delete"]
+        trash = self.trash.batches()
+        disks = {}
+        for name, root in self.trash.roots.items():
+            if root.is_dir():
+                usage = shutil.disk_usage(root)
+                disks[name] = {"total": usage.total, "used": usage.used, "free": usage.free}
+        return {
+            "bytes": sum(s.size for s in catalog.studies.values()),
+            "disks": disks,
+            "deletions_due": len(deletions),
+            "bytes_retention_frees": sum(a.bytes for a in deletions),
+            "kept_past_keep_local": len(plan.retained),
+            "trash_studies": len(trash),
+            "trash_bytes": sum(f.size for b in trash for f in b.files),
         }
 
     def check_current(self, plan: Plan) -> None:

@@ -59,6 +59,12 @@ def plan_json(capsys: pytest.CaptureFixture[str], config: Path, *flags: str) -> 
     return {"code": code, **json.loads(out)}
 
 
+def status(capsys: pytest.CaptureFixture[str], config: Path) -> dict[str, Any]:
+    code, out = run(capsys, "status", "-c", str(config), "--json")
+    assert code == 0
+    return dict(json.loads(out)["local"])
+
+
 def kinds(document: dict[str, Any]) -> list[str]:
     return [a["kind"] for a in document["actions"]]
 
@@ -84,11 +90,15 @@ def test_delete_only_after_observed_copies_then_untrash_and_purge(
     document = plan_json(capsys, config, "--refresh")
     assert kinds(document) == ["delete"] * 3
     assert document["summary"]["deletions"] == 3
+    local = status(capsys, config)
+    assert (local["deletions_due"], local["bytes_retention_frees"]) == (3, local["bytes"])
     assert {e["destination"] for e in document["actions"][0]["evidence"]} == {"near", "far"}
     code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
     assert code == 0, out
     assert dicom_files(inbox) == {}
     assert plan_json(capsys, config)["actions"] == []
+    local = status(capsys, config)
+    assert (local["bytes"], local["trash_studies"], local["deletions_due"]) == (0, 3, 0)
 
     # The trash lists the three studies; untrash puts every byte back and holds them.
     code, out = run(capsys, "untrash", "-c", str(config))
