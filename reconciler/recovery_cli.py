@@ -233,6 +233,27 @@ def create_points(
     return outcomes
 
 
+def scheduled_points(workspace: Workspace, json_mode: bool) -> int:
+    """Called by `apply` once everything is in place: a point where ``every`` says one is due,
+    then the keep policy. A failure is reported and makes the apply exit 1."""
+    settings = workspace.config.recovery_points
+    if settings is None or settings.every is None:
+        return EXIT_OK
+    try:
+        outcomes = create_points(workspace, settings.store_at, if_due=True)
+    except (RecoveryError, DestinationUnavailable, OSError) as exc:
+        print(f"Error: the scheduled recovery point failed: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    created = [o for o in outcomes if o["point"] is not None]
+    if json_mode:
+        for outcome in created:
+            print(json.dumps({"type": "recovery_point", **outcome}))
+    else:
+        for line in describe_created(created):
+            print(line)
+    return EXIT_OK
+
+
 def keep_policy(keep: KeepPoints) -> KeepPolicy:
     return KeepPolicy(
         last=keep.last or 0,

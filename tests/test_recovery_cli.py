@@ -460,12 +460,44 @@ def test_create_if_due_follows_every(
     tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = str(write_config(tmp_path, FOLDER_BLOCK, "  every: 1d\n"))
-    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
-    code, out = run(capsys, "recover", "create", "-c", config, "--if-due")
-    assert code == 0 and "Recovery point" in out
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0  # writes the first
     code, out = run(capsys, "recover", "create", "-c", config, "--if-due")
     assert code == 0 and "No recovery point at backup: the newest point" in out
-    assert len(list_points(backup_store(Path(config)))[0]) == 1
+    code, out = run(capsys, "recover", "create", "-c", config)  # asked for: always written
+    assert code == 0 and "Recovery point" in out
+    assert len(list_points(backup_store(Path(config)))[0]) == 2
+
+    unscheduled = str(write_config(tmp_path, FOLDER_BLOCK))
+    code, out = run(capsys, "recover", "create", "-c", unscheduled, "--if-due")
+    assert code == 1 and "--if-due needs" in out
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3"])
+def test_apply_writes_the_point_that_is_due_then_applies_keep(
+    kind: str,
+    tmp_path: Path,
+    inbox: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    block = FOLDER_BLOCK if kind == "folder" else s3_block(request.getfixturevalue("s3_bucket"))
+    config = str(write_config(tmp_path, block, "  every: 1d\n  keep: {last: 1}\n"))
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 0 and "Recovery point " in out and "3 studies, 18 instances" in out
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
+    assert code == 0 and "recovery_point" not in out  # not due again within the day
+    store = backup_store(Path(config))
+    [first] = list_points(store)[0]
+
+    # A day later (the point's clock is moved back instead), apply writes the next one, and
+    # keep: {last: 1} forgets the first.
+    aged = RecoveryPoint(**{**vars(first), "created_at": first.created_at - timedelta(days=1)})
+    store.write_key(first.key, aged.to_json())
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
+    assert code == 0
+    [event] = [json.loads(line) for line in out.splitlines() if "recovery_point" in line]
+    assert event["forgotten"] == [first.id]
+    assert [p.id for p in list_points(store)[0]] == [event["point"]["id"]]
 
 
 def test_forget_keeps_what_the_policy_says_and_never_what_kept_points_need(
@@ -544,3 +576,31 @@ def test_state_rebuild_after_the_state_file_is_lost(
     code, out = run(capsys, "plan", "-c", config, "--detailed-exitcode")
     assert code == 0, out
     assert out.strip().splitlines()[-1] == "No changes. 3 study copies in sync."
+
+
+def test_a_transformed_copy_is_reported_never_restored_half_right(
+    applied: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stored bytes that are not the source bytes (encrypted, transcoded) cannot be undone by
+    this version: verify checks what it can and says so; restore refuses those instances."""
+    store = backup_store(applied)
+
+    def transformed(document: dict) -> None:  # type: ignore[type-arg]
+        document["instances"][0]["sha256"] = "0" * 64  # the source's, before a transform
+        document["instances"][0]["size"] += 100
+
+    forge_point(store, transformed, "20990101T000000Z")
+    code, out = run(
+        capsys, "recover", "verify", "20990101T000000Z", "-c", str(applied), "--read-data"
+    )
+    assert code == 1
+    assert "undecodable:" in out and "stored bytes intact; cannot check the source bytes" in out
+    code, report = run_json(
+        capsys, "recover", "restore", "20990101T000000Z", "-c", str(applied), "--to",
+        str(tmp_path / "t"),
+    )  # fmt: skip
+    assert code == 1 and report["restored"] == 5
+    [problem] = report["problems"]
+    assert problem["kind"] == "undecodable" and problem["detail"].startswith(
+        "cannot restore yet: transform unknown"
+    )
