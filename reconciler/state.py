@@ -475,18 +475,38 @@ class StateStore:
             if str(run["started_at"]) >= start  # ISO UTC stamps sort as text
         ]
         by_id = {run["id"]: run for run in runs}
-        if not by_id:
-            return runs
+        if by_id:
+            for entry in self._journal("run_id >= ?", min(by_id)):
+                if entry["run_id"] in by_id:
+                    by_id[entry["run_id"]]["journal"].append(entry)
+        return runs
+
+    def run_journal(self, run_id: int) -> list[dict[str, Any]]:
+        return self._journal("run_id = ?", run_id)
+
+    def _journal(self, where: str, value: object) -> list[dict[str, Any]]:
         keys = ("run_id", "kind", "study_uid", "destination", "status", "started_at")
         keys += ("finished_at", "instances", "bytes", "error")
         rows = self._db.execute(
-            f"SELECT {', '.join(keys)} FROM journal WHERE run_id >= ? ORDER BY id",
-            (min(by_id),),
+            f"SELECT {', '.join(keys)} FROM journal WHERE {where} ORDER BY id", (value,)
         )
-        for row in rows:
-            if row[0] in by_id:
-                by_id[row[0]]["journal"].append(dict(zip(keys[1:], row[1:], strict=True)))
-        return runs
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def failure_streaks(self, run_id: int) -> list[dict[str, Any]]:
+        """The actions that failed in ``run_id``, each with ``attempts``: how many times in a
+        row that kind of action on that study and destination has now failed."""
+        rows = self._db.execute(
+            "SELECT kind, study_uid, destination, error, ("
+            " SELECT COUNT(*) FROM journal k WHERE k.status = 'failed' AND k.kind = j.kind"
+            " AND k.study_uid = j.study_uid AND k.destination = j.destination AND k.id > ("
+            "  SELECT COALESCE(MAX(d.id), 0) FROM journal d WHERE d.status = 'done'"
+            "  AND d.kind = j.kind AND d.study_uid = j.study_uid"
+            "  AND d.destination = j.destination)"
+            ") FROM journal j WHERE run_id = ? AND status = 'failed' ORDER BY id",
+            (run_id,),
+        )
+        keys = ("kind", "study_uid", "destination", "error", "attempts")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def _instance_row(instance: CatalogInstance) -> tuple[object, ...]:

@@ -19,6 +19,7 @@ import watchfiles
 from reconciler.config.load import ConfigError, LoadedConfig, load_config
 from reconciler.events import Event
 from reconciler.metrics import WatchMetrics
+from reconciler.notify import Stall, deliver, notify_after_run
 from reconciler.plan import Plan
 from reconciler.workspace import Workspace
 
@@ -33,6 +34,7 @@ def watch(
 ) -> None:
     loaded = load_config(config_path)
     metrics = WatchMetrics()
+    stall = Stall(datetime.now(UTC))  # in memory: a new watch process starts afresh
     emit = metrics.view(emit)
     workspace = Workspace(loaded, "watch")
     try:
@@ -52,7 +54,7 @@ def watch(
                     loaded, workspace = _reload(config_path, loaded, workspace, say)
                     due = datetime.now(UTC)
                 if changes or datetime.now(UTC) >= due:
-                    plan = _cycle(workspace, emit, say, stop, metrics)
+                    plan = _cycle(workspace, emit, say, stop, metrics, stall)
                     due = _next_cycle(workspace, plan)
     finally:
         workspace.close()
@@ -86,6 +88,7 @@ def _cycle(
     say: Callable[[str], None],
     stop: threading.Event,
     metrics: WatchMetrics,
+    stall: Stall,
 ) -> Plan:
     started = time.monotonic()
     plan, scanned = workspace.plan()
@@ -94,10 +97,16 @@ def _cycle(
         say(f"skipped {path}: {reason}")
     for problem in plan.problems:
         say(f"{problem.severity}: {problem.destination or ''} {problem.message}".strip())
-    outcome = "ok"
+    outcome, progressed = "ok", False
     if plan.has_changes and not stop.is_set():
-        outcome = workspace.apply(plan, emit, stop)["outcome"]
+        summary = workspace.apply(plan, emit, stop)
+        outcome, progressed = summary["outcome"], summary["actions_done"] != 0
+        notify_after_run(workspace.config, workspace.store, say)
     metrics.record_cycle(time.monotonic() - started, ok=outcome == "ok" and not plan.has_errors)
+    settings = workspace.config.notifications
+    stalled = stall.cycle(len(plan.actions), progressed, datetime.now(UTC), settings.stalled_after)
+    if stalled:
+        deliver([stalled], workspace.config, say)
     return plan
 
 

@@ -407,6 +407,41 @@ class RecoveryPointSettings(StrictModel):
     )
 
 
+NotificationEvent = Literal["failure", "deletion", "stalled"]
+
+
+class WebhookSettings(StrictModel):
+    url: str = Field(description="Receives each notification as a JSON POST.")
+    token: SecretStr | None = Field(
+        None, description="Sent as a bearer token; give it as ${env:X} or ${file:P}."
+    )
+    events: list[NotificationEvent] = Field(
+        ["failure", "deletion", "stalled"],
+        min_length=1,
+        description="failure: an action failed failures_after times in a row; deletion: a run "
+        "deleted local studies; stalled: watch has had work pending and done none for "
+        "stalled_after.",
+    )
+    timeout: Duration = Field(timedelta(seconds=10), description="Per POST.")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("the url must start with http:// or https://")
+        return value
+
+
+class NotificationSettings(StrictModel):
+    failures_after: int = Field(
+        3, ge=1, description="Notify once an action has failed this many runs in a row."
+    )
+    stalled_after: Duration = Field(
+        timedelta(hours=1), description="Notify once watch has made no progress this long."
+    )
+    webhooks: dict[Name, WebhookSettings] = Field(default_factory=dict)
+
+
 class Config(StrictModel):
     site: Name
     state: Path | None = Field(
@@ -418,6 +453,7 @@ class Config(StrictModel):
     retention: RetentionSettings = RetentionSettings()
     apply: ApplySettings = ApplySettings()
     watch: WatchSettings = WatchSettings()
+    notifications: NotificationSettings = NotificationSettings()
     recovery_points: RecoveryPointSettings | None = None
 
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:

@@ -1,0 +1,126 @@
+"""Notifications: a JSON POST to each webhook on failures that persist, on local deletions and
+on a watch loop that stopped making progress.
+
+Each condition is notified once until it changes:
+
+- failure: when an action (kind, study, destination) has failed ``failures_after`` runs in a
+  row, exactly then. The count comes from the journal, so it holds across separate ``apply``
+  processes (cron) as well as in watch; a success starts the count again.
+- deletion: every run that deleted local studies; a deletion happens once.
+- stalled: kept in memory by the watch process: once per stall; an action done, or nothing
+  left to do, ends the stall.
+
+A failed delivery is reported as a warning and never fails the run. Tokens are sent in a
+header, never written anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+
+from reconciler.config.durations import format_duration
+from reconciler.config.model import (
+    Config,
+    NotificationEvent,
+    NotificationSettings,
+    WebhookSettings,
+)
+from reconciler.state import StateStore
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Notice:
+    event: NotificationEvent
+    summary: str
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def notify_after_run(config: Config, store: StateStore, say: Say) -> None:
+    """Deliver what the run just finished (the store's latest) gives cause to notify."""
+    if not config.notifications.webhooks:
+        return
+    run_id = store.recent_runs(1)[0]["id"]
+    assert isinstance(run_id, int)
+    deliver(run_notices(store, config.notifications, run_id), config, say)
+
+
+def run_notices(store: StateStore, settings: NotificationSettings, run_id: int) -> list[Notice]:
+    notices = []
+    limit = settings.failures_after
+    persisting = [f for f in store.failure_streaks(run_id) if f["attempts"] == limit]
+    if persisting:
+        summary = f"{len(persisting)} actions have failed {limit} runs in a row"
+        notices.append(Notice("failure", summary, persisting))
+    deleted = [
+        {"study_uid": e["study_uid"], "instances": e["instances"], "bytes": e["bytes"]}
+        for e in store.run_journal(run_id)
+        if e["kind"] == "delete" and e["status"] == "done"
+    ]
+    if deleted:
+        notices.append(Notice("deletion", f"{len(deleted)} studies deleted locally", deleted))
+    return notices
+
+
+class Stall:
+    """Whether a watch loop still makes progress; one per watch process."""
+
+    def __init__(self, now: datetime) -> None:
+        self.progress_at = now
+        self.notified = False
+
+    def cycle(
+        self, pending: int, progressed: bool, now: datetime, after: timedelta
+    ) -> Notice | None:
+        if not pending or progressed:
+            self.progress_at, self.notified = now, False
+            return None
+        if self.notified or now - self.progress_at < after:
+            return None
+        self.notified = True
+        stalled = format_duration(now - self.progress_at)
+        return Notice("stalled", f"no action done for {stalled} with {pending} actions pending")
+
+
+def deliver(notices: Iterable[Notice], config: Config, say: Say) -> None:
+    notices = list(notices)
+    for name, hook in config.notifications.webhooks.items():
+        for notice in notices:
+            if notice.event in hook.events:
+                _post(name, hook, _body(notice, config.site), say)
+
+
+def _body(notice: Notice, site: str) -> dict[str, Any]:
+    return {
+        "event": notice.event,
+        "site": site,
+        "at": datetime.now(UTC).isoformat(),
+        "summary": notice.summary,
+        "items": notice.items,
+    }
+
+
+def _post(name: str, hook: WebhookSettings, body: dict[str, Any], say: Say) -> None:
+    headers = {"User-Agent": "dicom-reconciler"}
+    if hook.token is not None:
+        headers["Authorization"] = f"Bearer {hook.token.get_secret_value()}"
+    try:
+        response = requests.post(
+            hook.url, json=body, headers=headers, timeout=hook.timeout.total_seconds()
+        )
+        response.raise_for_status()
+    except requests.RequestException as exc:
+        say(f"WARNING: could not notify webhook {name} of {body['event']}: {_why(exc)}")
+
+
+def _why(exc: requests.RequestException) -> str:
+    # Not str(exc): it can quote the request; the status or the kind of error is enough.
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code}"
+    return type(exc).__name__

@@ -1,0 +1,167 @@
+"""Webhook notifications, received by a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_cli_end_to_end import run
+from test_metrics import free_port, wait_for_value
+from test_watch import watching
+from test_watch import write_config as write_watch_config
+
+from reconciler.state import StateStore
+
+TOKEN = "hook-token-never-shown"
+
+
+@dataclass
+class Receiver:
+    url: str
+    status: int = 200
+    posts: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
+
+    def events(self, path: str = "/hook") -> list[str]:
+        return [body["event"] for where, _, body in self.posts if where == path]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    received = Receiver("")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.posts.append((self.path, self.headers["Authorization"], body))
+            self.send_response(received.status)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:  # keep test output quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    received.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_config(folder: Path, destination: str, policy: str, extra: str) -> Path:
+    config = folder / "reconciler.yaml"
+    config.write_text(
+        "site: notified\n"
+        "sources:\n  inbox: {path: inbox, stable_after: 0s}\n"
+        f"destinations:\n  {destination}:\n    object: {{url: 'file://{destination}'}}\n"
+        f"policies:\n  - {{name: all, copy_to: [{destination}]{policy}}}\n" + extra
+    )
+    return config
+
+
+def hooks(receiver: Receiver, failures_after: int = 2, **events: str) -> str:
+    lines = [f"notifications:\n  failures_after: {failures_after}\n  webhooks:\n"]
+    for name, chosen in events.items():
+        lines.append(
+            f"    {name}: {{url: '{receiver.url}/{name}', token: '${{env:HOOK_TOKEN}}', "
+            f"events: [{chosen}]}}\n"
+        )
+    return "".join(lines)
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, small_studies: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOOK_TOKEN", TOKEN)
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    return tmp_path / "inbox"
+
+
+def test_a_failure_is_notified_once_when_it_has_persisted_failures_after_runs(
+    tmp_path: Path, inbox: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "blocked").write_text("a file where the folder should be: every copy fails")
+    extra = hooks(receiver, failures_after=2, ops="failure", cleanup="deletion")
+    config = str(write_config(tmp_path, "blocked", "", extra))
+
+    outputs = [run(capsys, "apply", "-c", config, "--auto-approve") for _ in range(3)]
+
+    assert [code for code, _ in outputs] == [1, 1, 1]
+    [(path, authorization, body)] = receiver.posts  # the second run only, and to ops only
+    assert (path, authorization) == ("/ops", f"Bearer {TOKEN}")
+    assert (body["event"], body["site"]) == ("failure", "notified")
+    assert body["summary"] == "3 actions have failed 2 runs in a row"
+    assert {(i["kind"], i["destination"], i["attempts"]) for i in body["items"]} == {
+        ("copy", "blocked", 2)
+    }
+    assert "NotADirectoryError" in body["items"][0]["error"]
+    assert not any(TOKEN in out for _, out in outputs)
+
+
+def test_local_deletions_are_notified(
+    tmp_path: Path, inbox: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = "retention: {require_verified_copies: 1}\n" + hooks(receiver, cleanup="deletion")
+    config = str(write_config(tmp_path, "backup", ", keep_local: 0s", extra))
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    assert receiver.posts == []  # copies alone are no news
+    assert run(capsys, "apply", "-c", config, "--auto-approve", "--refresh")[0] == 0
+    [(path, _, body)] = receiver.posts
+    assert (path, body["event"], body["summary"]) == (
+        "/cleanup",
+        "deletion",
+        "3 studies deleted locally",
+    )
+    assert sum(i["instances"] for i in body["items"]) == 18
+
+
+def test_a_webhook_that_refuses_is_a_warning_that_names_no_secret(
+    tmp_path: Path, inbox: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    receiver.status = 500
+    (tmp_path / "blocked").write_text("not a folder")
+    config = str(write_config(tmp_path, "blocked", "", hooks(receiver, 1, ops="failure")))
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 1 and len(receiver.posts) == 1
+    assert "WARNING: could not notify webhook ops of failure: HTTP 500" in out
+    assert TOKEN not in out
+
+
+def test_a_success_starts_the_failure_count_again(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    statuses = ["failed", "failed", "done", "failed"]
+    for status in statuses:
+        run_id = store.start_run("apply")
+        entry = store.journal_start(run_id, "copy", "1.2.3", "cloud", 1, 10)
+        store.journal_finish(entry, status, "boom" if status == "failed" else None)
+    [streak] = store.failure_streaks(run_id)
+    assert (streak["attempts"], streak["error"]) == (1, "boom")
+    store.close()
+
+
+def test_watch_that_makes_no_progress_is_notified_stalled_once(
+    tmp_path: Path, small_studies: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOK_TOKEN", TOKEN)
+    config = write_watch_config(tmp_path, stable_after="0s")
+    shutil.copytree(next(p for p in small_studies.glob("*/*") if p.is_dir()), tmp_path / "inbox/a")
+    (tmp_path / "backup").write_text("not a folder: the watch can never make progress")
+    port = free_port()
+    config.write_text(
+        config.read_text()
+        + f"watch: {{replan_every: 1s, metrics: {{listen: {port}}}}}\n"
+        + hooks(receiver, failures_after=2, ops="stalled, failure").replace(
+            "failures_after: 2", "failures_after: 2\n  stalled_after: 0s"
+        )
+    )
+    with watching(tmp_path):
+        wait_for_value(port, "reconciler_reconcile_duration_seconds_count", 4)
+    assert receiver.events("/ops") == ["stalled", "failure"]  # failure at the 2nd cycle only
