@@ -59,7 +59,7 @@ def apply_plan(
     outcome = "interrupted"
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
     try:
-        futures: dict[Future[SendResult | VerifyResult | None], tuple[Action, int]] = {}
+        futures: dict[Future[SendResult | VerifyResult | str], tuple[Action, int]] = {}
         remote = [a for a in plan.actions if a.destination != LOCAL]
         local = [a for a in plan.actions if a.destination == LOCAL]
         for action in remote:
@@ -75,8 +75,8 @@ def apply_plan(
             futures[future] = (action, entry)
         for future in as_completed(futures):
             action, entry = futures[future]
-            if future.exception() is None and future.result() is None:
-                store.journal_finish(entry, "skipped", "stopping before it started")
+            if future.exception() is None and isinstance(why := future.result(), str):
+                store.journal_finish(entry, "skipped", why)
                 skipped += 1
                 continue
             finished = _record(future, action, entry, store)
@@ -96,9 +96,7 @@ def apply_plan(
             why_not = (
                 "a copy or verification in this run failed"
                 if remote_failed
-                else "stopping"
-                if stop.is_set()
-                else None
+                else _not_starting(action, stop)
             )
             if why_not:
                 store.journal_finish(entry, "skipped", why_not)
@@ -129,11 +127,20 @@ def apply_plan(
     return summary
 
 
+def _not_starting(action: Action, stop: threading.Event) -> str | None:
+    """Why an action that has not started yet must not start now."""
+    if stop.is_set():
+        return "stopping before it started"
+    if action.open_until is not None and datetime.now(UTC) >= action.open_until:
+        return "its schedule window closed before it started"
+    return None
+
+
 def _run_action(
     action: Action, destinations: Callable[[str], Destination], emit: Emit, stop: threading.Event
-) -> SendResult | VerifyResult | None:
-    if stop.is_set():
-        return None
+) -> SendResult | VerifyResult | str:
+    if (why := _not_starting(action, stop)) is not None:
+        return why
     emit(ActionStarted(action))
     destination = destinations(action.destination)
 
@@ -146,7 +153,7 @@ def _run_action(
 
 
 def _record(
-    future: Future[SendResult | VerifyResult | None],
+    future: Future[SendResult | VerifyResult | str],
     action: Action,
     entry: int,
     store: StateStore,

@@ -65,6 +65,7 @@ class Action:
     repair: bool = False  # some of the study is already there
     evidence: tuple[Evidence, ...] = ()  # deletions: the verified copies they rely on
     valid_until: datetime | None = None  # deletions: when that evidence grows too old
+    open_until: datetime | None = None  # not started after this: its schedule window closes
 
     @property
     def bytes(self) -> int:
@@ -77,6 +78,18 @@ class Waiting:
     study: StudyLabel
     ready_at: datetime
     reason: str
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """An action a closed schedule window holds back; planned again once it opens."""
+
+    kind: ActionKind
+    study_uid: str
+    destination: str
+    study: StudyLabel
+    reason: str
+    until: datetime | None  # when the window may open; None if no opening is in sight
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,7 @@ class Plan:
     waiting: tuple[Waiting, ...] = ()
     problems: tuple[Problem, ...] = ()
     retained: tuple[Retained, ...] = ()
+    deferred: tuple[Deferred, ...] = ()
     in_sync: int = 0  # study copies already where policies want them
     fingerprint: Fingerprint | None = field(default=None, compare=False)
 
@@ -137,6 +151,17 @@ class Plan:
                     "reason": w.reason,
                 }
                 for w in self.waiting
+            ],
+            "deferred": [
+                {
+                    "kind": d.kind,
+                    "study_uid": d.study_uid,
+                    "destination": d.destination,
+                    "study": asdict(d.study),
+                    "reason": d.reason,
+                    "until": d.until.isoformat() if d.until else None,
+                }
+                for d in self.deferred
             ],
             "retained": [
                 {"study_uid": r.study_uid, "study": asdict(r.study), "reason": r.reason}
@@ -173,6 +198,7 @@ class Plan:
                         for e in a["evidence"]
                     ),
                     valid_until=_parse_time(a["valid_until"]),
+                    open_until=_parse_time(a["open_until"]),
                 )
                 for a in document["actions"]
             ),
@@ -189,6 +215,17 @@ class Plan:
             retained=tuple(
                 Retained(r["study_uid"], StudyLabel(**r["study"]), r["reason"])
                 for r in document["retained"]
+            ),
+            deferred=tuple(
+                Deferred(
+                    d["kind"],
+                    d["study_uid"],
+                    d["destination"],
+                    StudyLabel(**d["study"]),
+                    d["reason"],
+                    _parse_time(d["until"]),
+                )
+                for d in document["deferred"]
             ),
             in_sync=document["summary"]["in_sync"],
             fingerprint=Fingerprint(**fingerprint) if fingerprint else None,
@@ -223,6 +260,7 @@ def _action_dict(action: Action) -> dict[str, Any]:
             for e in action.evidence
         ],
         "valid_until": action.valid_until.isoformat() if action.valid_until else None,
+        "open_until": action.open_until.isoformat() if action.open_until else None,
         "items": [asdict(i) for i in action.instances],
     }
 
@@ -271,6 +309,14 @@ def render_text(plan: Plan) -> str:
         for waiting in plan.waiting:
             lines.append(f"  . study {waiting.study_uid} {waiting.study}: {waiting.reason}")
         lines.append("")
+    if plan.deferred:
+        lines.append("Deferred by schedule windows (planned again when they open):")
+        for held_back in plan.deferred:
+            lines.append(
+                f"  . {held_back.kind} study {held_back.study_uid} {held_back.study} "
+                f"-> {held_back.destination}: {held_back.reason}"
+            )
+        lines.append("")
     if plan.retained:
         lines.append("Past keep_local but kept (not deleted):")
         for kept in plan.retained:
@@ -304,6 +350,8 @@ def _render_action(action: Action) -> list[str]:
 def summary_line(plan: Plan) -> str:
     counts = summary_counts(plan.actions)
     kept = f" {_plural(len(plan.retained), 'study', 'studies')} kept." if plan.retained else ""
+    if plan.deferred:
+        kept += f" {_plural(len(plan.deferred), 'action')} deferred by a window."
     if not plan.actions:
         tail = (
             f" {_plural(plan.in_sync, 'study copy', 'study copies')} in sync."

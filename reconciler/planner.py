@@ -7,6 +7,7 @@ shows is exactly what ``apply`` will do.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from reconciler import retention
@@ -16,6 +17,7 @@ from reconciler.config.model import Config
 from reconciler.observation import Observation, ObservedStudy
 from reconciler.plan import (
     Action,
+    Deferred,
     Fingerprint,
     InstanceRef,
     Plan,
@@ -25,6 +27,7 @@ from reconciler.plan import (
     Waiting,
 )
 from reconciler.retention import LocalFacts, StudyFacts
+from reconciler.schedule import combine, gate
 from reconciler.selection import selects
 
 # Verifications that must be asked for (and are repeated every verify_every), by their name.
@@ -93,15 +96,50 @@ def make_plan(
     # Deletions come after every copy in the plan; apply runs them only if those succeeded.
     actions.extend(deletions)
     actions.extend(retention.purges(config.retention, local.trash, now))
+    allowed, deferred = _within_windows(config, actions, now)
     return Plan(
         created_at=now,
-        actions=tuple(actions),
+        actions=tuple(allowed),
         waiting=tuple(waiting),
         problems=tuple(problems),
         retained=tuple(retained),
+        deferred=tuple(deferred),
         in_sync=in_sync,
         fingerprint=fingerprint,
     )
+
+
+def _within_windows(
+    config: Config, actions: list[Action], now: datetime
+) -> tuple[list[Action], list[Deferred]]:
+    """Hold back what a closed window forbids; the rest may start until a window closes."""
+    policies = {p.name: p for p in config.policies}
+    allowed, deferred = [], []
+    for action in actions:
+        destination = config.destinations.get(action.destination)
+        gates = [
+            gate(
+                destination.schedule if destination else None,
+                f"destinations.{action.destination}",
+                now,
+            ),
+            *(gate(policies[n].schedule, f"policies.{n}", now) for n in action.policies),
+        ]
+        state = combine(gates)
+        if state.open:
+            allowed.append(replace(action, open_until=state.until))
+        else:
+            deferred.append(
+                Deferred(
+                    action.kind,
+                    action.study_uid,
+                    action.destination,
+                    action.study,
+                    state.reason,
+                    state.until,
+                )
+            )
+    return allowed, deferred
 
 
 def label_of(study: CatalogStudy) -> StudyLabel:

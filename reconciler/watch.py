@@ -111,9 +111,11 @@ def _cycle(
 
 
 def _next_cycle(workspace: Workspace, plan: Plan) -> datetime:
-    """The timer's next wake-up, or sooner when a waiting study becomes stable."""
+    """The timer's next wake-up, or sooner when a waiting study becomes stable or a schedule
+    window opens."""
     due = datetime.now(UTC) + workspace.config.watch.replan_every
-    return min([due, *(w.ready_at for w in plan.waiting)])
+    reopen = [d.until for d in plan.deferred if d.until is not None]
+    return min([due, *(w.ready_at for w in plan.waiting), *reopen])
 
 
 def _reload(

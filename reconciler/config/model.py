@@ -10,7 +10,9 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -230,6 +232,50 @@ DICOM_VERIFY = ("instances", "count", "commitment", "none")
 DICOMWEB_VERIFY = ("instances", "none")
 
 
+class Window(StrictModel):
+    """A time window: it opens at each time the cron expression names and lasts ``duration``."""
+
+    cron: str = Field(description="Five-field cron expression, e.g. '0 8 * * 1-5'.")
+    duration: Duration = Field(description="How long the window stays open, e.g. 10h.")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"'{value}' is not a five-field cron expression (m h dom mon dow)")
+        return value
+
+    @field_validator("duration")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta():
+            raise ValueError("a window must last longer than 0s")
+        return value
+
+
+class Schedule(StrictModel):
+    """When work may run, like Argo CD's sync windows: deny wins over allow; with allow
+    windows, work runs only inside one."""
+
+    allow: list[Window] = Field(default_factory=list)
+    deny: list[Window] = Field(default_factory=list)
+    timezone: str | None = Field(
+        None, description="IANA zone the cron times are in, e.g. Europe/Paris; default: local."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"'{value}' is not an IANA time zone (e.g. Europe/Paris)"
+                ) from None
+        return value
+
+
 class DestinationConfig(StrictModel):
     """Give exactly one of ``object``, ``dicom`` or ``dicomweb``."""
 
@@ -252,6 +298,9 @@ class DestinationConfig(StrictModel):
     )
     concurrency: int = Field(8, ge=1, le=256, description="Parallel object transfers.")
     retry: RetrySettings = RetrySettings()
+    schedule: Schedule | None = Field(
+        None, description="Windows when copies and verifications to it may run."
+    )
 
     @model_validator(mode="after")
     def _one_kind_and_its_verification(self) -> DestinationConfig:
@@ -289,6 +338,9 @@ class Policy(StrictModel):
         None,
         description="Delete the local files of selected studies after this long, once "
         "retention's safety rules hold (verified copies, caps). Default: keep forever.",
+    )
+    schedule: Schedule | None = Field(
+        None, description="Windows when this policy's copies and deletions may run."
     )
     keep_local_from: Literal["arrival", "study_date"] = Field(
         "arrival",
@@ -459,6 +511,8 @@ class Config(StrictModel):
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Names that point nowhere, with the location of each (checked by the loader)."""
         errors: list[tuple[tuple[str | int, ...], str]] = []
+        if "local" in self.destinations:
+            errors.append((("destinations", "local"), "'local' names local storage in plans"))
         seen: set[str] = set()
         for i, policy in enumerate(self.policies):
             if policy.name in seen:
