@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from peers import DicomPeer
 
 from reconciler.cli import main
 from reconciler.config.load import load_config
@@ -553,10 +554,16 @@ def test_store_at_must_name_object_destinations(tmp_path: Path) -> None:
 # --- state rebuild ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["folder", "s3"])
 def test_state_rebuild_after_the_state_file_is_lost(
-    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+    kind: str,
+    tmp_path: Path,
+    inbox: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = str(write_config(tmp_path, FOLDER_BLOCK, verify="checksum"))
+    block = FOLDER_BLOCK if kind == "folder" else s3_block(request.getfixturevalue("s3_bucket"))
+    config = str(write_config(tmp_path, block, verify="checksum"))
     assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
     assert run(capsys, "plan", "-c", config, "--detailed-exitcode")[0] == 0
     shutil.rmtree(tmp_path / ".reconciler")
@@ -604,3 +611,20 @@ def test_a_transformed_copy_is_reported_never_restored_half_right(
     assert problem["kind"] == "undecodable" and problem["detail"].startswith(
         "cannot restore yet: transform unknown"
     )
+
+
+def test_restore_into_a_pacs_sends_what_it_lacks(
+    applied: Path, dcmqrscp_peer: DicomPeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pacs = (
+        f"  pacs:\n    dicom: {{host: {dcmqrscp_peer.host}, port: {dcmqrscp_peer.port}, "
+        f"ae_title: {dcmqrscp_peer.ae_title}}}\n"
+    )
+    text = applied.read_text().replace("policies:\n", pacs + "policies:\n", 1)
+    applied.write_text(text)
+    restore = ("recover", "restore", "latest", "-c", str(applied), "--to-destination", "pacs")
+    code, report = run_json(capsys, *restore)
+    assert code == 0 and (report["restored"], report["already_present"]) == (18, 0), report
+    assert len([p for p in dcmqrscp_peer.storage.rglob("*") if p.is_file()]) >= 18
+    code, report = run_json(capsys, *restore)  # C-FIND shows all there: nothing is sent
+    assert code == 0 and (report["restored"], report["already_present"]) == (0, 18), report
