@@ -525,6 +525,15 @@ def restore_path(root: Path, study_uid: str, entry: ManifestEntry) -> Path:
     return root / study_uid / entry.series_instance_uid / f"{entry.sop_instance_uid}.dcm"
 
 
+def not_in_point(point: RecoveryPoint, selection: Selection) -> list[Finding]:
+    """Studies asked for by UID that the point does not hold: said, never silently skipped."""
+    held = {s.study_instance_uid for s in point.studies}
+    return [
+        Finding(uid, None, "missing", f"not in point {point.id}")
+        for uid in sorted(selection.studies - held)
+    ]
+
+
 def select_studies(
     store: ObjectStore, point: RecoveryPoint, selection: Selection
 ) -> list[PointStudy]:
@@ -568,7 +577,7 @@ def restore_to_folder(
     into place only once complete and verified, so an interruption never leaves half a file.
     """
     root.mkdir(parents=True, exist_ok=True)
-    report = RestoreReport(point.id, store.name, str(root))
+    report = RestoreReport(point.id, store.name, str(root), problems=not_in_point(point, selection))
     work: list[tuple[str, ManifestEntry, Path]] = []
     for study in select_studies(store, point, selection):
         report.studies += 1
@@ -629,10 +638,11 @@ def _restore_file(
 ) -> tuple[str, int, Finding | None]:
     sop = entry.sop_instance_uid
     root = target.parents[2]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A symbolic link planted in the target must not carry the restore elsewhere either.
+    # A symbolic link planted in the target must not carry the restore elsewhere either:
+    # checked before any folder is made.
     if not target.parent.resolve().is_relative_to(root.resolve()):
         return "problem", 0, Finding(study_uid, sop, "unsafe", f"{target.parent} leads outside")
+    target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.partial-*"):
         stale.unlink(missing_ok=True)  # left by an interrupted run
     if target.exists() or target.is_symlink():
@@ -683,7 +693,9 @@ def restore_to_destination(
     (a resumed restore sends only the rest); an instance it holds with other content is
     reported, not overwritten.
     """
-    report = RestoreReport(point.id, store.name, destination.name)
+    report = RestoreReport(
+        point.id, store.name, destination.name, problems=not_in_point(point, selection)
+    )
     manifests: dict[str, Manifest] = {}
     for study in select_studies(store, point, selection):
         report.studies += 1

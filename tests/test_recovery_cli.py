@@ -415,6 +415,8 @@ def test_restore_selects_studies_and_patients(
     only_two = ("--study", studies[1].name, "--study", studies[2].name)
     code, report = run_json(capsys, *restore, str(tmp_path / "by-study"), *only_two)
     assert code == 0 and (report["studies"], report["restored"]) == (2, 12)
+    code, report = run_json(capsys, *restore, str(tmp_path / "typo"), "--study", "1.2.3")
+    assert code == 1 and report["problems"][0]["detail"].startswith("not in point")
 
 
 def test_patient_selection_reads_headers_when_the_point_does_not_know(
@@ -628,3 +630,20 @@ def test_restore_into_a_pacs_sends_what_it_lacks(
     assert len([p for p in dcmqrscp_peer.storage.rglob("*") if p.is_file()]) >= 18
     code, report = run_json(capsys, *restore)  # C-FIND shows all there: nothing is sent
     assert code == 0 and (report["restored"], report["already_present"]) == (0, 18), report
+
+
+def test_a_symbolic_link_in_the_target_does_not_carry_the_restore_outside(
+    applied: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = backup_store(applied)
+    study = load_point(store, "latest").studies[0].study_instance_uid
+    target, elsewhere = tmp_path / "target", tmp_path / "elsewhere"
+    target.mkdir()
+    elsewhere.mkdir()
+    (target / study).symlink_to(elsewhere)
+    code, report = run_json(
+        capsys, "recover", "restore", "latest", "-c", str(applied), "--to", str(target)
+    )
+    assert code == 1 and report["restored"] == 12
+    assert {p["kind"] for p in report["problems"]} == {"unsafe"} and len(report["problems"]) == 6
+    assert not list(elsewhere.iterdir())
