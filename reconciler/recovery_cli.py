@@ -26,6 +26,7 @@ from reconciler.config.model import KeepPoints
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.factory import open_destination
 from reconciler.destinations.object_store import ObjectStoreDestination
+from reconciler.plan import human_bytes
 from reconciler.recovery import (
     Finding,
     KeepPolicy,
@@ -291,7 +292,7 @@ def describe_created(outcomes: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(
             f"Recovery point {point['id']} written at {point['destination']}: "
             f"{point['studies']} studies, {point['instances']} instances, "
-            f"{_size(point['bytes'])} ({outcome['manifests_pinned']} manifests newly pinned)."
+            f"{human_bytes(point['bytes'])} ({outcome['manifests_pinned']} manifests newly pinned)."
         )
         for uid, why in outcome["skipped"].items():
             lines.append(f"  not included: {uid}: {why}")
@@ -352,7 +353,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for row in rows:
             print(
                 f"{row['id']:<20} {row['destination']:<16} {row['studies']:>7} "
-                f"{row['instances']:>9} {_size(row['bytes']):>10}"
+                f"{row['instances']:>9} {human_bytes(row['bytes']):>10}"
             )
     for key, why in unreadable.items():
         print(f"WARNING: {key}: {why}")
@@ -376,7 +377,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=1))
     else:
         _print_problems(report.problems)
-        read = f", {report.read} read and hashed ({_size(report.bytes_read)})" if subset else ""
+        size = human_bytes(report.bytes_read)
+        read = f", {report.read} read and hashed ({size})" if subset else ""
         print(
             f"Point {point.id} at {store.name}: {report.studies} studies, "
             f"{report.instances} instances checked{read}: {_verdict(report.problems)}."
@@ -408,7 +410,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(
             f"Restored point {point.id} from {store.name} to {report.target}: "
             f"{report.studies} studies, {report.restored} instances restored "
-            f"({_size(report.bytes)}), {report.already_present} already there, each checked "
+            f"({human_bytes(report.bytes)}), {report.already_present} already there, each checked "
             f"against its source SHA-256: {_verdict(report.problems)}."
         )
     return EXIT_OK if report.ok else EXIT_ERROR
@@ -494,12 +496,3 @@ def _verdict(problems: Sequence[Finding]) -> str:
     for problem in problems:
         counts[problem.kind] = counts.get(problem.kind, 0) + 1
     return f"{len(problems)} problems ({', '.join(f'{n} {k}' for k, n in counts.items())})"
-
-
-def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
