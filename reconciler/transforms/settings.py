@@ -15,6 +15,7 @@ Loading must hide inputs in its errors (as config/load.py does): a bad key is a 
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -88,4 +89,82 @@ class EncryptionSettings(_Strict):
     def keyring(self) -> Keyring:
         return Keyring.parse(
             self.key.get_secret_value(), [k.get_secret_value() for k in self.old_keys]
+        )
+
+
+# Modalities whose images often carry text burned into the pixels, which no header edit removes:
+# ultrasound (patient banner and measurements), endoscopy (ES) and external camera photographs
+# (XC: faces, wristbands), secondary captures (SC, and OT as many devices label them: screen
+# grabs of reports and viewers) and scanned documents (DOC).
+BURNED_IN_MODALITIES = ("US", "ES", "XC", "SC", "OT", "DOC")
+_SAFE_PRIVATE_TAG = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*[xX]{2}([0-9A-Fa-f]{2})\s*\)?")
+
+
+class AnonymizationProfile(_Strict):
+    """DICOM PS3.15 Basic Application Level Confidentiality Profile and the options kept.
+
+    Every option is off by default: the Basic Profile alone removes the most.
+    """
+
+    retain_longitudinal_dates: bool = Field(
+        False,
+        description="Retain Longitudinal Temporal Information with Modified Dates: dates are "
+        "shifted by the same secret per-patient offset, so intervals stay; times are kept.",
+    )
+    retain_device_identity: bool = Field(
+        False, description="Retain Device Identity: serial numbers, station names, device IDs."
+    )
+    retain_institution_identity: bool = Field(
+        False, description="Retain Institution Identity: institution name, address, department."
+    )
+    retain_patient_characteristics: bool = Field(
+        False, description="Retain Patient Characteristics: sex, age, size, weight, and so on."
+    )
+    clean_descriptors: bool = Field(
+        False,
+        description="Clean Descriptors: keep free-text descriptions (study, series, protocol...) "
+        "with every identifying value found in the instance blanked out; off: they are removed.",
+    )
+    retain_safe_private: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Retain Safe Private: private attributes known to carry no identity, by "
+        'private creator, e.g. {GEMS_ACQU_01: ["0019,xx23"]}; all others are removed.',
+    )
+    allow_burned_in: bool = Field(
+        False,
+        description="Send images flagged BurnedInAnnotation=YES or of burned_in_modalities "
+        "anyway: only when their pixels were checked or cleaned some other way.",
+    )
+    burned_in_modalities: list[str] = Field(
+        default_factory=lambda: list(BURNED_IN_MODALITIES),
+        description="Modalities refused unless allow_burned_in, as text burned into their "
+        "pixels is common.",
+    )
+
+    @field_validator("retain_safe_private")
+    @classmethod
+    def _private_tags_are_well_formed(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for creator, tags in value.items():
+            if not creator.strip():
+                raise ValueError("a private creator must not be empty")
+            for tag in tags:
+                match = _SAFE_PRIVATE_TAG.fullmatch(tag.strip())
+                if match is None or int(match[1], 16) % 2 == 0:
+                    raise ValueError(
+                        f"{tag!r} is not a private tag written as 'gggg,xxee' with an odd group"
+                    )
+        return value
+
+    @field_validator("burned_in_modalities")
+    @classmethod
+    def _upper_case(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(m.strip().upper() for m in value if m.strip()))
+
+    def safe_private_tags(self) -> frozenset[tuple[str, int, int]]:
+        """(creator, group, element's low byte) of every private attribute to keep."""
+        return frozenset(
+            (creator.strip(), int(match[1], 16), int(match[2], 16))
+            for creator, tags in self.retain_safe_private.items()
+            for match in (_SAFE_PRIVATE_TAG.fullmatch(tag.strip()) for tag in tags)
+            if match is not None
         )
