@@ -2,5 +2,6 @@
 
 Pure functions with no knowledge of destinations, state or the config file: ``compression``
 re-encodes pixel data losslessly (verified), ``encryption`` seals objects with envelope
-encryption, ``settings`` holds the pydantic models a destination's config uses for them.
+encryption, ``anonymize`` de-identifies instances (PS3.15 Basic Profile and options),
+``settings`` holds the pydantic models a destination's or policy's config uses for them.
 """

@@ -10,6 +10,11 @@ In a destination's YAML::
       key: ${file:/etc/reconciler/backup.key}        # 64 hex digits or base64 of 32 bytes
       old_keys: [${env:OLD_BACKUP_KEY}]              # still decrypt; `rekey` moves them to key
 
+and in a policy's (see policies/README.md)::
+
+    anonymize: teaching-file                        # a preset, policies/teaching-file.yaml
+    anonymize: {retain_longitudinal_dates: true}    # or a profile inline
+
 Loading must hide inputs in its errors (as config/load.py does): a bad key is a secret.
 """
 
