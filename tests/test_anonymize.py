@@ -322,11 +322,14 @@ def test_retain_institution_identity(study: list[bytes]) -> None:
 
 
 def test_retain_patient_characteristics(study: list[bytes]) -> None:
+    source = _read(with_phi(study[0]))
+    source.Allergies = "PENICILLIN (TOLD BY HOUSE)"  # C: cleaned, not kept as typed
     profile = AnonymizationProfile(retain_patient_characteristics=True)
-    ds = _read(anonymize(with_phi(study[0]), profile, SECRET).data)
-    default = _read(anonymize(with_phi(study[0]), BASIC, SECRET).data)
+    ds = _read(anonymize(_write(source), profile, SECRET).data)
+    default = _read(anonymize(_write(source), BASIC, SECRET).data)
     assert (ds.PatientSex, ds.PatientAge) == ("F", "061Y")
-    assert default.PatientSex == "" and "PatientAge" not in default
+    assert ds.Allergies == "PENICILLIN (TOLD BY ***)"
+    assert default.PatientSex == "" and "PatientAge" not in default and "Allergies" not in default
 
 
 def test_clean_descriptors_keeps_descriptions_without_identifiers(study: list[bytes]) -> None:

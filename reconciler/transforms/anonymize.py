@@ -125,7 +125,6 @@ class Anonymized:
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
-    keyword: str
     basic: str
     options: dict[str, str]  # option column -> action
 
@@ -153,7 +152,7 @@ def _table() -> _Table:
     for row in document["attributes"]:
         tag = str(row["tag"])
         options = {k: v for k, v in row.items() if k not in ("tag", "name", "basic")}
-        rule = _Rule(str(row["name"]), str(row["basic"]), options)
+        rule = _Rule(str(row["basic"]), options)
         if "x" in tag:
             mask = int("".join("0" if c == "x" else "F" for c in tag), 16)
             masked.append((mask, int(tag.replace("x", "0"), 16), rule))
@@ -192,7 +191,7 @@ class _Context:
     columns: frozenset[str]
     safe_private: frozenset[tuple[str, int, int]]
     date_shift: datetime.timedelta
-    identifiers: tuple[str, ...]  # longest first: blanked out of kept descriptions
+    identifiers: tuple[str, ...]  # longest first: blanked out of text a C action keeps
 
 
 def anonymize(data: bytes, profile: AnonymizationProfile, secret: bytes) -> Anonymized:
@@ -211,7 +210,7 @@ def anonymize(data: bytes, profile: AnonymizationProfile, secret: bytes) -> Anon
         columns,
         profile.safe_private_tags(),
         _date_shift(secret, patient),
-        _identifiers(ds, columns) if "clean_descriptors" in columns else (),
+        _identifiers(ds, columns),
     )
     _clean(ds, context)
     _mark(ds, profile, _pseudonym(secret, patient))
