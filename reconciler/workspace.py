@@ -189,6 +189,11 @@ class Workspace:
                 "pending_copies": sum(1 for a in pending if a.kind == "copy"),
                 "pending_bytes": sum(a.bytes for a in pending if a.kind == "copy"),
                 "pending_verifications": sum(1 for a in pending if a.kind == "verify"),
+                "deferred": [
+                    {"kind": d.kind, "study_uid": d.study_uid, "reason": d.reason}
+                    for d in plan.deferred
+                    if d.destination == name
+                ],
             }
             destinations[name]["summary"] = _destination_summary(destinations[name])
         return {
@@ -252,6 +257,8 @@ def _destination_summary(status: Mapping[str, Any]) -> str:
     if not status["reachable"]:
         return f"unreachable at last look ({status['error']})"
     text = f"{status['studies_held']} studies held, {status['pending_copies']} copies pending"
+    if status["deferred"]:
+        text += f", {len(status['deferred'])} deferred by a schedule window"
     return text + f" (as of {status['observed_at']})"
 
 

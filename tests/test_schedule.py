@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -163,3 +164,26 @@ def test_apply_starts_nothing_whose_window_has_closed(tmp_path: Path, small_stud
     assert (summary["actions_done"], summary["actions_skipped"]) == (1, 2)
     assert summary["outcome"] == "interrupted" and journal[0]["outcome"] == "interrupted"
     assert not (tmp_path / "backup" / "studies" / others[0].study_uid).exists()
+
+
+def test_a_closed_window_shows_in_plan_and_status_and_apply_copies_nothing(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_cli_end_to_end import run
+
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = tmp_path / "reconciler.yaml"
+    config.write_text(
+        "site: s\nsources: {inbox: {path: inbox, stable_after: 0s}}\n"
+        "destinations:\n  backup:\n    object: {url: 'file://backup'}\n"
+        "    schedule: {deny: [{cron: '* * * * *', duration: 2h}]}\n"  # always closed
+        "policies: [{name: all, copy_to: [backup]}]\n"
+    )
+    code, out = run(capsys, "plan", "-c", str(config), "--detailed-exitcode")
+    assert code == 0 and "No changes." in out and "3 actions deferred by a window." in out
+    assert "destinations.backup.schedule.deny[0] ('* * * * *' for 2h) until" in out
+    code, out = run(capsys, "status", "-c", str(config), "--json")
+    backup = json.loads(out)["destinations"]["backup"]
+    assert [d["kind"] for d in backup["deferred"]] == ["copy"] * 3
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    assert not (tmp_path / "backup").exists()
