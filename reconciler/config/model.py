@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from reconciler.bandwidth import Timetable
 from reconciler.config.durations import Duration
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -301,6 +302,18 @@ class DestinationConfig(StrictModel):
     schedule: Schedule | None = Field(
         None, description="Windows when copies and verifications to it may run."
     )
+    bandwidth: str | None = Field(
+        None,
+        description="Limit on bytes sent per second, like rclone's --bwlimit: '10M', or a "
+        "timetable '08:00,10M 20:00,off' (local time, or the schedule's time zone).",
+    )
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _timetable(cls, value: str | None) -> str | None:
+        if value is not None:
+            Timetable.parse(value)  # raises ValueError with what is wrong
+        return value
 
     @model_validator(mode="after")
     def _one_kind_and_its_verification(self) -> DestinationConfig:
@@ -326,6 +339,11 @@ class DestinationConfig(StrictModel):
     @property
     def verification(self) -> str:
         return self.verify or self._verifications[0]
+
+    @property
+    def timezone(self) -> str | None:
+        """The zone its schedule and bandwidth timetable are read in (None: local)."""
+        return self.schedule.timezone if self.schedule else None
 
 
 class Policy(StrictModel):

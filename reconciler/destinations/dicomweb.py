@@ -13,6 +13,7 @@ from typing import Any
 
 import requests
 
+from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, DicomWebTarget
 from reconciler.destinations.base import (
     DestinationUnavailable,
@@ -42,6 +43,7 @@ class DicomWebDestination:
         self.target = target
         self.settings = settings
         self.sleep: Callable[[float], None] = time.sleep
+        self.throttle = throttle_for(settings.bandwidth, settings.timezone)
         self.session = requests.Session()
         self.session.verify = str(target.ca) if target.ca else target.verify_tls
         if target.token is not None:
@@ -126,6 +128,8 @@ class DicomWebDestination:
                 failures[ref.sop_instance_uid] = str(exc)
         if not parts:
             return failures
+        if self.throttle is not None:
+            self.throttle.take(sum(len(data) for _, data in parts))
         try:
             return failures | with_retries(
                 lambda: self._store(study_uid, parts), self.settings.retry, self.sleep
