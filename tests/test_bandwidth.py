@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 from peers import DicomPeer
 from pydantic import ValidationError
+from test_dicom_destination import dicom_destination
 from test_dicomweb_destination import web_destination, web_peer  # noqa: F401 (fixture)
 
 from reconciler.bandwidth import Throttle, Timetable, throttle_for
@@ -101,3 +102,19 @@ def test_dicomweb_sends_go_through_the_throttle(
 def test_a_destination_without_a_limit_has_no_throttle() -> None:
     assert throttle_for(None, None) is None
     assert isinstance(throttle_for("08:00,10M 20:00,off", "Europe/Paris"), Throttle)
+
+
+def test_dicom_sends_are_paced_by_the_throttle(
+    storescp_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    destination = dicom_destination(storescp_peer, bandwidth="1G")
+    assert destination.throttle is not None
+    clock = FakeClock()
+    destination.throttle = Throttle(lambda: 1000.0, clock, clock.sleep)
+    try:
+        result = destination.send(copy_actions[0], lambda _: None)
+    finally:
+        destination.close()
+    assert not result.failures and result.sent == len(copy_actions[0].instances)
+    assert clock.now == pytest.approx((copy_actions[0].bytes - 1000) / 1000)
+    assert len(clock.slept) >= 2  # paced in small batches, not one burst per association

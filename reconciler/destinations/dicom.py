@@ -21,6 +21,7 @@ from pydicom import Dataset
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
+from reconciler.bandwidth import throttle_for
 from reconciler.config.durations import format_duration
 from reconciler.config.model import DestinationConfig, DicomTarget
 from reconciler.destinations.base import (
@@ -55,6 +56,7 @@ class DicomDestination:
         self.target = target
         self.settings = settings
         self.sleep: Callable[[float], None] = time.sleep
+        self.throttle = throttle_for(settings.bandwidth, settings.timezone)
         self._pool: ProcessPoolExecutor | None = None
         self._listener: CommitmentListener | None = None
         self._lock = threading.Lock()
@@ -134,9 +136,11 @@ class DicomDestination:
     ) -> tuple[list[list[InstanceRef]], str | None]:
         """Send every batch once; the batches left unsent by a broken association, and why."""
         pool = self._workers()
-        futures: dict[Future[BatchResult], list[InstanceRef]] = {
-            pool.submit(store_batch, self.target, batch): batch for batch in batches
-        }
+        futures: dict[Future[BatchResult], list[InstanceRef]] = {}
+        for batch in _paced(batches) if self.throttle else batches:
+            if self.throttle:
+                self.throttle.take(sum(r.size for r in batch))  # paces what the workers get
+            futures[pool.submit(store_batch, self.target, batch)] = batch
         unsent, lost = [], None
         for future in as_completed(futures):
             try:
@@ -267,3 +271,8 @@ def _find(assoc: Association, query: Dataset) -> list[Dataset]:
             comment = status.get("ErrorComment", "")
             raise AssociationLost(f"C-FIND failed with status 0x{code:04X} {comment}".strip())
     return matches
+
+
+def _paced(batches: list[list[InstanceRef]], size: int = 4) -> list[list[InstanceRef]]:
+    """Small batches, so a bandwidth limit paces sending instead of allowing study bursts."""
+    return [batch[i : i + size] for batch in batches for i in range(0, len(batch), size)]
