@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from peers import DicomPeer
@@ -12,6 +13,7 @@ from test_dicomweb_destination import web_destination, web_peer  # noqa: F401 (f
 
 from reconciler.bandwidth import Throttle, Timetable, throttle_for
 from reconciler.config.model import DestinationConfig
+from reconciler.destinations.object_store import ObjectStoreDestination
 from reconciler.plan import Action
 
 MIB = 2**20
@@ -118,3 +120,21 @@ def test_dicom_sends_are_paced_by_the_throttle(
     assert not result.failures and result.sent == len(copy_actions[0].instances)
     assert clock.now == pytest.approx((copy_actions[0].bytes - 1000) / 1000)
     assert len(clock.slept) >= 2  # paced in small batches, not one burst per association
+
+
+def test_object_store_sends_go_through_the_throttle(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    settings = DestinationConfig.model_validate(
+        {"object": {"url": tmp_path.as_uri()}, "bandwidth": "00:00,1G 23:59,1G"}
+    )
+    assert settings.object is not None
+    destination = ObjectStoreDestination("backup", settings.object, settings, "site")
+    clock = FakeClock()
+    destination.throttle = Throttle(lambda: 1000.0, clock, clock.sleep)
+    try:
+        result = destination.send(copy_actions[0], lambda _: None)
+    finally:
+        destination.close()
+    assert result.committed is not None
+    assert clock.now == pytest.approx((copy_actions[0].bytes - 1000) / 1000)

@@ -25,6 +25,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from reconciler import __version__
+from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, ObjectTarget
 from reconciler.destinations.base import (
     DestinationUnavailable,
@@ -71,6 +72,7 @@ class ObjectStoreDestination:
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"dest-{name}")
+        self.throttle = throttle_for(settings.bandwidth, settings.timezone)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -152,6 +154,8 @@ class ObjectStoreDestination:
         self, folder: str, ref: InstanceRef, progress: ProgressCallback
     ) -> ManifestEntry:
         target = f"{folder}/{ref.sop_instance_uid}.dcm"
+        if self.throttle is not None:
+            self.throttle.take(ref.size)
         if ref.size <= IN_MEMORY_LIMIT:
             data = read_unchanged(ref)
             with_retries(lambda: self._write(target, data), self.settings.retry)
