@@ -27,6 +27,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from reconciler.bandwidth import Timetable
 from reconciler.config.durations import Duration
+from reconciler.transforms.settings import CompressionSetting, EncryptionSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
@@ -307,6 +308,16 @@ class DestinationConfig(StrictModel):
         description="Limit on bytes sent per second, like rclone's --bwlimit: '10M', or a "
         "timetable '08:00,10M 20:00,off' (local time, or the schedule's time zone).",
     )
+    compression: CompressionSetting = Field(
+        "keep",
+        description="Object stores: lossless codec the stored copies are re-encoded with (keep: "
+        "as they are), or {default, by_modality: {CT: jpeg2000-lossless}}. New copies only.",
+    )
+    encryption: EncryptionSettings | None = Field(
+        None,
+        description="Object stores: AES-256-GCM per object under a master key given as "
+        "${file:P} or ${env:X}; old_keys still decrypt (`reconciler rekey` moves them to key).",
+    )
 
     @field_validator("bandwidth")
     @classmethod
@@ -328,6 +339,15 @@ class DestinationConfig(StrictModel):
             )
         if self.verify == "commitment" and self.dicom and self.dicom.commitment_port is None:
             raise ValueError("verify: commitment needs dicom: commitment_port to receive reports")
+        return self
+
+    @model_validator(mode="after")
+    def _transforms_need_an_object_store(self) -> DestinationConfig:
+        # Sending transformed copies to a PACS or DICOMweb is not built: say so, never ignore it.
+        if self.object is None and self.encryption is not None:
+            raise ValueError("encryption: applies to object destinations only")
+        if self.object is None and self.compression != "keep":
+            raise ValueError("compression: applies to object destinations only")
         return self
 
     @property
