@@ -27,6 +27,8 @@ class InstanceRef:
     size: int
     sha256: str
     transfer_syntax: str
+    # Picks the codec of a per-modality compression setting; plans saved before it lack it.
+    modality: str = ""
 
 
 @dataclass(frozen=True)

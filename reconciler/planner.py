@@ -302,4 +302,5 @@ def _ref(instance: CatalogInstance) -> InstanceRef:
         size=instance.size,
         sha256=instance.sha256,
         transfer_syntax=instance.transfer_syntax,
+        modality=instance.modality,
     )
