@@ -184,7 +184,7 @@ def _record(
         store.journal_finish(entry, "failed", message)
         return ActionFinished(action, False, message, result.corrupt)
     store.journal_finish(entry, "done", None)
-    return ActionFinished(action, True, f"verified {result.checked} instances by checksum")
+    return ActionFinished(action, True, f"verified {result.checked} instances")
 
 
 def _run_local(

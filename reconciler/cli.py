@@ -167,7 +167,11 @@ def cmd_schema(_: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     with Workspace(load_config(args.config), "plan", _overrides(args)) as workspace:
-        plan, scanned = workspace.plan(refresh=args.refresh, scan_progress=_scan_bar(args.json))
+        plan, scanned = workspace.plan(
+            refresh=args.refresh,
+            scan_progress=_scan_bar(args.json),
+            verify_subset=args.verify_subset,
+        )
     if args.out:
         _save_plan(plan, args.out)
     if args.json:
@@ -189,7 +193,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
             plan = _load_plan(args.planfile)
             workspace.check_current(plan)
         else:
-            plan, scanned = workspace.plan(refresh=args.refresh, scan_progress=_scan_bar(args.json))
+            plan, scanned = workspace.plan(
+                refresh=args.refresh,
+                scan_progress=_scan_bar(args.json),
+                verify_subset=args.verify_subset,
+            )
             if not args.json:
                 _print_scan(scanned)
                 print(render_text(plan))
@@ -348,7 +356,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- helpers ------------------------------------------------------------------------------
 
 
+def _verify_subset(text: str) -> tuple[int, int]:
+    n, _, t = text.partition("/")
+    if not (n.isdigit() and t.isdigit() and 1 <= int(n) <= int(t)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not n/t with 1 <= n <= t, e.g. 3/7")
+    return int(n), int(t)
+
+
 def _retention_overrides(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--verify-subset",
+        type=_verify_subset,
+        metavar="n/t",
+        help="also verify the n-th of t slices of the studies now (re-hash objects), so t "
+        "runs check everything once",
+    )
     sub.add_argument(
         "--max-deletes", type=int, help="allow this many local deletions in this run (cap)"
     )

@@ -6,6 +6,7 @@ shows is exactly what ``apply`` will do.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,14 @@ from reconciler.schedule import combine, gate
 from reconciler.selection import selects
 
 # Verifications that must be asked for (and are repeated every verify_every), by their name.
-DEEP_VERIFICATION = {"checksum": "checksum", "commitment": "storage commitment"}
+# A count-only PACS gets the OsiriX plugin's "full" check on that schedule: C-FIND by instance.
+DEEP_VERIFICATION = {
+    "checksum": "checksum",
+    "commitment": "storage commitment",
+    "count": "instance-level C-FIND",
+}
+# What --verify-subset runs where nothing deeper is configured (object stores re-hash).
+SUBSET_VERIFICATION = {"presence": "checksum"}
 
 
 def make_plan(
@@ -41,7 +49,10 @@ def make_plan(
     now: datetime,
     fingerprint: Fingerprint | None = None,
     local: LocalFacts | None = None,
+    verify_subset: tuple[int, int] | None = None,
 ) -> Plan:
+    """``verify_subset`` (n, t): also verify now every study in the n-th of t slices, so t
+    runs with n = 1..t check everything once (restic's ``check --read-data-subset``)."""
     local = local or LocalFacts()
     problems = _unobservable_destinations(config, observations)
     reachable = {
@@ -83,7 +94,15 @@ def make_plan(
                 continue
             observed = observations[destination].studies.get(study.uid)
             action = _action_for(
-                config, destination, policies, study.uid, label, instances, observed, now
+                config,
+                destination,
+                policies,
+                study.uid,
+                label,
+                instances,
+                observed,
+                now,
+                verify_subset is not None and in_subset(study.uid, *verify_subset),
             )
             if action is None:
                 in_sync += 1
@@ -140,6 +159,11 @@ def _within_windows(
                 )
             )
     return allowed, deferred
+
+
+def in_subset(study_uid: str, n: int, t: int) -> bool:
+    """Whether a study falls in slice n of t (1-based): stable across runs and machines."""
+    return int(hashlib.sha256(study_uid.encode()).hexdigest(), 16) % t == n - 1
 
 
 def label_of(study: CatalogStudy) -> StudyLabel:
@@ -228,6 +252,7 @@ def _action_for(
     instances: list[CatalogInstance],
     observed: ObservedStudy | None,
     now: datetime,
+    in_verify_subset: bool = False,
 ) -> Action | None:
     who = f"polic{'ies' if len(policies) > 1 else 'y'} {', '.join(policies)}"
     present = observed.instances if observed else {}
@@ -254,14 +279,18 @@ def _action_for(
         )
     settings = config.destinations[destination]
     method = DEEP_VERIFICATION.get(settings.verification)
+    if in_verify_subset:
+        method = method or SUBSET_VERIFICATION.get(settings.verification)
     if method and observed is not None:
         last = observed.verified_at
-        if last is None or now - last >= settings.verify_every:
+        if in_verify_subset or last is None or now - last >= settings.verify_every:
             when = (
                 f"never verified by {method}"
                 if last is None
                 else f"last verified {format_duration(now - last)} ago"
             )
+            if in_verify_subset:
+                when += ", and in this run's --verify-subset"
             return Action(
                 kind="verify",
                 study_uid=study_uid,

@@ -33,6 +33,8 @@ from reconciler.plan import (
 from reconciler.selection import selects, study_date
 
 CATALOG_SHRANK = "catalog-shrank"
+# Scheduled deep checks whose last pass is evidence of its own (verified_at).
+DEEP_EVIDENCE = {"commitment": "storage commitment", "count": "instance-level C-FIND check"}
 DELETE_CAP = "delete-cap"
 
 
@@ -195,7 +197,7 @@ def copy_evidence(
     if not observation.ok:
         return f"could not be observed ({observation.error})"
     method = _method(settings, rules)
-    if method is None:
+    if method is None and settings.verification not in DEEP_EVIDENCE:
         return f"verify: {settings.verification} does not qualify as verification"
     held = observation.studies.get(instances[0].study_uid)
     if held is None:
@@ -208,8 +210,15 @@ def copy_evidence(
     if held.corrupt:
         return f"{len(held.corrupt)} instances failed checksum verification"
     at = held.seen_at
-    if settings.verification == "commitment" and held.verified_at:
-        at, method = max(at or held.verified_at, held.verified_at), "storage commitment"
+    if settings.verification in DEEP_EVIDENCE and held.verified_at:
+        deep = DEEP_EVIDENCE[settings.verification]
+        if method is None or at is None or held.verified_at >= at:
+            at, method = held.verified_at, deep
+    if method is None:
+        return (
+            f"verify: {settings.verification} does not qualify as verification, and no "
+            "instance-level check has passed yet"
+        )
     if at is None:
         return "copied by us but not yet confirmed by an observation"
     if now - at > rules.verified_within:

@@ -137,13 +137,20 @@ class Workspace:
         refresh: bool = False,
         now: datetime | None = None,
         scan_progress: Callable[[int, int], None] | None = None,
+        verify_subset: tuple[int, int] | None = None,
     ) -> tuple[Plan, ScanResult]:
         now = now or datetime.now(UTC)
         scanned = self.scan(scan_progress)
         catalog = self.store.load_catalog()
         observations = self.observe(catalog, refresh, now)
         plan = make_plan(
-            self.config, catalog, observations, now, self.fingerprint(), self.local_facts()
+            self.config,
+            catalog,
+            observations,
+            now,
+            self.fingerprint(),
+            self.local_facts(),
+            verify_subset,
         )
         return plan, scanned
 

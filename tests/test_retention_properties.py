@@ -116,11 +116,13 @@ def qualifies(situation: dict[str, Any], name: str, uid: str, local: Catalog) ->
         if held is None or held.sha256 not in (None, instance.sha256):
             return False
     verify = cfg.destinations[name].verification
-    times = [copy.seen_at]
-    if verify == "commitment":
-        times.append(copy.verified_at)
-    if verify == "none" or (verify == "count" and not cfg.retention.count_is_verification):
+    if verify == "none":
         return False
+    times = []
+    if verify != "count" or cfg.retention.count_is_verification:
+        times.append(copy.seen_at)  # an observation that lists every instance
+    if verify in ("commitment", "count"):
+        times.append(copy.verified_at)  # a scheduled commitment or instance-level check
     return any(t is not None and NOW - t <= FRESH for t in times)
 
 
