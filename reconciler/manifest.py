@@ -10,11 +10,21 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import get_args
+
+from reconciler.transforms.settings import Codec
 
 MANIFEST_FORMAT = "dicom-reconciler/study-manifest"
-MANIFEST_VERSION = 1
+# Version 2 adds each instance's transforms; version 1 manifests (none) are still read.
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+CODECS = frozenset(get_args(Codec)) - {"keep"}
+ENCRYPTION = "aes-256-gcm"  # recorded as "aes-256-gcm:<master key id>", never the key
+_ENCRYPTION_TRANSFORM = re.compile(rf"^{ENCRYPTION}:([0-9a-f]{{16}})$")
+PLAIN_SUFFIX = ".dcm"
+ENCRYPTED_SUFFIX = ".dcm.enc"  # not a DICOM file: no viewer or indexer should try to open it
 
 
 class ManifestError(ValueError):
@@ -24,6 +34,20 @@ class ManifestError(ValueError):
 def is_uid(text: str) -> bool:
     """A syntactically valid DICOM UID: also what makes it safe as an object name."""
     return len(text) <= 64 and bool(UID_PATTERN.match(text))
+
+
+def object_name(sop_instance_uid: str, encrypted: bool) -> str:
+    """An instance's object name, relative to its study prefix."""
+    return sop_instance_uid + (ENCRYPTED_SUFFIX if encrypted else PLAIN_SUFFIX)
+
+
+def encryption_transform(key_id: str) -> str:
+    return f"{ENCRYPTION}:{key_id}"
+
+
+def associated_data(study_uid: str, sop_instance_uid: str) -> bytes:
+    """What an encrypted object is bound to: moved under another name, it fails to open."""
+    return f"{study_uid}/{sop_instance_uid}".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +60,21 @@ class ManifestEntry:
     sha256: str  # of the source bytes
     stored_size: int
     stored_sha256: str
-    transfer_syntax: str
+    transfer_syntax: str  # of the stored bytes (inside the encryption, if any)
+    # In the order applied: at most a codec, then encryption, e.g.
+    # ("jpeg2000-lossless", "aes-256-gcm:<key id>"); empty: stored bytes are the source's.
+    transforms: tuple[str, ...] = ()
+
+    @property
+    def codec(self) -> str | None:
+        """The lossless codec the stored copy was re-encoded with, if any."""
+        return next((t for t in self.transforms if t in CODECS), None)
+
+    @property
+    def key_id(self) -> str | None:
+        """The master key the stored object was sealed under, if it is encrypted."""
+        found = (_ENCRYPTION_TRANSFORM.match(t) for t in self.transforms)
+        return next((m[1] for m in found if m), None)
 
 
 @dataclass(frozen=True)
@@ -65,11 +103,14 @@ class Manifest:
             document = json.loads(data)
             if document.get("format") != MANIFEST_FORMAT:
                 raise ManifestError("not a study manifest")
-            if document.get("format_version") != MANIFEST_VERSION:
+            if document.get("format_version") not in READABLE_VERSIONS:
                 raise ManifestError(f"unsupported format_version {document.get('format_version')}")
             if document["study_instance_uid"] != expected_study_uid:
                 raise ManifestError("names another study than the folder it is in")
-            entries = tuple(ManifestEntry(**e) for e in document["instances"])
+            entries = tuple(
+                ManifestEntry(**{**e, "transforms": tuple(e.get("transforms", ()))})
+                for e in document["instances"]
+            )
             manifest = cls(
                 site=str(document["site"]),
                 study_instance_uid=document["study_instance_uid"],
@@ -86,9 +127,32 @@ class Manifest:
 
 def _check_entry(entry: ManifestEntry) -> None:
     # Object names come from the manifest, so they must never be able to escape the study prefix.
-    if not is_uid(entry.sop_instance_uid) or entry.object != f"{entry.sop_instance_uid}.dcm":
+    encrypted = entry.key_id is not None
+    if not is_uid(entry.sop_instance_uid) or entry.object != object_name(
+        entry.sop_instance_uid, encrypted
+    ):
         raise ManifestError(f"bad instance entry {entry.sop_instance_uid!r}")
     if not (SHA256_PATTERN.match(entry.sha256) and SHA256_PATTERN.match(entry.stored_sha256)):
         raise ManifestError(f"bad checksum in entry {entry.sop_instance_uid}")
     if entry.size < 0 or entry.stored_size < 0:
         raise ManifestError(f"bad size in entry {entry.sop_instance_uid}")
+    _check_transforms(entry)
+
+
+def _check_transforms(entry: ManifestEntry) -> None:
+    """Only what restore knows how to undo, in an order it can undo it."""
+    expected = [t for t in (entry.codec, entry.key_id) if t is not None]
+    if entry.key_id is not None:
+        expected[-1] = encryption_transform(entry.key_id)
+    if list(entry.transforms) != expected:
+        raise ManifestError(
+            f"unknown transforms {list(entry.transforms)} in entry {entry.sop_instance_uid}"
+        )
+    if not entry.transforms and (entry.stored_sha256, entry.stored_size) != (
+        entry.sha256,
+        entry.size,
+    ):
+        # Without a transform the stored bytes are the source's: anything else is unexplained.
+        raise ManifestError(
+            f"stored bytes differ from the source in entry {entry.sop_instance_uid}"
+        )

@@ -57,7 +57,7 @@ def test_sent_study_is_observed_whole_with_its_manifest(
     stored = destination.fs.cat_file(f"{folder}/{action.instances[0].sop_instance_uid}.dcm")
     assert stored == Path(action.instances[0].path).read_bytes()
     manifest = json.loads(destination.fs.cat_file(f"{folder}/manifest.json"))
-    assert manifest["site"] == "site-a" and manifest["format_version"] == 1
+    assert manifest["site"] == "site-a" and manifest["format_version"] == 2
     assert len(manifest["instances"]) == len(action.instances)
 
 

@@ -2,11 +2,17 @@
 
 Layout under the configured prefix::
 
-    studies/<StudyInstanceUID>/<SOPInstanceUID>.dcm
-    studies/<StudyInstanceUID>/manifest.json      written last: the commit marker
+    studies/<StudyInstanceUID>/<SOPInstanceUID>.dcm       or .dcm.enc when encrypted
+    studies/<StudyInstanceUID>/manifest.json              written last: the commit marker
 
 An instance counts as present only when the manifest lists it and its object exists with the
 size the manifest records; deep verification re-reads objects and compares SHA-256.
+
+Copies may be re-encoded losslessly (``compression``, in worker processes) and then sealed
+(``encryption``, AES-256-GCM bound to the study and SOP Instance UIDs). The manifest keeps the
+source's SHA-256 and size, which is what observation reports, so a change of these settings
+re-sends nothing: only copies made from then on use the new settings (``rekey`` moves existing
+objects to a new master key).
 """
 
 from __future__ import annotations
@@ -34,10 +40,20 @@ from reconciler.destinations.base import (
     VerifyResult,
 )
 from reconciler.destinations.source_files import check_unchanged, read_unchanged
-from reconciler.manifest import Manifest, ManifestEntry, ManifestError
+from reconciler.manifest import (
+    Manifest,
+    ManifestEntry,
+    ManifestError,
+    associated_data,
+    encryption_transform,
+    object_name,
+)
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action, InstanceRef
 from reconciler.retry import PermanentError, with_retries
+from reconciler.transforms.encryption import DecryptionError, decrypt, encrypt
+from reconciler.transforms.pool import CompressionPool
+from reconciler.transforms.settings import Codec, codec_for
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +89,13 @@ class ObjectStoreDestination:
         self._local = isinstance(self.fs, LocalFileSystem)
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"dest-{name}")
         self.throttle = throttle_for(settings.bandwidth, settings.timezone)
+        self.keyring = settings.encryption.keyring() if settings.encryption else None
+        # Shared by every transfer thread; its processes start only if something is encoded.
+        self._codecs = CompressionPool()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._codecs.close()
 
     def _study_dir(self, study_uid: str) -> str:
         return f"{self.root}/studies/{study_uid}"
@@ -129,7 +149,9 @@ class ObjectStoreDestination:
         if self._local:
             self.fs.makedirs(folder, exist_ok=True)
         futures = {
-            ref.sop_instance_uid: self._pool.submit(self._send_instance, folder, ref, progress)
+            ref.sop_instance_uid: self._pool.submit(
+                self._send_instance, action.study_uid, ref, progress
+            )
             for ref in action.instances
         }
         result = SendResult()
@@ -151,9 +173,18 @@ class ObjectStoreDestination:
         return result
 
     def _send_instance(
-        self, folder: str, ref: InstanceRef, progress: ProgressCallback
+        self, study_uid: str, ref: InstanceRef, progress: ProgressCallback
     ) -> ManifestEntry:
-        target = f"{folder}/{ref.sop_instance_uid}.dcm"
+        codec = codec_for(ref.modality or None, self.settings.compression)
+        if codec == "keep" and self.keyring is None:
+            entry = self._send_as_is(study_uid, ref)
+        else:
+            entry = self._send_transformed(study_uid, ref, codec)
+        progress(ref.size)
+        return entry
+
+    def _send_as_is(self, study_uid: str, ref: InstanceRef) -> ManifestEntry:
+        target = f"{self._study_dir(study_uid)}/{object_name(ref.sop_instance_uid, False)}"
         if self.throttle is not None:
             self.throttle.take(ref.size)
         if ref.size <= IN_MEMORY_LIMIT:
@@ -162,18 +193,34 @@ class ObjectStoreDestination:
         else:
             with_retries(lambda: self.fs.put_file(ref.path, target), self.settings.retry)
             check_unchanged(ref)  # the file must not have changed while it streamed
-        progress(ref.size)
-        return ManifestEntry(
-            sop_instance_uid=ref.sop_instance_uid,
-            sop_class_uid=ref.sop_class_uid,
-            series_instance_uid=ref.series_instance_uid,
-            object=f"{ref.sop_instance_uid}.dcm",
-            size=ref.size,
-            sha256=ref.sha256,
-            stored_size=ref.size,
-            stored_sha256=ref.sha256,
-            transfer_syntax=ref.transfer_syntax,
-        )
+        return _entry(ref, target, ref.size, ref.sha256, ref.transfer_syntax, ())
+
+    def _send_transformed(self, study_uid: str, ref: InstanceRef, codec: Codec) -> ManifestEntry:
+        """Re-encoded (verified lossless, else the instance fails) and/or encrypted, in memory."""
+        data, syntax, transforms = read_unchanged(ref), ref.transfer_syntax, []
+        if codec != "keep":
+            compressed = self._codecs.submit(data, codec).result()
+            if compressed.kept_because:
+                log.debug(
+                    "%s: %s kept as it is: %s",
+                    self.name,
+                    ref.sop_instance_uid,
+                    compressed.kept_because,
+                )
+            else:
+                data, syntax = compressed.data, compressed.transfer_syntax
+                transforms.append(compressed.codec)
+        encrypted = self.keyring is not None
+        if self.keyring is not None:
+            aad = associated_data(study_uid, ref.sop_instance_uid)
+            data = encrypt(data, self.keyring, aad)
+            transforms.append(encryption_transform(self.keyring.current.key_id))
+        target = f"{self._study_dir(study_uid)}/{object_name(ref.sop_instance_uid, encrypted)}"
+        if self.throttle is not None:
+            self.throttle.take(len(data))
+        with_retries(lambda: self._write(target, data), self.settings.retry)
+        digest = hashlib.sha256(data).hexdigest()
+        return _entry(ref, target, len(data), digest, syntax, tuple(transforms))
 
     def _write(self, target: str, data: bytes) -> None:
         if not self._local:
@@ -237,7 +284,7 @@ class ObjectStoreDestination:
             progress(len(data))
             if hashlib.sha256(data).hexdigest() != entry.stored_sha256:
                 return "content does not match its SHA-256"
-            return None
+            return self._check_opens(action.study_uid, entry, data)
 
         result = VerifyResult()
         for entry, problem in zip(
@@ -247,6 +294,16 @@ class ObjectStoreDestination:
             if problem:
                 result.corrupt[entry.sop_instance_uid] = problem
         return result
+
+    def _check_opens(self, study_uid: str, entry: ManifestEntry, data: bytes) -> str | None:
+        """An encrypted object must also decrypt: proof that the configured keys still open it."""
+        if entry.key_id is None or self.keyring is None:
+            return None
+        try:
+            decrypt(data, self.keyring, associated_data(study_uid, entry.sop_instance_uid))
+        except DecryptionError as exc:
+            return f"cannot be decrypted: {exc}"
+        return None
 
     # --- plain keys under the prefix (recovery points read and write through these) --------
 
@@ -291,6 +348,25 @@ class ObjectStoreDestination:
     def delete_key(self, key: str) -> None:
         with_retries(lambda: self.fs.rm_file(self._path(key)), self.settings.retry)
 
+    def replace_header(self, key: str, content: bytes, header: bytes) -> None:
+        """Replace the first ``len(header)`` bytes of the object whose bytes are ``content``.
+
+        In a folder only the header is written, in place (one small write within the first
+        disk sector); S3 objects cannot be rewritten in part, so the whole object is uploaded
+        again (one PUT: atomic).
+        """
+        path = self._path(key)
+        if not self._local:
+            with_retries(
+                lambda: self.fs.pipe_file(path, header + content[len(header) :]),
+                self.settings.retry,
+            )
+            return
+        with open(path, "r+b") as handle:
+            handle.write(header)
+            handle.flush()
+            os.fsync(handle.fileno())
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -298,6 +374,28 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _entry(
+    ref: InstanceRef,
+    target: str,
+    stored_size: int,
+    stored_sha256: str,
+    syntax: str,
+    transforms: tuple[str, ...],
+) -> ManifestEntry:
+    return ManifestEntry(
+        sop_instance_uid=ref.sop_instance_uid,
+        sop_class_uid=ref.sop_class_uid,
+        series_instance_uid=ref.series_instance_uid,
+        object=target.rsplit("/", 1)[1],
+        size=ref.size,
+        sha256=ref.sha256,
+        stored_size=stored_size,
+        stored_sha256=stored_sha256,
+        transfer_syntax=syntax,
+        transforms=transforms,
+    )
 
 
 def _describe(exc: BaseException) -> str:
