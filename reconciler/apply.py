@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 
-from reconciler.destinations.base import Destination, SendResult, VerifyResult
+from reconciler.destinations.base import Archiver, Destination, SendResult, VerifyResult
 from reconciler.events import (
     ActionFinished,
     ActionProgress,
@@ -54,7 +54,7 @@ def apply_plan(
     counts = summary_counts(plan.actions)
     run_id = store.start_run("apply")
     started = time.monotonic()
-    emit_safely(RunStarted(len(plan.actions), counts["copy_bytes"]))
+    emit_safely(RunStarted(len(plan.actions), counts["copy_bytes"] + counts["archive_bytes"]))
     done = failed = skipped = instances = transferred = 0
     outcome = "interrupted"
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
@@ -83,7 +83,7 @@ def apply_plan(
             emit_safely(finished)
             if finished.ok:
                 done += 1
-                if action.kind == "copy":
+                if action.kind in ("copy", "archive"):
                     instances += len(action.instances)
                     transferred += action.bytes
             else:
@@ -149,6 +149,10 @@ def _run_action(
 
     if action.kind == "copy":
         return destination.send(action, progress)
+    if action.kind == "archive":
+        if not isinstance(destination, Archiver):
+            raise TypeError(f"{action.destination} cannot hold archive bundles")
+        return destination.archive(action, progress)
     return destination.verify(action, progress)
 
 

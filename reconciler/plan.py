@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 PLAN_FORMAT_VERSION = 2
 # delete: local files go to the trash; purge: trashed files older than trash_for are removed.
-ActionKind = Literal["copy", "verify", "delete", "purge"]
+# archive: one tar+zstd bundle per study at an archive_to destination.
+ActionKind = Literal["copy", "archive", "verify", "delete", "purge"]
 LOCAL = "local"  # the destination field of local actions (delete, purge)
 
 
@@ -274,6 +275,8 @@ def summary_counts(actions: Iterable[Action]) -> dict[str, int]:
         "copies": len(copies),
         "copy_instances": sum(len(a.instances) for a in copies),
         "copy_bytes": sum(a.bytes for a in copies),
+        "archives": sum(1 for a in actions if a.kind == "archive"),
+        "archive_bytes": sum(a.bytes for a in actions if a.kind == "archive"),
         "verifications": sum(1 for a in actions if a.kind == "verify"),
         "deletions": sum(1 for a in actions if a.kind == "delete"),
         "delete_bytes": sum(a.bytes for a in actions if a.kind == "delete"),
@@ -339,6 +342,11 @@ def _render_action(action: Action) -> list[str]:
             f"{_plural(len(action.instances), 'instance')}, {human_bytes(action.bytes)} "
             f"-> {action.destination}{policies}"
         )
+    elif action.kind == "archive":
+        head = (
+            f"  {'~' if action.repair else '+'} archive {study}, {size} "
+            f"-> {action.destination} (one bundle){policies}"
+        )
     elif action.kind == "verify":
         head = f"  = verify {study} at {action.destination}{policies}"
     elif action.kind == "delete":
@@ -365,6 +373,10 @@ def summary_line(plan: Plan) -> str:
         )
         return f"No changes.{tail}{waiting}{kept}"
     parts = [f"{_plural(counts['copies'], 'copy', 'copies')} ({human_bytes(counts['copy_bytes'])})"]
+    if counts["archives"]:
+        parts.append(
+            f"{_plural(counts['archives'], 'archive')} ({human_bytes(counts['archive_bytes'])})"
+        )
     if counts["verifications"]:
         parts.append(_plural(counts["verifications"], "verification"))
     deletions = _plural(counts["deletions"], "deletion")

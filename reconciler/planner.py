@@ -177,7 +177,7 @@ def label_of(study: CatalogStudy) -> StudyLabel:
 def _unobservable_destinations(
     config: Config, observations: Mapping[str, Observation]
 ) -> list[Problem]:
-    used = sorted({d for p in config.policies for d in p.copy_to})
+    used = sorted({d for p in config.policies for d in p.copy_to} | config.archive_destinations)
     problems = []
     for name in used:
         observation = observations.get(name)
@@ -199,7 +199,8 @@ def _wanted_destinations(
     wanted: dict[str, list[str]] = {}
     for policy in config.policies:
         if selects(policy.select, study, now):
-            for destination in policy.copy_to:
+            targets = [*policy.copy_to, *([policy.archive_to] if policy.archive_to else [])]
+            for destination in targets:
                 wanted.setdefault(destination, []).append(policy.name)
     return wanted
 
@@ -266,6 +267,20 @@ def _action_for(
     damaged = [i for i in instances if i.sop_uid in corrupt and i not in differing]
     unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}
     to_send = sorted(unique.values(), key=lambda i: (i.series_uid, i.path))
+    if to_send and destination in config.archive_destinations:
+        # A bundle is written whole: a study that changed or grew gets a new one.
+        return Action(
+            kind="archive",
+            study_uid=study_uid,
+            destination=destination,
+            policies=tuple(policies),
+            reason=f"{who}: "
+            + ("no bundle" if not present else "the bundle differs from the study")
+            + f" at {destination}",
+            study=label,
+            instances=tuple(_ref(i) for i in sorted(instances, key=lambda i: i.path)),
+            repair=bool(present),
+        )
     if to_send:
         return Action(
             kind="copy",

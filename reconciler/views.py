@@ -18,6 +18,8 @@ from reconciler.events import (
 )
 from reconciler.plan import human_bytes
 
+TRANSFERS = ("copy", "archive")  # the actions the byte progress bar counts
+
 
 class JsonLinesView:
     """One JSON object per line on stdout, for scripts and log shippers."""
@@ -49,7 +51,9 @@ class HumanView:
                     disable=None,
                     leave=False,
                 )
-            case ActionProgress(action=action, bytes=size) if action.kind == "copy" and self._bar:
+            case ActionProgress(action=action, bytes=size) if (
+                action.kind in ("copy", "archive") and self._bar
+            ):
                 self._bar.update(size)
             case ActionFinished():
                 self._write(_finished_line(event))

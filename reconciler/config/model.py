@@ -372,6 +372,11 @@ class Policy(StrictModel):
     copy_to: list[Name] = Field(
         default_factory=list, description="Destinations that must hold a copy."
     )
+    archive_to: Name | None = Field(
+        None,
+        description="An object destination that keeps one tar+zstd bundle per selected study "
+        "(cold storage); a bundle counts as a verified copy for keep_local.",
+    )
     keep_local: Duration | None = Field(
         None,
         description="Delete the local files of selected studies after this long, once "
@@ -388,8 +393,8 @@ class Policy(StrictModel):
 
     @model_validator(mode="after")
     def _does_something(self) -> Policy:
-        if not self.copy_to and self.keep_local is None:
-            raise ValueError("give copy_to, keep_local or both: this policy does nothing")
+        if not self.copy_to and self.keep_local is None and self.archive_to is None:
+            raise ValueError("give copy_to, archive_to or keep_local: this policy does nothing")
         return self
 
 
@@ -546,6 +551,24 @@ class Config(StrictModel):
     notifications: NotificationSettings = NotificationSettings()
     recovery_points: RecoveryPointSettings | None = None
 
+    @property
+    def archive_destinations(self) -> set[str]:
+        return {p.archive_to for p in self.policies if p.archive_to}
+
+    def _archive_errors(self, i: int, policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
+        where: tuple[str | int, ...] = ("policies", i, "archive_to")
+        name = policy.archive_to
+        if name is None:
+            return []
+        target = self.destinations.get(name)
+        if target is None:
+            return [(where, f"'{name}' is not a destination")]
+        if target.object is None:
+            return [(where, f"'{name}' is not an object destination; bundles go to object stores")]
+        if any(name in p.copy_to for p in self.policies):
+            return [(where, f"'{name}' also receives plain copies (copy_to); use another prefix")]
+        return []
+
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Names that point nowhere, with the location of each (checked by the loader)."""
         errors: list[tuple[tuple[str | int, ...], str]] = []
@@ -556,6 +579,7 @@ class Config(StrictModel):
             if policy.name in seen:
                 errors.append((("policies", i, "name"), f"two policies are named '{policy.name}'"))
             seen.add(policy.name)
+            errors.extend(self._archive_errors(i, policy))
             for j, dest in enumerate(policy.copy_to):
                 if dest not in self.destinations:
                     known = ", ".join(sorted(self.destinations)) or "none are defined"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action
@@ -51,3 +51,10 @@ class Destination(Protocol):
     def verify(self, action: Action, progress: ProgressCallback) -> VerifyResult: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Archiver(Protocol):
+    """Destinations that can hold one bundle per study (object stores)."""
+
+    def archive(self, action: Action, progress: ProgressCallback) -> SendResult: ...

@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -33,6 +34,7 @@ from fsspec.implementations.local import LocalFileSystem
 from reconciler import __version__
 from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, ObjectTarget
+from reconciler.destinations import archive
 from reconciler.destinations.base import (
     DestinationUnavailable,
     ProgressCallback,
@@ -118,7 +120,11 @@ class ObjectStoreDestination:
                 if listing.get(f"{folder}/{e.object}") == e.stored_size
             }
             studies[study_uid] = ObservedStudy(study_uid, present)
-        return studies
+        try:
+            archived = archive.observe(self)
+        except Exception as exc:
+            raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return {**archived, **studies}
 
     def _list_objects(self) -> dict[str, int]:
         """Every object under studies/ with its size (one recursive listing)."""
@@ -264,6 +270,8 @@ class ObjectStoreDestination:
     # --- verify ----------------------------------------------------------------------------
 
     def verify(self, action: Action, progress: ProgressCallback) -> VerifyResult:
+        if archive.is_archived(self, action.study_uid):
+            return archive.verify(self, action, progress)
         folder = self._study_dir(action.study_uid)
         try:
             manifest = Manifest.from_json(
@@ -344,6 +352,26 @@ class ObjectStoreDestination:
         with_retries(lambda: self._write(path, data), self.settings.retry)
         if self._local:
             _fsync_dir(Path(path).parent)
+
+    def upload_key(self, key: str, handle: IO[bytes]) -> None:
+        """A large object from a file object: whole or not at all, like ``write_key``."""
+        path = self._path(key)
+        if not self._local:
+            with self.fs.open(path, "wb") as out:  # a multipart upload completes on close
+                shutil.copyfileobj(handle, out)
+            return
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(temporary, "wb") as out:
+            shutil.copyfileobj(handle, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+
+    # --- archive bundles (archive_to) -------------------------------------------------------
+
+    def archive(self, action: Action, progress: ProgressCallback) -> SendResult:
+        return archive.store(self, action, progress)
 
     def delete_key(self, key: str) -> None:
         with_retries(lambda: self.fs.rm_file(self._path(key)), self.settings.retry)
