@@ -122,10 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--since", help="a date (2024-05-01) or a duration back from now (7d)")
     sub.add_argument("-o", "--out", type=Path, help="write the report to this file")
 
-    # Imported here: recovery_cli uses this module's helpers.
+    # Imported here: recovery_cli and rekey_cli use this module's helpers.
     from reconciler.recovery_cli import register as register_recovery
+    from reconciler.rekey_cli import register as register_rekey
 
     register_recovery(commands)  # recover create|list|verify|restore|forget, state rebuild
+    register_rekey(commands)  # rekey: encrypted objects under the current key
 
     demo = commands.add_parser(
         "demo", help="generate sample studies and back them up to a folder, end to end"

@@ -20,20 +20,28 @@ restore paths) are plain functions; the rest reads and writes through ``ObjectSt
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+
 from reconciler.destinations.base import Destination, DestinationUnavailable
 from reconciler.manifest import SHA256_PATTERN, Manifest, ManifestEntry, ManifestError, is_uid
+from reconciler.observation import ObservedInstance
 from reconciler.plan import Action, InstanceRef, StudyLabel
+from reconciler.stored_copy import Unrestorable, check_stored, original_bytes, restored_note
+from reconciler.transforms.encryption import Keyring
 
 POINT_FORMAT = "dicom-reconciler/recovery-point"
 POINT_VERSION = 1
@@ -319,7 +327,10 @@ def is_due(points: Sequence[RecoveryPoint], every: timedelta, now: datetime) -> 
 
 # --- findings -------------------------------------------------------------------------------
 
-FindingKind = Literal["missing", "corrupt", "undecodable", "unsafe", "conflict", "failed"]
+# "transcoded" is a note, not a problem: restored pixel-identical from a lossless transcode.
+FindingKind = Literal[
+    "missing", "corrupt", "undecodable", "unsafe", "conflict", "failed", "transcoded"
+]
 
 
 @dataclass(frozen=True)
@@ -333,19 +344,21 @@ class Finding:
         where = self.study_uid + (f"/{self.sop_instance_uid}" if self.sop_instance_uid else "")
         return f"{self.kind}: {where}: {self.detail}"
 
+    @classmethod
+    def of(cls, study_uid: str, sop_instance_uid: str, refused: Unrestorable) -> Finding:
+        return cls(study_uid, sop_instance_uid, refused.kind, refused.detail)
 
-def transform_of(entry: ManifestEntry) -> str | None:
-    """Why the stored bytes are not the source bytes, if they are not (None: identical).
 
-    Transforms (encryption, lossless transcoding) are applied by another part of the tool;
-    until their inverse exists here, such copies are reported, never restored half-right.
+def stored_original(
+    store: ObjectStore, study_uid: str, entry: ManifestEntry, keyring: Keyring | None
+) -> tuple[int, bytes]:
+    """A transformed instance's stored size and its source file, transforms undone.
+
+    Raises FileNotFoundError, or Unrestorable when the object is damaged or cannot be opened.
     """
-    transforms = getattr(entry, "transforms", None)
-    if transforms:
-        return ", ".join(str(t) for t in transforms)
-    if entry.stored_sha256 != entry.sha256 or entry.stored_size != entry.size:
-        return "unknown (the stored bytes differ from the source)"
-    return None
+    blob = store.read_key(_object_key(study_uid, entry))
+    check_stored(entry, blob)
+    return len(blob), original_bytes(study_uid, entry, blob, keyring)
 
 
 # --- verify ---------------------------------------------------------------------------------
@@ -373,6 +386,9 @@ class VerifyReport:
     studies: int = 0
     instances: int = 0
     read: int = 0  # instances whose content was re-hashed
+    # Of those, lossless transcodes: decoded and checked against the stored copy's own
+    # samples, as the source bytes are not what it holds.
+    transcoded: int = 0
     bytes_read: int = 0
     problems: list[Finding] = field(default_factory=list)
 
@@ -390,9 +406,12 @@ def verify_point(
     read_data: tuple[int, int] | None = None,
     progress: Progress = lambda _: None,
     workers: int = 8,
+    keyring: Keyring | None = None,
 ) -> VerifyReport:
     """Every pinned manifest and object exists with its size; with ``read_data`` the chosen
-    subset of objects is re-read and hashed."""
+    subset of objects is re-read and hashed, and transformed ones decrypted and decoded with
+    ``keyring`` and checked against the source SHA-256 (lossless transcodes: pixel for pixel
+    against the stored copy)."""
     report = VerifyReport(point.id, store.name, studies=len(point.studies))
     listing = store.list_keys(STUDIES)
     to_read: list[tuple[str, ManifestEntry]] = []
@@ -410,8 +429,11 @@ def verify_point(
                 report.problems.append(problem)
             elif read_data and in_subset(entry.sop_instance_uid, read_data):
                 to_read.append((uid, entry))
+    report.transcoded = sum(1 for _, entry in to_read if entry.codec is not None)
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_read_and_check, store, uid, entry) for uid, entry in to_read]
+        futures = [
+            pool.submit(_read_and_check, store, uid, entry, keyring) for uid, entry in to_read
+        ]
         for future in as_completed(futures):
             size, problems = future.result()
             report.read += 1
@@ -440,19 +462,21 @@ def _check_listed(study_uid: str, entry: ManifestEntry, size: int | None) -> Fin
 
 
 def _read_and_check(
-    store: ObjectStore, study_uid: str, entry: ManifestEntry
+    store: ObjectStore, study_uid: str, entry: ManifestEntry, keyring: Keyring | None
 ) -> tuple[int, list[Finding]]:
     sop = entry.sop_instance_uid
     try:
+        if entry.transforms:
+            size, original = stored_original(store, study_uid, entry, keyring)
+            restored_note(entry, hashlib.sha256(original).hexdigest())
+            return size, []
         size, digest = _fetch(store, _object_key(study_uid, entry), entry.stored_size, None)
     except FileNotFoundError:
         return 0, [Finding(study_uid, sop, "missing", "object is missing")]
+    except Unrestorable as exc:
+        return entry.stored_size, [Finding.of(study_uid, sop, exc)]
     if digest != entry.stored_sha256:
         return size, [Finding(study_uid, sop, "corrupt", "content does not match its SHA-256")]
-    transform = transform_of(entry)
-    if transform:
-        detail = f"stored bytes intact; cannot check the source bytes yet: transform {transform}"
-        return size, [Finding(study_uid, sop, "undecodable", detail)]
     return size, []
 
 
@@ -499,13 +523,20 @@ class RestoreReport:
     already_present: int = 0  # found complete from an earlier, interrupted run
     bytes: int = 0
     problems: list[Finding] = field(default_factory=list)
+    # Not problems: instances restored pixel-identical from a lossless transcode, with hashes.
+    notes: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok, "problems": [asdict(p) for p in self.problems]}
+        return {
+            **asdict(self),
+            "ok": self.ok,
+            "problems": [asdict(p) for p in self.problems],
+            "notes": [asdict(n) for n in self.notes],
+        }
 
 
 class UnsafePath(ValueError):
@@ -535,7 +566,7 @@ def not_in_point(point: RecoveryPoint, selection: Selection) -> list[Finding]:
 
 
 def select_studies(
-    store: ObjectStore, point: RecoveryPoint, selection: Selection
+    store: ObjectStore, point: RecoveryPoint, selection: Selection, keyring: Keyring | None
 ) -> list[PointStudy]:
     chosen = [
         s
@@ -543,22 +574,25 @@ def select_studies(
         if not selection.studies or s.study_instance_uid in selection.studies
     ]
     if selection.patients:
-        chosen = [s for s in chosen if _patient_id(store, s) in selection.patients]
+        chosen = [s for s in chosen if _patient_id(store, s, keyring) in selection.patients]
     return chosen
 
 
-def _patient_id(store: ObjectStore, study: PointStudy) -> str | None:
+def _patient_id(store: ObjectStore, study: PointStudy, keyring: Keyring | None) -> str | None:
     """From the point, or else from the header of the study's first stored object."""
     if study.patient_id is not None:
         return study.patient_id
-    import pydicom
-
+    uid = study.study_instance_uid
     try:
-        manifest = load_pinned(store, study)
-        with store.open_key(_object_key(study.study_instance_uid, manifest.instances[0])) as f:
-            header = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["PatientID"])
+        entry = load_pinned(store, study).instances[0]
+        with ExitStack() as stack:
+            if entry.transforms:
+                source: Any = io.BytesIO(stored_original(store, uid, entry, keyring)[1])
+            else:
+                source = stack.enter_context(store.open_key(_object_key(uid, entry)))
+            header = dcmread(source, stop_before_pixels=True, specific_tags=["PatientID"])
         return str(header.get("PatientID", ""))
-    except (RecoveryError, OSError, ValueError, IndexError):
+    except (RecoveryError, Unrestorable, OSError, ValueError, IndexError):
         return None
 
 
@@ -569,8 +603,13 @@ def restore_to_folder(
     selection: Selection = Selection(),
     progress: Progress = lambda _: None,
     workers: int = 8,
+    keyring: Keyring | None = None,
 ) -> RestoreReport:
     """Restore the original bytes under ``root``, each checked against the source SHA-256.
+
+    Transforms are undone first: decryption with ``keyring``, then decoding of a lossless
+    transcode, whose result is pixel-identical but rarely the source's bytes; it is restored
+    and listed in the report's notes with the source, stored and restored hashes.
 
     Resumable: an instance already restored (same SHA-256) is skipped; a different file in
     its place is reported and left untouched. Bytes go to a dot-file first and are linked
@@ -579,11 +618,11 @@ def restore_to_folder(
     root.mkdir(parents=True, exist_ok=True)
     report = RestoreReport(point.id, store.name, str(root), problems=not_in_point(point, selection))
     work: list[tuple[str, ManifestEntry, Path]] = []
-    for study in select_studies(store, point, selection):
+    for study in select_studies(store, point, selection, keyring):
         report.studies += 1
         work.extend(_plan_study(store, study, root, report))
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_restore_file, store, uid, e, t) for uid, e, t in work]
+        futures = [pool.submit(_restore_file, store, uid, e, t, keyring) for uid, e, t in work]
         try:
             for future in as_completed(futures):
                 outcome, size, finding = future.result()
@@ -594,6 +633,7 @@ def restore_to_folder(
                 pending.cancel()  # stop promptly; what finished stays for the next run
             raise
     report.problems.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
+    report.notes.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
     return report
 
 
@@ -614,11 +654,6 @@ def _plan_study(
         except UnsafePath as exc:
             report.problems.append(Finding(uid, entry.sop_instance_uid, "unsafe", str(exc)))
             continue
-        transform = transform_of(entry)
-        if transform:
-            detail = f"cannot restore yet: transform {transform}"
-            report.problems.append(Finding(uid, entry.sop_instance_uid, "undecodable", detail))
-            continue
         work.append((uid, entry, target))
     return work
 
@@ -630,11 +665,15 @@ def _count(report: RestoreReport, outcome: str, size: int, finding: Finding | No
     elif outcome == "present":
         report.already_present += 1
     if finding is not None:
-        report.problems.append(finding)
+        (report.notes if finding.kind == "transcoded" else report.problems).append(finding)
 
 
 def _restore_file(
-    store: ObjectStore, study_uid: str, entry: ManifestEntry, target: Path
+    store: ObjectStore,
+    study_uid: str,
+    entry: ManifestEntry,
+    target: Path,
+    keyring: Keyring | None,
 ) -> tuple[str, int, Finding | None]:
     sop = entry.sop_instance_uid
     root = target.parents[2]
@@ -646,36 +685,67 @@ def _restore_file(
     for stale in target.parent.glob(f".{target.name}.partial-*"):
         stale.unlink(missing_ok=True)  # left by an interrupted run
     if target.exists() or target.is_symlink():
-        return _existing(study_uid, entry, target)
+        return _existing(store, study_uid, entry, target, keyring)
     temporary = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex}")
     try:
         with open(temporary, "xb") as sink:
-            size, digest = _fetch(store, _object_key(study_uid, entry), entry.stored_size, sink)
+            size, digest = _write_original(store, study_uid, entry, sink, keyring)
             sink.flush()
             os.fsync(sink.fileno())
-        if digest != entry.sha256:
-            detail = "the stored bytes do not match the source SHA-256; not restored"
-            return "problem", 0, Finding(study_uid, sop, "corrupt", detail)
+        note = restored_note(entry, digest)
         try:
             os.link(temporary, target)  # unlike rename, never replaces a file that appeared
         except FileExistsError:
-            return _existing(study_uid, entry, target)
-        return "restored", size, None
+            return _existing(store, study_uid, entry, target, keyring)
+        return "restored", size, note and Finding(study_uid, sop, "transcoded", note)
     except FileNotFoundError:
         return "problem", 0, Finding(study_uid, sop, "missing", "object is missing")
+    except Unrestorable as exc:
+        return "problem", 0, Finding.of(study_uid, sop, exc)
     finally:
         temporary.unlink(missing_ok=True)
 
 
+def _write_original(
+    store: ObjectStore, study_uid: str, entry: ManifestEntry, sink: Any, keyring: Keyring | None
+) -> tuple[int, str]:
+    """Write the instance's source file to ``sink``: its length and SHA-256."""
+    if not entry.transforms:
+        size, digest = _fetch(store, _object_key(study_uid, entry), entry.stored_size, sink)
+        if digest != entry.sha256:
+            raise Unrestorable("corrupt", "the stored bytes do not match the source SHA-256")
+        return size, digest
+    original = stored_original(store, study_uid, entry, keyring)[1]
+    sink.write(original)
+    return len(original), hashlib.sha256(original).hexdigest()
+
+
 def _existing(
-    study_uid: str, entry: ManifestEntry, target: Path
+    store: ObjectStore,
+    study_uid: str,
+    entry: ManifestEntry,
+    target: Path,
+    keyring: Keyring | None,
 ) -> tuple[str, int, Finding | None]:
     if target.is_file() and not target.is_symlink():
         with open(target, "rb") as handle:
-            if hashlib.file_digest(handle, "sha256").hexdigest() == entry.sha256:
-                return "present", 0, None
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        if digest == entry.sha256 or digest == _decoded_sha256(store, study_uid, entry, keyring):
+            return "present", 0, None
     detail = f"a different file is already at {target}; left as it is"
     return "problem", 0, Finding(study_uid, entry.sop_instance_uid, "conflict", detail)
+
+
+def _decoded_sha256(
+    store: ObjectStore, study_uid: str, entry: ManifestEntry, keyring: Keyring | None
+) -> str | None:
+    """What restoring a lossless transcode gives (not the source's hash); None otherwise."""
+    if entry.codec is None:
+        return None
+    try:
+        return hashlib.sha256(stored_original(store, study_uid, entry, keyring)[1]).hexdigest()
+    except (FileNotFoundError, Unrestorable):
+        return None
 
 
 def restore_to_destination(
@@ -685,19 +755,20 @@ def restore_to_destination(
     staging: Path,
     selection: Selection = Selection(),
     progress: Progress = lambda _: None,
+    keyring: Keyring | None = None,
 ) -> RestoreReport:
     """Send the point's studies to a destination (folder, S3, PACS) through its own driver.
 
-    Each study's objects are staged under ``staging`` and checked against the source SHA-256
-    before they are sent. What the destination already holds with the same hash is skipped
-    (a resumed restore sends only the rest); an instance it holds with other content is
-    reported, not overwritten.
+    Each study's objects are staged under ``staging``, their transforms undone as for
+    ``restore_to_folder``, and checked against the source SHA-256 before they are sent. What
+    the destination already holds with the same hash is skipped (a resumed restore sends only
+    the rest); an instance it holds with other content is reported, not overwritten.
     """
     report = RestoreReport(
         point.id, store.name, destination.name, problems=not_in_point(point, selection)
     )
     manifests: dict[str, Manifest] = {}
-    for study in select_studies(store, point, selection):
+    for study in select_studies(store, point, selection, keyring):
         report.studies += 1
         try:
             manifests[study.study_instance_uid] = load_pinned(store, study)
@@ -710,64 +781,72 @@ def restore_to_destination(
         raise RecoveryError(f"cannot read {destination.name}: {exc}") from None
     for uid, manifest in manifests.items():
         observed = held[uid].instances if uid in held else {}
-        refs = _stage_study(store, uid, manifest, observed, staging / uid, report)
-        if refs:
-            _send_study(point, uid, refs, destination, report, progress)
-        for staged in refs:
-            Path(staged.path).unlink(missing_ok=True)
+        staged = _Staged(uid, staging / uid, report, keyring)
+        refs = [
+            ref
+            for entry in manifest.instances
+            if (ref := staged.stage(store, entry, observed.get(entry.sop_instance_uid)))
+        ]
+        failed = _send_study(point, uid, refs, destination, report, progress) if refs else set()
+        report.notes.extend(n for n in staged.notes if n.sop_instance_uid not in failed)
+        for ref in refs:
+            Path(ref.path).unlink(missing_ok=True)
     report.problems.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
     return report
 
 
-def _stage_study(
-    store: ObjectStore,
-    uid: str,
-    manifest: Manifest,
-    observed: Mapping[str, Any],
-    folder: Path,
-    report: RestoreReport,
-) -> list[InstanceRef]:
-    folder.mkdir(parents=True, exist_ok=True)
-    refs = []
-    for entry in manifest.instances:
-        report.instances += 1
+@dataclass
+class _Staged:
+    """A study's instances written under ``folder`` with their transforms undone."""
+
+    uid: str
+    folder: Path
+    report: RestoreReport
+    keyring: Keyring | None
+    notes: list[Finding] = field(default_factory=list)
+
+    def stage(
+        self, store: ObjectStore, entry: ManifestEntry, held: ObservedInstance | None
+    ) -> InstanceRef | None:
+        """The staged file to send, or None: already held, in conflict, or not restorable."""
+        self.report.instances += 1
         sop = entry.sop_instance_uid
-        transform = transform_of(entry)
-        if transform:
-            detail = f"cannot restore yet: transform {transform}"
-            report.problems.append(Finding(uid, sop, "undecodable", detail))
-            continue
-        if sop in observed:
-            if observed[sop].sha256 in (None, entry.sha256):
-                report.already_present += 1
-            else:
-                detail = f"{report.target} holds other content for this instance; left as it is"
-                report.problems.append(Finding(uid, sop, "conflict", detail))
-            continue
-        path = folder / entry.object  # the manifest guarantees <SOP UID>.dcm
+        if held is not None and held.sha256 in (None, entry.sha256):
+            self.report.already_present += 1
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{sop}.dcm"  # a UID: the manifest was checked
         try:
             with open(path, "wb") as sink:
-                size, digest = _fetch(store, _object_key(uid, entry), entry.stored_size, sink)
+                size, digest = _write_original(store, self.uid, entry, sink, self.keyring)
+            note = restored_note(entry, digest)
         except FileNotFoundError:
-            report.problems.append(Finding(uid, sop, "missing", "object is missing"))
-            continue
-        if digest != entry.sha256:
-            detail = "the stored bytes do not match the source SHA-256; not restored"
-            report.problems.append(Finding(uid, sop, "corrupt", detail))
-            path.unlink()
-            continue
-        refs.append(
-            InstanceRef(
-                sop_instance_uid=sop,
-                sop_class_uid=entry.sop_class_uid,
-                series_instance_uid=entry.series_instance_uid,
-                path=str(path),
-                size=size,
-                sha256=digest,
-                transfer_syntax=entry.transfer_syntax,
-            )
+            return self._problem(path, Finding(self.uid, sop, "missing", "object is missing"))
+        except Unrestorable as exc:
+            return self._problem(path, Finding.of(self.uid, sop, exc))
+        if held is not None:  # held under another hash: perhaps this very decoded file
+            if held.sha256 == digest:
+                self.report.already_present += 1
+                return self._problem(path, None)
+            detail = f"{self.report.target} holds other content for this instance; left as it is"
+            return self._problem(path, Finding(self.uid, sop, "conflict", detail))
+        if note:
+            self.notes.append(Finding(self.uid, sop, "transcoded", note))
+        return InstanceRef(
+            sop_instance_uid=sop,
+            sop_class_uid=entry.sop_class_uid,
+            series_instance_uid=entry.series_instance_uid,
+            path=str(path),
+            size=size,
+            sha256=digest,
+            # decompress writes explicit VR little endian
+            transfer_syntax=ExplicitVRLittleEndian if entry.codec else entry.transfer_syntax,
         )
-    return refs
+
+    def _problem(self, path: Path, finding: Finding | None) -> None:
+        path.unlink(missing_ok=True)
+        if finding is not None:
+            self.report.problems.append(finding)
 
 
 def _send_study(
@@ -777,7 +856,8 @@ def _send_study(
     destination: Destination,
     report: RestoreReport,
     progress: Progress,
-) -> None:
+) -> set[str]:
+    """Send the staged instances; the SOP Instance UIDs that failed."""
     action = Action(
         kind="copy",
         study_uid=uid,
@@ -792,6 +872,7 @@ def _send_study(
     report.bytes += result.bytes
     for sop, why in result.failures.items():
         report.problems.append(Finding(uid, sop, "failed", why))
+    return set(result.failures)
 
 
 # --- forget ---------------------------------------------------------------------------------

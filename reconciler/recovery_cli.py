@@ -32,6 +32,7 @@ from reconciler.recovery import (
     KeepPolicy,
     RecoveryError,
     RecoveryPoint,
+    RestoreReport,
     Selection,
     create_point,
     forget_points,
@@ -45,6 +46,7 @@ from reconciler.recovery import (
     verify_point,
 )
 from reconciler.state_rebuild import StateExistsError, rebuild_state
+from reconciler.stored_copy import PIXEL_IDENTICAL
 from reconciler.workspace import Workspace
 
 Handler = Callable[[argparse.Namespace], int]
@@ -372,13 +374,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         store, point = _find_point(stores, args.point)
         total = point.bytes if subset == (1, 1) else None
         with _bytes_bar(args.json, total, "verify") as progress:
-            report = verify_point(store, point, subset, progress, store.settings.concurrency)
+            report = verify_point(
+                store, point, subset, progress, store.settings.concurrency, store.keyring
+            )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
         _print_problems(report.problems)
         size = human_bytes(report.bytes_read)
         read = f", {report.read} read and hashed ({size})" if subset else ""
+        if report.transcoded:
+            read += f" ({report.transcoded} lossless transcodes decoded, checked pixel for pixel)"
         print(
             f"Point {point.id} at {store.name}: {report.studies} studies, "
             f"{report.instances} instances checked{read}: {_verdict(report.problems)}."
@@ -399,7 +405,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         with _bytes_bar(args.json, total, "restore") as progress:
             if args.to is not None:
                 report = restore_to_folder(
-                    store, point, args.to, selection, progress, store.settings.concurrency
+                    store,
+                    point,
+                    args.to,
+                    selection,
+                    progress,
+                    store.settings.concurrency,
+                    store.keyring,
                 )
             else:
                 report = _restore_to_destination(loaded, store, point, args, selection, progress)
@@ -407,11 +419,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=1))
     else:
         _print_problems(report.problems)
+        _print_problems(report.notes)
         print(
             f"Restored point {point.id} from {store.name} to {report.target}: "
             f"{report.studies} studies, {report.restored} instances restored "
             f"({human_bytes(report.bytes)}), {report.already_present} already there, each checked "
-            f"against its source SHA-256: {_verdict(report.problems)}."
+            f"against its source SHA-256: {_verdict(report.problems)}{_pixel_identical(report)}."
         )
     return EXIT_OK if report.ok else EXIT_ERROR
 
@@ -435,7 +448,7 @@ def _restore_to_destination(
     try:
         with tempfile.TemporaryDirectory(prefix="reconciler-restore-") as staging:
             return restore_to_destination(
-                store, point, destination, Path(staging), selection, progress
+                store, point, destination, Path(staging), selection, progress, store.keyring
             )
     finally:
         destination.close()
@@ -487,6 +500,12 @@ def _bytes_bar(quiet: bool, total: int | None, label: str) -> Iterator[Callable[
 def _print_problems(problems: Sequence[Finding]) -> None:
     for problem in problems:
         print(f"  {problem}")
+
+
+def _pixel_identical(report: RestoreReport) -> str:
+    if not report.notes:
+        return ""
+    return f"; {len(report.notes)} {PIXEL_IDENTICAL}"
 
 
 def _verdict(problems: Sequence[Finding]) -> str:

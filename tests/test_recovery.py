@@ -20,7 +20,6 @@ from reconciler.recovery import (
     parse_subset,
     points_to_keep,
     restore_path,
-    transform_of,
 )
 
 SHA = "a" * 64
@@ -154,7 +153,7 @@ def test_bad_subsets_are_refused(text: str) -> None:
         parse_subset(text)
 
 
-# --- restore paths and transforms ---------------------------------------------------------
+# --- restore paths -------------------------------------------------------------------------
 
 
 def test_restore_path_is_study_series_sop(tmp_path: Path) -> None:
@@ -168,8 +167,3 @@ def test_restore_path_is_study_series_sop(tmp_path: Path) -> None:
 def test_restore_path_refuses_anything_but_uids(tmp_path: Path, study: str, series: str) -> None:
     with pytest.raises(UnsafePath):
         restore_path(tmp_path, study, entry(series_instance_uid=series))
-
-
-def test_stored_bytes_that_differ_from_the_source_are_a_transform() -> None:
-    assert transform_of(entry()) is None
-    assert "differ" in str(transform_of(entry(stored_sha256="b" * 64, stored_size=7)))

@@ -587,32 +587,30 @@ def test_state_rebuild_after_the_state_file_is_lost(
     assert out.strip().splitlines()[-1] == "No changes. 3 study copies in sync."
 
 
-def test_a_transformed_copy_is_reported_never_restored_half_right(
+def test_stored_bytes_unlike_the_source_without_a_transform_are_refused(
     applied: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Stored bytes that are not the source bytes (encrypted, transcoded) cannot be undone by
-    this version: verify checks what it can and says so; restore refuses those instances."""
+    """A manifest claiming stored bytes other than the source's, with no transform to undo,
+    cannot be trusted to restore anything: its study is reported, never restored half-right."""
     store = backup_store(applied)
 
-    def transformed(document: dict) -> None:  # type: ignore[type-arg]
-        document["instances"][0]["sha256"] = "0" * 64  # the source's, before a transform
+    def unexplained(document: dict) -> None:  # type: ignore[type-arg]
+        document["instances"][0]["sha256"] = "0" * 64
         document["instances"][0]["size"] += 100
 
-    forge_point(store, transformed, "20990101T000000Z")
+    forge_point(store, unexplained, "20990101T000000Z")
     code, out = run(
         capsys, "recover", "verify", "20990101T000000Z", "-c", str(applied), "--read-data"
     )
     assert code == 1
-    assert "undecodable:" in out and "stored bytes intact; cannot check the source bytes" in out
+    assert "stored bytes differ from the source" in out
     code, report = run_json(
         capsys, "recover", "restore", "20990101T000000Z", "-c", str(applied), "--to",
         str(tmp_path / "t"),
     )  # fmt: skip
-    assert code == 1 and report["restored"] == 5
+    assert code == 1 and report["restored"] == 0
     [problem] = report["problems"]
-    assert problem["kind"] == "undecodable" and problem["detail"].startswith(
-        "cannot restore yet: transform unknown"
-    )
+    assert problem["kind"] == "missing" and "pinned manifest is refused" in problem["detail"]
 
 
 def test_restore_into_a_pacs_sends_what_it_lacks(

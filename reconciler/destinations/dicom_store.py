@@ -7,6 +7,7 @@ open between batches (and studies) while the contexts it needs were negotiated o
 
 from __future__ import annotations
 
+import io
 import itertools
 import socket
 import ssl
@@ -18,6 +19,7 @@ from multiprocessing import util
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -27,6 +29,7 @@ from reconciler.config.model import DicomTarget
 from reconciler.destinations.source_files import check_unchanged
 from reconciler.plan import InstanceRef
 from reconciler.retry import PermanentError
+from reconciler.transforms.compression import CompressionError, decompress
 
 # Send the encoded file bytes in PDU-sized chunks instead of decoding every dataset.
 _config.STORE_SEND_CHUNKED_DATASET = True
@@ -59,15 +62,19 @@ def peer_name(target: DicomTarget) -> str:
 
 
 def unsendable(ref: InstanceRef) -> str:
-    if UID(ref.transfer_syntax).is_compressed:
-        return (
-            f"the peer accepts SOP class {ref.sop_class_uid} in no transfer syntax we can "
-            f"send it in (the file is {ref.transfer_syntax}; decompressing is not supported yet)"
-        )
     return (
         f"the peer accepts SOP class {ref.sop_class_uid} in no transfer syntax we can "
-        "send it in (offered: the file's own and uncompressed little endian)"
+        f"send it in (offered: the file's own, {ref.transfer_syntax}, and uncompressed little "
+        "endian)"
     )
+
+
+def _uncompressed(ref: InstanceRef) -> Dataset:
+    """The file as a dataset pynetdicom can re-encode in any uncompressed syntax: a compressed
+    one is decoded first, exactly (verified pixel for pixel by ``decompress``)."""
+    if not UID(ref.transfer_syntax).is_compressed:
+        return dcmread(ref.path)
+    return dcmread(io.BytesIO(decompress(Path(ref.path).read_bytes())))
 
 
 def _no_delay(event: evt.Event) -> None:
@@ -226,13 +233,12 @@ def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) ->
         let_reactor_resume(assoc)
         try:
             status = assoc.send_c_store(Path(ref.path), msg_id=_next_message_id())
-        except ValueError:  # the file's own syntax was not accepted
-            if UID(ref.transfer_syntax).is_compressed:
-                return unsendable(ref)
-            # Decoded, pynetdicom re-encodes it in whichever uncompressed syntax was accepted.
-            status = assoc.send_c_store(dcmread(ref.path), msg_id=_next_message_id())
+        except ValueError:  # the file's own syntax was not accepted: an uncompressed one?
+            status = assoc.send_c_store(_uncompressed(ref), msg_id=_next_message_id())
     except ValueError:
         return unsendable(ref)
+    except CompressionError as exc:
+        return f"the peer accepts it only uncompressed, and it does not decode: {exc}"
     except (OSError, RuntimeError) as exc:
         raise AssociationLost(f"sending failed: {exc}") from exc
     if "Status" not in status:
