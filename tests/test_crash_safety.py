@@ -1,0 +1,151 @@
+"""Crash safety: `apply` SIGKILLed at random moments against real destinations, then re-run.
+
+After every run, killed or not, and after convergence, tests/crash.py checks from the outside
+that no study is lost, that nothing left the source without a verified copy at every
+destination its policy names (at least two), that every manifest points to existing objects
+with the recorded size and SHA-256, that the state database passes its integrity check, and
+that nothing the state records as copied, verified or deleted is untrue ("false done").
+
+A few trials run with the normal tests. `RECONCILER_SOAK=N` (`make soak`) runs N more,
+seeded (`RECONCILER_SOAK_SEED`), and prints the figures; `RECONCILER_SOAK_REPORT=FILE` also
+writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from crash import (
+    Calibration,
+    OrthancTarget,
+    Peers,
+    S3Target,
+    Target,
+    TrialResult,
+    calibrate,
+    render_summary,
+    run_trial,
+    summarize,
+)
+from peers import DicomPeer
+
+SOAK = int(os.environ.get("RECONCILER_SOAK", "0") or 0)
+SOAK_SEED = int(os.environ.get("RECONCILER_SOAK_SEED", "2024") or 0)
+# The soak's mix: folders are cheap, S3 and the DICOM peer slower (see the README's figures).
+SOAK_SCENARIOS = {"folders": 0.5, "s3": 0.2, "dicom": 0.2, "all": 0.1}
+SOAK_RETENTION = 0.8  # the share of trials whose policy deletes local files (keep_local: 0s)
+
+Calibrate = Callable[[str, bool], Calibration]
+
+
+@pytest.fixture
+def peers(s3_env: dict[str, str], s3_bucket: str, orthanc_peer: DicomPeer) -> Peers:
+    assert orthanc_peer.rest_url is not None
+    return Peers(
+        s3=S3Target(
+            s3_env["S3_ENDPOINT"],
+            s3_bucket,
+            s3_env["AWS_ACCESS_KEY_ID"],
+            s3_env["AWS_SECRET_ACCESS_KEY"],
+        ),
+        orthanc=OrthancTarget(
+            orthanc_peer.host, orthanc_peer.port, orthanc_peer.ae_title, orthanc_peer.rest_url
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def calibrations() -> dict[tuple[str, bool], Calibration]:
+    """Unkilled timings per scenario, measured once per module and reused by its trials."""
+    return {}
+
+
+@pytest.fixture
+def calibration(
+    calibrations: dict[tuple[str, bool], Calibration], peers: Peers, tmp_path: Path
+) -> Iterator[Calibrate]:
+    def get(scenario: str, retention: bool) -> Calibration:
+        key = (scenario, retention)
+        if key not in calibrations:
+            root = tmp_path / f"calibration-{scenario}-{retention}"
+            calibrations[key] = calibrate(root, scenario, peers, retention=retention, seed=9000)
+        return calibrations[key]
+
+    yield get
+
+
+def describe(result: TrialResult) -> str:
+    kills = ", ".join(
+        f"{k.phase}{'' if k.group in (True, None) else ' (main only)'}" for k in result.kills
+    )
+    return (
+        f"seed {result.seed} {result.scenario} target={result.target} kills=[{kills}] "
+        f"runs to converge {result.runs_to_converge}; log {result.log}"
+    )
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(
+    ("scenario", "target", "seed"),
+    [
+        ("folders", "delete", 11),
+        ("s3", "copy", 12),
+        ("dicom", "delete", 13),
+        ("all", "pre", 14),
+    ],
+)
+def test_a_killed_apply_loses_nothing_and_converges(
+    scenario: str,
+    target: Target,
+    seed: int,
+    tmp_path: Path,
+    peers: Peers,
+    calibration: Calibrate,
+) -> None:
+    timing = calibration(scenario, True)
+    result = run_trial(
+        tmp_path / "trial", scenario, peers, timing, seed=seed, retention=True, target=target
+    )
+    print(describe(result))
+    assert result.kills, describe(result)
+    assert result.violations() == {}, describe(result)
+    assert result.runs_to_converge is not None
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(0)
+@pytest.mark.skipif(not SOAK, reason="the long mode: RECONCILER_SOAK=N (make soak)")
+def test_soak(tmp_path: Path, peers: Peers, calibration: Calibrate) -> None:
+    rng = random.Random(SOAK_SEED)
+    results: list[TrialResult] = []
+    for index in range(SOAK):
+        scenario = rng.choices(list(SOAK_SCENARIOS), weights=list(SOAK_SCENARIOS.values()))[0]
+        retention = rng.random() < SOAK_RETENTION
+        root = tmp_path / f"trial-{index}"
+        result = run_trial(
+            root,
+            scenario,
+            peers,
+            calibration(scenario, retention),
+            seed=SOAK_SEED * 10_000 + index,
+            retention=retention,
+        )
+        results.append(result)
+        verdict = "ok" if not result.violations() else f"VIOLATIONS {result.violations()}"
+        print(
+            f"[{index + 1}/{SOAK}] {describe(result)} ({result.seconds:.1f}s): {verdict}",
+            flush=True,
+        )
+        if not result.violations():
+            shutil.rmtree(root)  # keep only the evidence of failed trials
+    figures = summarize(results)
+    print("\n" + render_summary(figures), flush=True)
+    if report := os.environ.get("RECONCILER_SOAK_REPORT"):
+        Path(report).write_text(json.dumps({"seed": SOAK_SEED, **figures}, indent=1))
+    assert figures["violations"] == {}, figures["violations"]
