@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 
@@ -56,3 +57,56 @@ def test_state_and_saved_plans_are_private_to_their_owner(
     assert state.stat().st_mode & 0o777 == 0o700
     assert (state / "state.db").stat().st_mode & 0o777 == 0o600
     assert planfile.stat().st_mode & 0o777 == 0o600
+
+
+def test_encryption_keys_appear_in_no_output_state_manifest_or_object(
+    tmp_path: Path,
+    small_studies: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    old_key, new_key = base64.b64encode(b"o" * 32).decode(), "5a" * 32
+    (tmp_path / "backup.key").write_text(old_key + "\n")
+    monkeypatch.setenv("NEW_BACKUP_KEY", new_key)
+    block = 'object: {url: "file://backup"}\n    compression: deflated\n    encryption: KEYS'
+    first = block.replace("KEYS", '{key: "${file:backup.key}"}')
+    config = str(write_config(tmp_path, first))
+    with (tmp_path / "reconciler.yaml").open("a") as extra:
+        extra.write("recovery_points: {store_at: [backup], every: 1d}\n")
+    planfile = tmp_path / "plan.json"
+    runs = [
+        run(capsys, "validate", "-c", config, "--json"),
+        run(capsys, "plan", "-c", config, "--json", "-o", str(planfile)),
+        run(capsys, "apply", "-c", config, str(planfile), "--json"),
+    ]
+    rotated = block.replace(
+        "KEYS", '{key: "${env:NEW_BACKUP_KEY}", old_keys: ["${file:backup.key}"]}'
+    )
+    text = (tmp_path / "reconciler.yaml").read_text().replace(first, rotated)
+    (tmp_path / "reconciler.yaml").write_text(text)
+    runs += [
+        run(capsys, "rekey", "-c", config, "--json"),
+        run(capsys, "rekey", "-c", config),
+        run(capsys, "plan", "-c", config, "--refresh", "--json"),
+        run(capsys, "status", "-c", config, "--json"),
+        run(capsys, "recover", "verify", "latest", "-c", config, "--read-data", "--json"),
+        run(capsys, "recover", "restore", "latest", "-c", config, "--to", str(tmp_path / "r")),
+    ]
+    (tmp_path / "new.key").write_text(new_key[:-1] + "X")  # a mistyped key: an error, not an echo
+    (tmp_path / "reconciler.yaml").write_text(
+        text.replace("${env:NEW_BACKUP_KEY}", "${file:new.key}")
+    )
+    runs.append(run(capsys, "validate", "-c", config))
+    assert [code for code, _ in runs] == [0] * (len(runs) - 1) + [1], runs
+    assert "not a 256-bit master key" in runs[-1][1] and "18 objects moved" in runs[3][1]
+    outputs = [out for _, out in runs]
+    stored = [planfile.read_bytes()]
+    stored += [p.read_bytes() for p in (tmp_path / ".reconciler").iterdir()]
+    stored += [p.read_bytes() for p in (tmp_path / "backup").rglob("*") if p.is_file()]
+    assert any(b"aes-256-gcm:" in blob for blob in stored)  # key ids, never keys, are recorded
+    for key in (old_key, new_key, new_key[:-1]):
+        assert not [text for text in outputs if key in text]
+        assert not [blob for blob in stored if key.encode() in blob]
+    for material in (b"o" * 32, bytes.fromhex(new_key)):
+        assert not [blob for blob in stored if material in blob]
