@@ -99,7 +99,7 @@ def test_encryption_keys_appear_in_no_output_state_manifest_or_object(
     )
     runs.append(run(capsys, "validate", "-c", config))
     assert [code for code, _ in runs] == [0] * (len(runs) - 1) + [1], runs
-    assert "not a 256-bit master key" in runs[-1][1] and "18 objects moved" in runs[3][1]
+    assert "not a 256-bit master key" in runs[-1][1] and '"rewrapped": 18' in runs[3][1]
     outputs = [out for _, out in runs]
     stored = [planfile.read_bytes()]
     stored += [p.read_bytes() for p in (tmp_path / ".reconciler").iterdir()]
