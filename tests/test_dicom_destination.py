@@ -23,6 +23,7 @@ import pytest
 from certificates import Certificates, make_certificates
 from peers import DicomPeer, free_port, orthanc_get, start_orthanc, start_storescp
 from test_cli_end_to_end import run
+from test_transformed_copies import plan_copies
 
 from reconciler.config.load import load_config
 from reconciler.config.model import DestinationConfig, RetrySettings
@@ -30,6 +31,7 @@ from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.dicom import DicomDestination
 from reconciler.plan import Action
 from reconciler.state import StateStore
+from reconciler.transforms.compression import compress
 from reconciler.workspace import Workspace
 
 # A peer that sends A-ASSOCIATE-RJ and closes at once is sometimes seen as an abort.
@@ -406,6 +408,30 @@ def test_peer_accepting_only_implicit_vr_gets_the_same_dataset_re_encoded(
     assert received.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
     assert received.PixelData == original.PixelData
     assert received == original
+
+
+def test_a_compressed_file_is_decoded_for_a_peer_accepting_only_uncompressed_syntaxes(
+    tmp_path: Path, small_studies: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    shutil.copytree(small_studies, inbox)
+    originals = {}
+    for path in inbox.rglob("*.dcm"):
+        if pydicom.dcmread(path, stop_before_pixels=True).Modality == "CT":
+            original = pydicom.dcmread(path)
+            originals[original.SOPInstanceUID] = original
+            path.write_bytes(compress(path.read_bytes(), "jpeg2000-lossless").data)
+    ct = by_modality(plan_copies(tmp_path, inbox), "CT")
+    assert {r.transfer_syntax for r in ct.instances} == {pydicom.uid.JPEG2000Lossless}
+    profile = tmp_path / "implicit-only.cfg"
+    profile.write_text(IMPLICIT_ONLY_PROFILE)
+    with start_storescp(tmp_path / "scp", extra_args=["-xf", str(profile), "ImplicitOnly"]) as peer:
+        result = dicom_destination(peer).send(ct, lambda _: None)
+        received = [pydicom.dcmread(p) for p in sorted(peer.storage.glob("*"))]
+    assert result.failures == {} and len(received) == len(ct.instances) == len(originals)
+    for ds in received:
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+        assert ds == originals[ds.SOPInstanceUID]  # attributes and native pixels, exactly
 
 
 def test_storage_commitment_confirms_a_copy_and_refuses_what_the_peer_lacks(
