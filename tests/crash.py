@@ -42,6 +42,7 @@ REQUIRED_COPIES = 2
 # is killed and reported as hung.
 HANG_GUARD = 300.0
 MAX_CONVERGENCE_RUNS = 6
+SHRINK_GUARD = "catalog-shrank"  # the plan problem of retention's shrink guard
 
 Phase = Literal["pre", "copy", "delete", "after", "missed"]
 PHASES: tuple[Phase, ...] = ("pre", "copy", "delete", "after", "missed")
@@ -384,6 +385,15 @@ class RunOutcome:
     orphans: int  # processes of the group still alive after a main-process kill
     group: bool | None = None  # how it was killed: the whole group, or the main process only
     hung: bool = False
+    stdout: str = ""
+
+    def problem_codes(self) -> set[str]:
+        """The `problems` of a `plan --json` document on stdout."""
+        try:
+            document = json.loads(self.stdout)
+        except ValueError:
+            return set()
+        return {str(p.get("code")) for p in document.get("problems", [])}
 
     def first(self, predicate: Any) -> float | None:
         return next((t for t, e in self.events if predicate(e)), None)
@@ -512,6 +522,7 @@ def run_cli(argv: Sequence[str], cwd: Path, log: Path, kill: Kill | None = None)
         orphans=orphans,
         group=kill.group if killed and kill is not None else None,
         hung=hung,
+        stdout="".join(lines),
     )
 
 
@@ -575,9 +586,9 @@ class Site:
     def studies(self) -> dict[str, list[Original]]:
         return by_study(self.originals)
 
-    def apply(self, kill: Kill | None = None) -> RunOutcome:
+    def apply(self, kill: Kill | None = None, *, accept_shrink: bool = False) -> RunOutcome:
         argv = ["apply", "--auto-approve", "--refresh", "--json", "-c", str(self.config)]
-        return run_cli(argv, self.root, self.log, kill)
+        return run_cli(argv + ["--accept-shrink"] * accept_shrink, self.root, self.log, kill)
 
     def plan(self) -> RunOutcome:
         argv = ["plan", "--detailed-exitcode", "--refresh", "--json", "-c", str(self.config)]
@@ -624,7 +635,8 @@ def make_site(
                 raise ValueError("the dicom scenarios need an Orthanc peer")
             peer = peers.orthanc
             blocks[name] = (
-                f"{{dicom: {{host: {peer.host}, port: {peer.port}, ae_title: {peer.ae_title}}}}}"
+                f"{{dicom: {{host: {peer.host}, port: {peer.port}, ae_title: {peer.ae_title}, "
+                "max_associations: 2}}"
             )
             readers[name] = OrthancReader(name, peer.rest_url)
     names = ", ".join(blocks)
@@ -780,8 +792,9 @@ class Calibration:
 
 
 def calibrate(
-    root: Path, scenario: str, peers: Peers, *, retention: bool, seed: int
+    root: Path, scenario: str, peers: Peers, *, retention: bool, seed: int, deleting: bool = True
 ) -> Calibration:
+    """``deleting``: time a deleting apply too (only kills aimed at deletions need it)."""
     site = make_site(root, scenario, peers, seed=seed, retention=retention)
     first = site.apply()
     began = first.first(lambda e: e.get("type") == "run_started")
@@ -789,7 +802,7 @@ def calibrate(
     if first.code != 0 or began is None or ended is None:
         raise RuntimeError(f"the calibration apply failed ({first.code}); see {site.log}")
     delete = None
-    if retention:
+    if retention and deleting:
         second = site.apply()
         deleting = second.first(_is_local)
         done = second.first(lambda e: e.get("type") == "summary")
@@ -813,6 +826,7 @@ class TrialResult:
     findings: list[tuple[str, Findings]] = field(default_factory=list)  # (after what, findings)
     seconds: float = 0.0
     log: Path | None = None
+    shrink_guard_trips: int = 0  # plans refusing deletions because of our own killed deletions
 
     @property
     def landed(self) -> list[RunOutcome]:
@@ -839,7 +853,8 @@ def _kill_for(target: Target, calibration: Calibration, rng: random.Random, grou
     if target == "copy":
         return Kill("run_started", rng.uniform(0.0, 1.0) * calibration.copy, group)
     if target == "delete":
-        assert calibration.delete is not None
+        if calibration.delete is None:
+            raise ValueError("kills aimed at deletions need a calibration of a deleting apply")
         return Kill("delete_started", rng.uniform(0.0, 1.0) * calibration.delete, group)
     return Kill("start", rng.uniform(0.0, 1.05) * calibration.total, group)
 
@@ -879,14 +894,20 @@ def run_trial(
         outcome = site.apply(kill)
         result.kills.append(outcome)
         checked(f"kill {step} ({outcome.phase})")
+    accept_shrink = False
     for runs in range(1, MAX_CONVERGENCE_RUNS + 1):
-        outcome = site.apply()
+        outcome = site.apply(accept_shrink=accept_shrink)
         if outcome.hung:
             result.kills.append(outcome)
         checked(f"re-run {runs} (exit {outcome.code})")
-        if site.plan().code == 0:
+        planned = site.plan()
+        if planned.code == 0:
             result.runs_to_converge = runs
             break
+        # The known shrink-guard bug (see test_crash_safety): our own deletions, made by a run
+        # that was killed, read as a shrink. Counted, then answered as an operator would.
+        accept_shrink = SHRINK_GUARD in planned.problem_codes()
+        result.shrink_guard_trips += accept_shrink
     checked("convergence", final=True)
     result.seconds = time.monotonic() - started
     return result
@@ -918,6 +939,7 @@ def summarize(results: Sequence[TrialResult]) -> dict[str, Any]:
         "false_done_total": violations.get("false_done", 0),
         "manifest_problems": violations.get("manifest_problems", 0),
         "integrity_failures": violations.get("integrity", 0),
+        "shrink_guard_trips": sum(r.shrink_guard_trips for r in results),
         "converged": len(converge),
         "runs_to_converge_max": max(converge, default=0),
         "runs_to_converge_mean": round(sum(converge) / len(converge), 2) if converge else 0,
@@ -949,6 +971,7 @@ def render_summary(figures: Mapping[str, Any]) -> str:
         ("false done after any run", str(figures["false_done_total"])),
         ("manifests to missing/wrong objects", str(figures["manifest_problems"])),
         ("state integrity failures", str(figures["integrity_failures"])),
+        ("shrink guard tripped by own deletions", str(figures["shrink_guard_trips"])),
         ("converged", f"{figures['converged']} of {figures['trials']}"),
         (
             "runs to converge (max, mean)",

@@ -34,6 +34,12 @@ from crash import (
     summarize,
 )
 from peers import DicomPeer
+from test_cli_end_to_end import run
+from test_retention_end_to_end import FOLDERS, write_config
+
+from reconciler.config.load import load_config
+from reconciler.events import ActionFinished, Event
+from reconciler.workspace import Workspace
 
 SOAK = int(os.environ.get("RECONCILER_SOAK", "0") or 0)
 SOAK_SEED = int(os.environ.get("RECONCILER_SOAK_SEED", "2024") or 0)
@@ -41,7 +47,7 @@ SOAK_SEED = int(os.environ.get("RECONCILER_SOAK_SEED", "2024") or 0)
 SOAK_SCENARIOS = {"folders": 0.5, "s3": 0.2, "dicom": 0.2, "all": 0.1}
 SOAK_RETENTION = 0.8  # the share of trials whose policy deletes local files (keep_local: 0s)
 
-Calibrate = Callable[[str, bool], Calibration]
+Calibrate = Callable[[str, bool, bool], Calibration]
 
 
 @pytest.fixture
@@ -70,12 +76,16 @@ def calibrations() -> dict[tuple[str, bool], Calibration]:
 def calibration(
     calibrations: dict[tuple[str, bool], Calibration], peers: Peers, tmp_path: Path
 ) -> Iterator[Calibrate]:
-    def get(scenario: str, retention: bool) -> Calibration:
-        key = (scenario, retention)
-        if key not in calibrations:
+    def get(scenario: str, retention: bool, deleting: bool) -> Calibration:
+        """The scenario's timings; ``deleting``: with those of a deleting apply."""
+        known = calibrations.get((scenario, retention))
+        if known is None or (deleting and retention and known.delete is None):
             root = tmp_path / f"calibration-{scenario}-{retention}"
-            calibrations[key] = calibrate(root, scenario, peers, retention=retention, seed=9000)
-        return calibrations[key]
+            known = calibrate(
+                root, scenario, peers, retention=retention, seed=9000, deleting=deleting
+            )
+            calibrations[(scenario, retention)] = known
+        return known
 
     yield get
 
@@ -86,7 +96,8 @@ def describe(result: TrialResult) -> str:
     )
     return (
         f"seed {result.seed} {result.scenario} target={result.target} kills=[{kills}] "
-        f"runs to converge {result.runs_to_converge}; log {result.log}"
+        f"runs to converge {result.runs_to_converge}, shrink guard trips "
+        f"{result.shrink_guard_trips}; log {result.log}"
     )
 
 
@@ -96,8 +107,7 @@ def describe(result: TrialResult) -> str:
     [
         ("folders", "delete", 11),
         ("s3", "copy", 12),
-        ("dicom", "delete", 13),
-        ("all", "pre", 14),
+        ("all", "delete", 13),
     ],
 )
 def test_a_killed_apply_loses_nothing_and_converges(
@@ -108,7 +118,7 @@ def test_a_killed_apply_loses_nothing_and_converges(
     peers: Peers,
     calibration: Calibrate,
 ) -> None:
-    timing = calibration(scenario, True)
+    timing = calibration(scenario, True, target == "delete")
     result = run_trial(
         tmp_path / "trial", scenario, peers, timing, seed=seed, retention=True, target=target
     )
@@ -116,6 +126,42 @@ def test_a_killed_apply_loses_nothing_and_converges(
     assert result.kills, describe(result)
     assert result.violations() == {}, describe(result)
     assert result.runs_to_converge is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an apply that dies after its own deletions never records the catalog size "
+    "(apply_plan calls record_catalog_size only at its end), so the next run reads those "
+    "deletions as a sharp shrink and refuses every further deletion until --accept-shrink",
+)
+def test_an_apply_interrupted_after_its_deletions_does_not_trip_the_shrink_guard(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the SIGKILL trials (dicom, seed 13): killed after deleting 3 of 4 studies, the
+    site never converged. Here the interruption is a Ctrl-C after 2 of 3 deletions."""
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = write_config(tmp_path, FOLDERS)
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    deleted = []
+
+    def interrupt_after_two(event: Event) -> None:
+        if isinstance(event, ActionFinished) and event.action.kind == "delete" and event.ok:
+            deleted.append(event.action.study_uid)
+            if len(deleted) == 2:
+                raise KeyboardInterrupt
+
+    with Workspace(load_config(config), "apply") as workspace:
+        plan, _ = workspace.plan(refresh=True)
+        assert [a.kind for a in plan.actions] == ["delete"] * 3
+        with pytest.raises(KeyboardInterrupt):
+            workspace.apply(plan, interrupt_after_two)
+
+    code, out = run(capsys, "plan", "-c", str(config), "--refresh", "--detailed-exitcode")
+    assert "catalog shrank" not in out
+    assert code == 2  # the third deletion, planned again
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh")[0] == 0
+    code, out = run(capsys, "plan", "-c", str(config), "--refresh", "--detailed-exitcode")
+    assert code == 0, out
 
 
 @pytest.mark.s3
@@ -132,7 +178,7 @@ def test_soak(tmp_path: Path, peers: Peers, calibration: Calibrate) -> None:
             root,
             scenario,
             peers,
-            calibration(scenario, retention),
+            calibration(scenario, retention, True),
             seed=SOAK_SEED * 10_000 + index,
             retention=retention,
         )
