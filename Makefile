@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint schema
+.PHONY: demo test lint schema soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,8 @@ lint: $(VENV)/.installed-test
 
 schema: $(VENV)/.installed
 	$(BIN)/reconciler schema > schemas/config.schema.json
+
+# Crash safety, long mode: SOAK applies killed by SIGKILL, each re-run to convergence and checked.
+SOAK ?= 200
+soak: $(VENV)/.installed-test
+	RECONCILER_SOAK=$(SOAK) $(BIN)/python -m pytest -q -s tests/test_crash_safety.py -k soak

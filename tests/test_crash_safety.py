@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from crash import (
+    TRASH_DIR,
     Calibration,
     OrthancTarget,
     Peers,
@@ -29,6 +30,8 @@ from crash import (
     Target,
     TrialResult,
     calibrate,
+    check_site,
+    make_site,
     render_summary,
     run_trial,
     summarize,
@@ -126,6 +129,29 @@ def test_a_killed_apply_loses_nothing_and_converges(
     assert result.kills, describe(result)
     assert result.violations() == {}, describe(result)
     assert result.runs_to_converge is not None
+
+
+def test_the_checks_see_a_lost_file_a_damaged_copy_and_a_false_claim(tmp_path: Path) -> None:
+    """The invariants are only worth their figures if they fail when they should."""
+    site = make_site(tmp_path / "site", "folders", Peers(), seed=5, retention=True, studies=2)
+    assert site.apply().code == 0
+    assert check_site(site, tmp_path / "snapshot", final=False).violations() == {}
+    victim = next(iter(site.originals.values()))
+    (site.inbox / victim.path).unlink()  # gone, and not to the trash
+    stored = site.root / "near" / "studies" / victim.study_uid / f"{victim.sop_uid}.dcm"
+    stored.write_bytes(bytes(stored.stat().st_size))  # same size, other bytes
+    other = next(o for o in site.originals.values() if o.study_uid != victim.study_uid)
+    (site.root / "far" / "studies" / other.study_uid / f"{other.sop_uid}.dcm").unlink()
+
+    found = check_site(site, tmp_path / "snapshot", final=True).violations()
+    assert found["lost_files"] == [f"{victim.path} is neither in the source nor the trash"]
+    assert victim.study_uid in found["unsafe_deletions"][0]
+    assert any("SHA-256 differs" in p for p in found["manifest_problems"])
+    assert any("object missing" in p for p in found["manifest_problems"])
+    assert f"observed_studies: far holds {other.sop_uid}" in found["false_done"]
+    assert f"journal (run 1): copy {other.study_uid} -> far" in found["false_done"]
+    assert found["missing_copies"] == [f"{victim.study_uid} at near", f"{other.study_uid} at far"]
+    assert not (site.inbox / TRASH_DIR).exists()
 
 
 @pytest.mark.xfail(
