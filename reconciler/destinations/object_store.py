@@ -216,12 +216,12 @@ class ObjectStoreDestination:
             else:
                 data, syntax = compressed.data, compressed.transfer_syntax
                 transforms.append(compressed.codec)
-        encrypted = self.keyring is not None
         if self.keyring is not None:
             aad = associated_data(study_uid, ref.sop_instance_uid)
             data = encrypt(data, self.keyring, aad)
             transforms.append(encryption_transform(self.keyring.current.key_id))
-        target = f"{self._study_dir(study_uid)}/{object_name(ref.sop_instance_uid, encrypted)}"
+        name = object_name(ref.sop_instance_uid, encrypted=self.keyring is not None)
+        target = f"{self._study_dir(study_uid)}/{name}"
         if self.throttle is not None:
             self.throttle.take(len(data))
         with_retries(lambda: self._write(target, data), self.settings.retry)
