@@ -122,17 +122,22 @@ def test_the_mailer_flow_archive_after_30_days_then_free_the_disk(
     assert sha256s(inbox) == {}
 
 
-def test_archive_to_must_name_an_object_destination_of_its_own(tmp_path: Path) -> None:
+def test_archive_to_must_name_an_object_destination_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("K", "ab" * 32)
     config = tmp_path / "reconciler.yaml"
     config.write_text(
         "site: s\nsources: {inbox: {path: inbox}}\n"
         "destinations:\n  pacs: {dicom: {host: h, port: 104, ae_title: P}}\n"
         "  cold: {object: {url: 'file:///cold'}}\n"
+        "  secret: {object: {url: 'file:///secret'}, encryption: {key: '${env:K}'}}\n"
         "policies:\n  - {name: a, archive_to: pacs}\n  - {name: b, archive_to: cold}\n"
-        "  - {name: c, copy_to: [cold]}\n"
+        "  - {name: c, copy_to: [cold]}\n  - {name: d, archive_to: secret}\n"
     )
     with pytest.raises(ConfigError) as error:
         load_config(config)
     message = str(error.value)
     assert "'pacs' is not an object destination" in message
     assert "'cold' also receives plain copies (copy_to)" in message
+    assert "'secret' encrypts or compresses; bundles do neither yet" in message

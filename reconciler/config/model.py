@@ -565,6 +565,9 @@ class Config(StrictModel):
             return [(where, f"'{name}' is not a destination")]
         if target.object is None:
             return [(where, f"'{name}' is not an object destination; bundles go to object stores")]
+        if target.encryption is not None or target.compression != "keep":
+            # Refused rather than ignored: bundles are neither encrypted nor transcoded yet.
+            return [(where, f"'{name}' encrypts or compresses; bundles do neither yet")]
         if any(name in p.copy_to for p in self.policies):
             return [(where, f"'{name}' also receives plain copies (copy_to); use another prefix")]
         return []
