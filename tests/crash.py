@@ -373,6 +373,7 @@ class Kill:
     anchor: Literal["start", "run_started", "delete_started"]
     offset: float  # seconds after the anchor
     group: bool  # the whole process group (power cut) or only the main process (OOM killer)
+    nth: int = 1  # delete_started: the nth deletion (deletions run one after another)
 
 
 @dataclass
@@ -452,6 +453,7 @@ def run_cli(argv: Sequence[str], cwd: Path, log: Path, kill: Kill | None = None)
     anchors["delete_started"] = threading.Event()
     anchors["start"].set()
     lines: list[str] = []
+    deletions: list[dict[str, Any]] = []
 
     def read() -> None:
         assert proc.stdout is not None
@@ -466,7 +468,9 @@ def run_cli(argv: Sequence[str], cwd: Path, log: Path, kill: Kill | None = None)
                 if event.get("type") == "run_started":
                     anchors["run_started"].set()
                 if _is_local(event):
-                    anchors["delete_started"].set()
+                    deletions.append(event)
+                    if kill is not None and len(deletions) >= kill.nth:
+                        anchors["delete_started"].set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -789,6 +793,7 @@ class Calibration:
     copy: float  # from its run_started to its summary event
     total: float  # the whole first apply, to its exit
     delete: float | None  # the deleting apply: from its first deletion to its summary
+    deletions: int = 0  # how many deletions that apply made
 
 
 def calibrate(
@@ -801,15 +806,16 @@ def calibrate(
     ended = first.first(lambda e: e.get("type") == "summary")
     if first.code != 0 or began is None or ended is None:
         raise RuntimeError(f"the calibration apply failed ({first.code}); see {site.log}")
-    delete = None
+    delete, deletions = None, 0
     if retention and deleting:
         second = site.apply()
-        deleting = second.first(_is_local)
+        first_deletion = second.first(_is_local)
         done = second.first(lambda e: e.get("type") == "summary")
-        if second.code != 0 or deleting is None or done is None:
+        if second.code != 0 or first_deletion is None or done is None:
             raise RuntimeError(f"the calibration's deleting apply did not delete; see {site.log}")
-        delete = max(done - deleting, 0.005)
-    return Calibration(began, max(ended - began, 0.005), first.elapsed, delete)
+        delete = max(done - first_deletion, 0.005)
+        deletions = sum(1 for _, e in second.events if _is_local(e))
+    return Calibration(began, max(ended - began, 0.005), first.elapsed, delete, deletions)
 
 
 Target = Literal["pre", "copy", "delete", "any"]
@@ -855,7 +861,12 @@ def _kill_for(target: Target, calibration: Calibration, rng: random.Random, grou
     if target == "delete":
         if calibration.delete is None:
             raise ValueError("kills aimed at deletions need a calibration of a deleting apply")
-        return Kill("delete_started", rng.uniform(0.0, 1.0) * calibration.delete, group)
+        # Deletions are short (a few ms each): aim at a random one, within its share of time.
+        count = max(calibration.deletions, 1)
+        nth = rng.randint(1, count)
+        return Kill(
+            "delete_started", rng.uniform(0.0, 1.0) * calibration.delete / count, group, nth
+        )
     return Kill("start", rng.uniform(0.0, 1.05) * calibration.total, group)
 
 
@@ -944,6 +955,9 @@ def summarize(results: Sequence[TrialResult]) -> dict[str, Any]:
         "runs_to_converge_max": max(converge, default=0),
         "runs_to_converge_mean": round(sum(converge) / len(converge), 2) if converge else 0,
         "litter_after_convergence": sum(len(r.findings[-1][1].litter) for r in results),
+        "litter_kinds": _count(
+            _litter_kind(item) for r in results for item in r.findings[-1][1].litter
+        ),
         "violations": violations,
         "seconds": round(sum(r.seconds for r in results), 1),
     }
@@ -977,7 +991,10 @@ def render_summary(figures: Mapping[str, Any]) -> str:
             "runs to converge (max, mean)",
             f"{figures['runs_to_converge_max']}, {figures['runs_to_converge_mean']}",
         ),
-        ("leftovers after convergence", str(figures["litter_after_convergence"])),
+        (
+            "leftovers after convergence",
+            f"{figures['litter_after_convergence']} ({_items(figures['litter_kinds'])})",
+        ),
         ("trial time (s)", str(figures["seconds"])),
     ]
     width = max(len(k) for k, _ in rows)
@@ -986,6 +1003,12 @@ def render_summary(figures: Mapping[str, Any]) -> str:
 
 def _items(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _litter_kind(item: str) -> str:
+    if item.startswith("trash: "):
+        return "trash batch without index" if "no index.json" in item else "trash temporary"
+    return "temporary object at a destination"
 
 
 def _count(items: Iterable[str]) -> dict[str, int]:

@@ -101,7 +101,7 @@ def describe(result: TrialResult) -> str:
         f"seed {result.seed} {result.scenario} target={result.target} kills=[{kills}] "
         f"runs to converge {result.runs_to_converge}, shrink guard trips "
         f"{result.shrink_guard_trips}; log {result.log}"
-    )
+    ) + (f"; leftovers {litter}" if (litter := result.findings[-1][1].litter) else "")
 
 
 @pytest.mark.s3
