@@ -215,6 +215,8 @@ def _run_local(
     except (TrashError, OSError) as exc:
         return failed(str(exc))
     store.forget_files(action.study_uid, moved)
+    # Our own deletion is no shrink: even if this run dies now, the next must not read it so.
+    store.record_catalog_size()
     store.journal_finish(entry, "done", None)
     return ActionFinished(action, True, f"moved {len(moved)} files to the trash")
 
