@@ -21,7 +21,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/reconciler demo
 
+# The tests talk to real DCMTK and Orthanc peers: installed from Debian when missing.
 test: $(VENV)/.installed-test
+	.ci/install-peers
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/python -m pytest -q
 
@@ -34,4 +36,5 @@ schema: $(VENV)/.installed
 # Crash safety, long mode: SOAK applies killed by SIGKILL, each re-run to convergence and checked.
 SOAK ?= 200
 soak: $(VENV)/.installed-test
+	.ci/install-peers
 	RECONCILER_SOAK=$(SOAK) $(BIN)/python -m pytest -q -s tests/test_crash_safety.py -k soak
