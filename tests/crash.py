@@ -16,6 +16,7 @@ each run, killed or not, the invariants are checked; then `apply --refresh` runs
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -42,6 +43,8 @@ REQUIRED_COPIES = 2
 # is killed and reported as hung.
 HANG_GUARD = 300.0
 MAX_CONVERGENCE_RUNS = 6
+# After a kill of the main process only, how long its children get to notice and exit.
+ORPHAN_GRACE = 2.0
 SHRINK_GUARD = "catalog-shrank"  # the plan problem of retention's shrink guard
 
 Phase = Literal["pre", "copy", "delete", "after", "missed"]
@@ -370,10 +373,12 @@ def snapshot_state(state: Path, scratch: Path) -> StateSnapshot | None:
 
 @dataclass(frozen=True)
 class Kill:
-    anchor: Literal["start", "run_started", "delete_started"]
+    # "start", an event type ("run_started", "progress"), "TYPE:DESTINATION" (the event for
+    # that destination), or "delete_started" (a local deletion or purge starting)
+    anchor: str
     offset: float  # seconds after the anchor
     group: bool  # the whole process group (power cut) or only the main process (OOM killer)
-    nth: int = 1  # delete_started: the nth deletion (deletions run one after another)
+    nth: int = 1  # the anchor is the nth such event
 
 
 @dataclass
@@ -387,6 +392,7 @@ class RunOutcome:
     group: bool | None = None  # how it was killed: the whole group, or the main process only
     hung: bool = False
     stdout: str = ""
+    lock_held: bool = False  # the state's lock was still taken after the kill
 
     def problem_codes(self) -> set[str]:
         """The `problems` of a `plan --json` document on stdout."""
@@ -416,6 +422,19 @@ def _phase(events: Sequence[tuple[float, dict[str, Any]]]) -> Phase:
     return "pre"
 
 
+def _locked(lock: Path) -> bool:
+    """Whether another process holds the flock on ``lock``."""
+    if not lock.exists():
+        return False
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def _group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group, from /proc."""
     members = []
@@ -432,8 +451,15 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def run_cli(argv: Sequence[str], cwd: Path, log: Path, kill: Kill | None = None) -> RunOutcome:
-    """Run `python -m reconciler ARGV` in its own process group; kill it as ``kill`` says."""
+def run_cli(
+    argv: Sequence[str], cwd: Path, log: Path, kill: Kill | None = None, lock: Path | None = None
+) -> RunOutcome:
+    """Run `python -m reconciler ARGV` in its own process group; kill it as ``kill`` says.
+
+    After a kill of the main process only, what is left of its group is counted (after a
+    grace of ORPHAN_GRACE) and ``lock``, the state's lock file, is tried: a lock still held
+    would refuse every later run. Then the rest of the group is killed too.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
     with log.open("ab") as errors:
@@ -449,11 +475,11 @@ def run_cli(argv: Sequence[str], cwd: Path, log: Path, kill: Kill | None = None)
             start_new_session=True,
         )
     events: list[tuple[float, dict[str, Any]]] = []
-    anchors = {"start": threading.Event(), "run_started": threading.Event()}
-    anchors["delete_started"] = threading.Event()
-    anchors["start"].set()
+    anchor = threading.Event()
+    if kill is None or kill.anchor == "start":
+        anchor.set()
     lines: list[str] = []
-    deletions: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
 
     def read() -> None:
         assert proc.stdout is not None
@@ -465,21 +491,22 @@ def run_cli(argv: Sequence[str], cwd: Path, log: Path, kill: Kill | None = None)
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
                 events.append((time.monotonic() - started, event))
-                if event.get("type") == "run_started":
-                    anchors["run_started"].set()
-                if _is_local(event):
-                    deletions.append(event)
-                    if kill is not None and len(deletions) >= kill.nth:
-                        anchors["delete_started"].set()
+                kind = str(event.get("type"))
+                keys = [kind, f"{kind}:{event.get('destination')}"]
+                keys += ["delete_started"] * _is_local(event)
+                for key in keys:
+                    seen[key] = seen.get(key, 0) + 1
+                if kill is not None and seen.get(kill.anchor, 0) >= kill.nth:
+                    anchor.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     killed = hung = False
     phase: Phase | None = None
     orphans = 0
+    lock_held = False
     try:
         if kill is not None:
-            anchor = anchors[kill.anchor]
             while not anchor.wait(0.005):
                 if proc.poll() is not None:
                     break
@@ -494,7 +521,11 @@ def run_cli(argv: Sequence[str], cwd: Path, log: Path, kill: Kill | None = None)
                 proc.wait()
                 killed = True
                 if not kill.group:
+                    deadline = time.monotonic() + ORPHAN_GRACE
+                    while _group_members(proc.pid) and time.monotonic() < deadline:
+                        time.sleep(0.05)
                     orphans = len(_group_members(proc.pid))
+                    lock_held = lock is not None and _locked(lock)
         try:
             proc.wait(timeout=HANG_GUARD)
         except subprocess.TimeoutExpired:
@@ -527,6 +558,7 @@ def run_cli(argv: Sequence[str], cwd: Path, log: Path, kill: Kill | None = None)
         group=kill.group if killed and kill is not None else None,
         hung=hung,
         stdout="".join(lines),
+        lock_held=lock_held,
     )
 
 
@@ -592,7 +624,8 @@ class Site:
 
     def apply(self, kill: Kill | None = None, *, accept_shrink: bool = False) -> RunOutcome:
         argv = ["apply", "--auto-approve", "--refresh", "--json", "-c", str(self.config)]
-        return run_cli(argv + ["--accept-shrink"] * accept_shrink, self.root, self.log, kill)
+        argv += ["--accept-shrink"] * accept_shrink
+        return run_cli(argv, self.root, self.log, kill, self.state.with_name("state.db.lock"))
 
     def plan(self) -> RunOutcome:
         argv = ["plan", "--detailed-exitcode", "--refresh", "--json", "-c", str(self.config)]
@@ -845,6 +878,8 @@ class TrialResult:
                 merged.setdefault(kind, []).extend(f"[{when}] {item}" for item in items)
         if self.runs_to_converge is None:
             merged["not_converged"] = [f"no convergence in {MAX_CONVERGENCE_RUNS} runs"]
+        if self.shrink_guard_trips:
+            merged["shrink_guard_tripped"] = [f"{self.shrink_guard_trips} plans refused deletions"]
         if any(k.hung for k in self.kills):
             merged["hung"] = ["a run hit the hang guard"]
         return merged
@@ -915,8 +950,8 @@ def run_trial(
         if planned.code == 0:
             result.runs_to_converge = runs
             break
-        # The known shrink-guard bug (see test_crash_safety): our own deletions, made by a run
-        # that was killed, read as a shrink. Counted, then answered as an operator would.
+        # Our own deletions, made by a run that was killed, once read as a shrink (fixed in
+        # 1cb8fa0): counted as a violation, then answered as an operator would.
         accept_shrink = SHRINK_GUARD in planned.problem_codes()
         result.shrink_guard_trips += accept_shrink
     checked("convergence", final=True)
@@ -943,6 +978,8 @@ def summarize(results: Sequence[TrialResult]) -> dict[str, Any]:
         "kills_by_phase": {p: sum(1 for k in kills if k.phase == p) for p in PHASES},
         "main_process_only_kills": sum(1 for k in landed if k.group is False),
         "orphaned_processes": sum(k.orphans for k in landed),
+        "kills_with_orphans": sum(1 for k in landed if k.orphans),
+        "lock_held_after_kill": sum(1 for k in landed if k.lock_held),
         "studies_lost": len(lost),
         "files_lost": violations.get("lost_files", 0),
         "unsafe_deletions": violations.get("unsafe_deletions", 0),
@@ -977,7 +1014,11 @@ def render_summary(figures: Mapping[str, Any]) -> str:
             f"({figures['main_process_only_kills']} of the main process only)",
         ),
         *((f"  {PHASE_TEXT[p]}", str(phases[p])) for p in PHASES),
-        ("orphaned processes", str(figures["orphaned_processes"])),
+        (
+            "orphaned processes (main-only kills)",
+            f"{figures['orphaned_processes']} after {figures['kills_with_orphans']} kills; "
+            f"state lock still held after {figures['lock_held_after_kill']}",
+        ),
         ("studies lost", str(figures["studies_lost"])),
         ("files lost (neither source nor trash)", str(figures["files_lost"])),
         ("deletions without the verified copies", str(figures["unsafe_deletions"])),
