@@ -7,10 +7,13 @@ sqlite3. Nothing goes through the package's own readers, so a bug there cannot h
 
 A trial: a site with generated studies and a config (two or three destinations, optionally
 `keep_local: 0s` with two verified copies required) is applied by a subprocess that is killed
-at a seeded random moment (anchored at its start, at its `run_started` event or at its first
-deletion, with offsets drawn from an unkilled calibration run of the same scenario). After
-each run, killed or not, the invariants are checked; then `apply --refresh` runs until
-`plan --detailed-exitcode --refresh` exits 0, and the final invariants are checked.
+at a seeded random moment: an offset after its start, after its `run_started` event or after
+its nth deletion, drawn from the timings of an unkilled calibration run of the same scenario.
+Most kills take the whole process group (as a power cut would, though the kernel's page cache
+survives: fsync ordering is not tested here); some take the main process only (as the OOM
+killer would), and what it leaves behind is counted. After each run, killed or not, the
+invariants are checked; then `apply --refresh` runs until `plan --detailed-exitcode
+--refresh` exits 0, and the final invariants are checked.
 """
 
 from __future__ import annotations
