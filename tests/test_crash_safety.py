@@ -186,12 +186,6 @@ def test_an_apply_interrupted_after_its_deletions_does_not_trip_the_shrink_guard
     assert code == 0, out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the DICOM sender processes outlive a main process killed alone (OOM killer, "
-    "kill -9 PID): spawned ProcessPoolExecutor workers block on their call queue forever, with "
-    "the multiprocessing resource tracker; nothing makes them exit when their parent dies",
-)
 def test_senders_do_not_outlive_a_killed_apply(tmp_path: Path, peers: Peers) -> None:
     site = make_site(tmp_path / "site", "dicom", peers, seed=21, retention=False)
     # Killed right after the PACS's first progress event: its senders are running then.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -77,6 +78,8 @@ class DicomDestination:
                 self._pool = ProcessPoolExecutor(
                     self.target.max_associations,
                     mp_context=multiprocessing.get_context("spawn"),
+                    initializer=exit_with_parent,
+                    initargs=(os.getpid(),),
                 )
             return self._pool
 
@@ -276,3 +279,15 @@ def _find(assoc: Association, query: Dataset) -> list[Dataset]:
 def _paced(batches: list[list[InstanceRef]], size: int = 4) -> list[list[InstanceRef]]:
     """Small batches, so a bandwidth limit paces sending instead of allowing study bursts."""
     return [batch[i : i + size] for batch in batches for i in range(0, len(batch), size)]
+
+
+def exit_with_parent(parent: int) -> None:
+    """Sender initializer: a sender must not outlive the apply that started it (kill -9, OOM
+    killer), or it would go on sending beside the next run."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
