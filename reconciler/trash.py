@@ -64,6 +64,7 @@ class Trash:
             _check_unchanged(ref)
         moved: list[str] = []
         for root, group in self._by_root(refs).items():
+            _sweep_unfinished(root / TRASH_DIR)
             batch = root / TRASH_DIR / f"{now.astimezone(UTC).strftime(STAMP)}-{study_uid}"
             (batch / "files").mkdir(parents=True, exist_ok=False)
             _write_index(batch, study_uid, label, now, root, group)
@@ -153,6 +154,21 @@ def _check_unchanged(ref: InstanceRef) -> None:
         raise TrashError(
             f"{ref.path} changed since the plan was made; the study is kept and planned again"
         )
+
+
+def _sweep_unfinished(top: Path) -> None:
+    """Remove the batch folders of deletions killed before their index was written.
+
+    Files move only once the index is in place, so such a folder holds at most the index's
+    temporary; anything else found in one is left alone.
+    """
+    if not top.is_dir():
+        return
+    for folder in top.iterdir():
+        if not folder.is_dir() or (folder / INDEX).exists():
+            continue
+        if all(p.is_dir() or p == folder / f"{INDEX}.tmp" for p in folder.rglob("*")):
+            shutil.rmtree(folder)
 
 
 def _write_index(
