@@ -88,7 +88,9 @@ class Trash:
     # --- list, purge, restore ----------------------------------------------------------------
 
     def batches(self) -> list[TrashBatch]:
-        return [batch for _, batch in self._batches()]
+        # A batch whose files are all gone (emptied by hand) has nothing to list or purge:
+        # planned, its purge would find nothing to remove and be planned again forever.
+        return [batch for _, batch in self._batches() if batch.files]
 
     def _batches(self) -> Iterator[tuple[Path, TrashBatch]]:
         for root in self.roots.values():
@@ -104,6 +106,8 @@ class Trash:
         """Remove trashed files for good (only paths inside a trash); returns bytes freed."""
         freed = 0
         batches = set()
+        for root in self.roots.values():
+            _sweep_unfinished(root / TRASH_DIR)
         for ref in refs:
             path = Path(ref.path)
             batch = self._batch_folder(path)
@@ -114,6 +118,9 @@ class Trash:
         for batch in batches:
             files = batch / "files"
             if not files.exists() or not any(p.is_file() for p in files.rglob("*")):
+                # The index first: killed midway, this leaves a folder without one, which
+                # nothing lists and the next deletion or purge sweeps away.
+                (batch / INDEX).unlink(missing_ok=True)
                 shutil.rmtree(batch)
         return freed
 
@@ -157,10 +164,12 @@ def _check_unchanged(ref: InstanceRef) -> None:
 
 
 def _sweep_unfinished(top: Path) -> None:
-    """Remove the batch folders of deletions killed before their index was written.
+    """Remove batch folders without an index: begun by a deletion killed before writing it,
+    or left by a purge killed after removing it.
 
-    Files move only once the index is in place, so such a folder holds at most the index's
-    temporary; anything else found in one is left alone.
+    Files move in only once the index is in place, and a purge removes the index only once
+    they are gone, so such a folder holds at most the index's temporary; a folder holding
+    anything else is left alone.
     """
     if not top.is_dir():
         return

@@ -50,12 +50,13 @@ MAX_CONVERGENCE_RUNS = 6
 ORPHAN_GRACE = 2.0
 SHRINK_GUARD = "catalog-shrank"  # the plan problem of retention's shrink guard
 
-Phase = Literal["pre", "copy", "delete", "after", "missed"]
-PHASES: tuple[Phase, ...] = ("pre", "copy", "delete", "after", "missed")
+Phase = Literal["pre", "copy", "delete", "purge", "after", "missed"]
+PHASES: tuple[Phase, ...] = ("pre", "copy", "delete", "purge", "after", "missed")
 PHASE_TEXT = {
     "pre": "before apply (start, scan, observe, plan)",
     "copy": "transfers and manifests",
-    "delete": "local deletions",
+    "delete": "local deletions (to the trash)",
+    "purge": "purges of the trash",
     "after": "after the summary (exit)",
     "missed": "the run had already exited",
 }
@@ -418,6 +419,8 @@ def _phase(events: Sequence[tuple[float, dict[str, Any]]]) -> Phase:
     types = [e.get("type") for _, e in events]
     if "summary" in types:
         return "after"
+    if any(_is_local(e) and e.get("kind") == "purge" for _, e in events):
+        return "purge"
     if any(_is_local(e) for _, e in events):
         return "delete"
     if "run_started" in types:
@@ -620,6 +623,7 @@ class Site:
     readers: dict[str, Reader]
     originals: dict[str, Original]
     retention: bool
+    purge: bool = False  # trash_for: 0s, so a later run removes trashed files for good
 
     @property
     def studies(self) -> dict[str, list[Original]]:
@@ -642,11 +646,13 @@ def make_site(
     *,
     seed: int,
     retention: bool,
+    purge: bool = False,
     studies: int = 4,
     matrix: int = 48,
 ) -> Site:
     """Generated studies in ``root/inbox`` and a config copying them to the scenario's
-    destinations; with ``retention``, local files may go once two verified copies exist."""
+    destinations; with ``retention``, local files may go once two verified copies exist, and
+    with ``purge`` too, leave the trash at the next run (trash_for: 0s)."""
     from reconciler.synth import generate
 
     root.mkdir(parents=True)
@@ -688,7 +694,12 @@ def make_site(
         "destinations:\n"
         + "".join(f"  {name}: {block}\n" for name, block in blocks.items())
         + f"policies:\n  - {policy}\n"
-        + (f"retention: {{require_verified_copies: {REQUIRED_COPIES}}}\n" if retention else "")
+        + (
+            f"retention: {{require_verified_copies: {REQUIRED_COPIES}"
+            + (", trash_for: 0s}\n" if purge else "}\n")
+            if retention
+            else ""
+        )
     )
     return Site(
         root=root,
@@ -699,6 +710,7 @@ def make_site(
         readers=readers,
         originals=read_originals(inbox),
         retention=retention,
+        purge=purge and retention,
     )
 
 
@@ -755,11 +767,28 @@ def check_site(site: Site, scratch: Path, *, final: bool = False) -> Findings:
 
     # Nothing lost; nothing deleted without every wanted copy verified (and at least two).
     deleted: set[str] = set()
+
+    def held_everywhere(original: Original) -> bool:
+        return all(
+            holdings[name].studies.get(original.study_uid, {}).get(original.sop_uid)
+            == _expected(reader, original)
+            for name, reader in site.readers.items()
+        )
+
+    def trashed(original: Original) -> bool:
+        """In the trash, or (trash_for: 0s) purged from it once held everywhere."""
+        if original.sha256 in local.trash.get(original.path, set()):
+            return True
+        return site.purge and held_everywhere(original)
+
     for original in site.originals.values():
         in_source = local.source.get(original.path) == original.sha256
-        in_trash = original.sha256 in local.trash.get(original.path, set())
+        in_trash = trashed(original)
         if not (in_source or in_trash):
-            found.lost_files.append(f"{original.path} is neither in the source nor the trash")
+            found.lost_files.append(
+                f"{original.path} is neither in the source nor the trash"
+                + (" nor purged after its copies" if site.purge else "")
+            )
         if not in_source:
             deleted.add(original.study_uid)
         elsewhere = any(
@@ -798,9 +827,9 @@ def check_site(site: Site, scratch: Path, *, final: bool = False) -> Findings:
         for run, kind, uid, destination in state.journal_done:
             if kind in ("copy", "verify") and uid not in complete[destination]:
                 found.false_done.append(f"journal (run {run}): {kind} {uid} -> {destination}")
+            # (A purge is one batch; a study deleted in two goes has two: not checked here.)
             if kind == "delete" and not all(
-                local.source.get(o.path) != o.sha256 and o.sha256 in local.trash.get(o.path, ())
-                for o in studies.get(uid, [])
+                local.source.get(o.path) != o.sha256 and trashed(o) for o in studies.get(uid, [])
             ):
                 found.false_done.append(f"journal (run {run}): delete {uid}")
 
@@ -813,6 +842,8 @@ def check_site(site: Site, scratch: Path, *, final: bool = False) -> Findings:
             in_source = local.source.get(original.path) == original.sha256
             if site.retention and in_source:
                 found.not_deleted.append(f"{original.path} is still local after convergence")
+            if site.purge and original.sha256 in local.trash.get(original.path, set()):
+                found.not_deleted.append(f"{original.path} is still in the trash (trash_for: 0s)")
             if not site.retention and not in_source:
                 found.not_deleted.append(f"{original.path} left the source without retention")
     return found
@@ -854,7 +885,7 @@ def calibrate(
     return Calibration(began, max(ended - began, 0.005), first.elapsed, delete, deletions)
 
 
-Target = Literal["pre", "copy", "delete", "any"]
+Target = Literal["pre", "copy", "delete", "purge", "any"]
 
 
 @dataclass
@@ -863,6 +894,7 @@ class TrialResult:
     scenario: str
     retention: bool
     target: Target
+    purge: bool = False
     kills: list[RunOutcome] = field(default_factory=list)
     runs_to_converge: int | None = None
     findings: list[tuple[str, Findings]] = field(default_factory=list)  # (after what, findings)
@@ -896,15 +928,15 @@ def _kill_for(target: Target, calibration: Calibration, rng: random.Random, grou
         return Kill("start", rng.uniform(0.4, 1.0) * calibration.run_started, group)
     if target == "copy":
         return Kill("run_started", rng.uniform(0.0, 1.0) * calibration.copy, group)
-    if target == "delete":
+    if target in ("delete", "purge"):  # purges are timed like the deletions they follow
         if calibration.delete is None:
             raise ValueError("kills aimed at deletions need a calibration of a deleting apply")
         # Deletions are short (a few ms each): aim at a random one, within its share of time.
         count = max(calibration.deletions, 1)
         nth = rng.randint(1, count)
-        return Kill(
-            "delete_started", rng.uniform(0.0, 1.0) * calibration.delete / count, group, nth
-        )
+        share = 1.0 if target == "delete" else 0.3  # a purge only unlinks: quicker still
+        offset = rng.uniform(0.0, share) * calibration.delete / count
+        return Kill("delete_started", offset, group, nth)
     return Kill("start", rng.uniform(0.0, 1.05) * calibration.total, group)
 
 
@@ -916,26 +948,34 @@ def run_trial(
     *,
     seed: int,
     retention: bool,
+    purge: bool = False,
     target: Target | None = None,
 ) -> TrialResult:
-    """One site, one or more SIGKILLed applies, then re-runs until the plan is empty."""
+    """One site, one or more SIGKILLed applies, then re-runs until the plan is empty.
+
+    ``purge`` (with ``retention``): trash_for: 0s, and "purge" among the kill targets.
+    """
     rng = random.Random(seed)
     choices: list[Target] = (
         ["pre", "copy", "delete", "any"] if retention else ["pre", "copy", "any"]
     )
+    choices += ["purge"] * (retention and purge)
     target = target or rng.choice(choices)
     started = time.monotonic()
     matrix = rng.choice([32, 48, 64])
-    site = make_site(root, scenario, peers, seed=seed, retention=retention, matrix=matrix)
-    result = TrialResult(seed, scenario, retention, target, log=site.log)
+    site = make_site(
+        root, scenario, peers, seed=seed, retention=retention, purge=purge, matrix=matrix
+    )
+    result = TrialResult(seed, scenario, retention, target, purge=site.purge, log=site.log)
     scratch = root / "snapshot"
 
     def checked(when: str, final: bool = False) -> None:
         result.findings.append((when, check_site(site, scratch, final=final)))
 
-    if target == "delete":  # the copies first: deletions come with the next refreshed apply
+    # The copies first: deletions come with the next refreshed apply, purges with the one after.
+    for _ in range({"delete": 1, "purge": 2}.get(target, 0)):
         site.apply()
-        checked("unkilled apply before the deleting one")
+        checked("unkilled apply before the one aimed at")
     kills = [_kill_for(target, calibration, rng, group=rng.random() < 0.75)]
     while rng.random() < 0.3 and len(kills) < 3:  # crashing again while recovering
         kills.append(_kill_for("any", calibration, rng, group=rng.random() < 0.75))
@@ -976,6 +1016,7 @@ def summarize(results: Sequence[TrialResult]) -> dict[str, Any]:
         "trials": len(results),
         "scenarios": _count(r.scenario for r in results),
         "with_retention": sum(1 for r in results if r.retention),
+        "with_purge": sum(1 for r in results if r.purge),
         "kills_attempted": len(kills),
         "kills_landed": len(landed),
         "kills_by_phase": {p: sum(1 for k in kills if k.phase == p) for p in PHASES},
@@ -1009,7 +1050,8 @@ def render_summary(figures: Mapping[str, Any]) -> str:
         (
             "trials",
             f"{figures['trials']} ({_items(figures['scenarios'])}); "
-            f"{figures['with_retention']} with keep_local: 0s",
+            f"{figures['with_retention']} with keep_local: 0s "
+            f"({figures['with_purge']} also with trash_for: 0s)",
         ),
         (
             "SIGKILLs landed",

@@ -51,6 +51,8 @@ SOAK_SEED = int(os.environ.get("RECONCILER_SOAK_SEED", "2024") or 0)
 # The soak's mix: folders are cheap, S3 and the DICOM peer slower (see the README's figures).
 SOAK_SCENARIOS = {"folders": 0.5, "s3": 0.2, "dicom": 0.2, "all": 0.1}
 SOAK_RETENTION = 0.8  # the share of trials whose policy deletes local files (keep_local: 0s)
+# The share of those whose trash is purged at the next run (trash_for: 0s).
+SOAK_PURGE = float(os.environ.get("RECONCILER_SOAK_PURGE", "0.25") or 0)
 
 Calibrate = Callable[[str, bool, bool], Calibration]
 
@@ -100,7 +102,8 @@ def describe(result: TrialResult) -> str:
         f"{k.phase}{'' if k.group in (True, None) else ' (main only)'}" for k in result.kills
     )
     return (
-        f"seed {result.seed} {result.scenario} target={result.target} kills=[{kills}] "
+        f"seed {result.seed} {result.scenario}{' purge' * result.purge} target={result.target} "
+        f"kills=[{kills}] "
         f"runs to converge {result.runs_to_converge}, shrink guard trips "
         f"{result.shrink_guard_trips}; log {result.log}"
     ) + (f"; leftovers {litter}" if (litter := result.findings[-1][1].litter) else "")
@@ -110,7 +113,7 @@ def describe(result: TrialResult) -> str:
 @pytest.mark.parametrize(
     ("scenario", "target", "seed"),
     [
-        ("folders", "delete", 11),
+        ("folders", "purge", 11),
         ("s3", "copy", 12),
         ("all", "delete", 13),
     ],
@@ -123,9 +126,16 @@ def test_a_killed_apply_loses_nothing_and_converges(
     peers: Peers,
     calibration: Calibrate,
 ) -> None:
-    timing = calibration(scenario, True, target == "delete")
+    timing = calibration(scenario, True, target in ("delete", "purge"))
     result = run_trial(
-        tmp_path / "trial", scenario, peers, timing, seed=seed, retention=True, target=target
+        tmp_path / "trial",
+        scenario,
+        peers,
+        timing,
+        seed=seed,
+        retention=True,
+        purge=target == "purge",
+        target=target,
     )
     print(describe(result))
     assert result.kills, describe(result)
@@ -217,6 +227,25 @@ def test_a_trash_batch_a_killed_deletion_began_is_swept(
     assert (kept / "files" / "someone's.dcm").exists()
 
 
+def test_a_trash_batch_emptied_of_its_files_is_not_purged_forever(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An index whose files are all gone (emptied by hand, or a purge killed inside its
+    shutil.rmtree after `files/` and before `index.json`: seen by the SIGKILL trials) used to
+    be planned as a purge of 0 files by every run, so `plan` never said No changes."""
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = write_config(tmp_path, FOLDERS, "{trash_for: 0s}")
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh")[0] == 0
+    batch = sorted((tmp_path / "inbox" / TRASH_DIR).iterdir())[0]
+    shutil.rmtree(batch / "files")
+
+    code, out = run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh")
+    assert code == 0 and out.count("done    purge") == 2, out
+    code, out = run(capsys, "plan", "-c", str(config), "--refresh", "--detailed-exitcode")
+    assert code == 0, out
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="a folder destination keeps the temporaries of writes a kill interrupted "
@@ -244,10 +273,12 @@ def test_temporaries_a_killed_copy_left_at_a_folder_are_removed(
 @pytest.mark.skipif(not SOAK, reason="the long mode: RECONCILER_SOAK=N (make soak)")
 def test_soak(tmp_path: Path, peers: Peers, calibration: Calibrate) -> None:
     rng = random.Random(SOAK_SEED)
+    purges = random.Random(SOAK_SEED + 1)  # apart, so that seeds keep their other draws
     results: list[TrialResult] = []
     for index in range(SOAK):
         scenario = rng.choices(list(SOAK_SCENARIOS), weights=list(SOAK_SCENARIOS.values()))[0]
         retention = rng.random() < SOAK_RETENTION
+        purge = retention and purges.random() < SOAK_PURGE
         root = tmp_path / f"trial-{index}"
         result = run_trial(
             root,
@@ -256,6 +287,7 @@ def test_soak(tmp_path: Path, peers: Peers, calibration: Calibrate) -> None:
             calibration(scenario, retention, True),
             seed=SOAK_SEED * 10_000 + index,
             retention=retention,
+            purge=purge,
         )
         results.append(result)
         verdict = "ok" if not result.violations() else f"VIOLATIONS {result.violations()}"
