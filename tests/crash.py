@@ -934,8 +934,8 @@ def _kill_for(target: Target, calibration: Calibration, rng: random.Random, grou
         # Deletions are short (a few ms each): aim at a random one, within its share of time.
         count = max(calibration.deletions, 1)
         nth = rng.randint(1, count)
-        share = 1.0 if target == "delete" else 0.3  # a purge only unlinks: quicker still
-        offset = rng.uniform(0.0, share) * calibration.delete / count
+        # A purge only unlinks, quicker than reading an event: killed as soon as it is seen.
+        offset = rng.uniform(0.0, 1.0) * calibration.delete / count if target == "delete" else 0.0
         return Kill("delete_started", offset, group, nth)
     return Kill("start", rng.uniform(0.0, 1.05) * calibration.total, group)
 
