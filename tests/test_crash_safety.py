@@ -246,11 +246,6 @@ def test_a_trash_batch_emptied_of_its_files_is_not_purged_forever(
     assert code == 0, out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a folder destination keeps the temporaries of writes a kill interrupted "
-    "(<sop>.dcm.tmp-<hex>, manifest.json.tmp-<hex>): 58 were left after 200 soak trials",
-)
 def test_temporaries_a_killed_copy_left_at_a_folder_are_removed(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

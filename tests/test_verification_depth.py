@@ -76,9 +76,9 @@ def test_verify_subset_on_the_command_line(
     assert run(capsys, "plan", "-c", str(config_path), "--detailed-exitcode")[0] == 0
     found = 0
     for n in (1, 2):
-        code, out = run(
+        out = run(
             capsys, "apply", "-c", str(config_path), "--auto-approve", "--verify-subset", f"{n}/2"
-        )
+        )[1]
         found += "content does not match its SHA-256" in out
     assert found == 1  # exactly one of the two slices held the damaged copy
     run(capsys, "apply", "-c", str(config_path), "--auto-approve")  # the repair, if still due

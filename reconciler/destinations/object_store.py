@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,7 @@ class ObjectStoreDestination:
         self.fs, root = fsspec.core.url_to_fs(target.url, **options)
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
+        self._opened_at = time.time()
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"dest-{name}")
         self.throttle = throttle_for(settings.bandwidth, settings.timezone)
         self.keyring = settings.encryption.keyring() if settings.encryption else None
@@ -98,6 +100,16 @@ class ObjectStoreDestination:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._codecs.close()
+
+    def _sweep_temporaries(self, folder: Path) -> None:
+        """Remove what writes killed midway left in a folder (never a committed object): only
+        temporaries older than this run, so another writer's work in progress is left alone."""
+        for path in folder.glob("*.tmp-*"):
+            try:
+                if path.stat().st_mtime < self._opened_at:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
 
     def _study_dir(self, study_uid: str) -> str:
         return f"{self.root}/studies/{study_uid}"
@@ -154,6 +166,7 @@ class ObjectStoreDestination:
         folder = self._study_dir(action.study_uid)
         if self._local:
             self.fs.makedirs(folder, exist_ok=True)
+            self._sweep_temporaries(Path(folder))
         futures = {
             ref.sop_instance_uid: self._pool.submit(
                 self._send_instance, action.study_uid, ref, progress
