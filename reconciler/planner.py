@@ -132,22 +132,16 @@ def _within_windows(
     config: Config, actions: list[Action], now: datetime
 ) -> tuple[list[Action], list[Deferred]]:
     """Hold back what a closed window forbids; the rest may start until a window closes."""
-    policies = {p.name: p for p in config.policies}
+    # Each schedule is read once per plan, not once per action: cron is not free.
+    gates = {
+        f"destinations.{name}": gate(d.schedule, f"destinations.{name}", now)
+        for name, d in config.destinations.items()
+    } | {f"policies.{p.name}": gate(p.schedule, f"policies.{p.name}", now) for p in config.policies}
     allowed, deferred = [], []
     for action in actions:
-        destination = config.destinations.get(action.destination)
-        gates = [
-            gate(
-                destination.schedule if destination else None,
-                f"destinations.{action.destination}",
-                now,
-            ),
-            *(gate(policies[n].schedule, f"policies.{n}", now) for n in action.policies),
-        ]
-        state = combine(gates)
-        if state.open:
-            allowed.append(replace(action, open_until=state.until))
-        else:
+        names = [f"destinations.{action.destination}", *(f"policies.{n}" for n in action.policies)]
+        state = combine(gates[n] for n in names if n in gates)
+        if not state.open:
             deferred.append(
                 Deferred(
                     action.kind,
@@ -158,6 +152,10 @@ def _within_windows(
                     state.until,
                 )
             )
+        elif state.until is not None:
+            allowed.append(replace(action, open_until=state.until))
+        else:
+            allowed.append(action)
     return allowed, deferred
 
 
