@@ -238,11 +238,11 @@ def test_untrash_never_overwrites_a_different_file(
 
 
 def test_copies_at_a_dicom_peer_verified_by_c_find_allow_deletion(
-    tmp_path: Path, inbox: Path, dcmqrscp_peer: DicomPeer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, inbox: Path, orthanc_peer: DicomPeer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pacs = (
-        f"dicom: {{host: {dcmqrscp_peer.host}, port: {dcmqrscp_peer.port}, "
-        f"ae_title: {dcmqrscp_peer.ae_title}}}"
+        f"dicom: {{host: {orthanc_peer.host}, port: {orthanc_peer.port}, "
+        f"ae_title: {orthanc_peer.ae_title}}}"
     )
     config = write_config(tmp_path, {"pacs": pacs, "near": FOLDERS["near"]})
     code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
