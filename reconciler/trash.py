@@ -153,8 +153,7 @@ class Trash:
 
 def _check_unchanged(ref: InstanceRef) -> None:
     try:
-        with open(ref.path, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = _sha256(Path(ref.path))
     except FileNotFoundError:
         raise TrashError(f"{ref.path} is gone since the plan was made") from None
     if digest != ref.sha256:
