@@ -1,84 +1,105 @@
-"""Core-loop benchmark: plan, apply and a no-op re-plan, to a folder and to S3 on loopback.
+"""Core-loop benchmark: plan, apply, no-op re-plans and verification, to a folder, to S3 (moto's
+server on loopback) and, when DCMTK is installed, to storescp; each apply beside the raw
+transfer of the same files in the same run (fsspec's ``put``; DCMTK's ``storescu``).
 
 Run by users, not by the tests:  .venv/bin/python bench/core_loop.py [--studies 20 ...]
-Each command runs as its own process, so wall time and peak RSS are the command's own.
+Each command runs as its own process, so wall time and peak RSS are the command's own. The
+apply follows a plan (its scan finds nothing new), as on a running site. Target: the apply to
+S3 takes <= 1.15x the wall time of the raw put.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
+import shutil
 import sys
 import tempfile
-import textwrap
-import time
-import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from dataset import add_size_arguments, generate_set
+from harness import (
+    CLI,
+    S3_OPTIONS,
+    Measured,
+    Table,
+    bench_env,
+    measure,
+    s3_server,
+    write_config,
+)
 
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def measure(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS in MiB and exit code of one command."""
-    started = time.perf_counter()
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 2):
-        sys.exit(f"{' '.join(argv)} failed ({code}): {process.stderr.read().decode()}")
-    return elapsed, usage.ru_maxrss / 1024, code
-
-
-def start_s3() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            return server, endpoint
-        except OSError:
-            time.sleep(0.1)
-    sys.exit("moto's S3 server did not start")
+S3_TARGET = 1.15
+# The raw transfer: fsspec's put of the whole folder, with the S3 settings the destination uses.
+_PUT = """\
+import os, sys, fsspec
+url, inbox = sys.argv[1:]
+options = {}
+if url.startswith("s3://"):
+    options = {"endpoint_url": os.environ["S3_ENDPOINT"],
+               "config_kwargs": {"request_checksum_calculation": "when_required",
+                                 "response_checksum_validation": "when_required"}}
+fs, root = fsspec.core.url_to_fs(url, **options)
+fs.put(inbox, root, recursive=True)
+"""
 
 
-def write_config(folder: Path, inbox: Path, destination: str) -> Path:
-    config = folder / "reconciler.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            site: bench
-            sources:
-              inbox: {{path: "{inbox}", stable_after: 0s}}
-            destinations:
-              backup:
-                {destination}
-                concurrency: 16
-            policies:
-              - {{name: all, copy_to: [backup]}}
-            """
+@dataclass(frozen=True)
+class Target:
+    name: str
+    body: str  # the destination's YAML
+    raw_step: str
+    raw: list[str]  # the raw transfer of the same files
+    verifiable: bool  # object stores re-hash every object with --verify-subset
+
+
+@contextmanager
+def targets(work: Path, inbox: Path, endpoint: str) -> Iterator[list[Target]]:
+    found = [
+        Target(
+            "folder",
+            f'object: {{url: "{(work / "backup").as_uri()}"}}\nconcurrency: 16',
+            "fs.put (no fsync)",
+            [sys.executable, "-c", _PUT, (work / "raw").as_uri(), str(inbox)],
+            True,
+        ),
+        Target(
+            "s3",
+            f'object: {{url: "s3://bench/site", {S3_OPTIONS}}}\nconcurrency: 16',
+            "s3fs put",
+            [sys.executable, "-c", _PUT, "s3://bench/raw", str(inbox)],
+            True,
+        ),
+    ]
+    storescu = shutil.which("storescu")
+    if storescu is None or shutil.which("storescp") is None:
+        print("(DCMTK not installed: no DICOM rows; .ci/install-peers installs it)")
+        yield found
+        return
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from peers import start_storescp
+
+    with ExitStack() as stack:
+        raw_peer = stack.enter_context(start_storescp(work / "storescp-raw"))
+        peer = stack.enter_context(start_storescp(work / "storescp"))
+        send = [storescu, "-aec", raw_peer.ae_title, "+sd", "+r"]  # every file, one association
+        found.append(
+            Target(
+                "storescp",
+                f"dicom: {{host: {peer.host}, port: {peer.port}, ae_title: {peer.ae_title}, "
+                "max_associations: 4}\nverify: none",
+                "storescu (1 association)",
+                [*send, raw_peer.host, str(raw_peer.port), str(inbox)],
+                False,
+            )
         )
-    )
-    return config
+        yield found
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_size_arguments(parser, studies=20)
     args = parser.parse_args()
 
@@ -90,39 +111,52 @@ def main() -> None:
             f"{args.studies} studies x {args.series} series x {args.instances} instances: "
             f"{count} files, {total / 1e6:.0f} MB"
         )
-        server, endpoint = start_s3()
-        try:
-            import s3fs
-
-            env = {**os.environ, **CREDENTIALS, "S3_ENDPOINT": endpoint}
-            s3fs.S3FileSystem(endpoint_url=endpoint, key="bench", secret="bench-secret").mkdir(
-                "bench"
+        with s3_server() as endpoint, targets(work, inbox, endpoint) as chosen:
+            env = bench_env(S3_ENDPOINT=endpoint, TCP_NODELAY="1")
+            table = Table(
+                ("destination", -11),
+                ("step", -34),
+                ("wall s", 7),
+                ("peak RSS MiB", 12),
+                ("", -1),
             )
-            targets = {
-                "folder": f'object: {{url: "{(work / "backup").as_uri()}"}}',
-                "s3": 'object: {url: "s3://bench/site", options: {endpoint_url: '
-                '"${env:S3_ENDPOINT}", key: "${env:AWS_ACCESS_KEY_ID}", '
-                'secret: "${env:AWS_SECRET_ACCESS_KEY}"}}',
-            }
-            cli = [sys.executable, "-m", "reconciler"]
-            print(f"\n{'destination':<12}{'step':<26}{'wall s':>8}{'peak RSS MiB':>14}")
-            for name, block in targets.items():
-                folder = work / name
-                folder.mkdir()
-                config = str(write_config(folder, inbox, block))
-                steps = [
-                    ("plan (cold scan)", [*cli, "plan", "-c", config]),
-                    ("apply", [*cli, "apply", "-c", config, "--auto-approve"]),
-                    ("plan (no-op)", [*cli, "plan", "-c", config, "--detailed-exitcode"]),
-                    ("plan --refresh (no-op)", [*cli, "plan", "-c", config, "--refresh"]),
-                ]
-                for step, argv in steps:
-                    wall, rss, _ = measure(argv, env)
-                    rate = f"  ({total / wall / 1e6:.0f} MB/s)" if step == "apply" else ""
-                    print(f"{name:<12}{step:<26}{wall:>8.2f}{rss:>14.0f}{rate}")
-        finally:
-            server.terminate()
-            server.wait()
+
+            def step(target: str, name: str, argv: list[str], note: str = "") -> Measured:
+                measured = measure(argv, env)
+                table.row(target, name, measured.wall, f"{measured.rss_mib:.0f}", note)
+                return measured
+
+            for target in chosen:
+                config = str(write_config(work / target.name, inbox, {"backup": target.body}))
+                plan = [*CLI, "plan", "-c", config, "--detailed-exitcode"]
+                step(target.name, "plan (cold scan)", plan)
+                raw = measure(target.raw, env)
+                rate = f"{total / raw.wall / 1e6:.0f} MB/s"
+                table.row(target.name, target.raw_step, raw.wall, f"{raw.rss_mib:.0f}", rate)
+                apply = step(target.name, "apply", [*CLI, "apply", "-c", config, "--auto-approve"])
+                ratio = apply.wall / raw.wall
+                verdict = ""
+                if target.name == "s3":
+                    met = "met" if ratio <= S3_TARGET else "MISSED"
+                    verdict = f", target <= {S3_TARGET}x {met}"
+                print(
+                    f"{'':11}  {'':34}  {total / apply.wall / 1e6:.0f} MB/s, "
+                    f"{ratio:.2f}x the raw transfer's time{verdict}"
+                )
+                no_op = step(target.name, "plan (no-op)", plan)
+                step(target.name, "plan --refresh (no-op)", [*plan, "--refresh"])
+                if target.verifiable:
+                    verify = [*CLI, "apply", "-c", config, "--auto-approve", "--verify-subset"]
+                    checked = measure([*verify, "1/1"], env)
+                    per_study = (checked.wall - no_op.wall) / args.studies
+                    table.row(
+                        target.name,
+                        "verify every study (re-hash)",
+                        checked.wall,
+                        f"{checked.rss_mib:.0f}",
+                        f"{total / checked.wall / 1e6:.0f} MB/s, "
+                        f"{1000 * per_study:.0f} ms a study beyond a no-op plan",
+                    )
 
 
 if __name__ == "__main__":

@@ -7,67 +7,39 @@ Needs DCMTK and Orthanc (.ci/install-peers). Every run gets a fresh, empty peer.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
-import textwrap
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from dataset import add_size_arguments, generate_set
+from harness import CLI, Table, bench_env, measure, write_config
 from peers import DicomPeer, start_orthanc, start_storescp
 
 STORESCU = "/usr/bin/storescu"
 Peer = Callable[[Path], AbstractContextManager[DicomPeer]]
 
 
-def storescu(peer: DicomPeer, inbox: Path) -> None:
-    argv = [STORESCU, "-aec", peer.ae_title, "+sd", "+r", peer.host, str(peer.port), str(inbox)]
-    subprocess.run(
-        argv,
-        check=True,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def storescu(peer: DicomPeer, inbox: Path) -> list[str]:
+    return [STORESCU, "-aec", peer.ae_title, "+sd", "+r", peer.host, str(peer.port), str(inbox)]
 
 
 def reconciler(
     peer: DicomPeer, inbox: Path, work: Path, associations: int, warm: bool
-) -> Callable[[], object]:
+) -> list[str]:
     """The apply to time; when ``warm``, a plan has scanned first, as on a running site."""
-    config = work / "reconciler.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            site: bench
-            sources:
-              inbox: {{path: "{inbox}", stable_after: 0s}}
-            destinations:
-              pacs:
-                dicom: {{host: {peer.host}, port: {peer.port}, ae_title: {peer.ae_title},
-                         max_associations: {associations}}}
-                verify: none
-            policies:
-              - {{name: all, copy_to: [pacs]}}
-            """
-        )
+    destination = (
+        f"dicom: {{host: {peer.host}, port: {peer.port}, ae_title: {peer.ae_title}, "
+        f"max_associations: {associations}}}\nverify: none"
     )
-    cli = [sys.executable, "-m", "reconciler"]
+    config = str(write_config(work, inbox, {"pacs": destination}))
     if warm:
-        subprocess.run([*cli, "plan", "-c", str(config)], check=True, stdout=subprocess.DEVNULL)
-    apply = [*cli, "apply", "-c", str(config), "--auto-approve"]
-    return lambda: subprocess.run(apply, check=True, stdout=subprocess.DEVNULL)
-
-
-def timed(run: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
+        plan = [*CLI, "plan", "-c", config]
+        subprocess.run(plan, check=True, env=bench_env(), stdout=subprocess.DEVNULL)
+    return [*CLI, "apply", "-c", config, "--auto-approve"]
 
 
 def peers(work: Path) -> Iterator[tuple[str, Peer]]:
@@ -89,7 +61,10 @@ def main() -> None:
             f"{args.associations} associations; cold: scan, plan and send; warm: apply after "
             "a plan\n"
         )
-        print(f"{'peer':<18}{'sender':<18}{'wall s':>8}{'MB/s':>8}{'vs storescu':>13}")
+        env = bench_env(TCP_NODELAY="1")
+        table = Table(
+            ("peer", -16), ("sender", -16), ("wall s", 7), ("MB/s", 6), ("vs storescu", 11)
+        )
         for number, (name, start) in enumerate(peers(work)):
             base = None
             for sender in ("storescu", "reconciler cold", "reconciler warm"):
@@ -97,12 +72,13 @@ def main() -> None:
                 run_dir.mkdir()
                 with start(run_dir / "peer") as peer:
                     if base is None:
-                        wall = base = timed(lambda p=peer: storescu(p, inbox))
+                        argv = storescu(peer, inbox)
                     else:
                         warm = sender.endswith("warm")
-                        wall = timed(reconciler(peer, inbox, run_dir, args.associations, warm))
-                ratio = f"{base / wall:.2f}x"
-                print(f"{name:<18}{sender:<18}{wall:>8.1f}{total / wall / 1e6:>8.0f}{ratio:>13}")
+                        argv = reconciler(peer, inbox, run_dir, args.associations, warm)
+                    wall = measure(argv, env, ok=(0,)).wall
+                    base = base or wall
+                table.row(name, sender, wall, f"{total / wall / 1e6:.0f}", f"{base / wall:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,41 +9,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
-from core_loop import CREDENTIALS, measure, start_s3
 from dataset import add_size_arguments, generate_set
-
-
-def write_config(folder: Path, inbox: Path) -> Path:
-    config = folder / "reconciler.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            site: bench
-            sources:
-              inbox: {{path: "{inbox}", stable_after: 0s}}
-            destinations:
-              cloud:
-                object:
-                  url: s3://bench/site
-                  options:
-                    endpoint_url: ${{env:S3_ENDPOINT}}
-                    key: ${{env:AWS_ACCESS_KEY_ID}}
-                    secret: ${{env:AWS_SECRET_ACCESS_KEY}}
-                concurrency: 16
-            policies:
-              - {{name: all, copy_to: [cloud]}}
-            recovery_points:
-              store_at: [cloud]
-            """
-        )
-    )
-    return config
+from harness import CLI, S3_OPTIONS, Table, bench_env, measure, s3_server, write_config
 
 
 def digests(folder: Path) -> list[str]:
@@ -63,47 +33,32 @@ def main() -> None:
             f"{args.studies} studies x {args.series} series x {args.instances} instances: "
             f"{count} files, {total / 1e6:.0f} MB"
         )
-        server, endpoint = start_s3()
-        try:
-            import s3fs
-
-            env = {**os.environ, **CREDENTIALS, "S3_ENDPOINT": endpoint}
-            s3fs.S3FileSystem(endpoint_url=endpoint, key="bench", secret="bench-secret").mkdir(
-                "bench"
-            )
-            config = str(write_config(work, inbox))
+        with s3_server() as endpoint:
+            env = bench_env(S3_ENDPOINT=endpoint)
+            destination = f'object: {{url: "s3://bench/site", {S3_OPTIONS}}}\nconcurrency: 16'
+            points = "recovery_points:\n  store_at: [cloud]\n"
+            config = str(write_config(work, inbox, {"cloud": destination}, points))
             restored = str(work / "restored")
-            cli = [sys.executable, "-m", "reconciler"]
+            point = [*CLI, "recover", "restore", "latest", "-c", config, "--to", restored]
             steps = [
-                ("apply (setup)", [*cli, "apply", "-c", config, "--auto-approve"], False),
-                ("recover create", [*cli, "recover", "create", "-c", config], False),
-                ("recover verify", [*cli, "recover", "verify", "latest", "-c", config], False),
+                ("apply (setup)", [*CLI, "apply", "-c", config, "--auto-approve"], False),
+                ("recover create", [*CLI, "recover", "create", "-c", config], False),
+                ("recover verify", [*CLI, "recover", "verify", "latest", "-c", config], False),
                 (
                     "recover verify --read-data",
-                    [*cli, "recover", "verify", "latest", "-c", config, "--read-data"],
+                    [*CLI, "recover", "verify", "latest", "-c", config, "--read-data"],
                     True,
                 ),
-                (
-                    "recover restore --to DIR",
-                    [*cli, "recover", "restore", "latest", "-c", config, "--to", restored],
-                    True,
-                ),
-                (
-                    "restore again (all present)",
-                    [*cli, "recover", "restore", "latest", "-c", config, "--to", restored],
-                    False,
-                ),
+                ("recover restore --to DIR", point, True),
+                ("restore again (all present)", point, False),
             ]
-            print(f"\n{'step':<30}{'wall s':>8}{'peak RSS MiB':>14}")
+            table = Table(("step", -30), ("wall s", 7), ("peak RSS MiB", 12), ("", -1))
             for step, argv, rate in steps:
-                wall, rss, _ = measure(argv, env)
-                speed = f"  ({total / wall / 1e6:.0f} MB/s)" if rate else ""
-                print(f"{step:<30}{wall:>8.2f}{rss:>14.0f}{speed}")
+                measured = measure(argv, env)
+                speed = f"{total / measured.wall / 1e6:.0f} MB/s" if rate else ""
+                table.row(step, measured.wall, f"{measured.rss_mib:.0f}", speed)
             same = digests(inbox) == digests(Path(restored))
             print(f"\nrestored files identical to the originals: {same}")
-        finally:
-            server.terminate()
-            server.wait()
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ObservedInstance:
+class ObservedInstance(NamedTuple):
+    """A named tuple: a large destination's cached holdings are read back by the million."""
+
     sha256: str | None  # of the source bytes the copy was made from; None if a peer can't say
     size: int  # of the source bytes
 

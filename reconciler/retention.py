@@ -12,9 +12,10 @@ rule below holds; otherwise it is listed as kept, with the rule that stopped it:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
+from functools import cached_property
 
 from reconciler.catalog.model import CatalogInstance, CatalogStudy
 from reconciler.config.durations import format_duration
@@ -71,10 +72,15 @@ class StudyFacts:
 
     study: CatalogStudy
     label: StudyLabel
-    refs: tuple[InstanceRef, ...]  # every local file of the study
+    ref: Callable[[CatalogInstance], InstanceRef]  # how the plan refers to a local file
     wanted: Sequence[str]  # destinations its policies copy it to
     settled: bool  # complete: no file changed within stable_after
     conflicted: bool  # two files with different content share a SOP Instance UID
+
+    @cached_property
+    def refs(self) -> tuple[InstanceRef, ...]:
+        """Every local file of the study; built only for a deletion, not for every study."""
+        return tuple(map(self.ref, self.study.instances))
 
 
 Decision = Action | Retained | None

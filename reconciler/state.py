@@ -6,11 +6,12 @@ thread that owns the store. WAL mode keeps readers (``status``) from blocking a 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -85,6 +86,26 @@ _INSTANCE_COLUMNS = [
     "accession_number",
     "extra",
 ]
+
+
+# Columns whose values repeat from row to row (per study, series or site): one object per
+# distinct value is kept, not one per row; a million-row catalog is half the size for it.
+_SHARED_COLUMNS = frozenset(
+    _INSTANCE_COLUMNS.index(c)
+    for c in (
+        "source",
+        "study_uid",
+        "series_uid",
+        "sop_class_uid",
+        "transfer_syntax",
+        "patient_id",
+        "study_date",
+        "modality",
+        "study_description",
+        "accession_number",
+    )
+)
+_FETCH = 50_000  # rows converted at a time while loading the catalog
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +203,9 @@ class StateStore:
             "UNION ALL SELECT path, size, mtime_ns, '{}', 1 FROM rejected WHERE source = ?",
             (source, source),
         )
-        return {p: FileStamp(s, m, frozenset(json.loads(e)), bool(r)) for p, s, m, e, r in rows}
+        keys = _Parsed(lambda text: frozenset(json.loads(text)))
+        with _bulk_load():
+            return {p: FileStamp(s, m, keys[e], bool(r)) for p, s, m, e, r in rows}
 
     def record_scan(
         self,
@@ -221,13 +244,22 @@ class StateStore:
         return True
 
     def load_catalog(self) -> Catalog:
-        rows = self._db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances")
-        instances = [CatalogInstance(*row[:-1], extra=json.loads(row[-1])) for row in rows]
-        arrivals = {
-            uid: datetime.fromisoformat(at)
-            for uid, at in self._db.execute("SELECT study_uid, first_seen FROM arrivals")
-        }
-        return Catalog.from_instances(instances, self.catalog_serial, arrivals)
+        cursor = self._db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances")
+        shared: dict[object, object] = {}
+        extras = _Parsed(json.loads)
+        instances: list[CatalogInstance] = []
+        with _bulk_load():
+            while rows := cursor.fetchmany(_FETCH):
+                columns: list[Iterable[object]] = list(zip(*rows, strict=True))
+                for index in _SHARED_COLUMNS:
+                    columns[index] = map(shared.setdefault, columns[index], columns[index])
+                columns[-1] = map(extras.__getitem__, columns[-1])
+                instances.extend(map(CatalogInstance._make, zip(*columns, strict=True)))
+            arrivals = {
+                uid: datetime.fromisoformat(at)
+                for uid, at in self._db.execute("SELECT study_uid, first_seen FROM arrivals")
+            }
+            return Catalog.from_instances(instances, self.catalog_serial, arrivals)
 
     def forget_files(self, study_uid: str, paths: Iterable[str]) -> None:
         """After a deletion: the files leave the catalog, and the study's arrival with them
@@ -366,18 +398,20 @@ class StateStore:
             )
         }
         studies = {}
-        for uid, instances, seen_at in self._db.execute(
+        rows = self._db.execute(
             "SELECT study_uid, instances, seen_at FROM observed_studies WHERE destination = ?",
             (destination,),
-        ):
-            verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
-            studies[uid] = ObservedStudy(
-                uid,
-                _parse_instances(instances),
-                verified_at=verified_at if ok else None,
-                corrupt=corrupt,
-                seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
-            )
+        )
+        with _bulk_load():
+            for uid, instances, seen_at in rows:
+                verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
+                studies[uid] = ObservedStudy(
+                    uid,
+                    _parse_instances(instances),
+                    verified_at=verified_at if ok else None,
+                    corrupt=corrupt,
+                    seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
+                )
         return Observation(
             destination=destination,
             observed_at=datetime.fromisoformat(head[0]),
@@ -519,8 +553,38 @@ def _instances_json(instances: Mapping[str, ObservedInstance]) -> str:
 
 
 def _parse_instances(text: str) -> dict[str, ObservedInstance]:
-    return {sop: ObservedInstance(sha, size) for sop, (sha, size) in json.loads(text).items()}
+    held = json.loads(text)
+    return dict(zip(held, map(ObservedInstance._make, held.values()), strict=True))
 
 
 def _holdings(observation: Observation) -> dict[str, str]:
     return {uid: _instances_json(s.instances) for uid, s in observation.studies.items()}
+
+
+class _Parsed(dict[str, Any]):
+    """A parser with memory: columns such as ``extra`` hold a handful of distinct texts."""
+
+    def __init__(self, parse: Callable[[str], Any]) -> None:
+        super().__init__()
+        self._parse = parse
+
+    def __missing__(self, text: str) -> Any:
+        value = self[text] = self._parse(text)
+        return value
+
+
+@contextmanager
+def _bulk_load() -> Iterator[None]:
+    """Around loads that build millions of objects holding no reference cycles. The cyclic
+    collector would walk them again and again as they pile up, and in every full collection
+    after: it is paused while they are built, then they are frozen out of its sight (reference
+    counting still frees them). Garbage from before is collected first, not frozen with them."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()

@@ -92,9 +92,7 @@ class Workspace:
 
     def observe(self, catalog: Catalog, refresh: bool, now: datetime) -> dict[str, Observation]:
         """Each destination's holdings: from the cache unless stale or ``refresh`` is asked."""
-        expected = {
-            uid: [i.sop_uid for i in study.instances] for uid, study in catalog.studies.items()
-        }
+        expected: dict[str, list[str]] | None = None  # built only if a destination is read
         observations = {}
         for name, settings in self.config.destinations.items():
             cached = self.store.load_observation(name)
@@ -111,6 +109,11 @@ class Workspace:
             elif fresh and not refresh:
                 observations[name] = cached
             else:
+                if expected is None:
+                    expected = {
+                        uid: [i.sop_uid for i in study.instances]
+                        for uid, study in catalog.studies.items()
+                    }
                 observations[name] = self._observe(name, expected, now)
         return observations
 

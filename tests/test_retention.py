@@ -271,7 +271,7 @@ def test_protected_studies_are_never_deleted() -> None:
 def test_a_study_still_being_written_or_in_conflict_is_kept() -> None:
     changing = study("1.1", 2, mtime_ns=int(NOW.timestamp() * 1e9))
     conflict = study("1.2", 2)
-    conflict.append(replace(conflict[0], path="/srv/inbox/other.dcm", sha256="f" * 64))
+    conflict.append(conflict[0]._replace(path="/srv/inbox/other.dcm", sha256="f" * 64))
     plan = make_plan(
         retention_config(),
         arrived(catalog(changing, conflict)),

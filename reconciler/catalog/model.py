@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
+from types import MappingProxyType
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogInstance:
+class CatalogInstance(NamedTuple):
+    """One catalogued file. A named tuple rather than a dataclass: loading a large catalog
+    builds one per row, and a tuple is built several times faster."""
+
     path: str
     source: str
     size: int
@@ -25,7 +30,7 @@ class CatalogInstance:
     modality: str
     study_description: str
     accession_number: str
-    extra: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str] = MappingProxyType({})
 
     @property
     def changed_ns(self) -> int:
@@ -66,6 +71,9 @@ class CatalogStudy:
         return self.first.extra.get(keyword, "")
 
 
+_by_path = attrgetter("path")
+
+
 @dataclass(frozen=True)
 class Catalog:
     studies: Mapping[str, CatalogStudy]
@@ -83,7 +91,7 @@ class Catalog:
             grouped.setdefault(instance.study_uid, []).append(instance)
         arrivals = arrivals or {}
         studies = {
-            uid: CatalogStudy(uid, tuple(sorted(rows, key=lambda i: i.path)), arrivals.get(uid))
+            uid: CatalogStudy(uid, tuple(sorted(rows, key=_by_path)), arrivals.get(uid))
             for uid, rows in grouped.items()
         }
         return cls(studies, serial)

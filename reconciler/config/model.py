@@ -23,7 +23,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from reconciler.bandwidth import Timetable
 from reconciler.config.durations import Duration
@@ -65,6 +64,9 @@ class TextMatch(StrictModel):
 
 
 def _text_keyword(keyword: str) -> str:
+    # Imported here: most configs name no tag, and pydicom takes a while to import.
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
     if tag_for_keyword(keyword) is None:
         raise ValueError(f"'{keyword}' is not a DICOM keyword (e.g. InstitutionName)")
     if dictionary_VR(keyword) in {"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}:

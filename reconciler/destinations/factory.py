@@ -7,9 +7,6 @@ from pathlib import Path
 
 from reconciler.config.model import DestinationConfig, DicomTarget, DicomWebTarget, ObjectTarget
 from reconciler.destinations.base import Destination
-from reconciler.destinations.dicom import DicomDestination
-from reconciler.destinations.dicomweb import DicomWebDestination
-from reconciler.destinations.object_store import ObjectStoreDestination
 
 Resolve = Callable[[Path], Path]
 
@@ -17,11 +14,19 @@ Resolve = Callable[[Path], Path]
 def open_destination(
     name: str, settings: DestinationConfig, site: str, resolve: Resolve
 ) -> Destination:
+    # Each kind's module is imported when one is opened: a plan that reads only cached
+    # observations starts without pynetdicom, requests or s3fs.
     if settings.dicom is not None:
+        from reconciler.destinations.dicom import DicomDestination
+
         return DicomDestination(name, _dicom(settings.dicom, resolve), settings)
     if settings.dicomweb is not None:
+        from reconciler.destinations.dicomweb import DicomWebDestination
+
         return DicomWebDestination(name, _dicomweb(settings.dicomweb, resolve), settings)
     assert settings.object is not None  # the model requires exactly one kind
+    from reconciler.destinations.object_store import ObjectStoreDestination
+
     return ObjectStoreDestination(name, _object(settings.object, resolve), settings, site)
 
 

@@ -1,0 +1,146 @@
+"""What the benchmarks share: timing a command in its own process, an S3 server on loopback,
+a config beside a generated set, and printing a table as its rows come in."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "reconciler"]
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# An s3:// destination's options, read from the environment that ``bench_env`` prepares.
+S3_OPTIONS = (
+    'options: {endpoint_url: "${env:S3_ENDPOINT}", key: "${env:AWS_ACCESS_KEY_ID}", '
+    'secret: "${env:AWS_SECRET_ACCESS_KEY}"}'
+)
+# Only the scan, in a process of its own: ``reconciler plan`` minus observing and planning.
+_SCAN = """\
+import sys
+from reconciler.config.load import load_config
+from reconciler.workspace import Workspace
+with Workspace(load_config(sys.argv[1]), "scan") as workspace:
+    result = workspace.scan()
+print(result.files, result.read)
+"""
+
+
+@dataclass(frozen=True)
+class Measured:
+    wall: float  # seconds
+    rss_mib: float  # the process's peak resident set
+    code: int
+    stdout: str
+
+
+def bench_env(**extra: str) -> dict[str, str]:
+    """The environment of the measured commands: they import the package beside this bench."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, **CREDENTIALS, "PYTHONPATH": path, **extra}
+
+
+def measure(argv: Sequence[str], env: Mapping[str, str], ok: Sequence[int] = (0, 2)) -> Measured:
+    """Wall time and peak RSS of one command; exits the benchmark if it fails."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(process.pid, 0)  # wait4: the child's own resource usage
+        wall = time.perf_counter() - started
+        process.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read()
+        if code not in ok:
+            sys.exit(f"{' '.join(argv)} failed ({code}):\n{err.read()}{stdout[-2000:]}")
+    return Measured(wall, usage.ru_maxrss / 1024, code, stdout)
+
+
+def scan_command(config: Path) -> list[str]:
+    """A command that only brings the catalog up to date; prints "files read"."""
+    return [sys.executable, "-c", _SCAN, str(config)]
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, with a bucket "bench"; yields its endpoint."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            sys.exit("moto's S3 server did not start")
+        s3_filesystem(endpoint).mkdir("bench")
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def s3_filesystem(endpoint: str):  # type: ignore[no-untyped-def]  # s3fs has no type hints
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        endpoint_url=endpoint, key=CREDENTIALS["AWS_ACCESS_KEY_ID"], secret="bench-secret"
+    )
+
+
+def write_config(
+    folder: Path, inbox: Path, destinations: Mapping[str, str], extra: str = ""
+) -> Path:
+    """A config copying everything in ``inbox`` (stable at once) to each destination, given
+    as its YAML body (one or more lines); ``extra`` is appended at top level."""
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks = "".join(
+        f"  {name}:\n{textwrap.indent(body.strip(), '    ')}\n"
+        for name, body in destinations.items()
+    )
+    config = folder / "reconciler.yaml"
+    config.write_text(
+        f'site: bench\nsources:\n  inbox: {{path: "{inbox}", stable_after: 0s}}\n'
+        f"destinations:\n{blocks}"
+        f"policies:\n  - {{name: all, copy_to: [{', '.join(destinations)}]}}\n{extra}"
+    )
+    return config
+
+
+class Table:
+    """A text table printed row by row, so a long benchmark shows its progress."""
+
+    def __init__(self, *columns: tuple[str, int]) -> None:
+        """Each column: its title and width (negative: left-aligned)."""
+        self.columns = columns
+        print()
+        self.row(*(title for title, _ in columns))
+
+    def row(self, *cells: object) -> None:
+        parts = []
+        for (_, width), cell in zip(self.columns, cells, strict=True):
+            text = f"{cell:.2f}" if isinstance(cell, float) else str(cell)
+            parts.append(text.ljust(-width) if width < 0 else text.rjust(width))
+        print("  ".join(parts).rstrip(), flush=True)

@@ -1,0 +1,89 @@
+"""Scale benchmark: scan, plan, apply and re-plan over 1k, 10k and 100k instances.
+
+Run by users, not by the tests:  .venv/bin/python bench/scale.py [--sizes 1000,10000,100000]
+Files are tiny (a few hundred bytes: scanning and planning cost per file), 100 instances a
+study; the destination is a folder. Each step runs as its own process (wall time and peak RSS
+are its own): the cold scan, a rescan with nothing changed and one after 1% of the files were
+touched (only those are read again), a plan with everything to copy, the apply, then a plan
+with nothing to do (no-op re-plan; target <= 2 s at 100k) and the same re-reading the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from dataset import generate_tiny
+from harness import CLI, Table, bench_env, measure, scan_command, write_config
+
+NO_OP_REPLAN_TARGET = 2.0  # seconds, at 100k instances
+
+
+def touch_share(inbox: Path, every: int) -> int:
+    """Give every ``every``-th file a new mtime; returns how many were touched."""
+    files = sorted(str(p) for p in inbox.rglob("*.dcm"))[::every]
+    now = time.time_ns()
+    for path in files:
+        os.utime(path, ns=(now, now))
+    return len(files)
+
+
+def run_size(instances: int, args: argparse.Namespace, table: Table, root: Path) -> None:
+    work = root / str(instances)
+    inbox = work / "inbox"
+    per_study = args.series * args.instances
+    started = time.perf_counter()
+    count, _ = generate_tiny(inbox, max(1, instances // per_study), args.series, args.instances)
+    print(f"({count} files generated in {time.perf_counter() - started:.1f} s)", flush=True)
+    backup = (work / "backup").as_uri()
+    config = write_config(work, inbox, {"backup": f'object: {{url: "{backup}"}}'})
+    env = bench_env()
+    plan = [*CLI, "plan", "-c", str(config)]
+
+    def step(name: str, argv: list[str], per_second: bool = False) -> float:
+        measured = measure(argv, env)
+        scanned = argv[:2] == scan_command(config)[:2]
+        read = measured.stdout.split()[1] if scanned else ""  # the scan prints "files read"
+        note = f"{count / measured.wall:,.0f} files/s" if per_second else ""
+        if name.startswith("plan (no-op"):
+            note = "no changes" if measured.code == 0 else "CHANGES PLANNED (unexpected)"
+        table.row(f"{count:,}", name, measured.wall, f"{measured.rss_mib:.0f}", read, note)
+        return measured.wall
+
+    step("scan (cold)", scan_command(config))
+    step("rescan (nothing changed)", scan_command(config))
+    touched = touch_share(inbox, 100)
+    step(f"rescan ({touched} files touched)", scan_command(config))
+    step("plan (everything to copy)", plan)
+    step("apply to a folder", [*CLI, "apply", "-c", str(config), "--auto-approve"], True)
+    replan = step("plan (no-op)", [*plan, "--detailed-exitcode"])
+    step("plan (no-op) --refresh", [*plan, "--detailed-exitcode", "--refresh"])
+    if count >= 100_000:
+        verdict = "met" if replan <= NO_OP_REPLAN_TARGET else "MISSED"
+        print(f"no-op re-plan at {count:,}: {replan:.2f} s, target <= 2 s {verdict}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="instance counts")
+    parser.add_argument("--series", type=int, default=2, help="series per study")
+    parser.add_argument("--instances", type=int, default=50, help="instances per series")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="reconciler-scale-") as tmp:
+        table = Table(
+            ("instances", 9),
+            ("step", -30),
+            ("wall s", 7),
+            ("peak RSS MiB", 12),
+            ("files read", 10),
+            ("", -1),
+        )
+        for size in (int(s) for s in args.sizes.split(",")):
+            run_size(size, args, table, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
