@@ -2,12 +2,12 @@
 
 Run by users, not by the tests:  .venv/bin/python bench/catalog_rows.py [--rows 1000000]
 Scanning a million files is the scale benchmark's business (bench/scale.py measures it per
-file); here the catalog is filled through the state's own ``record_scan`` and
-``save_observation``, with 100 instances a study, and the source folder is absent (as an
-unmounted share: the scan leaves its rows alone), so ``reconciler plan`` times loading the
-catalog and the cached observation, planning and rendering. Two states: one whose destination
-holds every study (a no-op plan) and one whose destination is empty (everything to copy).
-Targets: <= 5 s and <= 1 GB peak RSS.
+file); here the catalog is filled through the state's own ``record_scan``, ``refresh_packs``
+(as a scan leaves it) and ``save_observation``, 100 instances a study. The source folder is
+absent (an unmounted share: the scan leaves its rows alone), so ``reconciler plan`` times
+loading the catalog and the cached observation, planning and rendering. Two states: one whose
+destination holds every study (a no-op plan) and one whose destination is empty (everything
+to copy). Targets: <= 5 s and <= 1 GB peak RSS.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def populate(state: Path, inbox: Path, rows: int, per_study: int, held: bool) ->
             store.record_scan(batch, [], [])
             batch = []
     store.record_scan(batch, [], [])
+    store.refresh_packs()  # as the scan that catalogued them would have
     studies = {uid: ObservedStudy(uid, instances) for uid, instances in holdings.items()}
     store.save_observation(Observation("backup", datetime.now(UTC), 0, ok=True, studies=studies))
     store.close()

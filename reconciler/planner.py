@@ -43,6 +43,7 @@ DEEP_VERIFICATION = {
 SUBSET_VERIFICATION = {"presence": "checksum"}
 # A file's last change is the later of these (CatalogInstance.changed_ns), read in C.
 _change_stamps = attrgetter("mtime_ns", "ctime_ns")
+_series_then_path = attrgetter("series_uid", "path")  # the order instances are sent in
 
 
 def make_plan(
@@ -274,8 +275,9 @@ def _action_for(
         if i.sop_uid in present and present[i.sop_uid].sha256 not in (None, i.sha256)
     ]
     damaged = [i for i in instances if i.sop_uid in corrupt and i not in differing]
-    unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}
-    to_send = sorted(unique.values(), key=lambda i: (i.series_uid, i.path))
+    # A missing instance may also be damaged; without damaged ones none is in two lists.
+    unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}.values() if damaged else ()
+    to_send = sorted(unique or [*missing, *differing], key=_series_then_path)
     if to_send and destination in config.archive_destinations:
         # A bundle is written whole: a study that changed or grew gets a new one.
         return Action(

@@ -33,9 +33,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
-
 from reconciler.destinations.base import Destination, DestinationUnavailable
 from reconciler.manifest import SHA256_PATTERN, Manifest, ManifestEntry, ManifestError, is_uid
 from reconciler.observation import ObservedInstance
@@ -590,6 +587,8 @@ def _patient_id(store: ObjectStore, study: PointStudy, keyring: Keyring | None) 
                 source: Any = io.BytesIO(stored_original(store, uid, entry, keyring)[1])
             else:
                 source = stack.enter_context(store.open_key(_object_key(uid, entry)))
+            from pydicom import dcmread  # here: pydicom slows every command's start
+
             header = dcmread(source, stop_before_pixels=True, specific_tags=["PatientID"])
         return str(header.get("PatientID", ""))
     except (RecoveryError, Unrestorable, OSError, ValueError, IndexError):
@@ -832,6 +831,8 @@ class _Staged:
             return self._problem(path, Finding(self.uid, sop, "conflict", detail))
         if note:
             self.notes.append(Finding(self.uid, sop, "transcoded", note))
+        from pydicom.uid import ExplicitVRLittleEndian  # here: pydicom slows every start
+
         return InstanceRef(
             sop_instance_uid=sop,
             sop_class_uid=entry.sop_class_uid,

@@ -6,7 +6,6 @@ thread that owns the store. WAL mode keeps readers (``status``) from blocking a 
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sqlite3
@@ -15,13 +14,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from itertools import chain, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from reconciler.catalog.model import Catalog, CatalogInstance
+from reconciler.bulk import building
+from reconciler.catalog.model import Catalog, CatalogInstance, CatalogStudy
 from reconciler.observation import Observation, ObservedInstance, ObservedStudy
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,6 +37,8 @@ CREATE TABLE IF NOT EXISTS instances (
     accession_number TEXT NOT NULL, extra TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS study_packs (study_uid TEXT PRIMARY KEY, pack TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stale_packs (study_uid TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS rejected (
     path TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, seen_at TEXT NOT NULL
@@ -88,8 +93,8 @@ _INSTANCE_COLUMNS = [
 ]
 
 
-# Columns whose values repeat from row to row (per study, series or site): one object per
-# distinct value is kept, not one per row; a million-row catalog is half the size for it.
+# Columns whose values repeat from file to file (per study, series or site): a loaded catalog
+# keeps one object per distinct value, not one per file; a million files take half the memory.
 _SHARED_COLUMNS = frozenset(
     _INSTANCE_COLUMNS.index(c)
     for c in (
@@ -105,7 +110,9 @@ _SHARED_COLUMNS = frozenset(
         "accession_number",
     )
 )
-_FETCH = 50_000  # rows converted at a time while loading the catalog
+_STUDY_UID = _INSTANCE_COLUMNS.index("study_uid")
+_new_instance = partial(tuple.__new__, CatalogInstance)  # _make without its length check
+_STUDIES_AT_ONCE = 500  # studies whose rows are read (and packed) in one query
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,8 @@ class StateStore:
         version = int(self._meta("schema_version"))
         if version == 1:
             version = self._migrate_from_1()
+        if version == 2:
+            version = self._migrate_from_2()
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{path} has state schema {version}; "
@@ -170,6 +179,14 @@ class StateStore:
             )
             db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         return 2
+
+    def _migrate_from_2(self) -> int:
+        """Version 3 keeps each study's catalogue rows packed (see ``load_catalog``); the next
+        scan packs the studies catalogued before."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO stale_packs SELECT DISTINCT study_uid FROM instances")
+            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        return 3
 
     def close(self) -> None:
         self._db.close()
@@ -204,7 +221,7 @@ class StateStore:
             (source, source),
         )
         keys = _Parsed(lambda text: frozenset(json.loads(text)))
-        with _bulk_load():
+        with building():
             return {p: FileStamp(s, m, keys[e], bool(r)) for p, s, m, e, r in rows}
 
     def record_scan(
@@ -223,6 +240,7 @@ class StateStore:
                 + [(r[0],) for r in rejections]
                 + [(p,) for p in removed]
             )
+            _mark_stale(db, paths, {i.study_uid for i in upserts})
             db.executemany("DELETE FROM instances WHERE path = ?", paths)
             db.executemany("DELETE FROM rejected WHERE path = ?", paths)
             db.executemany(
@@ -244,28 +262,72 @@ class StateStore:
         return True
 
     def load_catalog(self) -> Catalog:
-        cursor = self._db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances")
+        """The catalog, read study by study from packs: one text per study holding its rows
+        column by column (a million separate rows take seconds to turn into objects). The
+        studies whose files changed since their pack was made are read from their rows."""
         shared: dict[object, object] = {}
         extras = _Parsed(json.loads)
-        instances: list[CatalogInstance] = []
-        with _bulk_load():
-            while rows := cursor.fetchmany(_FETCH):
-                columns: list[Iterable[object]] = list(zip(*rows, strict=True))
-                for index in _SHARED_COLUMNS:
-                    columns[index] = map(shared.setdefault, columns[index], columns[index])
-                columns[-1] = map(extras.__getitem__, columns[-1])
-                instances.extend(map(CatalogInstance._make, zip(*columns, strict=True)))
+        with self._snapshot(), building():
+            packs = self._db.execute(
+                "SELECT study_uid, pack FROM study_packs WHERE study_uid NOT IN "
+                "(SELECT study_uid FROM stale_packs)"
+            )
+            stale = [uid for (uid,) in self._db.execute("SELECT study_uid FROM stale_packs")]
+            rows = {
+                uid: _unpack(pack, shared, extras)
+                for uid, pack in chain(packs, self._packs_from_rows(stale))
+            }
             arrivals = {
                 uid: datetime.fromisoformat(at)
                 for uid, at in self._db.execute("SELECT study_uid, first_seen FROM arrivals")
             }
-            return Catalog.from_instances(instances, self.catalog_serial, arrivals)
+            studies = {uid: CatalogStudy(uid, r, arrivals.get(uid)) for uid, r in rows.items()}
+            return Catalog(studies, self.catalog_serial)
+
+    def refresh_packs(self) -> None:
+        """Pack again the studies whose files changed; after a scan, by the lock's holder."""
+        while stale := [
+            uid
+            for (uid,) in self._db.execute(
+                "SELECT study_uid FROM stale_packs LIMIT ?", (_STUDIES_AT_ONCE,)
+            )
+        ]:
+            with self.transaction() as db:
+                packs = list(self._packs_from_rows(stale))
+                db.executemany("DELETE FROM study_packs WHERE study_uid = ?", [(u,) for u in stale])
+                db.executemany("INSERT INTO study_packs VALUES (?, ?)", packs)
+                db.executemany("DELETE FROM stale_packs WHERE study_uid = ?", [(u,) for u in stale])
+
+    def _packs_from_rows(self, study_uids: list[str]) -> Iterator[tuple[str, str]]:
+        """(study, pack) made from the rows; a study without rows (all forgotten) has none."""
+        for start in range(0, len(study_uids), _STUDIES_AT_ONCE):
+            chunk = study_uids[start : start + _STUDIES_AT_ONCE]
+            by_study: dict[str, list[tuple[Any, ...]]] = {}
+            for row in self._db.execute(
+                f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances "
+                f"WHERE study_uid IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                by_study.setdefault(row[_STUDY_UID], []).append(row)
+            for uid, rows in by_study.items():
+                yield uid, _pack(rows)
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Several reads that must see one state, though another process may be writing."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
 
     def forget_files(self, study_uid: str, paths: Iterable[str]) -> None:
         """After a deletion: the files leave the catalog, and the study's arrival with them
         once none is left, so a study sent again later is kept for its full term again."""
+        paths = [(p,) for p in paths]
         with self.transaction() as db:
-            db.executemany("DELETE FROM instances WHERE path = ?", [(p,) for p in paths])
+            _mark_stale(db, paths, {study_uid})
+            db.executemany("DELETE FROM instances WHERE path = ?", paths)
             db.execute(
                 "DELETE FROM arrivals WHERE study_uid = ? AND NOT EXISTS "
                 "(SELECT 1 FROM instances WHERE study_uid = ?)",
@@ -402,7 +464,7 @@ class StateStore:
             "SELECT study_uid, instances, seen_at FROM observed_studies WHERE destination = ?",
             (destination,),
         )
-        with _bulk_load():
+        with building():
             for uid, instances, seen_at in rows:
                 verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
                 studies[uid] = ObservedStudy(
@@ -543,6 +605,39 @@ class StateStore:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
+def _mark_stale(db: sqlite3.Connection, paths: list[tuple[str]], study_uids: set[str]) -> None:
+    """Before a change to these files: their studies' packs no longer hold."""
+    db.executemany(
+        "INSERT OR IGNORE INTO stale_packs SELECT study_uid FROM instances WHERE path = ?", paths
+    )
+    db.executemany("INSERT OR IGNORE INTO stale_packs VALUES (?)", [(u,) for u in study_uids])
+
+
+def _pack(rows: list[tuple[Any, ...]]) -> str:
+    """A study's rows as JSON ``[count, column, ...]`` in path order, each column a list of
+    its values or, when every row holds the same, that value alone."""
+    rows.sort(key=itemgetter(0))  # by path: the order of CatalogStudy.instances
+    columns = [c[0] if len(set(c)) == 1 else c for c in zip(*rows, strict=True)]
+    return json.dumps([len(rows), *columns], separators=(",", ":"))
+
+
+def _unpack(
+    pack: str, shared: dict[object, object], extras: _Parsed
+) -> tuple[CatalogInstance, ...]:
+    count, *columns = json.loads(pack)
+    if len(columns) != len(_INSTANCE_COLUMNS):
+        raise ValueError(f"a catalog pack has {len(columns)} columns, not {len(_INSTANCE_COLUMNS)}")
+    values: list[Iterable[Any]] = []
+    for index, column in enumerate(columns):
+        share = index in _SHARED_COLUMNS
+        if isinstance(column, list):
+            values.append(map(shared.setdefault, column, column) if share else column)
+        else:
+            values.append(repeat(shared.setdefault(column, column) if share else column, count))
+    values[-1] = map(extras.__getitem__, values[-1])  # extra: JSON, a handful of distinct texts
+    return tuple(map(_new_instance, zip(*values, strict=True)))  # the columns were counted
+
+
 def _instance_row(instance: CatalogInstance) -> tuple[object, ...]:
     values = [getattr(instance, c) for c in _INSTANCE_COLUMNS[:-1]]
     return (*values, json.dumps(dict(instance.extra), sort_keys=True))
@@ -571,20 +666,3 @@ class _Parsed(dict[str, Any]):
     def __missing__(self, text: str) -> Any:
         value = self[text] = self._parse(text)
         return value
-
-
-@contextmanager
-def _bulk_load() -> Iterator[None]:
-    """Around loads that build millions of objects holding no reference cycles. The cyclic
-    collector would walk them again and again as they pile up, and in every full collection
-    after: it is paused while they are built, then they are frozen out of its sight (reference
-    counting still frees them). Garbage from before is collected first, not frozen with them."""
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()

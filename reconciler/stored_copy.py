@@ -13,7 +13,6 @@ import hashlib
 from typing import Literal
 
 from reconciler.manifest import ManifestEntry, associated_data
-from reconciler.transforms.compression import CompressionError, decompress
 from reconciler.transforms.encryption import DecryptionError, Keyring, decrypt, key_id_of
 
 PIXEL_IDENTICAL = "restored pixel-identical, not byte-identical (lossless transcode)"
@@ -50,6 +49,9 @@ def original_bytes(
     if entry.key_id is not None:
         data = _decrypt(study_uid, entry, data, keyring)
     if entry.codec is not None:
+        # Imported here: numpy and pydicom's codecs slow every command's start.
+        from reconciler.transforms.compression import CompressionError, decompress
+
         try:
             data = decompress(data)
         except CompressionError as exc:

@@ -192,7 +192,8 @@ def _write_index(
         "study": asdict(label),
         "trashed_at": now.isoformat(),
         "files": [
-            {**asdict(ref), "path": str(Path(ref.path).resolve().relative_to(root))} for ref in refs
+            {**ref._asdict(), "path": str(Path(ref.path).resolve().relative_to(root))}
+            for ref in refs
         ],
     }
     temporary = batch / f"{INDEX}.tmp"

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.apply import Emit, apply_plan
+from reconciler.bulk import building
 from reconciler.catalog.model import Catalog
 from reconciler.catalog.scan import ScanResult, SourceFolder, scan_sources
 from reconciler.config.load import LoadedConfig
@@ -146,15 +147,16 @@ class Workspace:
         scanned = self.scan(scan_progress)
         catalog = self.store.load_catalog()
         observations = self.observe(catalog, refresh, now)
-        plan = make_plan(
-            self.config,
-            catalog,
-            observations,
-            now,
-            self.fingerprint(),
-            self.local_facts(),
-            verify_subset,
-        )
+        with building():
+            plan = make_plan(
+                self.config,
+                catalog,
+                observations,
+                now,
+                self.fingerprint(),
+                self.local_facts(),
+                verify_subset,
+            )
         return plan, scanned
 
     def local_facts(self) -> LocalFacts:
@@ -186,7 +188,8 @@ class Workspace:
             for name in self.config.destinations
             if (observation := self.store.load_observation(name)) is not None
         }
-        plan = make_plan(self.config, catalog, cached, now, local=self.local_facts())
+        with building():
+            plan = make_plan(self.config, catalog, cached, now, local=self.local_facts())
         destinations = {}
         for name in self.config.destinations:
             pending = [a for a in plan.actions if a.destination == name]

@@ -28,7 +28,7 @@ def workspace(tmp_path: Path, small_studies: Path) -> Workspace:
 def test_failed_instance_fails_its_action_and_it_is_planned_again(workspace: Workspace) -> None:
     plan, _ = workspace.plan()
     first = plan.actions[0]
-    bad = dataclasses.replace(first.instances[0], sha256="0" * 64)  # the file "changed"
+    bad = first.instances[0]._replace(sha256="0" * 64)  # the file "changed"
     broken = dataclasses.replace(first, instances=(bad, *first.instances[1:]))
     plan = dataclasses.replace(plan, actions=(broken, *plan.actions[1:]))
     events: list[Event] = []

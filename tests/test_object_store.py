@@ -65,7 +65,7 @@ def test_partial_transfer_writes_no_manifest(
     destination: ObjectStoreDestination, copy_actions: list[Action]
 ) -> None:
     action = copy_actions[0]
-    changed = dataclasses.replace(action.instances[1], sha256="0" * 64)
+    changed = action.instances[1]._replace(sha256="0" * 64)
     broken = dataclasses.replace(action, instances=(action.instances[0], changed))
     result = destination.send(broken, lambda _: None)
     assert result.committed is None

@@ -94,6 +94,7 @@ def scan_sources(
         store.record_scan([], [], removed)
         result.removed += len(removed)
         _read_changed(store, source.name, to_read, wanted_extra, result, progress)
+    store.refresh_packs()
     return result
 
 
@@ -107,8 +108,8 @@ def _walk(root: Path, exclude: tuple[str, ...]) -> Iterator[_Found]:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) and not any(
-                    fnmatch.fnmatch(entry.name, pattern) for pattern in exclude
+                elif entry.is_file(follow_symlinks=False) and not (
+                    exclude and any(fnmatch.fnmatch(entry.name, p) for p in exclude)
                 ):
                     st = entry.stat(follow_symlinks=False)
                     yield _Found(entry.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

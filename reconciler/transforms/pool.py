@@ -13,9 +13,12 @@ import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from reconciler.transforms.compression import Compressed, compress
 from reconciler.transforms.settings import Codec
+
+if TYPE_CHECKING:
+    from reconciler.transforms.compression import Compressed
 
 
 class CompressionPool:
@@ -30,6 +33,9 @@ class CompressionPool:
         self._lock = threading.Lock()
 
     def submit(self, data: bytes, codec: Codec) -> Future[Compressed]:
+        # Imported on first use: numpy and pydicom's codecs slow every command's start.
+        from reconciler.transforms.compression import compress
+
         if codec == "keep":
             # Nothing to encode: not worth a round trip of the bytes through a pipe.
             done: Future[Compressed] = Future()
