@@ -20,7 +20,7 @@ from typing import Any
 from reconciler.catalog.model import Catalog, CatalogInstance
 from reconciler.observation import Observation, ObservedInstance, ObservedStudy
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS observations (
 );
 CREATE TABLE IF NOT EXISTS observed_studies (
     destination TEXT NOT NULL, study_uid TEXT NOT NULL, instances TEXT NOT NULL,
-    seen_at TEXT, PRIMARY KEY (destination, study_uid)
+    seen_at TEXT, site TEXT, written_at TEXT, in_recovery_point INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (destination, study_uid)
 );
 CREATE TABLE IF NOT EXISTS arrivals (study_uid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS holds (
@@ -131,6 +132,8 @@ class StateStore:
         version = int(self._meta("schema_version"))
         if version == 1:
             version = self._migrate_from_1()
+        if version == 2:
+            version = self._migrate_from_2()
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{path} has state schema {version}; "
@@ -149,6 +152,19 @@ class StateStore:
             )
             db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         return 2
+
+    def _migrate_from_2(self) -> int:
+        """Version 3 adds who wrote each copy, when, and whether a recovery point needs it
+        (what pruning at destinations decides on); unknown until the next observation."""
+        with self.transaction() as db:
+            db.execute("ALTER TABLE observed_studies ADD COLUMN site TEXT")
+            db.execute("ALTER TABLE observed_studies ADD COLUMN written_at TEXT")
+            db.execute(
+                "ALTER TABLE observed_studies "
+                "ADD COLUMN in_recovery_point INTEGER NOT NULL DEFAULT 0"
+            )
+            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        return 3
 
     def close(self) -> None:
         self._db.close()
@@ -312,9 +328,17 @@ class StateStore:
                     "DELETE FROM observed_studies WHERE destination = ?", (observation.destination,)
                 )
                 db.executemany(
-                    "INSERT INTO observed_studies VALUES (?, ?, ?, ?)",
+                    "INSERT INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (observation.destination, s.uid, _instances_json(s.instances), seen)
+                        (
+                            observation.destination,
+                            s.uid,
+                            _instances_json(s.instances),
+                            seen,
+                            s.site,
+                            s.written_at.isoformat() if s.written_at else None,
+                            int(s.in_recovery_point),
+                        )
                         for s in observation.studies.values()
                     ],
                 )
@@ -336,9 +360,10 @@ class StateStore:
                 (destination, study_uid),
             ).fetchone()
             held = _parse_instances(row[0]) if row else {}
-            # seen_at stays empty: our own copy is not an observation of it.
+            # seen_at stays empty: our own copy is not an observation of it. So do its writer
+            # and pins: the next observation reads them from the destination.
             db.execute(
-                "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL)",
+                "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL, NULL, NULL, 0)",
                 (destination, study_uid, _instances_json({**held, **instances})),
             )
             db.execute(
@@ -348,6 +373,18 @@ class StateStore:
             db.execute(
                 "DELETE FROM verifications WHERE destination = ? AND study_uid = ? AND ok = 0",
                 (destination, study_uid),
+            )
+
+    def record_study_removed(self, destination: str, study_uid: str) -> None:
+        """After a prune: the destination no longer holds the study."""
+        with self.transaction() as db:
+            for table in ("observed_studies", "verifications"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE destination = ? AND study_uid = ?",
+                    (destination, study_uid),
+                )
+            db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
             )
 
     def load_observation(self, destination: str) -> Observation | None:
@@ -366,8 +403,9 @@ class StateStore:
             )
         }
         studies = {}
-        for uid, instances, seen_at in self._db.execute(
-            "SELECT study_uid, instances, seen_at FROM observed_studies WHERE destination = ?",
+        for uid, instances, seen_at, site, written_at, pinned in self._db.execute(
+            "SELECT study_uid, instances, seen_at, site, written_at, in_recovery_point "
+            "FROM observed_studies WHERE destination = ?",
             (destination,),
         ):
             verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
@@ -377,6 +415,9 @@ class StateStore:
                 verified_at=verified_at if ok else None,
                 corrupt=corrupt,
                 seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
+                site=site,
+                written_at=datetime.fromisoformat(written_at) if written_at else None,
+                in_recovery_point=bool(pinned),
             )
         return Observation(
             destination=destination,
@@ -522,5 +563,8 @@ def _parse_instances(text: str) -> dict[str, ObservedInstance]:
     return {sop: ObservedInstance(sha, size) for sop, (sha, size) in json.loads(text).items()}
 
 
-def _holdings(observation: Observation) -> dict[str, str]:
-    return {uid: _instances_json(s.instances) for uid, s in observation.studies.items()}
+def _holdings(observation: Observation) -> dict[str, tuple[object, ...]]:
+    return {
+        uid: (_instances_json(s.instances), s.site, s.written_at, s.in_recovery_point)
+        for uid, s in observation.studies.items()
+    }

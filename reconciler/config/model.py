@@ -278,6 +278,35 @@ class Schedule(StrictModel):
         return value
 
 
+class PruneSettings(StrictModel):
+    """Destination retention: which of our copies at an object destination may be removed.
+
+    Only copies whose manifest this site wrote, no policy wants there, no recovery point kept
+    there refers to, and whose removal leaves ``min_copies_left`` verified copies elsewhere.
+    Each removal is a ``- prune`` action in the plan, under retention's deletion caps.
+    """
+
+    older_than: Duration | None = Field(
+        None, description="Remove copies written longer ago than this (e.g. 7y)."
+    )
+    unselected: bool = Field(
+        False,
+        description="Remove copies of local studies that no policy copies here any more.",
+    )
+    min_copies_left: int | None = Field(
+        None,
+        ge=0,
+        description="Verified copies that must remain elsewhere, the local files counting as "
+        "one (default: retention.require_verified_copies). 0 allows removing the last copy.",
+    )
+
+    @model_validator(mode="after")
+    def _prunes_something(self) -> PruneSettings:
+        if self.older_than is None and not self.unselected:
+            raise ValueError("give older_than or unselected: true; this prunes nothing")
+        return self
+
+
 class DestinationConfig(StrictModel):
     """Give exactly one of ``object``, ``dicom`` or ``dicomweb``."""
 
@@ -318,6 +347,11 @@ class DestinationConfig(StrictModel):
         description="Object stores: AES-256-GCM per object under a master key given as "
         "${file:P} or ${env:X}; old_keys still decrypt (`reconciler rekey` moves them to key).",
     )
+    prune: PruneSettings | None = Field(
+        None,
+        description="Object stores: remove our copies that are too old or no longer wanted "
+        "here (off by default).",
+    )
 
     @field_validator("bandwidth")
     @classmethod
@@ -348,6 +382,9 @@ class DestinationConfig(StrictModel):
             raise ValueError("encryption: applies to object destinations only")
         if self.object is None and self.compression != "keep":
             raise ValueError("compression: applies to object destinations only")
+        if self.object is None and self.prune is not None:
+            # A PACS has no standard way to delete a study over DICOM: never pretend to.
+            raise ValueError("prune: applies to object destinations only")
         return self
 
     @property

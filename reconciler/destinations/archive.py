@@ -205,7 +205,10 @@ def observe(keys: Keys) -> dict[str, ObservedStudy]:
                 e.sop_instance_uid: ObservedInstance(e.sha256, e.size)
                 for e in index.manifest.instances
             }
-            studies[uid] = ObservedStudy(uid, held)
+            written = index.manifest
+            studies[uid] = ObservedStudy(
+                uid, held, site=written.site, written_at=written.written_at
+            )
     return studies
 
 

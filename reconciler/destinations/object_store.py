@@ -17,6 +17,7 @@ objects to a new master key).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -35,7 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 from reconciler import __version__
 from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, ObjectTarget
-from reconciler.destinations import archive
+from reconciler.destinations import archive, pruning
 from reconciler.destinations.base import (
     DestinationUnavailable,
     ProgressCallback,
@@ -96,6 +97,7 @@ class ObjectStoreDestination:
         self.keyring = settings.encryption.keyring() if settings.encryption else None
         # Shared by every transfer thread; its processes start only if something is encoded.
         self._codecs = CompressionPool()
+        self._pinned: frozenset[str] | None = None  # studies recovery points refer to
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -121,6 +123,9 @@ class ObjectStoreDestination:
         try:
             listing = self._list_objects()
             manifests = self._read_manifests(listing)
+            archived = archive.observe(self)
+            # Only pruning needs to know what recovery points refer to: reading them costs.
+            pinned = pruning.studies_in_points(self) if self.settings.prune else frozenset()
         except Exception as exc:
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
         studies = {}
@@ -131,11 +136,13 @@ class ObjectStoreDestination:
                 for e in manifest.instances
                 if listing.get(f"{folder}/{e.object}") == e.stored_size
             }
-            studies[study_uid] = ObservedStudy(study_uid, present)
-        try:
-            archived = archive.observe(self)
-        except Exception as exc:
-            raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            studies[study_uid] = ObservedStudy(
+                study_uid,
+                present,
+                site=manifest.site,
+                written_at=manifest.written_at,
+                in_recovery_point=study_uid in pinned,
+            )
         return {**archived, **studies}
 
     def _list_objects(self) -> dict[str, int]:
@@ -388,6 +395,29 @@ class ObjectStoreDestination:
 
     def delete_key(self, key: str) -> None:
         with_retries(lambda: self.fs.rm_file(self._path(key)), self.settings.retry)
+
+    def delete_keys(self, keys: Collection[str]) -> None:
+        """Many objects at once (s3fs deletes up to 1000 per request); absent ones are fine."""
+        paths = [self._path(k) for k in keys]
+        if self._local:
+            paths = [p for p in paths if os.path.lexists(p)]
+        if paths:
+            with_retries(lambda: self.fs.rm(paths), self.settings.retry)
+
+    # --- prune (destination retention) ------------------------------------------------------
+
+    def prune(self, action: Action, progress: ProgressCallback) -> int:
+        """Remove our copy of the study; returns the bytes freed."""
+        if self._pinned is None:
+            # Read once per run, and just before the first removal: a point made since the
+            # plan was computed still protects what it refers to.
+            self._pinned = pruning.studies_in_points(self)
+        pruned = pruning.remove_study(self, action.study_uid, self._pinned)
+        if self._local:
+            with contextlib.suppress(OSError):  # not empty: something not ours is left there
+                os.rmdir(self._study_dir(action.study_uid))
+        progress(pruned.bytes)
+        return pruned.bytes
 
     def replace_header(self, key: str, content: bytes, header: bytes) -> None:
         """Replace the first ``len(header)`` bytes of the object whose bytes are ``content``.
