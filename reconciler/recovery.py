@@ -37,7 +37,15 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
 from reconciler.destinations.base import Destination, DestinationUnavailable
-from reconciler.manifest import SHA256_PATTERN, Manifest, ManifestEntry, ManifestError, is_uid
+from reconciler.manifest import (
+    ENCRYPTED_SUFFIX,
+    PLAIN_SUFFIX,
+    SHA256_PATTERN,
+    Manifest,
+    ManifestEntry,
+    ManifestError,
+    is_uid,
+)
 from reconciler.observation import ObservedInstance
 from reconciler.plan import Action, InstanceRef, StudyLabel
 from reconciler.stored_copy import Unrestorable, check_stored, original_bytes, restored_note
@@ -53,6 +61,8 @@ POINT_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,4})?$")
 # Objects up to this size are fetched in one request; larger ones are streamed in chunks.
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
 CHUNK = 1024 * 1024
+# A later content of an instance (manifest.object_name with a version); UIDs may match too.
+_VERSIONED = re.compile(r"\.[0-9a-f]{16}\.dcm(\.enc)?$")
 
 Progress = Callable[[int], None]  # bytes just read or restored
 
@@ -65,6 +75,7 @@ class ObjectStore(Protocol):
     """What recovery needs of an object destination (``ObjectStoreDestination`` has it)."""
 
     name: str
+    site: str
 
     def list_keys(self, prefix: str) -> dict[str, int]: ...
 
@@ -941,12 +952,13 @@ class ForgetResult:
     kept: dict[str, list[str]]
     removed: list[str]
     manifests_removed: int = 0
+    objects_removed: int = 0  # older contents of instances that only forgotten points used
     note: str | None = None
 
 
 def forget_points(store: ObjectStore, policy: KeepPolicy, dry_run: bool = False) -> ForgetResult:
     """Remove the points the policy does not keep, then the pinned manifests no remaining
-    point refers to. Study objects are never touched."""
+    point refers to, then the superseded study objects no manifest refers to any more."""
     points, unreadable = list_points(store)
     kept = points_to_keep([(p.id, p.created_at) for p in points], policy)
     doomed = [p for p in points if p.id not in kept]
@@ -963,4 +975,45 @@ def forget_points(store: ObjectStore, policy: KeepPolicy, dry_run: bool = False)
     for key in sorted(set(store.list_keys(PINNED)) - referenced):
         store.delete_key(key)
         result.manifests_removed += 1
+    superseded = unreferenced_objects(store)
+    for key in superseded:
+        store.delete_key(key)
+    result.objects_removed = len(superseded)
     return result
+
+
+def unreferenced_objects(store: ObjectStore) -> list[str]:
+    """Instance objects that neither a study's manifest nor a pinned one refers to: older
+    contents that were kept while a point referred to them. Only in study folders whose
+    manifest this site wrote; anything unreadable stops the sweep rather than guessing."""
+    listing = store.list_keys(STUDIES)
+    if not any(_VERSIONED.search(k) for k in listing):
+        return []  # only first contents: each is its manifest's, nothing was superseded
+    live = [k for k in listing if is_study_manifest_key(k)]
+    pinned = sorted(store.list_keys(PINNED))
+    contents = store.read_keys([*live, *pinned])
+    referenced: set[str] = set()
+    ours: set[str] = set()
+    for key in [*live, *pinned]:
+        data = contents.get(key)
+        if isinstance(data, BaseException) or data is None:
+            raise RecoveryError(f"cannot read {key} at {store.name}: {data}")
+        try:
+            study_uid = (
+                key.split("/")[1] if key in live else str(json.loads(data)["study_instance_uid"])
+            )
+            manifest = Manifest.from_json(data, study_uid)
+        except (ManifestError, ValueError, KeyError, TypeError) as exc:
+            if key in live:
+                continue  # what it refers to is unknown: its folder is not swept
+            raise RecoveryError(f"pinned manifest {key} is unreadable: {exc}") from None
+        referenced.update(f"{STUDIES}/{study_uid}/{e.object}" for e in manifest.instances)
+        if key in live and manifest.site == store.site:
+            ours.add(study_uid)
+    return sorted(
+        key
+        for key in listing
+        if key.split("/")[1] in ours
+        and key.endswith((PLAIN_SUFFIX, ENCRYPTED_SUFFIX))
+        and key not in referenced
+    )

@@ -328,6 +328,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
             print(f"  forget {point_id}")
         if result.manifests_removed:
             print(f"  {result.manifests_removed} pinned manifests no kept point uses removed")
+        if result.objects_removed:
+            print(f"  {result.objects_removed} superseded instance objects no point uses removed")
         if result.note:
             print(f"  {result.note}")
     return EXIT_OK

@@ -54,6 +54,7 @@ from reconciler.manifest import (
 )
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action, InstanceRef
+from reconciler.recovery import PINNED, STUDIES
 from reconciler.retry import PermanentError, with_retries
 from reconciler.transforms.encryption import DecryptionError, decrypt, encrypt
 from reconciler.transforms.pool import CompressionPool
@@ -174,9 +175,14 @@ class ObjectStoreDestination:
         if self._local:
             self.fs.makedirs(folder, exist_ok=True)
             self._sweep_temporaries(Path(folder))
+        previous = self._committed(action.study_uid)
         futures = {
             ref.sop_instance_uid: self._pool.submit(
-                self._send_instance, action.study_uid, ref, progress
+                self._send_instance,
+                action.study_uid,
+                ref,
+                previous.get(ref.sop_instance_uid),
+                progress,
             )
             for ref in action.instances
         }
@@ -191,26 +197,65 @@ class ObjectStoreDestination:
                 result.failures[sop_uid] = _describe(exc)
         if result.failures:
             return result  # no manifest: the study is not recorded as stored
-        manifest = self._commit(action.study_uid, entries)
+        manifest = self._commit(action.study_uid, previous, entries)
+        self._drop_superseded(action.study_uid, previous, entries)
         result.committed = {
             e.sop_instance_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
         }
         result.verified = True  # every stored byte was hashed as it was sent
         return result
 
+    def _committed(self, study_uid: str) -> dict[str, ManifestEntry]:
+        """The entries of the study's manifest, by SOP Instance UID; {} if it has none."""
+        path = f"{self._study_dir(study_uid)}/{MANIFEST_NAME}"
+        try:
+            previous = Manifest.from_json(self.fs.cat_file(path), study_uid)
+        except FileNotFoundError:
+            return {}
+        except ManifestError as exc:
+            log.warning(
+                "%s: replacing the unreadable manifest of %s: %s", self.name, study_uid, exc
+            )
+            return {}
+        return {e.sop_instance_uid: e for e in previous.instances}
+
     def _send_instance(
-        self, study_uid: str, ref: InstanceRef, progress: ProgressCallback
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        progress: ProgressCallback,
     ) -> ManifestEntry:
         codec = codec_for(ref.modality or None, self.settings.compression)
         if codec == "keep" and self.keyring is None:
-            entry = self._send_as_is(study_uid, ref)
+            entry = self._send_as_is(study_uid, ref, previous)
         else:
-            entry = self._send_transformed(study_uid, ref, codec)
+            entry = self._send_transformed(study_uid, ref, previous, codec)
         progress(ref.size)
         return entry
 
-    def _send_as_is(self, study_uid: str, ref: InstanceRef) -> ManifestEntry:
-        target = f"{self._study_dir(study_uid)}/{object_name(ref.sop_instance_uid, False)}"
+    def _target(
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        stored_sha256: str,
+    ) -> str:
+        """Where the instance goes: a new content never overwrites an older one's object,
+        which a recovery point may refer to; the same content (a repair) goes back in place."""
+        encrypted = self.keyring is not None
+        if previous is None:
+            name = object_name(ref.sop_instance_uid, encrypted)
+        elif previous.sha256 == ref.sha256 and (previous.key_id is not None) == encrypted:
+            name = previous.object
+        else:
+            name = object_name(ref.sop_instance_uid, encrypted, stored_sha256)
+        return f"{self._study_dir(study_uid)}/{name}"
+
+    def _send_as_is(
+        self, study_uid: str, ref: InstanceRef, previous: ManifestEntry | None
+    ) -> ManifestEntry:
+        target = self._target(study_uid, ref, previous, ref.sha256)
         if self.throttle is not None:
             self.throttle.take(ref.size)
         if ref.size <= IN_MEMORY_LIMIT:
@@ -221,7 +266,9 @@ class ObjectStoreDestination:
             check_unchanged(ref)  # the file must not have changed while it streamed
         return _entry(ref, target, ref.size, ref.sha256, ref.transfer_syntax, ())
 
-    def _send_transformed(self, study_uid: str, ref: InstanceRef, codec: Codec) -> ManifestEntry:
+    def _send_transformed(
+        self, study_uid: str, ref: InstanceRef, previous: ManifestEntry | None, codec: Codec
+    ) -> ManifestEntry:
         """Re-encoded (verified lossless, else the instance fails) and/or encrypted, in memory."""
         data, syntax, transforms = read_unchanged(ref), ref.transfer_syntax, []
         if codec != "keep":
@@ -240,12 +287,11 @@ class ObjectStoreDestination:
             aad = associated_data(study_uid, ref.sop_instance_uid)
             data = encrypt(data, self.keyring, aad)
             transforms.append(encryption_transform(self.keyring.current.key_id))
-        name = object_name(ref.sop_instance_uid, encrypted=self.keyring is not None)
-        target = f"{self._study_dir(study_uid)}/{name}"
+        digest = hashlib.sha256(data).hexdigest()
+        target = self._target(study_uid, ref, previous, digest)
         if self.throttle is not None:
             self.throttle.take(len(data))
         with_retries(lambda: self._write(target, data), self.settings.retry)
-        digest = hashlib.sha256(data).hexdigest()
         return _entry(ref, target, len(data), digest, syntax, tuple(transforms))
 
     def _write(self, target: str, data: bytes) -> None:
@@ -260,20 +306,12 @@ class ObjectStoreDestination:
             os.fsync(handle.fileno())
         os.replace(temporary, target)
 
-    def _commit(self, study_uid: str, entries: list[ManifestEntry]) -> Manifest:
+    def _commit(
+        self, study_uid: str, previous: Mapping[str, ManifestEntry], entries: list[ManifestEntry]
+    ) -> Manifest:
         """Write the study's manifest: the instances already committed plus the new ones."""
         path = f"{self._study_dir(study_uid)}/{MANIFEST_NAME}"
-        merged: dict[str, ManifestEntry] = {}
-        try:
-            previous = Manifest.from_json(self.fs.cat_file(path), study_uid)
-            merged.update((e.sop_instance_uid, e) for e in previous.instances)
-        except FileNotFoundError:
-            pass
-        except ManifestError as exc:
-            log.warning(
-                "%s: replacing the unreadable manifest of %s: %s", self.name, study_uid, exc
-            )
-        merged.update((e.sop_instance_uid, e) for e in entries)
+        merged = {**previous, **{e.sop_instance_uid: e for e in entries}}
         manifest = Manifest(
             site=self.site,
             study_instance_uid=study_uid,
@@ -286,6 +324,20 @@ class ObjectStoreDestination:
         if self._local:
             _fsync_dir(Path(path).parent)
         return manifest
+
+    def _drop_superseded(
+        self, study_uid: str, previous: Mapping[str, ManifestEntry], entries: list[ManifestEntry]
+    ) -> None:
+        """Remove the objects of older contents the new manifest replaced, unless recovery
+        points exist here: then `recover forget` removes them once no point refers to them."""
+        names = {e.object for e in entries}
+        superseded = [
+            f"{STUDIES}/{study_uid}/{old.object}"
+            for e in entries
+            if (old := previous.get(e.sop_instance_uid)) is not None and old.object not in names
+        ]
+        if superseded and not self.list_keys(PINNED):
+            self.delete_keys(superseded)
 
     # --- verify ----------------------------------------------------------------------------
 
