@@ -78,6 +78,8 @@ def test_copies_no_policy_wants_any_more_are_pruned_and_nothing_else(
         "no policy copies this study here any more (prune.unselected)"
     }
     assert document["summary"]["prunes"] == 3 and len(document["actions"]) == 3
+    code, out = run(capsys, "status", "-c", str(config), "--json")
+    assert json.loads(out)["destinations"]["old"]["prunes_due"] == 3
     code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
     assert code == 0, out
     assert out.count("removed its copy") == 3
