@@ -637,7 +637,7 @@ def restore_to_folder(
         try:
             for future in as_completed(futures):
                 outcome, size, finding = future.result()
-                _count(report, outcome, size, finding)
+                tally(report, outcome, size, finding)
                 progress(size)
         except BaseException:
             for pending in futures:
@@ -669,7 +669,7 @@ def _plan_study(
     return work
 
 
-def _count(report: RestoreReport, outcome: str, size: int, finding: Finding | None) -> None:
+def tally(report: RestoreReport, outcome: str, size: int, finding: Finding | None) -> None:
     if outcome == "restored":
         report.restored += 1
         report.bytes += size
@@ -686,6 +686,31 @@ def _restore_file(
     target: Path,
     keyring: Keyring | None,
 ) -> tuple[str, int, Finding | None]:
+    return place_restored(
+        study_uid,
+        entry,
+        target,
+        lambda sink: _write_original(store, study_uid, entry, sink, keyring),
+        lambda: _decoded_sha256(store, study_uid, entry, keyring),
+    )
+
+
+Writer = Callable[[Any], tuple[int, str]]  # writes the original to a sink: size, SHA-256
+
+
+def place_restored(
+    study_uid: str,
+    entry: ManifestEntry,
+    target: Path,
+    write: Writer,
+    decoded_sha256: Callable[[], str | None] = lambda: None,
+) -> tuple[str, int, Finding | None]:
+    """Put one restored instance at ``target`` (root/study/series/sop.dcm), whole or not at
+    all: "restored", "present" (the same content is already there) or "problem".
+
+    ``write`` raises FileNotFoundError or Unrestorable when the original cannot be had;
+    ``decoded_sha256`` is what a lossless transcode restores, also accepted as present.
+    """
     sop = entry.sop_instance_uid
     root = target.parents[2]
     # A symbolic link planted in the target must not carry the restore elsewhere either:
@@ -696,18 +721,18 @@ def _restore_file(
     for stale in target.parent.glob(f".{target.name}.partial-*"):
         stale.unlink(missing_ok=True)  # left by an interrupted run
     if target.exists() or target.is_symlink():
-        return _existing(store, study_uid, entry, target, keyring)
+        return _existing(study_uid, entry, target, decoded_sha256)
     temporary = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex}")
     try:
         with open(temporary, "xb") as sink:
-            size, digest = _write_original(store, study_uid, entry, sink, keyring)
+            size, digest = write(sink)
             sink.flush()
             os.fsync(sink.fileno())
         note = restored_note(entry, digest)
         try:
             os.link(temporary, target)  # unlike rename, never replaces a file that appeared
         except FileExistsError:
-            return _existing(store, study_uid, entry, target, keyring)
+            return _existing(study_uid, entry, target, decoded_sha256)
         return "restored", size, note and Finding(study_uid, sop, "transcoded", note)
     except FileNotFoundError:
         return "problem", 0, Finding(study_uid, sop, "missing", "object is missing")
@@ -732,16 +757,15 @@ def _write_original(
 
 
 def _existing(
-    store: ObjectStore,
     study_uid: str,
     entry: ManifestEntry,
     target: Path,
-    keyring: Keyring | None,
+    decoded_sha256: Callable[[], str | None],
 ) -> tuple[str, int, Finding | None]:
     if target.is_file() and not target.is_symlink():
         with open(target, "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        if digest == entry.sha256 or digest == _decoded_sha256(store, study_uid, entry, keyring):
+        if digest == entry.sha256 or digest == decoded_sha256():
             return "present", 0, None
     detail = f"a different file is already at {target}; left as it is"
     return "problem", 0, Finding(study_uid, entry.sop_instance_uid, "conflict", detail)

@@ -20,6 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from reconciler import __version__
+from reconciler.archive_restore import restore_archived
 from reconciler.cli import EXIT_ERROR, EXIT_OK, UsageError, _scan_bar
 from reconciler.config.load import LoadedConfig, load_config
 from reconciler.config.model import KeepPoints
@@ -85,6 +86,13 @@ def register(commands: Any) -> None:
     sub.add_argument(
         "--patient", action="append", default=[], metavar="ID", help="only this patient's studies"
     )
+
+    sub = _command(
+        actions, "restore-archive", cmd_restore_archive, "restore studies from archive bundles"
+    )
+    _at(sub, "the archive_to destination (default: the one the policies archive to)")
+    sub.add_argument("--to", type=Path, required=True, metavar="DIR", help="DIR/study/series/sop")
+    sub.add_argument("--study", action="append", default=[], metavar="UID", help="only this study")
 
     sub = _command(actions, "forget", cmd_forget, "remove points recovery_points.keep lets go")
     sub.add_argument("--dry-run", action="store_true", help="only say what would be removed")
@@ -427,6 +435,30 @@ def cmd_restore(args: argparse.Namespace) -> int:
             f"{report.studies} studies, {report.restored} instances restored "
             f"({human_bytes(report.bytes)}), {report.already_present} already there, each checked "
             f"against its source SHA-256: {_verdict(report.problems)}{_pixel_identical(report)}."
+        )
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_restore_archive(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    names = args.at or sorted(loaded.config.archive_destinations)
+    if len(names) != 1:
+        raise UsageError(
+            "name the archive destination with --at "
+            f"(archive_to: {', '.join(names) or 'none in the policies'})"
+        )
+    with _open_stores(loaded, names) as stores, _bytes_bar(args.json, None, "restore") as progress:
+        [store] = stores.values()
+        report = restore_archived(store, args.to, args.study, progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        _print_problems(report.problems)
+        print(
+            f"Restored {report.studies} archived studies from {store.name} to {report.target}: "
+            f"{report.restored} instances restored ({human_bytes(report.bytes)}), "
+            f"{report.already_present} already there, each checked against its source SHA-256: "
+            f"{_verdict(report.problems)}."
         )
     return EXIT_OK if report.ok else EXIT_ERROR
 
