@@ -210,7 +210,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 print(json.dumps({"type": "summary", "outcome": "ok", "actions_done": 0}))
             return EXIT_ERROR if plan.has_errors else _scheduled_points(workspace, args.json)
         summary = workspace.apply(plan, JsonLinesView() if args.json else HumanView())
-        notify_after_run(loaded.config, workspace.store, _warn)
+        notify_after_run(loaded, workspace.store, _warn)
         if summary["outcome"] != "ok" or plan.has_errors:
             return EXIT_ERROR
         return _scheduled_points(workspace, args.json)

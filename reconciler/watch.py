@@ -101,12 +101,12 @@ def _cycle(
     if plan.has_changes and not stop.is_set():
         summary = workspace.apply(plan, emit, stop)
         outcome, progressed = summary["outcome"], summary["actions_done"] != 0
-        notify_after_run(workspace.config, workspace.store, say)
+        notify_after_run(workspace.loaded, workspace.store, say)
     metrics.record_cycle(time.monotonic() - started, ok=outcome == "ok" and not plan.has_errors)
     settings = workspace.config.notifications
     stalled = stall.cycle(len(plan.actions), progressed, datetime.now(UTC), settings.stalled_after)
     if stalled:
-        deliver([stalled], workspace.config, say)
+        deliver([stalled], workspace.loaded, say)
     return plan
 
 

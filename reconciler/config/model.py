@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import date, timedelta
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -502,7 +503,14 @@ class RecoveryPointSettings(StrictModel):
     )
 
 
-NotificationEvent = Literal["failure", "deletion", "stalled"]
+NotificationEvent = Literal["failure", "deletion", "stalled", "recovery_point"]
+# recovery_point is good news: chosen, not sent by default.
+PROBLEM_EVENTS: list[NotificationEvent] = ["failure", "deletion", "stalled"]
+EVENTS_DESCRIPTION = (
+    "failure: an action failed failures_after times in a row; deletion: a run deleted local "
+    "studies; stalled: watch has had work pending and done none for stalled_after; "
+    "recovery_point: apply or `recover create` wrote a recovery point."
+)
 
 
 class WebhookSettings(StrictModel):
@@ -511,11 +519,7 @@ class WebhookSettings(StrictModel):
         None, description="Sent as a bearer token; give it as ${env:X} or ${file:P}."
     )
     events: list[NotificationEvent] = Field(
-        ["failure", "deletion", "stalled"],
-        min_length=1,
-        description="failure: an action failed failures_after times in a row; deletion: a run "
-        "deleted local studies; stalled: watch has had work pending and done none for "
-        "stalled_after.",
+        PROBLEM_EVENTS, min_length=1, description=EVENTS_DESCRIPTION
     )
     timeout: Duration = Field(timedelta(seconds=10), description="Per POST.")
 
@@ -527,6 +531,53 @@ class WebhookSettings(StrictModel):
         return value
 
 
+def _mail_address(value: str) -> str:
+    # A line break would let a value add headers of its own to the message.
+    if "\r" in value or "\n" in value or "@" not in parseaddr(value)[1]:
+        raise ValueError(f"{value!r} is not an e-mail address such as ops@example.org")
+    return value
+
+
+MailAddress = Annotated[str, AfterValidator(_mail_address)]
+SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+
+
+class EmailSettings(StrictModel):
+    """An SMTP server that mails each notification as plain text."""
+
+    host: str = Field(description="SMTP server (submission or relay), e.g. smtp.example.org.")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Default: 587 with starttls, 465 with ssl, 25 with none."
+    )
+    security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls",
+        description="starttls: upgrade the connection, refuse a server that does not offer it; "
+        "ssl: TLS from the start (SMTPS); none: plain text, for a relay on this machine.",
+    )
+    ca: Path | None = Field(None, description="CA certificates for TLS; default: the system's.")
+    verify_tls: bool = Field(True, description="Check the server's certificate and host name.")
+    username: str | None = Field(None, description="Log in with this user and password.")
+    password: SecretStr | None = Field(None, description="Give it as ${env:X} or ${file:P}.")
+    from_address: MailAddress = Field(description="Sender, e.g. 'Reconciler <pacs@example.org>'.")
+    to: list[MailAddress] = Field(min_length=1, description="Recipients.")
+    events: list[NotificationEvent] = Field(
+        PROBLEM_EVENTS, min_length=1, description=EVENTS_DESCRIPTION
+    )
+    timeout: Duration = Field(timedelta(seconds=30), description="Per connection and command.")
+
+    @model_validator(mode="after")
+    def _password_over_tls(self) -> EmailSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give username and password together")
+        if self.password is not None and self.security == "none":
+            raise ValueError("a password is sent only over TLS: use security: starttls or ssl")
+        return self
+
+    @property
+    def server_port(self) -> int:
+        return self.port or SMTP_PORTS[self.security]
+
+
 class NotificationSettings(StrictModel):
     failures_after: int = Field(
         3, ge=1, description="Notify once an action has failed this many runs in a row."
@@ -535,6 +586,13 @@ class NotificationSettings(StrictModel):
         timedelta(hours=1), description="Notify once watch has made no progress this long."
     )
     webhooks: dict[Name, WebhookSettings] = Field(default_factory=dict)
+    email: dict[Name, EmailSettings] = Field(
+        default_factory=dict, description="SMTP servers, each with its recipients and events."
+    )
+
+    @property
+    def any_target(self) -> bool:
+        return bool(self.webhooks or self.email)
 
 
 class Config(StrictModel):
