@@ -47,7 +47,8 @@ def _authenticate(
     server: Any, session: Any, envelope: Any, mechanism: str, data: Any
 ) -> AuthResult:
     given = (data.login, data.password) if isinstance(data, LoginPassword) else None
-    return AuthResult(success=given == (USER.encode(), PASSWORD.encode()))
+    # handled=False: aiosmtpd itself answers 535 to a refusal.
+    return AuthResult(success=given == (USER.encode(), PASSWORD.encode()), handled=False)
 
 
 @contextmanager

@@ -446,12 +446,21 @@ class ApplySettings(StrictModel):
     parallel_studies: int = Field(2, ge=1, le=64, description="Studies transferred at once.")
 
 
+LISTEN_PATTERN = r"^(.+:)?\d{1,5}$"
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """``[host:]port`` as a socket address; without a host, loopback."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 class MetricsSettings(StrictModel):
     # A bare port reads from YAML as a number.
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
     listen: str = Field(
-        pattern=r"^(.+:)?\d{1,5}$",
+        pattern=LISTEN_PATTERN,
         description="[host:]port of the Prometheus endpoint served at /metrics in watch mode; "
         "the host defaults to 127.0.0.1 (loopback): name another to expose it.",
         examples=["127.0.0.1:9464", "9464"],
@@ -459,8 +468,7 @@ class MetricsSettings(StrictModel):
 
     @property
     def address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return listen_address(self.listen)
 
 
 class WatchSettings(StrictModel):
@@ -472,6 +480,41 @@ class WatchSettings(StrictModel):
     metrics: MetricsSettings | None = Field(
         None, description="Serve Prometheus metrics while watching (off unless given)."
     )
+
+
+class ApiSettings(StrictModel):
+    """The integration API (JSON under /v1/, XML-RPC at /RPC2), served by `reconciler watch`
+    and `reconciler serve`: study lookups, reconcile, restores."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    listen: str = Field(
+        "127.0.0.1:8484",
+        pattern=LISTEN_PATTERN,
+        description="[host:]port to serve on; the host defaults to 127.0.0.1 (loopback): name "
+        "another to expose it (then put TLS in front, e.g. a reverse proxy).",
+        examples=["127.0.0.1:8484", "8484"],
+    )
+    token: SecretStr = Field(
+        description="Every request must carry it (Authorization: Bearer); at least 16 "
+        "characters, given as ${env:X} or ${file:P}."
+    )
+    restore_root: Path | None = Field(
+        None,
+        description="Restores write only inside this folder (relative to the config); "
+        "without it, restores are refused.",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("the token must be at least 16 characters (openssl rand -hex 16)")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return listen_address(self.listen)
 
 
 class KeepPoints(StrictModel):
@@ -608,6 +651,7 @@ class Config(StrictModel):
     watch: WatchSettings = WatchSettings()
     notifications: NotificationSettings = NotificationSettings()
     recovery_points: RecoveryPointSettings | None = None
+    api: ApiSettings | None = Field(None, description="Off unless given.")
 
     @property
     def archive_destinations(self) -> set[str]:
