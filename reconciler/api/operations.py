@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Mapping
-from contextlib import closing
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +75,8 @@ class Operations:
             raise ApiError(400, f"{by} must be 1 to 64 printable characters")
         if by == "study_uid" and not is_uid(value):
             raise ApiError(400, "study_uid must be a DICOM UID (digits and dots)")
-        store = self._state()
-        try:
+        with self._state() as store:
             return find_studies(store, self.loaded.config.destinations, LOOKUPS[by], value)
-        except sqlite3.OperationalError as exc:
-            raise ApiError(503, f"the state cannot be read now ({exc}); try again") from None
-        finally:
-            store.close()
 
     def reconcile(self) -> dict[str, Any]:
         if self._wake is None:
@@ -119,7 +114,9 @@ class Operations:
                 raise ApiError(404, str(exc)) from None
             except (DestinationUnavailable, OSError) as exc:
                 self._say(f"api: restore of study {study_uid} from {name} failed: {exc}")
-                raise ApiError(502, f"cannot read {name}: {_why(exc)}") from None
+                if isinstance(exc, DestinationUnavailable):
+                    raise ApiError(502, f"cannot read {name}: {_why(exc)}") from None
+                raise ApiError(500, f"the restore failed: {_why(exc)}") from None
         verdict = "ok" if report.ok else f"{len(report.problems)} problems"
         self._say(
             f"api: restored study {study_uid} from {name} ({report.point}) to {target}: "
@@ -158,14 +155,11 @@ class Operations:
 
     def _holder(self, study_uid: str) -> str:
         """The first object destination whose last observation lists the study."""
-        store = self._state()
-        try:
+        with self._state() as store:
             for name, settings in self.loaded.config.destinations.items():
                 observation = store.load_observation(name, study_uid) if settings.object else None
                 if observation is not None and study_uid in observation.studies:
                     return name
-        finally:
-            store.close()
         raise ApiError(404, f"no object destination is known to hold study {study_uid}")
 
     def _object_store(self, name: str) -> ObjectStoreDestination:
@@ -179,8 +173,18 @@ class Operations:
         assert isinstance(store, ObjectStoreDestination)
         return store
 
-    def _state(self) -> StateStore:
-        return StateStore(self.loaded.state_path)
+    @contextmanager
+    def _state(self) -> Iterator[StateStore]:
+        """The state, read beside a running watch or apply (WAL): busy past SQLite's timeout
+        is an answer to retry, not an internal error."""
+        try:
+            store = StateStore(self.loaded.state_path)
+            try:
+                yield store
+            finally:
+                store.close()
+        except sqlite3.OperationalError as exc:
+            raise ApiError(503, f"the state cannot be read now ({exc}); try again") from None
 
 
 def _why(exc: BaseException) -> str:
