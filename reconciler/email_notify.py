@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Callable
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def compose(target: EmailSettings, body: dict[str, Any]) -> EmailMessage:
     message["From"] = target.from_address
     message["To"] = ", ".join(target.to)
     message["Date"] = format_datetime(datetime.fromisoformat(body["at"]))
-    message["Message-ID"] = make_msgid(domain=target.from_address.rpartition("@")[2].strip(">"))
+    message["Message-ID"] = make_msgid(domain=parseaddr(target.from_address)[1].rpartition("@")[2])
     lines = [body["summary"], "", f"site: {body['site']}", f"event: {body['event']}"]
     lines.append(f"at: {body['at']}")
     if body["items"]:

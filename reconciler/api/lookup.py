@@ -50,24 +50,24 @@ def _study(store: StateStore, destinations: list[str], label: dict[str, str]) ->
 
 def _copy(observation: Observation | None, uid: str, local: CatalogStudy | None) -> dict[str, Any]:
     """One destination's copy: its state, and when it was last seen and deep-verified there."""
-    if observation is None:
-        return {"state": "unknown", "error": "never observed"}
-    held = observation.studies.get(uid)
+    held = observation.studies.get(uid) if observation else None
     return {
         "state": _state(observation, held, local),
         "instances": len(held.instances) if held else 0,
-        "seen_at": _iso(held.seen_at) if held else None,
-        "verified_at": _iso(held.verified_at) if held else None,
+        "seen_at": _iso(held.seen_at if held else None),
+        "verified_at": _iso(held.verified_at if held else None),
         "corrupt": sorted(held.corrupt) if held else [],
-        "observed_at": observation.observed_at.isoformat(),
-        "error": observation.error,
+        "observed_at": _iso(observation.observed_at if observation else None),
+        "error": observation.error if observation else "never observed",
     }
 
 
-def _state(observation: Observation, held: ObservedStudy | None, local: CatalogStudy | None) -> str:
-    """unknown (not readable at the last look), absent, complete or partial (against the local
-    files), or held: listed there, while no local file is left to compare it with."""
-    if not observation.ok:
+def _state(
+    observation: Observation | None, held: ObservedStudy | None, local: CatalogStudy | None
+) -> str:
+    """unknown (never observed, or not readable at the last look), absent, complete or partial
+    (against the local files), or held: listed there, while no local file is left to compare."""
+    if observation is None or not observation.ok:
         return "unknown"
     if held is None:
         return "absent"

@@ -52,7 +52,8 @@ class _Server(ThreadingHTTPServer):
 
 @contextmanager
 def serving(settings: ApiSettings | None, operations: Operations, say: Say) -> Iterator[str]:
-    """Serve the API for the duration (when the config has ``api:``); yields its URL."""
+    """Serve the API for the duration when the config has ``api:``; yields its URL, or ""
+    when there is none."""
     if settings is None:
         yield ""
         return
@@ -134,6 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self._body()
         try:
+            # Authorized by the header (checked above) or else by the struct's token.
             answer = xmlrpc.call(
                 body, lambda token: given is not None or self._valid(token), self.server.operations
             )
