@@ -631,7 +631,60 @@ def restore_to_folder(
     work: list[tuple[str, ManifestEntry, Path]] = []
     for study in select_studies(store, point, selection, keyring):
         report.studies += 1
-        work.extend(_plan_study(store, study, root, report))
+        try:
+            manifest = load_pinned(store, study)
+        except RecoveryError as exc:
+            report.problems.append(Finding(study.study_instance_uid, None, "missing", str(exc)))
+            continue
+        work.extend(_plan_manifest(study.study_instance_uid, manifest, root, report))
+    _restore_files(store, work, report, progress, workers, keyring)
+    return report
+
+
+def load_current(store: ObjectStore, study_uid: str) -> Manifest:
+    """A study's manifest as it stands now at the store (not pinned by any point)."""
+    if not is_uid(study_uid):
+        raise RecoveryError(f"{study_uid!r} is not a StudyInstanceUID")
+    try:
+        data = store.read_key(f"{STUDIES}/{study_uid}/{MANIFEST_NAME}")
+    except FileNotFoundError:
+        raise RecoveryError(f"{store.name} holds no copy of study {study_uid}") from None
+    try:
+        return Manifest.from_json(data, study_uid)
+    except ManifestError as exc:
+        raise RecoveryError(f"the manifest of {study_uid} at {store.name}: {exc}") from None
+
+
+def restore_study_to_folder(
+    store: ObjectStore,
+    study_uid: str,
+    root: Path,
+    progress: Progress = lambda _: None,
+    workers: int = 8,
+    keyring: Keyring | None = None,
+) -> RestoreReport:
+    """One study's copy as it stands now (its current manifest), restored under ``root`` as
+    ``restore_to_folder`` restores a point's: each file checked against its source SHA-256.
+
+    Raises RecoveryError when the store holds no (valid) manifest of the study.
+    """
+    manifest = load_current(store, study_uid)
+    root.mkdir(parents=True, exist_ok=True)
+    report = RestoreReport("current", store.name, str(root), studies=1)
+    _restore_files(
+        store, _plan_manifest(study_uid, manifest, root, report), report, progress, workers, keyring
+    )
+    return report
+
+
+def _restore_files(
+    store: ObjectStore,
+    work: Sequence[tuple[str, ManifestEntry, Path]],
+    report: RestoreReport,
+    progress: Progress,
+    workers: int,
+    keyring: Keyring | None,
+) -> None:
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_restore_file, store, uid, e, t, keyring) for uid, e, t in work]
         try:
@@ -645,18 +698,11 @@ def restore_to_folder(
             raise
     report.problems.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
     report.notes.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
-    return report
 
 
-def _plan_study(
-    store: ObjectStore, study: PointStudy, root: Path, report: RestoreReport
+def _plan_manifest(
+    uid: str, manifest: Manifest, root: Path, report: RestoreReport
 ) -> list[tuple[str, ManifestEntry, Path]]:
-    uid = study.study_instance_uid
-    try:
-        manifest = load_pinned(store, study)
-    except RecoveryError as exc:
-        report.problems.append(Finding(uid, None, "missing", str(exc)))
-        return []
     work = []
     for entry in manifest.instances:
         report.instances += 1

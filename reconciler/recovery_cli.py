@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 from reconciler import __version__
 from reconciler.archive_restore import restore_archived
-from reconciler.cli import EXIT_ERROR, EXIT_OK, UsageError, _scan_bar
+from reconciler.cli import EXIT_ERROR, EXIT_OK, UsageError, _scan_bar, _warn
 from reconciler.config.load import LoadedConfig, load_config
 from reconciler.config.model import KeepPoints
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.factory import open_destination
 from reconciler.destinations.object_store import ObjectStoreDestination
+from reconciler.notify import notify_points
 from reconciler.plan import human_bytes
 from reconciler.recovery import (
     Finding,
@@ -256,6 +257,7 @@ def scheduled_points(workspace: Workspace, json_mode: bool) -> int:
         print(f"Error: the scheduled recovery point failed: {exc}", file=sys.stderr)
         return EXIT_ERROR
     created = [o for o in outcomes if o["point"] is not None]
+    notify_points(workspace.loaded, created, _warn)
     if json_mode:
         for outcome in created:
             print(json.dumps({"type": "recovery_point", **outcome}))
@@ -284,6 +286,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     names = _store_names(loaded, args.at)
     with Workspace(loaded, "recover create") as workspace:
         outcomes = create_points(workspace, names, args.if_due)
+    notify_points(loaded, outcomes, _warn)
     if args.json:
         print(json.dumps(outcomes, indent=1))
         return EXIT_OK

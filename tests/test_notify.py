@@ -135,6 +135,23 @@ def test_a_webhook_that_refuses_is_a_warning_that_names_no_secret(
     assert TOKEN not in out
 
 
+def test_a_recovery_point_written_by_apply_is_notified_to_those_who_chose_it(
+    tmp_path: Path, inbox: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = hooks(receiver, points="recovery_point") + (
+        f"    ops: {{url: '{receiver.url}/ops'}}\n"  # the default events: problems only
+        "recovery_points: {store_at: [backup], every: 1d}\n"
+    )
+    config = str(write_config(tmp_path, "backup", "", extra))
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0  # no point due
+    [(path, _, body)] = receiver.posts
+    assert (path, body["event"]) == ("/points", "recovery_point")
+    [item] = body["items"]
+    assert (item["destination"], item["studies"], item["instances"]) == ("backup", 3, 18)
+    assert body["summary"] == f"recovery point {item['id']} written at backup: 3 studies"
+
+
 def test_a_success_starts_the_failure_count_again(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     statuses = ["failed", "failed", "done", "failed"]
