@@ -248,16 +248,11 @@ def create_points(
 def scheduled_points(workspace: Workspace, json_mode: bool) -> int:
     """Called by `apply` once everything is in place: a point where ``every`` says one is due,
     then the keep policy. A failure is reported and makes the apply exit 1."""
-    settings = workspace.config.recovery_points
-    if settings is None or settings.every is None:
-        return EXIT_OK
     try:
-        outcomes = create_points(workspace, settings.store_at, if_due=True)
+        created = write_due_points(workspace, _warn)
     except (RecoveryError, DestinationUnavailable, OSError) as exc:
         print(f"Error: the scheduled recovery point failed: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    created = [o for o in outcomes if o["point"] is not None]
-    notify_points(workspace.loaded, created, _warn)
     if json_mode:
         for outcome in created:
             print(json.dumps({"type": "recovery_point", **outcome}))
@@ -265,6 +260,18 @@ def scheduled_points(workspace: Workspace, json_mode: bool) -> int:
         for line in describe_created(created):
             print(line)
     return EXIT_OK
+
+
+def write_due_points(workspace: Workspace, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The points ``recovery_points.every`` says are due (then ``keep``), notified; by apply
+    and by each watch cycle that ended well. Raises what made a point fail."""
+    settings = workspace.config.recovery_points
+    if settings is None or settings.every is None:
+        return []
+    outcomes = create_points(workspace, settings.store_at, if_due=True)
+    created = [o for o in outcomes if o["point"] is not None]
+    notify_points(workspace.loaded, created, warn)
+    return created
 
 
 def keep_policy(keep: KeepPoints) -> KeepPolicy:

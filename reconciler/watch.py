@@ -20,10 +20,13 @@ import watchfiles
 from reconciler.api.operations import Operations
 from reconciler.api.server import serving
 from reconciler.config.load import ConfigError, LoadedConfig, load_config
+from reconciler.destinations.base import DestinationUnavailable
 from reconciler.events import Event
 from reconciler.metrics import WatchMetrics
 from reconciler.notify import Stall, deliver, notify_after_run
 from reconciler.plan import Plan
+from reconciler.recovery import RecoveryError
+from reconciler.recovery_cli import describe_created, write_due_points
 from reconciler.workspace import Workspace
 
 TICK_MS = 1000  # how often the loop looks at the clock when no file changes
@@ -115,12 +118,26 @@ def _cycle(
         summary = workspace.apply(plan, emit, stop)
         outcome, progressed = summary["outcome"], summary["actions_done"] != 0
         notify_after_run(workspace.loaded, workspace.store, say)
+    if outcome == "ok" and not plan.has_errors and not stop.is_set():
+        outcome = _due_points(workspace, say)
     metrics.record_cycle(time.monotonic() - started, ok=outcome == "ok" and not plan.has_errors)
     settings = workspace.config.notifications
     stalled = stall.cycle(len(plan.actions), progressed, datetime.now(UTC), settings.stalled_after)
     if stalled:
         deliver([stalled], workspace.loaded, say)
     return plan
+
+
+def _due_points(workspace: Workspace, say: Callable[[str], None]) -> str:
+    """Recovery points on their schedule, as apply writes them: after a cycle that ended well."""
+    try:
+        created = write_due_points(workspace, say)
+    except (RecoveryError, DestinationUnavailable, OSError) as exc:
+        say(f"error: the scheduled recovery point failed: {exc}")
+        return "failed"
+    for line in describe_created(created):
+        say(line.strip())
+    return "ok"
 
 
 def _next_cycle(workspace: Workspace, plan: Plan) -> datetime:
