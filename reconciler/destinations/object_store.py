@@ -24,7 +24,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -180,11 +180,23 @@ class ObjectStoreDestination:
                 entries.append(future.result())
                 result.sent += 1
                 result.bytes += entries[-1].stored_size
+            except CancelledError:
+                result.failures[sop_uid] = "not sent: another instance of the study failed"
             except Exception as exc:
                 result.failures[sop_uid] = _describe(exc)
+                # One failure means no manifest, so the study's transfers not yet started
+                # would be wasted (each retrying on its own against a failing store): skip them.
+                for other in futures.values():
+                    other.cancel()
         if result.failures:
             return result  # no manifest: the study is not recorded as stored
-        manifest = self._commit(action.study_uid, entries)
+        try:
+            manifest = self._commit(action.study_uid, entries)
+        except Exception as exc:
+            # The objects are there, but without the manifest the study is not: say which.
+            why = f"stored, but the study's manifest could not be written: {_describe(exc)}"
+            result.failures = {e.sop_instance_uid: why for e in entries}
+            return result
         result.committed = {
             e.sop_instance_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
         }
