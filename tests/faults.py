@@ -1,7 +1,8 @@
-"""A fault-injecting HTTP proxy for tests: put it in front of an S3 server on loopback.
+"""Faults for tests: an HTTP proxy that breaks S3 requests, and a small disk that fills up.
 
-Requests pass through unchanged (the Host header too, so SigV4 signatures still match)
-unless a fault is armed; an armed fault hits the next matching requests::
+``FaultProxy`` goes in front of an S3 server on loopback (stdlib only, a thread per
+connection). Requests pass through unchanged (the Host header too, so SigV4 signatures still
+match) unless a fault is armed; an armed fault hits the next matching requests::
 
     proxy.arm("slowdown", times=3)                      # 503 SlowDown, then pass through
     proxy.arm("internal", method="PUT", path="manifest.json")  # 500 on every manifest PUT
@@ -9,7 +10,9 @@ unless a fault is armed; an armed fault hits the next matching requests::
     proxy.arm("lost", method="PUT")                     # the server acts, the answer is lost
     proxy.arm("truncate", method="GET")                 # headers and half the body, then RST
 
-``times=None`` keeps a fault armed until ``clear()``. Stdlib only; one thread per connection.
+``times=None`` keeps a fault armed until ``clear()``.
+
+``small_disk`` mounts a tmpfs of a few hundred kilobytes, where writes end in ENOSPC.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ from __future__ import annotations
 import http.client
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+
+import pytest
 
 Mode = Literal["slowdown", "internal", "reset", "lost", "truncate"]
 
@@ -206,3 +213,48 @@ def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+# --- a small disk ---------------------------------------------------------------------------
+
+
+@contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. "256k") at ``where``; yields the path to write it through.
+
+    As root it is mounted in place. Without that privilege it is mounted in a user and mount
+    namespace of its own, held by a helper process, and reached through /proc/PID/root, which
+    this process may enter as the namespace's owner. If neither works the test is skipped.
+    """
+    where.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    direct = subprocess.run(mount, capture_output=True, text=True, check=False)
+    if direct.returncode == 0:
+        try:
+            yield where
+        finally:
+            subprocess.run(["umount", "-l", str(where)], check=True)
+        return
+    holder = subprocess.Popen(
+        # sh execs cat in unshare's own process: its pid names the namespace, and it lives
+        # until its stdin closes.
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         '"$@" && echo mounted && exec cat', "sh", *mount],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    if holder.stdout.readline().strip() != "mounted":
+        holder.stdin.close()
+        _, error = holder.communicate()
+        pytest.skip(
+            f"no tmpfs can be mounted here: `mount` said {direct.stderr.strip()!r}, "
+            f"`unshare --user --mount` said {error.strip()!r}"
+        )
+    try:
+        yield Path(f"/proc/{holder.pid}/root{where.resolve()}")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)

@@ -23,11 +23,11 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -257,13 +257,7 @@ class ObjectStoreDestination:
         if not self._local:
             self.fs.pipe_file(target, data)  # a single PUT is atomic on object stores
             return
-        # A folder gets write-to-temporary, fsync, rename: a crash never leaves half a file.
-        temporary = f"{target}.tmp-{uuid.uuid4().hex}"
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        _replace_atomically(target, lambda handle: handle.write(data))
 
     def _commit(self, study_uid: str, entries: list[ManifestEntry]) -> Manifest:
         """Write the study's manifest: the instances already committed plus the new ones."""
@@ -386,12 +380,7 @@ class ObjectStoreDestination:
                 shutil.copyfileobj(handle, out)
             return
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(temporary, "wb") as out:
-            shutil.copyfileobj(handle, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
+        _replace_atomically(path, lambda out: shutil.copyfileobj(handle, out))
 
     # --- archive bundles (archive_to) -------------------------------------------------------
 
@@ -419,6 +408,21 @@ class ObjectStoreDestination:
             handle.write(header)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _replace_atomically(target: str, fill: Callable[[BinaryIO], object]) -> None:
+    """Write-to-temporary, fsync, rename: a crash never leaves half a file at ``target``. A
+    write that fails (a full disk) removes its temporary, which would only take more space."""
+    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(temporary, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
