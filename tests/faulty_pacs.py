@@ -1,5 +1,6 @@
-"""A misbehaving DICOM peer for tests: an in-memory PACS (C-STORE, C-FIND, C-ECHO) served by
-pynetdicom in the test process, whose faults a test switches on and off while it runs::
+"""A misbehaving DICOM peer for tests: an in-memory PACS (C-STORE, and the series and image
+level C-FIND that ``verify: instances`` asks) served by pynetdicom in the test process, whose
+faults a test switches on and off while it runs::
 
     pacs.reject = True                          # A-ASSOCIATE-RJ for every association
     pacs.abort_at, pacs.aborts_left = 2, 1      # A-ABORT at an association's 2nd C-STORE, once
@@ -19,20 +20,16 @@ from contextlib import contextmanager
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    StudyRootQueryRetrieveInformationModelFind,
-    Verification,
-)
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
 HOST = "127.0.0.1"
+AE_TITLE = "FAULTY"
 SUCCESS = (0x0000, "")
 PENDING = 0xFF00
 
 
 class FaultyPacs:
-    def __init__(self, port: int, ae_title: str = "FAULTY") -> None:
-        self.port = port
-        self.ae_title = ae_title
+    def __init__(self, port: int) -> None:
         self.received: dict[str, Dataset] = {}  # SOP Instance UID -> dataset, as stored
         self.abort_at: int | None = None  # abort an association at its n-th C-STORE ...
         self.aborts_left: int | None = None  # ... this many times (None: every time)
@@ -44,9 +41,8 @@ class FaultyPacs:
         self._stores: Counter[Association] = Counter()  # C-STOREs per association
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._ae = AE(ae_title=ae_title)
+        self._ae = AE(ae_title=AE_TITLE)
         self._ae.supported_contexts = AllStoragePresentationContexts
-        self._ae.add_supported_context(Verification)
         self._ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         self._server = self._ae.start_server(
             (HOST, port),
@@ -95,7 +91,6 @@ class FaultyPacs:
         if stall:
             self._closing.wait(stall)
         dataset = event.dataset
-        dataset.file_meta = event.file_meta
         code, comment = self.answer(dataset)
         if code == 0x0000 or code & 0xF000 == 0xB000:
             with self._lock:
@@ -117,11 +112,7 @@ class FaultyPacs:
             if ds.StudyInstanceUID == query.StudyInstanceUID
             and query.get("SeriesInstanceUID") in (None, "", ds.SeriesInstanceUID)
         ]
-        if level == "STUDY" and matches:
-            answer = _identifier(level, StudyInstanceUID=query.StudyInstanceUID)
-            answer.NumberOfStudyRelatedInstances = len(matches)
-            yield PENDING, answer
-        elif level == "SERIES":
+        if level == "SERIES":
             for series in sorted({ds.SeriesInstanceUID for ds in matches}):
                 yield (
                     PENDING,

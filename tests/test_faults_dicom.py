@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from faulty_pacs import FaultyPacs, faulty_pacs
+from faulty_pacs import AE_TITLE, FaultyPacs, faulty_pacs
 from peers import free_port
 from test_cli_end_to_end import run
 
@@ -67,7 +67,7 @@ def write_config(
                 dicom:
                   host: 127.0.0.1
                   port: {port}
-                  ae_title: FAULTY
+                  ae_title: {AE_TITLE}
                   max_associations: 2
                   dimse_timeout: {dimse_timeout}
                   warning_is_success: {str(warning_is_success).lower()}
@@ -129,7 +129,7 @@ def test_rejected_associations_are_retried_then_fail_the_study(
     assert failed["destination"] == "pacs"
     assert f"{INSTANCES} of {INSTANCES} instances failed to copy" in str(failed["message"])
     for why in failures_of(failed).values():
-        assert why.startswith(f"FAULTY@127.0.0.1:{port} ") and why.endswith(
+        assert why.startswith(f"{AE_TITLE}@127.0.0.1:{port} ") and why.endswith(
             "(gave up after retries)"
         )
         assert any(cause in why for cause in REFUSED), why
