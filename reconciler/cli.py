@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -47,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: the configuration is not valid:\n{exc}", file=sys.stderr)
     except (UsageError, StalePlanError, StateBusyError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+    except sqlite3.Error as exc:
+        # A full disk, most often; SQLite may call that a "disk I/O error", hence the code.
+        code = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        print(f"Error: the state database could not be used: {exc} ({code})", file=sys.stderr)
+    except OSError as exc:  # local files (a full disk, a missing folder): no traceback
         print(f"Error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("Interrupted: nothing half-done was recorded as done.", file=sys.stderr)

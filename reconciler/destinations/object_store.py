@@ -24,11 +24,11 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -193,11 +193,23 @@ class ObjectStoreDestination:
                 entries.append(future.result())
                 result.sent += 1
                 result.bytes += entries[-1].stored_size
+            except CancelledError:
+                result.failures[sop_uid] = "not sent: another instance of the study failed"
             except Exception as exc:
                 result.failures[sop_uid] = _describe(exc)
+                # One failure means no manifest, so the study's transfers not yet started
+                # would be wasted (each retrying on its own against a failing store): skip them.
+                for other in futures.values():
+                    other.cancel()
         if result.failures:
             return result  # no manifest: the study is not recorded as stored
-        manifest = self._commit(action.study_uid, previous, entries)
+        try:
+            manifest = self._commit(action.study_uid, previous, entries)
+        except Exception as exc:
+            # The objects are there, but without the manifest the study is not: say which.
+            why = f"stored, but the study's manifest could not be written: {_describe(exc)}"
+            result.failures = {e.sop_instance_uid: why for e in entries}
+            return result
         self._drop_superseded(action.study_uid, previous, entries)
         result.committed = {
             e.sop_instance_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
@@ -209,7 +221,8 @@ class ObjectStoreDestination:
         """The entries of the study's manifest, by SOP Instance UID; {} if it has none."""
         path = f"{self._study_dir(study_uid)}/{MANIFEST_NAME}"
         try:
-            previous = Manifest.from_json(self.fs.cat_file(path), study_uid)
+            data = with_retries(lambda: self.fs.cat_file(path), self.settings.retry)
+            previous = Manifest.from_json(data, study_uid)
         except FileNotFoundError:
             return {}
         except ManifestError as exc:
@@ -298,13 +311,7 @@ class ObjectStoreDestination:
         if not self._local:
             self.fs.pipe_file(target, data)  # a single PUT is atomic on object stores
             return
-        # A folder gets write-to-temporary, fsync, rename: a crash never leaves half a file.
-        temporary = f"{target}.tmp-{uuid.uuid4().hex}"
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        _replace_atomically(target, lambda handle: handle.write(data))
 
     def _commit(
         self, study_uid: str, previous: Mapping[str, ManifestEntry], entries: list[ManifestEntry]
@@ -433,12 +440,7 @@ class ObjectStoreDestination:
                 shutil.copyfileobj(handle, out)
             return
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(temporary, "wb") as out:
-            shutil.copyfileobj(handle, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
+        _replace_atomically(path, lambda out: shutil.copyfileobj(handle, out))
 
     # --- archive bundles (archive_to) -------------------------------------------------------
 
@@ -489,6 +491,21 @@ class ObjectStoreDestination:
             handle.write(header)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _replace_atomically(target: str, fill: Callable[[BinaryIO], object]) -> None:
+    """Write-to-temporary, fsync, rename: a crash never leaves half a file at ``target``. A
+    write that fails (a full disk) removes its temporary, which would only take more space."""
+    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(temporary, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
