@@ -7,7 +7,8 @@ Each condition is notified once until it changes:
 - failure: when an action (kind, study, destination) has failed ``failures_after`` runs in a
   row, exactly then. The count comes from the journal, so it holds across separate ``apply``
   processes (cron) as well as in watch; a success starts the count again.
-- deletion: every run that deleted local studies; a deletion happens once.
+- deletion: every run that deleted local studies or pruned copies at destinations; each
+  happens once.
 - stalled: kept in memory by the watch process: once per stall; an action done, or nothing
   left to do, ends the stall.
 - recovery_point: every point written, by apply on its schedule or by `recover create`.
@@ -29,6 +30,7 @@ from reconciler.config.durations import format_duration
 from reconciler.config.load import LoadedConfig
 from reconciler.config.model import NotificationEvent, NotificationSettings, WebhookSettings
 from reconciler.email_notify import send_email
+from reconciler.plan import LOCAL
 from reconciler.state import StateStore
 
 Say = Callable[[str], None]
@@ -71,13 +73,22 @@ def run_notices(store: StateStore, settings: NotificationSettings, run_id: int) 
     if persisting:
         summary = f"{len(persisting)} actions have failed {limit} runs in a row"
         notices.append(Notice("failure", summary, persisting))
-    deleted = [
-        {"study_uid": e["study_uid"], "instances": e["instances"], "bytes": e["bytes"]}
+    removed = [
+        {
+            "study_uid": e["study_uid"],
+            "where": e["destination"],
+            "instances": e["instances"],
+            "bytes": e["bytes"],
+        }
         for e in store.run_journal(run_id)
-        if e["kind"] == "delete" and e["status"] == "done"
+        if e["kind"] in ("delete", "prune") and e["status"] == "done"
     ]
-    if deleted:
-        notices.append(Notice("deletion", f"{len(deleted)} studies deleted locally", deleted))
+    if removed:
+        local = sum(1 for r in removed if r["where"] == LOCAL)
+        parts = [f"{local} studies deleted locally"] if local else []
+        if len(removed) > local:
+            parts.append(f"{len(removed) - local} copies pruned at destinations")
+        notices.append(Notice("deletion", ", ".join(parts), removed))
     return notices
 
 
