@@ -67,17 +67,10 @@ def apply_plan(
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
     try:
         futures: dict[Future[SendResult | VerifyResult | str], tuple[Action, int]] = {}
-        removals = [a for a in plan.actions if a.destination == LOCAL or a.kind == "prune"]
-        transfers = [a for a in plan.actions if a not in removals]
+        removals = [a for a in plan.actions if _is_removal(a)]
+        transfers = [a for a in plan.actions if not _is_removal(a)]
         for action in transfers:
-            entry = store.journal_start(
-                run_id,
-                action.kind,
-                action.study_uid,
-                action.destination,
-                len(action.instances),
-                action.bytes,
-            )
+            entry = _journal_start(store, run_id, action)
             future = pool.submit(_run_action, action, destinations, emit_safely, stop)
             futures[future] = (action, entry)
         for future in as_completed(futures):
@@ -97,14 +90,7 @@ def apply_plan(
                 failed += 1
         transfers_failed = failed
         for action in removals:
-            entry = store.journal_start(
-                run_id,
-                action.kind,
-                action.study_uid,
-                action.destination,
-                len(action.instances),
-                action.bytes,
-            )
+            entry = _journal_start(store, run_id, action)
             why_not = (
                 "a copy or verification in this run failed"
                 if transfers_failed
@@ -140,6 +126,21 @@ def apply_plan(
         store.finish_run(run_id, outcome, summary)
     emit_safely(RunFinished(summary))
     return summary
+
+
+def _is_removal(action: Action) -> bool:
+    return action.destination == LOCAL or action.kind == "prune"
+
+
+def _journal_start(store: StateStore, run_id: int, action: Action) -> int:
+    return store.journal_start(
+        run_id,
+        action.kind,
+        action.study_uid,
+        action.destination,
+        len(action.instances),
+        action.bytes,
+    )
 
 
 def _not_starting(action: Action, stop: threading.Event) -> str | None:

@@ -18,7 +18,7 @@ The run-wide rules (deletion caps, a shrunken catalog) are retention's ``guard``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from reconciler.catalog.model import CatalogStudy
@@ -59,13 +59,11 @@ def prunes(
     """Prune actions for every destination with ``prune:``; ``deleting`` are the studies whose
     local files this plan deletes (they no longer count as a copy). A destination that could
     not be observed prunes nothing (the planner reports it)."""
+    run = _Run(config, deleting, observations, now)
     decisions = PruneDecisions([], [])
-    pruned: dict[str, set[str]] = {}  # study UID -> destinations pruned by this plan
     for name, settings in sorted(config.destinations.items()):
-        if settings.prune is None:
-            continue
         observation = observations.get(name)
-        if observation is None or not observation.ok:
+        if settings.prune is None or observation is None or not observation.ok:
             continue
         for uid, held in sorted(observation.studies.items()):
             found = local.get(uid)
@@ -73,13 +71,11 @@ def prunes(
             if due is None:
                 continue
             label = found.label if found else UNKNOWN_STUDY
-            blocker = _blocker(
-                config, settings.prune, name, held, found, deleting, pruned, observations, now
-            )
+            blocker = run.blocker(settings.prune, name, held, found)
             if blocker is not None:
                 decisions.kept.append(Retained(uid, label, f"{blocker} (due: {due})", name))
                 continue
-            pruned.setdefault(uid, set()).add(name)
+            run.pruned.setdefault(uid, set()).add(name)
             decisions.actions.append(
                 Action(
                     kind="prune",
@@ -119,69 +115,68 @@ def _due(
     return None
 
 
-def _blocker(
-    config: Config,
-    prune: PruneSettings,
-    name: str,
-    held: ObservedStudy,
-    found: LocalStudy | None,
-    deleting: frozenset[str],
-    pruned: Mapping[str, set[str]],
-    observations: Mapping[str, Observation],
-    now: datetime,
-) -> str | None:
-    """The rule that keeps a due copy, or None if it may be pruned."""
-    rules = config.retention
-    if held.seen_at is None or now - held.seen_at > rules.verified_within:
-        return "its copy was not observed recently enough to act on"
-    if held.in_recovery_point:
-        return "a recovery point kept there refers to it (`recover forget` lets points go)"
-    if found is not None:
-        protector = next(
-            (i for i, s in enumerate(rules.protect) if selects(s, found.study, now)), None
-        )
-        if protector is not None:
-            return f"protected by retention.protect[{protector}]"
-    required = prune.min_copies_left
-    if required is None:
-        required = rules.require_verified_copies
-    left = _copies_left(config, name, held, found, deleting, pruned, observations, now)
-    if len(left) < required:
-        where = ", ".join(left) or "none"
-        return (
-            f"only {len(left)} verified {'copy' if len(left) == 1 else 'copies'} would remain "
-            f"({where}); min_copies_left is {required}"
-        )
-    return None
+@dataclass
+class _Run:
+    """What every decision of one plan's pruning reads, and the prunes decided so far."""
 
+    config: Config
+    deleting: frozenset[str]
+    observations: Mapping[str, Observation]
+    now: datetime
+    pruned: dict[str, set[str]] = field(default_factory=dict)  # study UID -> destinations
 
-def _copies_left(
-    config: Config,
-    name: str,
-    held: ObservedStudy,
-    found: LocalStudy | None,
-    deleting: frozenset[str],
-    pruned: Mapping[str, set[str]],
-    observations: Mapping[str, Observation],
-    now: datetime,
-) -> list[str]:
-    """Where verified copies of the study remain once this copy is gone."""
-    uid = held.uid
-    left = ["local files"] if found is not None and uid not in deleting else []
-    # What another copy must hold: the local files if they are known, else this very copy.
-    if found is not None:
-        expected: Mapping[str, str | None] = expected_of(found.study)
-    else:
-        expected = {sop: i.sha256 for sop, i in held.instances.items()}
-    for other, settings in sorted(config.destinations.items()):
-        if other == name or other in pruned.get(uid, ()):
-            continue
-        evidence = copy_evidence(
-            other, settings, config.retention, uid, expected, observations.get(other), now
-        )
-        if isinstance(evidence, Evidence):
-            left.append(other)
-    return left
+    def blocker(
+        self, prune: PruneSettings, name: str, held: ObservedStudy, found: LocalStudy | None
+    ) -> str | None:
+        """The rule that keeps a due copy, or None if it may be pruned."""
+        rules = self.config.retention
+        if held.seen_at is None or self.now - held.seen_at > rules.verified_within:
+            return "its copy was not observed recently enough to act on"
+        if held.in_recovery_point:
+            return "a recovery point kept there refers to it (`recover forget` lets points go)"
+        if found is not None:
+            protector = next(
+                (i for i, s in enumerate(rules.protect) if selects(s, found.study, self.now)),
+                None,
+            )
+            if protector is not None:
+                return f"protected by retention.protect[{protector}]"
+        required = prune.min_copies_left
+        if required is None:
+            required = rules.require_verified_copies
+        left = self.copies_left(name, held, found)
+        if len(left) < required:
+            where = ", ".join(left) or "none"
+            return (
+                f"only {len(left)} verified {'copy' if len(left) == 1 else 'copies'} would "
+                f"remain ({where}); min_copies_left is {required}"
+            )
+        return None
+
+    def copies_left(self, name: str, held: ObservedStudy, found: LocalStudy | None) -> list[str]:
+        """Where verified copies of the study remain once this copy is gone."""
+        uid = held.uid
+        left = ["local files"] if found is not None and uid not in self.deleting else []
+        # What another copy must hold: the local files if they are known, else this very copy.
+        if found is not None:
+            expected: Mapping[str, str | None] = expected_of(found.study)
+        else:
+            expected = {sop: i.sha256 for sop, i in held.instances.items()}
+        for other, settings in sorted(self.config.destinations.items()):
+            if other == name or other in self.pruned.get(uid, ()):
+                continue
+            evidence = copy_evidence(
+                other,
+                settings,
+                self.config.retention,
+                uid,
+                expected,
+                self.observations.get(other),
+                self.now,
+            )
+            if isinstance(evidence, Evidence):
+                left.append(other)
+        return left
 
 
 def _refs(held: ObservedStudy) -> tuple[InstanceRef, ...]:
