@@ -12,7 +12,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 
-from reconciler.destinations.base import Archiver, Destination, SendResult, VerifyResult
+from reconciler.destinations.base import (
+    Archiver,
+    Destination,
+    Pruner,
+    SendResult,
+    VerifyResult,
+)
 from reconciler.events import (
     ActionFinished,
     ActionProgress,
@@ -41,8 +47,9 @@ def apply_plan(
     """Run every action of ``plan``; returns the run summary (also emitted last).
 
     Once ``stop`` is set, actions not yet started are skipped (and planned again next time);
-    those in flight finish, so nothing is left half-recorded. Local deletions and purges run
-    last, and only when every copy and verification before them succeeded.
+    those in flight finish, so nothing is left half-recorded. Removals (local deletions, trash
+    purges, prunes at destinations) run last, and only when every copy and verification
+    before them succeeded.
     """
     stop = stop or threading.Event()
     emit_lock = threading.Lock()
@@ -60,17 +67,10 @@ def apply_plan(
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
     try:
         futures: dict[Future[SendResult | VerifyResult | str], tuple[Action, int]] = {}
-        remote = [a for a in plan.actions if a.destination != LOCAL]
-        local = [a for a in plan.actions if a.destination == LOCAL]
-        for action in remote:
-            entry = store.journal_start(
-                run_id,
-                action.kind,
-                action.study_uid,
-                action.destination,
-                len(action.instances),
-                action.bytes,
-            )
+        removals = [a for a in plan.actions if _is_removal(a)]
+        transfers = [a for a in plan.actions if not _is_removal(a)]
+        for action in transfers:
+            entry = _journal_start(store, run_id, action)
             future = pool.submit(_run_action, action, destinations, emit_safely, stop)
             futures[future] = (action, entry)
         for future in as_completed(futures):
@@ -88,14 +88,12 @@ def apply_plan(
                     transferred += action.bytes
             else:
                 failed += 1
-        remote_failed = failed
-        for action in local:
-            entry = store.journal_start(
-                run_id, action.kind, action.study_uid, LOCAL, len(action.instances), action.bytes
-            )
+        transfers_failed = failed
+        for action in removals:
+            entry = _journal_start(store, run_id, action)
             why_not = (
                 "a copy or verification in this run failed"
-                if remote_failed
+                if transfers_failed
                 else _not_starting(action, stop)
             )
             if why_not:
@@ -103,7 +101,10 @@ def apply_plan(
                 skipped += 1
                 continue
             emit_safely(ActionStarted(action))
-            finished = _run_local(action, entry, store, trash)
+            if action.kind == "prune":
+                finished = _run_prune(action, entry, store, destinations, emit_safely)
+            else:
+                finished = _run_local(action, entry, store, trash)
             emit_safely(finished)
             done, failed = (done + 1, failed) if finished.ok else (done, failed + 1)
         outcome = "failed" if failed else "interrupted" if skipped else "ok"
@@ -125,6 +126,21 @@ def apply_plan(
         store.finish_run(run_id, outcome, summary)
     emit_safely(RunFinished(summary))
     return summary
+
+
+def _is_removal(action: Action) -> bool:
+    return action.destination == LOCAL or action.kind == "prune"
+
+
+def _journal_start(store: StateStore, run_id: int, action: Action) -> int:
+    return store.journal_start(
+        run_id,
+        action.kind,
+        action.study_uid,
+        action.destination,
+        len(action.instances),
+        action.bytes,
+    )
 
 
 def _not_starting(action: Action, stop: threading.Event) -> str | None:
@@ -219,6 +235,27 @@ def _run_local(
     store.record_catalog_size()
     store.journal_finish(entry, "done", None)
     return ActionFinished(action, True, f"moved {len(moved)} files to the trash")
+
+
+def _run_prune(
+    action: Action,
+    entry: int,
+    store: StateStore,
+    destinations: Callable[[str], Destination],
+    emit: Emit,
+) -> ActionFinished:
+    try:
+        destination = destinations(action.destination)
+        if not isinstance(destination, Pruner):
+            raise TypeError(f"{action.destination} cannot remove copies")
+        freed = destination.prune(action, lambda size: emit(ActionProgress(action, size)))
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        store.journal_finish(entry, "failed", message)
+        return ActionFinished(action, False, message)
+    store.record_study_removed(action.destination, action.study_uid)
+    store.journal_finish(entry, "done", None)
+    return ActionFinished(action, True, f"removed its copy ({human_bytes(freed)})")
 
 
 def _failure_summary(total: int, failures: dict[str, str], what: str) -> str:

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -47,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: the configuration is not valid:\n{exc}", file=sys.stderr)
     except (UsageError, StalePlanError, StateBusyError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+    except sqlite3.Error as exc:
+        # A full disk, most often; SQLite may call that a "disk I/O error", hence the code.
+        code = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        print(f"Error: the state database could not be used: {exc} ({code})", file=sys.stderr)
+    except OSError as exc:  # local files (a full disk, a missing folder): no traceback
         print(f"Error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("Interrupted: nothing half-done was recorded as done.", file=sys.stderr)
@@ -113,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command("watch", cmd_watch, "reconcile continuously as files arrive; stop with Ctrl-C")
     sub.add_argument("--json", action="store_true", help="print events as JSON lines")
+
+    command("serve", cmd_serve, "serve the integration API (api: in the config) alone")
 
     sub = command("status", cmd_status, "what the catalog holds, rejected files and recent runs")
     sub.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -210,7 +219,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 print(json.dumps({"type": "summary", "outcome": "ok", "actions_done": 0}))
             return EXIT_ERROR if plan.has_errors else _scheduled_points(workspace, args.json)
         summary = workspace.apply(plan, JsonLinesView() if args.json else HumanView())
-        notify_after_run(loaded.config, workspace.store, _warn)
+        notify_after_run(loaded, workspace.store, _warn)
         if summary["outcome"] != "ok" or plan.has_errors:
             return EXIT_ERROR
         return _scheduled_points(workspace, args.json)
@@ -224,24 +233,45 @@ def _scheduled_points(workspace: Workspace, json_mode: bool) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from reconciler.api.server import ApiUnavailable
     from reconciler.metrics import MetricsUnavailable
     from reconciler.watch import watch
 
+    stop = _stop_on_signals()
+    view = JsonLinesView() if args.json else HumanView()
+    _warn(f"watching {args.config}; stop with Ctrl-C or SIGTERM")
+    try:
+        watch(args.config, view, _warn, stop)
+    except (MetricsUnavailable, ApiUnavailable) as exc:
+        raise UsageError(str(exc)) from None
+    _warn("stopped")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The API without the loop: lookups and restores for sites that apply from cron."""
+    from reconciler.api.operations import Operations
+    from reconciler.api.server import ApiUnavailable, serving
+
+    loaded = load_config(args.config)
+    if loaded.config.api is None:
+        raise UsageError("the config has no api: section (listen, token) to serve")
+    stop = _stop_on_signals()
+    try:
+        with serving(loaded.config.api, Operations(loaded, None, _warn), _warn) as url:
+            _warn(f"API at {url}; stop with Ctrl-C or SIGTERM")
+            stop.wait()
+    except ApiUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    _warn("stopped")
+    return EXIT_OK
+
+
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    view = JsonLinesView() if args.json else HumanView()
-
-    def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    say(f"watching {args.config}; stop with Ctrl-C or SIGTERM")
-    try:
-        watch(args.config, view, say, stop)
-    except MetricsUnavailable as exc:
-        raise UsageError(str(exc)) from None
-    say("stopped")
-    return EXIT_OK
+    return stop
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ ENCRYPTION = "aes-256-gcm"  # recorded as "aes-256-gcm:<master key id>", never t
 _ENCRYPTION_TRANSFORM = re.compile(rf"^{ENCRYPTION}:([0-9a-f]{{16}})$")
 PLAIN_SUFFIX = ".dcm"
 ENCRYPTED_SUFFIX = ".dcm.enc"  # not a DICOM file: no viewer or indexer should try to open it
+VERSION_DIGITS = 16
 
 
 class ManifestError(ValueError):
@@ -36,9 +37,15 @@ def is_uid(text: str) -> bool:
     return len(text) <= 64 and bool(UID_PATTERN.match(text))
 
 
-def object_name(sop_instance_uid: str, encrypted: bool) -> str:
-    """An instance's object name, relative to its study prefix."""
-    return sop_instance_uid + (ENCRYPTED_SUFFIX if encrypted else PLAIN_SUFFIX)
+def object_name(sop_instance_uid: str, encrypted: bool, stored_sha256: str | None = None) -> str:
+    """An instance's object name, relative to its study prefix.
+
+    An instance's first content is stored as ``<sop>.dcm``. A later, different content gets
+    ``<sop>.<first 16 hex digits of the stored SHA-256>.dcm`` (pass ``stored_sha256``), so an
+    object that a recovery point refers to is never overwritten by a newer version.
+    """
+    version = f".{stored_sha256[:VERSION_DIGITS]}" if stored_sha256 else ""
+    return sop_instance_uid + version + (ENCRYPTED_SUFFIX if encrypted else PLAIN_SUFFIX)
 
 
 def encryption_transform(key_id: str) -> str:
@@ -128,12 +135,14 @@ class Manifest:
 def _check_entry(entry: ManifestEntry) -> None:
     # Object names come from the manifest, so they must never be able to escape the study prefix.
     encrypted = entry.key_id is not None
-    if not is_uid(entry.sop_instance_uid) or entry.object != object_name(
-        entry.sop_instance_uid, encrypted
-    ):
-        raise ManifestError(f"bad instance entry {entry.sop_instance_uid!r}")
     if not (SHA256_PATTERN.match(entry.sha256) and SHA256_PATTERN.match(entry.stored_sha256)):
         raise ManifestError(f"bad checksum in entry {entry.sop_instance_uid}")
+    names = {
+        object_name(entry.sop_instance_uid, encrypted),
+        object_name(entry.sop_instance_uid, encrypted, entry.stored_sha256),
+    }
+    if not is_uid(entry.sop_instance_uid) or entry.object not in names:
+        raise ManifestError(f"bad instance entry {entry.sop_instance_uid!r}")
     if entry.size < 0 or entry.stored_size < 0:
         raise ManifestError(f"bad size in entry {entry.sop_instance_uid}")
     _check_transforms(entry)

@@ -1,14 +1,17 @@
-"""Notifications: a JSON POST to each webhook on failures that persist, on local deletions and
-on a watch loop that stopped making progress.
+"""Notifications: a JSON POST to each webhook, and a message to each e-mail target, on
+failures that persist, on local deletions, on a watch loop that stopped making progress and,
+for those who ask, on each recovery point written.
 
 Each condition is notified once until it changes:
 
 - failure: when an action (kind, study, destination) has failed ``failures_after`` runs in a
   row, exactly then. The count comes from the journal, so it holds across separate ``apply``
   processes (cron) as well as in watch; a success starts the count again.
-- deletion: every run that deleted local studies; a deletion happens once.
+- deletion: every run that deleted local studies or pruned copies at destinations; each
+  happens once.
 - stalled: kept in memory by the watch process: once per stall; an action done, or nothing
   left to do, ends the stall.
+- recovery_point: every point written, by apply on its schedule or by `recover create`.
 
 A failed delivery is reported as a warning and never fails the run. Tokens are sent in a
 header, never written anywhere.
@@ -24,12 +27,10 @@ from typing import Any
 import requests
 
 from reconciler.config.durations import format_duration
-from reconciler.config.model import (
-    Config,
-    NotificationEvent,
-    NotificationSettings,
-    WebhookSettings,
-)
+from reconciler.config.load import LoadedConfig
+from reconciler.config.model import NotificationEvent, NotificationSettings, WebhookSettings
+from reconciler.email_notify import send_email
+from reconciler.plan import LOCAL
 from reconciler.state import StateStore
 
 Say = Callable[[str], None]
@@ -42,13 +43,27 @@ class Notice:
     items: list[dict[str, Any]] = field(default_factory=list)
 
 
-def notify_after_run(config: Config, store: StateStore, say: Say) -> None:
+def notify_after_run(loaded: LoadedConfig, store: StateStore, say: Say) -> None:
     """Deliver what the run just finished (the store's latest) gives cause to notify."""
-    if not config.notifications.webhooks:
+    if not loaded.config.notifications.any_target:
         return
     run_id = store.recent_runs(1)[0]["id"]
     assert isinstance(run_id, int)
-    deliver(run_notices(store, config.notifications, run_id), config, say)
+    deliver(run_notices(store, loaded.config.notifications, run_id), loaded, say)
+
+
+def notify_points(loaded: LoadedConfig, outcomes: Iterable[dict[str, Any]], say: Say) -> None:
+    """The recovery points just written (``recovery_cli.create_points``'s outcomes)."""
+    points = [o["point"] for o in outcomes if o["point"] is not None]
+    if not points:
+        return
+    items = [
+        {k: p[k] for k in ("id", "destination", "studies", "instances", "bytes")} for p in points
+    ]
+    ids = ", ".join(sorted({p["id"] for p in points}))
+    where = ", ".join(p["destination"] for p in points)
+    summary = f"recovery point {ids} written at {where}: {points[0]['studies']} studies"
+    deliver([Notice("recovery_point", summary, items)], loaded, say)
 
 
 def run_notices(store: StateStore, settings: NotificationSettings, run_id: int) -> list[Notice]:
@@ -58,13 +73,22 @@ def run_notices(store: StateStore, settings: NotificationSettings, run_id: int) 
     if persisting:
         summary = f"{len(persisting)} actions have failed {limit} runs in a row"
         notices.append(Notice("failure", summary, persisting))
-    deleted = [
-        {"study_uid": e["study_uid"], "instances": e["instances"], "bytes": e["bytes"]}
+    removed = [
+        {
+            "study_uid": e["study_uid"],
+            "where": e["destination"],
+            "instances": e["instances"],
+            "bytes": e["bytes"],
+        }
         for e in store.run_journal(run_id)
-        if e["kind"] == "delete" and e["status"] == "done"
+        if e["kind"] in ("delete", "prune") and e["status"] == "done"
     ]
-    if deleted:
-        notices.append(Notice("deletion", f"{len(deleted)} studies deleted locally", deleted))
+    if removed:
+        local = sum(1 for r in removed if r["where"] == LOCAL)
+        parts = [f"{local} studies deleted locally"] if local else []
+        if len(removed) > local:
+            parts.append(f"{len(removed) - local} copies pruned at destinations")
+        notices.append(Notice("deletion", ", ".join(parts), removed))
     return notices
 
 
@@ -88,12 +112,16 @@ class Stall:
         return Notice("stalled", f"no action done for {stalled} with {pending} actions pending")
 
 
-def deliver(notices: Iterable[Notice], config: Config, say: Say) -> None:
-    notices = list(notices)
+def deliver(notices: Iterable[Notice], loaded: LoadedConfig, say: Say) -> None:
+    notices, config = list(notices), loaded.config
     for name, hook in config.notifications.webhooks.items():
         for notice in notices:
             if notice.event in hook.events:
                 _post(name, hook, _body(notice, config.site), say)
+    for name, target in config.notifications.email.items():
+        for notice in notices:
+            if notice.event in target.events:
+                send_email(name, target, _body(notice, config.site), loaded.resolve_path, say)
 
 
 def _body(notice: Notice, site: str) -> dict[str, Any]:

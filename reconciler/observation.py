@@ -24,6 +24,11 @@ class ObservedStudy:
     # When an observation of the destination last listed the study; None while it is known
     # only from our own copy, which is not evidence enough to delete anything.
     seen_at: datetime | None = None
+    # Who wrote the copy and when, from its manifest; None where the destination cannot say.
+    site: str | None = None
+    written_at: datetime | None = None
+    # A recovery point kept at the destination refers to this copy, so it must stay there.
+    in_recovery_point: bool = False
 
 
 @dataclass(frozen=True)

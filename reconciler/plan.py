@@ -16,7 +16,8 @@ from typing import Any, Literal, NamedTuple
 PLAN_FORMAT_VERSION = 2
 # delete: local files go to the trash; purge: trashed files older than trash_for are removed.
 # archive: one tar+zstd bundle per study at an archive_to destination.
-ActionKind = Literal["copy", "archive", "verify", "delete", "purge"]
+# prune: our copy of a study is removed from a destination (its destination retention).
+ActionKind = Literal["copy", "archive", "verify", "delete", "purge", "prune"]
 LOCAL = "local"  # the destination field of local actions (delete, purge)
 
 
@@ -101,11 +102,12 @@ class Deferred:
 
 @dataclass(frozen=True)
 class Retained:
-    """A study past its keep_local that stays, and why (not enough verified copies...)."""
+    """A study past its keep_local (or a copy due for pruning) that stays, and why."""
 
     study_uid: str
     study: StudyLabel
     reason: str
+    destination: str = LOCAL  # where it stays: local storage, or the destination not pruned
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,12 @@ class Plan:
                 for d in self.deferred
             ],
             "retained": [
-                {"study_uid": r.study_uid, "study": asdict(r.study), "reason": r.reason}
+                {
+                    "study_uid": r.study_uid,
+                    "destination": r.destination,
+                    "study": asdict(r.study),
+                    "reason": r.reason,
+                }
                 for r in self.retained
             ],
             "problems": [asdict(p) for p in self.problems],
@@ -220,7 +227,12 @@ class Plan:
             ),
             problems=tuple(Problem(**p) for p in document["problems"]),
             retained=tuple(
-                Retained(r["study_uid"], StudyLabel(**r["study"]), r["reason"])
+                Retained(
+                    r["study_uid"],
+                    StudyLabel(**r["study"]),
+                    r["reason"],
+                    r.get("destination", LOCAL),
+                )
                 for r in document["retained"]
             ),
             deferred=tuple(
@@ -285,6 +297,8 @@ def summary_counts(actions: Iterable[Action]) -> dict[str, int]:
         "deletions": sum(1 for a in actions if a.kind == "delete"),
         "delete_bytes": sum(a.bytes for a in actions if a.kind == "delete"),
         "purges": sum(1 for a in actions if a.kind == "purge"),
+        "prunes": sum(1 for a in actions if a.kind == "prune"),
+        "prune_bytes": sum(a.bytes for a in actions if a.kind == "prune"),
     }
 
 
@@ -326,10 +340,19 @@ def render_text(plan: Plan) -> str:
                 f"-> {held_back.destination}: {held_back.reason}"
             )
         lines.append("")
-    if plan.retained:
+    local = [r for r in plan.retained if r.destination == LOCAL]
+    if local:
         lines.append("Past keep_local but kept (not deleted):")
-        for kept in plan.retained:
+        for kept in local:
             lines.append(f"  . study {kept.study_uid} {kept.study}: {kept.reason}")
+        lines.append("")
+    remote = [r for r in plan.retained if r.destination != LOCAL]
+    if remote:
+        lines.append("Due for pruning but kept at their destination:")
+        for kept in remote:
+            lines.append(
+                f"  . study {kept.study_uid} {kept.study} at {kept.destination}: {kept.reason}"
+            )
         lines.append("")
     lines.append(summary_line(plan))
     return "\n".join(lines)
@@ -355,6 +378,8 @@ def _render_action(action: Action) -> list[str]:
         head = f"  = verify {study} at {action.destination}{policies}"
     elif action.kind == "delete":
         head = f"  - delete {study}, {size} from local storage (to the trash){policies}"
+    elif action.kind == "prune":
+        head = f"  - prune  {study}, {size} from {action.destination}"
     else:
         head = f"  - purge  {study}, {size} from the trash"
     description = f'"{action.study.description}": ' if action.study.description else ""
@@ -389,4 +414,8 @@ def summary_line(plan: Plan) -> str:
     parts.append(deletions)
     if counts["purges"]:
         parts.append(_plural(counts["purges"], "trash purge"))
+    if counts["prunes"]:
+        parts.append(
+            f"{_plural(counts['prunes'], 'prune')} ({human_bytes(counts['prune_bytes'])})"
+        )
     return "Plan: " + ", ".join(parts) + "." + kept

@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 
-from reconciler import retention
+from reconciler import prune, retention
 from reconciler.catalog.model import Catalog, CatalogInstance, CatalogStudy
 from reconciler.config.durations import format_duration
 from reconciler.config.model import Config
@@ -66,6 +66,7 @@ def make_plan(
     deletions: list[Action] = []
     retained: list[Retained] = []
     waiting: list[Waiting] = []
+    local_studies: dict[str, prune.LocalStudy] = {}
     in_sync = 0
     for study in sorted(catalog.studies.values(), key=lambda s: (s.first.study_date, s.uid)):
         wanted = _wanted_destinations(config, study, now)
@@ -80,6 +81,9 @@ def make_plan(
             tuple(wanted),
             settled=ready_at <= now,
             conflicted=bool(conflicts),
+        )
+        local_studies[study.uid] = prune.LocalStudy(
+            study, label, frozenset(wanted), facts.settled
         )
         match retention.decide(config, facts, observations, now, local):
             case Action() as deletion:
@@ -112,12 +116,17 @@ def make_plan(
                 in_sync += 1
             else:
                 actions.append(action)
-    deletions, retained, guarded = retention.guard(
-        config.retention, deletions, retained, len(catalog.studies), local
+    pruning = prune.prunes(
+        config, local_studies, frozenset(d.study_uid for d in deletions), observations, now
+    )
+    retained.extend(pruning.kept)
+    destructive, retained, guarded = retention.guard(
+        config.retention, [*deletions, *pruning.actions], retained, len(catalog.studies), local
     )
     problems.extend(guarded)
-    # Deletions come after every copy in the plan; apply runs them only if those succeeded.
-    actions.extend(deletions)
+    # Deletions and prunes come after every copy in the plan; apply runs them only if those
+    # succeeded.
+    actions.extend(destructive)
     actions.extend(retention.purges(config.retention, local.trash, now))
     allowed, deferred = _within_windows(config, actions, now)
     return Plan(
@@ -179,7 +188,10 @@ def label_of(study: CatalogStudy) -> StudyLabel:
 def _unobservable_destinations(
     config: Config, observations: Mapping[str, Observation]
 ) -> list[Problem]:
-    used = sorted({d for p in config.policies for d in p.copy_to} | config.archive_destinations)
+    pruned = {name for name, d in config.destinations.items() if d.prune is not None}
+    used = sorted(
+        {d for p in config.policies for d in p.copy_to} | config.archive_destinations | pruned
+    )
     problems = []
     for name in used:
         observation = observations.get(name)

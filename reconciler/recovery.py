@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from reconciler.destinations.base import Destination, DestinationUnavailable
-from reconciler.manifest import SHA256_PATTERN, Manifest, ManifestEntry, ManifestError, is_uid
+from reconciler.manifest import (
+    ENCRYPTED_SUFFIX,
+    PLAIN_SUFFIX,
+    SHA256_PATTERN,
+    Manifest,
+    ManifestEntry,
+    ManifestError,
+    is_uid,
+)
 from reconciler.observation import ObservedInstance
 from reconciler.plan import Action, InstanceRef, StudyLabel
 from reconciler.stored_copy import Unrestorable, check_stored, original_bytes, restored_note
@@ -50,6 +58,8 @@ POINT_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,4})?$")
 # Objects up to this size are fetched in one request; larger ones are streamed in chunks.
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
 CHUNK = 1024 * 1024
+# A later content of an instance (manifest.object_name with a version); UIDs may match too.
+_VERSIONED = re.compile(r"\.[0-9a-f]{16}\.dcm(\.enc)?$")
 
 Progress = Callable[[int], None]  # bytes just read or restored
 
@@ -62,6 +72,7 @@ class ObjectStore(Protocol):
     """What recovery needs of an object destination (``ObjectStoreDestination`` has it)."""
 
     name: str
+    site: str
 
     def list_keys(self, prefix: str) -> dict[str, int]: ...
 
@@ -619,13 +630,66 @@ def restore_to_folder(
     work: list[tuple[str, ManifestEntry, Path]] = []
     for study in select_studies(store, point, selection, keyring):
         report.studies += 1
-        work.extend(_plan_study(store, study, root, report))
+        try:
+            manifest = load_pinned(store, study)
+        except RecoveryError as exc:
+            report.problems.append(Finding(study.study_instance_uid, None, "missing", str(exc)))
+            continue
+        work.extend(_plan_manifest(study.study_instance_uid, manifest, root, report))
+    _restore_files(store, work, report, progress, workers, keyring)
+    return report
+
+
+def load_current(store: ObjectStore, study_uid: str) -> Manifest:
+    """A study's manifest as it stands now at the store (not pinned by any point)."""
+    if not is_uid(study_uid):
+        raise RecoveryError(f"{study_uid!r} is not a StudyInstanceUID")
+    try:
+        data = store.read_key(f"{STUDIES}/{study_uid}/{MANIFEST_NAME}")
+    except FileNotFoundError:
+        raise RecoveryError(f"{store.name} holds no copy of study {study_uid}") from None
+    try:
+        return Manifest.from_json(data, study_uid)
+    except ManifestError as exc:
+        raise RecoveryError(f"the manifest of {study_uid} at {store.name}: {exc}") from None
+
+
+def restore_study_to_folder(
+    store: ObjectStore,
+    study_uid: str,
+    root: Path,
+    progress: Progress = lambda _: None,
+    workers: int = 8,
+    keyring: Keyring | None = None,
+) -> RestoreReport:
+    """One study's copy as it stands now (its current manifest), restored under ``root`` as
+    ``restore_to_folder`` restores a point's: each file checked against its source SHA-256.
+
+    Raises RecoveryError when the store holds no (valid) manifest of the study.
+    """
+    manifest = load_current(store, study_uid)
+    root.mkdir(parents=True, exist_ok=True)
+    report = RestoreReport("current", store.name, str(root), studies=1)
+    _restore_files(
+        store, _plan_manifest(study_uid, manifest, root, report), report, progress, workers, keyring
+    )
+    return report
+
+
+def _restore_files(
+    store: ObjectStore,
+    work: Sequence[tuple[str, ManifestEntry, Path]],
+    report: RestoreReport,
+    progress: Progress,
+    workers: int,
+    keyring: Keyring | None,
+) -> None:
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_restore_file, store, uid, e, t, keyring) for uid, e, t in work]
         try:
             for future in as_completed(futures):
                 outcome, size, finding = future.result()
-                _count(report, outcome, size, finding)
+                tally(report, outcome, size, finding)
                 progress(size)
         except BaseException:
             for pending in futures:
@@ -633,18 +697,11 @@ def restore_to_folder(
             raise
     report.problems.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
     report.notes.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
-    return report
 
 
-def _plan_study(
-    store: ObjectStore, study: PointStudy, root: Path, report: RestoreReport
+def _plan_manifest(
+    uid: str, manifest: Manifest, root: Path, report: RestoreReport
 ) -> list[tuple[str, ManifestEntry, Path]]:
-    uid = study.study_instance_uid
-    try:
-        manifest = load_pinned(store, study)
-    except RecoveryError as exc:
-        report.problems.append(Finding(uid, None, "missing", str(exc)))
-        return []
     work = []
     for entry in manifest.instances:
         report.instances += 1
@@ -657,7 +714,7 @@ def _plan_study(
     return work
 
 
-def _count(report: RestoreReport, outcome: str, size: int, finding: Finding | None) -> None:
+def tally(report: RestoreReport, outcome: str, size: int, finding: Finding | None) -> None:
     if outcome == "restored":
         report.restored += 1
         report.bytes += size
@@ -674,6 +731,31 @@ def _restore_file(
     target: Path,
     keyring: Keyring | None,
 ) -> tuple[str, int, Finding | None]:
+    return place_restored(
+        study_uid,
+        entry,
+        target,
+        lambda sink: _write_original(store, study_uid, entry, sink, keyring),
+        lambda: _decoded_sha256(store, study_uid, entry, keyring),
+    )
+
+
+Writer = Callable[[Any], tuple[int, str]]  # writes the original to a sink: size, SHA-256
+
+
+def place_restored(
+    study_uid: str,
+    entry: ManifestEntry,
+    target: Path,
+    write: Writer,
+    decoded_sha256: Callable[[], str | None] = lambda: None,
+) -> tuple[str, int, Finding | None]:
+    """Put one restored instance at ``target`` (root/study/series/sop.dcm), whole or not at
+    all: "restored", "present" (the same content is already there) or "problem".
+
+    ``write`` raises FileNotFoundError or Unrestorable when the original cannot be had;
+    ``decoded_sha256`` is what a lossless transcode restores, also accepted as present.
+    """
     sop = entry.sop_instance_uid
     root = target.parents[2]
     # A symbolic link planted in the target must not carry the restore elsewhere either:
@@ -684,18 +766,18 @@ def _restore_file(
     for stale in target.parent.glob(f".{target.name}.partial-*"):
         stale.unlink(missing_ok=True)  # left by an interrupted run
     if target.exists() or target.is_symlink():
-        return _existing(store, study_uid, entry, target, keyring)
+        return _existing(study_uid, entry, target, decoded_sha256)
     temporary = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex}")
     try:
         with open(temporary, "xb") as sink:
-            size, digest = _write_original(store, study_uid, entry, sink, keyring)
+            size, digest = write(sink)
             sink.flush()
             os.fsync(sink.fileno())
         note = restored_note(entry, digest)
         try:
             os.link(temporary, target)  # unlike rename, never replaces a file that appeared
         except FileExistsError:
-            return _existing(store, study_uid, entry, target, keyring)
+            return _existing(study_uid, entry, target, decoded_sha256)
         return "restored", size, note and Finding(study_uid, sop, "transcoded", note)
     except FileNotFoundError:
         return "problem", 0, Finding(study_uid, sop, "missing", "object is missing")
@@ -720,16 +802,15 @@ def _write_original(
 
 
 def _existing(
-    store: ObjectStore,
     study_uid: str,
     entry: ManifestEntry,
     target: Path,
-    keyring: Keyring | None,
+    decoded_sha256: Callable[[], str | None],
 ) -> tuple[str, int, Finding | None]:
     if target.is_file() and not target.is_symlink():
         with open(target, "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        if digest == entry.sha256 or digest == _decoded_sha256(store, study_uid, entry, keyring):
+        if digest == entry.sha256 or digest == decoded_sha256():
             return "present", 0, None
     detail = f"a different file is already at {target}; left as it is"
     return "problem", 0, Finding(study_uid, entry.sop_instance_uid, "conflict", detail)
@@ -942,12 +1023,13 @@ class ForgetResult:
     kept: dict[str, list[str]]
     removed: list[str]
     manifests_removed: int = 0
+    objects_removed: int = 0  # older contents of instances that only forgotten points used
     note: str | None = None
 
 
 def forget_points(store: ObjectStore, policy: KeepPolicy, dry_run: bool = False) -> ForgetResult:
     """Remove the points the policy does not keep, then the pinned manifests no remaining
-    point refers to. Study objects are never touched."""
+    point refers to, then the superseded study objects no manifest refers to any more."""
     points, unreadable = list_points(store)
     kept = points_to_keep([(p.id, p.created_at) for p in points], policy)
     doomed = [p for p in points if p.id not in kept]
@@ -964,4 +1046,45 @@ def forget_points(store: ObjectStore, policy: KeepPolicy, dry_run: bool = False)
     for key in sorted(set(store.list_keys(PINNED)) - referenced):
         store.delete_key(key)
         result.manifests_removed += 1
+    superseded = unreferenced_objects(store)
+    for key in superseded:
+        store.delete_key(key)
+    result.objects_removed = len(superseded)
     return result
+
+
+def unreferenced_objects(store: ObjectStore) -> list[str]:
+    """Instance objects that neither a study's manifest nor a pinned one refers to: older
+    contents that were kept while a point referred to them. Only in study folders whose
+    manifest this site wrote; anything unreadable stops the sweep rather than guessing."""
+    listing = store.list_keys(STUDIES)
+    if not any(_VERSIONED.search(k) for k in listing):
+        return []  # only first contents: each is its manifest's, nothing was superseded
+    live = [k for k in listing if is_study_manifest_key(k)]
+    pinned = sorted(store.list_keys(PINNED))
+    contents = store.read_keys([*live, *pinned])
+    referenced: set[str] = set()
+    ours: set[str] = set()
+    for key in [*live, *pinned]:
+        data = contents.get(key)
+        if isinstance(data, BaseException) or data is None:
+            raise RecoveryError(f"cannot read {key} at {store.name}: {data}")
+        try:
+            study_uid = (
+                key.split("/")[1] if key in live else str(json.loads(data)["study_instance_uid"])
+            )
+            manifest = Manifest.from_json(data, study_uid)
+        except (ManifestError, ValueError, KeyError, TypeError) as exc:
+            if key in live:
+                continue  # what it refers to is unknown: its folder is not swept
+            raise RecoveryError(f"pinned manifest {key} is unreadable: {exc}") from None
+        referenced.update(f"{STUDIES}/{study_uid}/{e.object}" for e in manifest.instances)
+        if key in live and manifest.site == store.site:
+            ours.add(study_uid)
+    return sorted(
+        key
+        for key in listing
+        if key.split("/")[1] in ours
+        and key.endswith((PLAIN_SUFFIX, ENCRYPTED_SUFFIX))
+        and key not in referenced
+    )

@@ -20,12 +20,14 @@ from typing import Any
 from tqdm import tqdm
 
 from reconciler import __version__
-from reconciler.cli import EXIT_ERROR, EXIT_OK, UsageError, _scan_bar
+from reconciler.archive_restore import restore_archived
+from reconciler.cli import EXIT_ERROR, EXIT_OK, UsageError, _scan_bar, _warn
 from reconciler.config.load import LoadedConfig, load_config
 from reconciler.config.model import KeepPoints
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.factory import open_destination
 from reconciler.destinations.object_store import ObjectStoreDestination
+from reconciler.notify import notify_points
 from reconciler.plan import human_bytes
 from reconciler.recovery import (
     Finding,
@@ -85,6 +87,13 @@ def register(commands: Any) -> None:
     sub.add_argument(
         "--patient", action="append", default=[], metavar="ID", help="only this patient's studies"
     )
+
+    sub = _command(
+        actions, "restore-archive", cmd_restore_archive, "restore studies from archive bundles"
+    )
+    _at(sub, "the archive_to destination (default: the one the policies archive to)")
+    sub.add_argument("--to", type=Path, required=True, metavar="DIR", help="DIR/study/series/sop")
+    sub.add_argument("--study", action="append", default=[], metavar="UID", help="only this study")
 
     sub = _command(actions, "forget", cmd_forget, "remove points recovery_points.keep lets go")
     sub.add_argument("--dry-run", action="store_true", help="only say what would be removed")
@@ -239,15 +248,11 @@ def create_points(
 def scheduled_points(workspace: Workspace, json_mode: bool) -> int:
     """Called by `apply` once everything is in place: a point where ``every`` says one is due,
     then the keep policy. A failure is reported and makes the apply exit 1."""
-    settings = workspace.config.recovery_points
-    if settings is None or settings.every is None:
-        return EXIT_OK
     try:
-        outcomes = create_points(workspace, settings.store_at, if_due=True)
+        created = write_due_points(workspace, _warn)
     except (RecoveryError, DestinationUnavailable, OSError) as exc:
         print(f"Error: the scheduled recovery point failed: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    created = [o for o in outcomes if o["point"] is not None]
     if json_mode:
         for outcome in created:
             print(json.dumps({"type": "recovery_point", **outcome}))
@@ -255,6 +260,18 @@ def scheduled_points(workspace: Workspace, json_mode: bool) -> int:
         for line in describe_created(created):
             print(line)
     return EXIT_OK
+
+
+def write_due_points(workspace: Workspace, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The points ``recovery_points.every`` says are due (then ``keep``), notified; by apply
+    and by each watch cycle that ended well. Raises what made a point fail."""
+    settings = workspace.config.recovery_points
+    if settings is None or settings.every is None:
+        return []
+    outcomes = create_points(workspace, settings.store_at, if_due=True)
+    created = [o for o in outcomes if o["point"] is not None]
+    notify_points(workspace.loaded, created, warn)
+    return created
 
 
 def keep_policy(keep: KeepPoints) -> KeepPolicy:
@@ -276,6 +293,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     names = _store_names(loaded, args.at)
     with Workspace(loaded, "recover create") as workspace:
         outcomes = create_points(workspace, names, args.if_due)
+    notify_points(loaded, outcomes, _warn)
     if args.json:
         print(json.dumps(outcomes, indent=1))
         return EXIT_OK
@@ -328,6 +346,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
             print(f"  forget {point_id}")
         if result.manifests_removed:
             print(f"  {result.manifests_removed} pinned manifests no kept point uses removed")
+        if result.objects_removed:
+            print(f"  {result.objects_removed} superseded instance objects no point uses removed")
         if result.note:
             print(f"  {result.note}")
     return EXIT_OK
@@ -425,6 +445,30 @@ def cmd_restore(args: argparse.Namespace) -> int:
             f"{report.studies} studies, {report.restored} instances restored "
             f"({human_bytes(report.bytes)}), {report.already_present} already there, each checked "
             f"against its source SHA-256: {_verdict(report.problems)}{_pixel_identical(report)}."
+        )
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_restore_archive(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    names = args.at or sorted(loaded.config.archive_destinations)
+    if len(names) != 1:
+        raise UsageError(
+            "name the archive destination with --at "
+            f"(archive_to: {', '.join(names) or 'none in the policies'})"
+        )
+    with _open_stores(loaded, names) as stores, _bytes_bar(args.json, None, "restore") as progress:
+        [store] = stores.values()
+        report = restore_archived(store, args.to, args.study, progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        _print_problems(report.problems)
+        print(
+            f"Restored {report.studies} archived studies from {store.name} to {report.target}: "
+            f"{report.restored} instances restored ({human_bytes(report.bytes)}), "
+            f"{report.already_present} already there, each checked against its source SHA-256: "
+            f"{_verdict(report.problems)}."
         )
     return EXIT_OK if report.ok else EXIT_ERROR
 

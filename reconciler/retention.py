@@ -180,7 +180,13 @@ def _verified_copies(
     missing: dict[str, str] = {}
     for name, settings in sorted(config.destinations.items()):
         found = copy_evidence(
-            name, settings, config.retention, study.instances, observations.get(name), now
+            name,
+            settings,
+            config.retention,
+            study.uid,
+            expected_of(study),
+            observations.get(name),
+            now,
         )
         if isinstance(found, Evidence):
             evidence.append(found)
@@ -189,15 +195,22 @@ def _verified_copies(
     return evidence, missing
 
 
+def expected_of(study: CatalogStudy) -> dict[str, str]:
+    """What a copy of the study must hold: SOP Instance UID -> SHA-256 of its local file."""
+    return {i.sop_uid: i.sha256 for i in study.instances}
+
+
 def copy_evidence(
     name: str,
     settings: DestinationConfig,
     rules: RetentionSettings,
-    instances: Sequence[CatalogInstance],
+    study_uid: str,
+    expected: Mapping[str, str | None],
     observation: Observation | None,
     now: datetime,
 ) -> Evidence | str:
-    """Evidence that ``name`` holds a verified copy of these instances, or why it does not."""
+    """Evidence that ``name`` holds a verified copy of the ``expected`` instances (SOP Instance
+    UID -> SHA-256, None where unknown), or why it does not."""
     if observation is None:
         return "never observed"
     if not observation.ok:
@@ -205,13 +218,16 @@ def copy_evidence(
     method = _method(settings, rules)
     if method is None and settings.verification not in DEEP_EVIDENCE:
         return f"verify: {settings.verification} does not qualify as verification"
-    held = observation.studies.get(instances[0].study_uid)
+    held = observation.studies.get(study_uid)
     if held is None:
         return "holds no copy"
-    absent = [i for i in instances if i.sop_uid not in held.instances]
+    absent = [sop for sop in expected if sop not in held.instances]
     if absent:
-        return f"{len(absent)} of {len(instances)} instances missing"
-    if any(held.instances[i.sop_uid].sha256 not in (None, i.sha256) for i in instances):
+        return f"{len(absent)} of {len(expected)} instances missing"
+    if any(
+        None not in (sha, held.instances[sop].sha256) and held.instances[sop].sha256 != sha
+        for sop, sha in expected.items()
+    ):
         return "its copy differs from the local files (SHA-256)"
     if held.corrupt:
         return f"{len(held.corrupt)} instances failed checksum verification"
@@ -250,30 +266,34 @@ def _within(rules: RetentionSettings) -> str:
 
 def guard(
     rules: RetentionSettings,
-    deletions: list[Action],
+    removals: list[Action],
     retained: list[Retained],
     studies_now: int,
     local: LocalFacts,
 ) -> tuple[list[Action], list[Retained], list[Problem]]:
-    """Run-wide rules: a sharp shrink of the catalog and the caps stop every deletion."""
-    if not deletions:
-        return deletions, retained, []
+    """Run-wide rules: a sharp shrink of the catalog and the caps stop every removal (local
+    deletions and prunes at destinations alike)."""
+    if not removals:
+        return removals, retained, []
     previous = local.previous_studies
     if previous and studies_now < previous * (100 - rules.max_catalog_shrink) / 100:
         message = (
             f"the catalog shrank from {previous} to {studies_now} studies since the last apply "
             f"(more than max_catalog_shrink {rules.max_catalog_shrink}%); no local file is "
-            "deleted. If the studies were removed on purpose, apply once with --accept-shrink."
+            "deleted and no copy pruned. If the studies were removed on purpose, apply once "
+            "with --accept-shrink."
         )
         return (
             [],
-            retained + _withheld(deletions, "the catalog shrank sharply"),
+            retained + _withheld(removals, "the catalog shrank sharply"),
             [Problem(message, code=CATALOG_SHRANK)],
         )
-    count, size = len(deletions), sum(a.bytes for a in deletions)
+    count, size = len(removals), sum(a.bytes for a in removals)
     over = []
     if count > rules.max_deletes_per_run:
-        over.append(f"{count} deletions exceed max_deletes_per_run {rules.max_deletes_per_run}")
+        over.append(
+            f"{count} {_removals(removals)} exceed max_deletes_per_run {rules.max_deletes_per_run}"
+        )
     if size > rules.max_delete_bytes_per_run:
         over.append(
             f"{human_bytes(size)} exceeds max_delete_bytes_per_run "
@@ -281,20 +301,29 @@ def guard(
         )
     if over:
         message = (
-            "; ".join(over) + ": no local file is deleted in this run. Raise the cap for one run "
-            "with --max-deletes / --max-delete-bytes, or in retention: once you have checked the "
-            "list."
+            "; ".join(over) + ": no local file is deleted and no copy pruned in this run. Raise "
+            "the cap for one run with --max-deletes / --max-delete-bytes, or in retention: once "
+            "you have checked the list."
         )
         return (
             [],
-            retained + _withheld(deletions, "withheld by the deletion cap"),
+            retained + _withheld(removals, "withheld by the deletion cap"),
             [Problem(message, code=DELETE_CAP)],
         )
-    return deletions, retained, []
+    return removals, retained, []
 
 
-def _withheld(deletions: list[Action], why: str) -> list[Retained]:
-    return [Retained(a.study_uid, a.study, f"{why} (due: {a.reason})") for a in deletions]
+def _removals(actions: list[Action]) -> str:
+    kinds = {a.kind for a in actions}
+    return {frozenset({"delete"}): "deletions", frozenset({"prune"}): "prunes"}.get(
+        frozenset(kinds), "deletions and prunes"
+    )
+
+
+def _withheld(removals: list[Action], why: str) -> list[Retained]:
+    return [
+        Retained(a.study_uid, a.study, f"{why} (due: {a.reason})", a.destination) for a in removals
+    ]
 
 
 def purges(rules: RetentionSettings, trash: Sequence[TrashBatch], now: datetime) -> list[Action]:

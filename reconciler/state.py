@@ -24,7 +24,7 @@ from reconciler.bulk import building
 from reconciler.catalog.model import Catalog, CatalogInstance, CatalogStudy
 from reconciler.observation import Observation, ObservedInstance, ObservedStudy
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,9 +49,16 @@ CREATE TABLE IF NOT EXISTS observations (
 );
 CREATE TABLE IF NOT EXISTS observed_studies (
     destination TEXT NOT NULL, study_uid TEXT NOT NULL, instances TEXT NOT NULL,
-    seen_at TEXT, PRIMARY KEY (destination, study_uid)
+    seen_at TEXT, site TEXT, written_at TEXT, in_recovery_point INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (destination, study_uid)
 );
 CREATE TABLE IF NOT EXISTS arrivals (study_uid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS known_studies (
+    study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL, accession_number TEXT NOT NULL,
+    study_date TEXT NOT NULL, study_description TEXT NOT NULL, modalities TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS known_studies_by_patient ON known_studies (patient_id);
+CREATE INDEX IF NOT EXISTS known_studies_by_accession ON known_studies (accession_number);
 CREATE TABLE IF NOT EXISTS holds (
     study_uid TEXT PRIMARY KEY, until TEXT NOT NULL, reason TEXT NOT NULL
 );
@@ -71,6 +78,22 @@ CREATE TABLE IF NOT EXISTS journal (
     bytes INTEGER NOT NULL, error TEXT
 );
 """
+
+# A study's labels as its files give them, kept once the files are gone: a lookup by patient
+# or accession still finds the copies of a study that retention deleted locally.
+_REMEMBER_STUDY = """
+INSERT OR REPLACE INTO known_studies
+SELECT study_uid, patient_id, accession_number, study_date, study_description,
+    group_concat(DISTINCT modality) FROM instances WHERE study_uid = ? GROUP BY study_uid
+"""
+KNOWN_STUDY_COLUMNS = (
+    "study_uid",
+    "patient_id",
+    "accession_number",
+    "study_date",
+    "study_description",
+    "modalities",
+)
 
 _INSTANCE_COLUMNS = [
     "path",
@@ -161,6 +184,10 @@ class StateStore:
             version = self._migrate_from_1()
         if version == 2:
             version = self._migrate_from_2()
+        if version == 3:
+            version = self._migrate_from_3()
+        if version == 4:
+            version = self._migrate_from_4()
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{path} has state schema {version}; "
@@ -181,12 +208,33 @@ class StateStore:
         return 2
 
     def _migrate_from_2(self) -> int:
-        """Version 3 keeps each study's catalogue rows packed (see ``load_catalog``); the next
+        """Version 3 remembers each catalogued study's labels (known_studies)."""
+        with self.transaction() as db:
+            uids = db.execute("SELECT DISTINCT study_uid FROM instances").fetchall()
+            db.executemany(_REMEMBER_STUDY, uids)
+            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        return 3
+
+    def _migrate_from_3(self) -> int:
+        """Version 4 adds who wrote each copy, when, and whether a recovery point needs it
+        (what pruning at destinations decides on); unknown until the next observation."""
+        with self.transaction() as db:
+            db.execute("ALTER TABLE observed_studies ADD COLUMN site TEXT")
+            db.execute("ALTER TABLE observed_studies ADD COLUMN written_at TEXT")
+            db.execute(
+                "ALTER TABLE observed_studies "
+                "ADD COLUMN in_recovery_point INTEGER NOT NULL DEFAULT 0"
+            )
+            db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        return 4
+
+    def _migrate_from_4(self) -> int:
+        """Version 5 keeps each study's catalogue rows packed (see ``load_catalog``); the next
         scan packs the studies catalogued before."""
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO stale_packs SELECT DISTINCT study_uid FROM instances")
-            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-        return 3
+            db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+        return 5
 
     def close(self) -> None:
         self._db.close()
@@ -248,10 +296,11 @@ class StateStore:
                 [_instance_row(i) for i in upserts],
             )
             seen = _now()
+            touched = [(uid,) for uid in {i.study_uid for i in upserts}]
             db.executemany(
-                "INSERT OR IGNORE INTO arrivals VALUES (?, ?)",
-                [(uid, seen) for uid in {i.study_uid for i in upserts}],
+                "INSERT OR IGNORE INTO arrivals VALUES (?, ?)", [(*t, seen) for t in touched]
             )
+            db.executemany(_REMEMBER_STUDY, touched)
             db.executemany(
                 "INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?)",
                 [(*r, seen) for r in rejections],
@@ -320,6 +369,27 @@ class StateStore:
             yield
         finally:
             self._db.execute("COMMIT")
+
+    def load_study(self, study_uid: str) -> CatalogStudy | None:
+        """One study of the catalog, read by itself (a lookup, not a plan)."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances WHERE study_uid = ?",
+            (study_uid,),
+        )
+        instances = [CatalogInstance(*row[:-1], extra=json.loads(row[-1])) for row in rows]
+        return Catalog.from_instances(instances, 0).studies.get(study_uid)
+
+    def known_studies(self, column: str, value: str) -> list[dict[str, str]]:
+        """Studies ever catalogued here whose ``column`` (one of KNOWN_STUDY_COLUMNS other
+        than modalities) equals ``value``, local or not."""
+        if column not in KNOWN_STUDY_COLUMNS[:-1]:
+            raise ValueError(f"cannot look studies up by {column!r}")
+        rows = self._db.execute(
+            f"SELECT {', '.join(KNOWN_STUDY_COLUMNS)} FROM known_studies WHERE {column} = ? "
+            "ORDER BY study_date, study_uid",
+            (value,),
+        )
+        return [dict(zip(KNOWN_STUDY_COLUMNS, row, strict=True)) for row in rows]
 
     def forget_files(self, study_uid: str, paths: Iterable[str]) -> None:
         """After a deletion: the files leave the catalog, and the study's arrival with them
@@ -406,9 +476,17 @@ class StateStore:
                     "DELETE FROM observed_studies WHERE destination = ?", (observation.destination,)
                 )
                 db.executemany(
-                    "INSERT INTO observed_studies VALUES (?, ?, ?, ?)",
+                    "INSERT INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (observation.destination, s.uid, _instances_json(s.instances), seen)
+                        (
+                            observation.destination,
+                            s.uid,
+                            _instances_json(s.instances),
+                            seen,
+                            s.site,
+                            s.written_at.isoformat() if s.written_at else None,
+                            int(s.in_recovery_point),
+                        )
                         for s in observation.studies.values()
                     ],
                 )
@@ -430,9 +508,10 @@ class StateStore:
                 (destination, study_uid),
             ).fetchone()
             held = _parse_instances(row[0]) if row else {}
-            # seen_at stays empty: our own copy is not an observation of it.
+            # seen_at stays empty: our own copy is not an observation of it. So do its writer
+            # and pins: the next observation reads them from the destination.
             db.execute(
-                "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL)",
+                "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL, NULL, NULL, 0)",
                 (destination, study_uid, _instances_json({**held, **instances})),
             )
             db.execute(
@@ -444,7 +523,25 @@ class StateStore:
                 (destination, study_uid),
             )
 
-    def load_observation(self, destination: str) -> Observation | None:
+    def record_study_removed(self, destination: str, study_uid: str) -> None:
+        """After a prune: the destination no longer holds the study."""
+        with self.transaction() as db:
+            for table in ("observed_studies", "verifications"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE destination = ? AND study_uid = ?",
+                    (destination, study_uid),
+                )
+            db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+
+    def load_observation(
+        self, destination: str, study_uid: str | None = None
+    ) -> Observation | None:
+        """The destination's cached holdings; with ``study_uid``, only that study's (cheap)."""
+        only, where = (
+            (" AND study_uid = ?", (destination, study_uid)) if study_uid else ("", (destination,))
+        )
         head = self._db.execute(
             "SELECT observed_at, serial, ok, error FROM observations WHERE destination = ?",
             (destination,),
@@ -455,17 +552,18 @@ class StateStore:
             uid: (datetime.fromisoformat(at), bool(ok), frozenset(json.loads(corrupt)))
             for uid, at, ok, corrupt in self._db.execute(
                 "SELECT study_uid, verified_at, ok, corrupt FROM verifications "
-                "WHERE destination = ?",
-                (destination,),
+                f"WHERE destination = ?{only}",
+                where,
             )
         }
         studies = {}
         rows = self._db.execute(
-            "SELECT study_uid, instances, seen_at FROM observed_studies WHERE destination = ?",
-            (destination,),
+            "SELECT study_uid, instances, seen_at, site, written_at, in_recovery_point "
+            f"FROM observed_studies WHERE destination = ?{only}",
+            where,
         )
         with building():
-            for uid, instances, seen_at in rows:
+            for uid, instances, seen_at, site, written_at, pinned in rows:
                 verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
                 studies[uid] = ObservedStudy(
                     uid,
@@ -473,6 +571,9 @@ class StateStore:
                     verified_at=verified_at if ok else None,
                     corrupt=corrupt,
                     seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
+                    site=site,
+                    written_at=datetime.fromisoformat(written_at) if written_at else None,
+                    in_recovery_point=bool(pinned),
                 )
         return Observation(
             destination=destination,
@@ -652,8 +753,11 @@ def _parse_instances(text: str) -> dict[str, ObservedInstance]:
     return dict(zip(held, map(ObservedInstance._make, held.values()), strict=True))
 
 
-def _holdings(observation: Observation) -> dict[str, str]:
-    return {uid: _instances_json(s.instances) for uid, s in observation.studies.items()}
+def _holdings(observation: Observation) -> dict[str, tuple[object, ...]]:
+    return {
+        uid: (_instances_json(s.instances), s.site, s.written_at, s.in_recovery_point)
+        for uid, s in observation.studies.items()
+    }
 
 
 class _Parsed(dict[str, Any]):

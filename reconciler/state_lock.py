@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -36,11 +37,16 @@ class StateLock:
                 f"{holder} is working on this state ({self.path.with_suffix('')}); "
                 "wait for it to finish, then run this again"
             ) from None
-        handle.seek(0)
-        handle.truncate()
         started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        handle.write(f"reconciler {self.command} (pid {os.getpid()}, since {started})")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"reconciler {self.command} (pid {os.getpid()}, since {started})")
+            handle.flush()
+        except OSError as exc:  # a full disk: let go of the lock, and say which file
+            with suppress(OSError):
+                handle.close()  # flushes what did not fit again, and fails again
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         self._handle = handle
         return self
 

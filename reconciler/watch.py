@@ -3,7 +3,8 @@
 A cycle (incremental scan, plan, apply) runs when files in a source change, when a study that
 was waiting becomes stable, when the config changes, and every ``watch.replan_every``. An
 invalid new config is reported and the last good one keeps running. Setting ``stop`` (SIGTERM
-or SIGINT in the CLI) stops new work; transfers in flight finish first.
+or SIGINT in the CLI) stops new work; transfers in flight finish first. With ``api:`` the
+integration API is served beside the loop, and its reconcile request wakes it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from pathlib import Path
 
 import watchfiles
 
+from reconciler.api.operations import Operations
+from reconciler.api.server import serving
 from reconciler.config.load import ConfigError, LoadedConfig, load_config
+from reconciler.destinations.base import DestinationUnavailable
 from reconciler.events import Event
 from reconciler.metrics import WatchMetrics
 from reconciler.notify import Stall, deliver, notify_after_run
 from reconciler.plan import Plan
+from reconciler.recovery import RecoveryError
+from reconciler.recovery_cli import describe_created, write_due_points
 from reconciler.workspace import Workspace
 
 TICK_MS = 1000  # how often the loop looks at the clock when no file changes
@@ -37,9 +43,17 @@ def watch(
     stall = Stall(datetime.now(UTC))  # in memory: a new watch process starts afresh
     emit = metrics.view(emit)
     workspace = Workspace(loaded, "watch")
+    wake = threading.Event()  # set by the API's reconcile request
+    api = Operations(loaded, wake.set, say)
     try:
-        # The endpoint keeps the address it started with; a reload does not move it.
-        with metrics.serving(loaded.config.watch.metrics):
+        # The endpoints keep the address (and the API its token) they started with; a reload
+        # does not move them.
+        with (
+            metrics.serving(loaded.config.watch.metrics),
+            serving(loaded.config.api, api, say) as url,
+        ):
+            if url:
+                say(f"API at {url}")
             due = datetime.now(UTC)
             stamp = _config_stamp(config_path)
             for changes in watchfiles.watch(
@@ -52,8 +66,10 @@ def watch(
                 if _config_stamp(config_path) != stamp:
                     stamp = _config_stamp(config_path)
                     loaded, workspace = _reload(config_path, loaded, workspace, say)
+                    api.loaded = loaded
                     due = datetime.now(UTC)
-                if changes or datetime.now(UTC) >= due:
+                if changes or wake.is_set() or datetime.now(UTC) >= due:
+                    wake.clear()  # a request during the cycle asks for one more after it
                     plan = _cycle(workspace, emit, say, stop, metrics, stall)
                     due = _next_cycle(workspace, plan)
     finally:
@@ -101,13 +117,27 @@ def _cycle(
     if plan.has_changes and not stop.is_set():
         summary = workspace.apply(plan, emit, stop)
         outcome, progressed = summary["outcome"], summary["actions_done"] != 0
-        notify_after_run(workspace.config, workspace.store, say)
+        notify_after_run(workspace.loaded, workspace.store, say)
+    if outcome == "ok" and not plan.has_errors and not stop.is_set():
+        outcome = _due_points(workspace, say)
     metrics.record_cycle(time.monotonic() - started, ok=outcome == "ok" and not plan.has_errors)
     settings = workspace.config.notifications
     stalled = stall.cycle(len(plan.actions), progressed, datetime.now(UTC), settings.stalled_after)
     if stalled:
-        deliver([stalled], workspace.config, say)
+        deliver([stalled], workspace.loaded, say)
     return plan
+
+
+def _due_points(workspace: Workspace, say: Callable[[str], None]) -> str:
+    """Recovery points on their schedule, as apply writes them: after a cycle that ended well."""
+    try:
+        created = write_due_points(workspace, say)
+    except (RecoveryError, DestinationUnavailable, OSError) as exc:
+        say(f"error: the scheduled recovery point failed: {exc}")
+        return "failed"
+    for line in describe_created(created):
+        say(line.strip())
+    return "ok"
 
 
 def _next_cycle(workspace: Workspace, plan: Plan) -> datetime:

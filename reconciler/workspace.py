@@ -22,7 +22,7 @@ from reconciler.config.model import Config
 from reconciler.destinations.base import Destination, DestinationUnavailable
 from reconciler.destinations.factory import open_destination
 from reconciler.observation import Observation
-from reconciler.plan import Fingerprint, Plan
+from reconciler.plan import LOCAL, Fingerprint, Plan
 from reconciler.planner import make_plan
 from reconciler.retention import Hold, LocalFacts
 from reconciler.state import StateStore
@@ -202,6 +202,7 @@ class Workspace:
                 "pending_copies": sum(1 for a in pending if a.kind == "copy"),
                 "pending_bytes": sum(a.bytes for a in pending if a.kind == "copy"),
                 "pending_verifications": sum(1 for a in pending if a.kind == "verify"),
+                "prunes_due": sum(1 for a in pending if a.kind == "prune"),
                 "deferred": [
                     {"kind": d.kind, "study_uid": d.study_uid, "reason": d.reason}
                     for d in plan.deferred
@@ -234,7 +235,7 @@ class Workspace:
             "disks": disks,
             "deletions_due": len(deletions),
             "bytes_retention_frees": sum(a.bytes for a in deletions),
-            "kept_past_keep_local": len(plan.retained),
+            "kept_past_keep_local": sum(1 for r in plan.retained if r.destination == LOCAL),
             "trash_studies": len(trash),
             "trash_bytes": sum(f.size for b in trash for f in b.files),
         }
@@ -270,6 +271,8 @@ def _destination_summary(status: Mapping[str, Any]) -> str:
     if not status["reachable"]:
         return f"unreachable at last look ({status['error']})"
     text = f"{status['studies_held']} studies held, {status['pending_copies']} copies pending"
+    if status["prunes_due"]:
+        text += f", {status['prunes_due']} prunes due"
     if status["deferred"]:
         text += f", {len(status['deferred'])} deferred by a schedule window"
     return text + f" (as of {status['observed_at']})"

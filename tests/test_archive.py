@@ -118,8 +118,52 @@ def test_the_mailer_flow_archive_after_30_days_then_free_the_disk(
     document = json.loads(run(capsys, "plan", "-c", str(config), "--refresh", "--json")[1])
     assert [a["kind"] for a in document["actions"]] == ["delete"] * 3
     assert {e["method"] for e in document["actions"][0]["evidence"]} == {"manifest SHA-256 match"}
+    originals = sorted(sha256s(inbox))
     assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
     assert sha256s(inbox) == {}
+
+    # Disk freed; the bundles give every original back, each checked, and a rerun resumes.
+    restored = tmp_path / "restored"
+    code, out = run(capsys, "recover", "restore-archive", "-c", str(config), "--to", str(restored))
+    assert code == 0 and "3 archived studies" in out and "18 instances restored" in out, out
+    assert sorted(sha256s(restored)) == originals
+    assert all(len(p.relative_to(restored).parts) == 3 for p in restored.rglob("*.dcm"))
+    code, out = run(capsys, "recover", "restore-archive", "-c", str(config), "--to", str(restored))
+    assert code == 0 and "0 instances restored" in out and "18 already there" in out
+
+
+def test_a_damaged_bundle_or_an_unknown_study_is_reported_and_nothing_is_written(
+    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, 'object: {url: "file://cold"}')
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    bundle = sorted((tmp_path / "cold" / "archives").glob("*.tar.zst"))[0]
+    study = bundle.name.removesuffix(".tar.zst")
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+
+    restored = tmp_path / "restored"
+    code, report = run(
+        capsys,
+        "recover",
+        "restore-archive",
+        "-c",
+        str(config),
+        "--to",
+        str(restored),
+        "--study",
+        study,
+        "--study",
+        "1.2.3.4",
+        "--json",
+    )
+    document = json.loads(report)
+    assert code == 1 and document["restored"] == 0 and not list(restored.rglob("*.dcm"))
+    assert {(p["study_uid"], p["kind"]) for p in document["problems"]} == {
+        (study, "corrupt"),
+        ("1.2.3.4", "missing"),
+    }
 
 
 def test_archive_to_must_name_an_object_destination_of_its_own(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reconciler.manifest import Manifest, ManifestEntry, ManifestError
+from reconciler.manifest import Manifest, ManifestEntry, ManifestError, object_name
 
 SOP = "1.2.3.4"
 KEY_ID = "0123456789abcdef"
@@ -76,11 +76,20 @@ def test_an_unknown_version_is_refused() -> None:
         transformed(object=f"../../{SOP}.dcm.enc"),
         transformed(object="/etc/passwd"),
         transformed(sop_instance_uid="../1.2", object="../1.2.dcm.enc"),
+        entry(object=f"{SOP}.0123456789abcdef.dcm"),  # a version that is not its content's
+        entry(object=f"{SOP}.{'a' * 64}.dcm"),
     ],
 )
 def test_object_names_must_be_the_sop_uid_with_the_right_suffix(bad: ManifestEntry) -> None:
     with pytest.raises(ManifestError, match="bad instance entry"):
         Manifest.from_json(document(bad), "1.2.9")
+
+
+def test_a_later_version_of_an_instance_is_named_after_its_stored_content() -> None:
+    later = entry()
+    later = replace(later, object=f"{SOP}.{later.stored_sha256[:16]}.dcm")
+    [read] = Manifest.from_json(document(later), "1.2.9").instances
+    assert read.object == object_name(SOP, False, later.stored_sha256)
 
 
 @pytest.mark.parametrize(

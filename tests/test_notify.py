@@ -17,6 +17,9 @@ from test_metrics import free_port, wait_for_value
 from test_watch import watching
 from test_watch import write_config as write_watch_config
 
+from reconciler.config.model import NotificationSettings
+from reconciler.notify import run_notices
+from reconciler.plan import LOCAL
 from reconciler.state import StateStore
 
 TOKEN = "hook-token-never-shown"
@@ -135,6 +138,23 @@ def test_a_webhook_that_refuses_is_a_warning_that_names_no_secret(
     assert TOKEN not in out
 
 
+def test_a_recovery_point_written_by_apply_is_notified_to_those_who_chose_it(
+    tmp_path: Path, inbox: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = hooks(receiver, points="recovery_point") + (
+        f"    ops: {{url: '{receiver.url}/ops'}}\n"  # the default events: problems only
+        "recovery_points: {store_at: [backup], every: 1d}\n"
+    )
+    config = str(write_config(tmp_path, "backup", "", extra))
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0  # no point due
+    [(path, _, body)] = receiver.posts
+    assert (path, body["event"]) == ("/points", "recovery_point")
+    [item] = body["items"]
+    assert (item["destination"], item["studies"], item["instances"]) == ("backup", 3, 18)
+    assert body["summary"] == f"recovery point {item['id']} written at backup: 3 studies"
+
+
 def test_a_success_starts_the_failure_count_again(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     statuses = ["failed", "failed", "done", "failed"]
@@ -165,3 +185,23 @@ def test_watch_that_makes_no_progress_is_notified_stalled_once(
     with watching(tmp_path):
         wait_for_value(port, "reconciler_reconcile_duration_seconds_count", 4)
     assert receiver.events("/ops") == ["stalled", "failure"]  # failure at the 2nd cycle only
+
+
+def test_prunes_at_destinations_are_notified_with_local_deletions(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    run_id = store.start_run("apply")
+    for kind, where, status in [
+        ("delete", LOCAL, "done"),
+        ("prune", "old", "done"),
+        ("prune", "old", "failed"),
+        ("copy", "old", "done"),
+    ]:
+        entry = store.journal_start(run_id, kind, "1.2.3", where, 2, 100)
+        store.journal_finish(entry, status, None)
+    [notice] = run_notices(store, NotificationSettings(), run_id)
+    store.close()
+    assert (notice.event, notice.summary) == (
+        "deletion",
+        "1 studies deleted locally, 1 copies pruned at destinations",
+    )
+    assert [i["where"] for i in notice.items] == [LOCAL, "old"]

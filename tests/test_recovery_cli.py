@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import textwrap
 from datetime import UTC, datetime, timedelta
@@ -644,3 +645,71 @@ def test_a_symbolic_link_in_the_target_does_not_carry_the_restore_outside(
     assert code == 1 and report["restored"] == 12
     assert {p["kind"] for p in report["problems"]} == {"unsafe"} and len(report["problems"]) == 6
     assert not list(elsewhere.iterdir())
+
+
+# --- a changed source file never rewrites what a point refers to ----------------------------
+
+
+def change_one_file(inbox: Path) -> str:
+    """Re-save one instance with new content under the same SOP Instance UID; returns it."""
+    import pydicom
+
+    path = sorted(inbox.rglob("*.dcm"))[0]
+    dataset = pydicom.dcmread(path)
+    dataset.StudyDescription = "CORRECTED"
+    dataset.save_as(path)
+    return str(dataset.SOPInstanceUID)
+
+
+def objects_of(store: ObjectStoreDestination, sop_uid: str) -> list[str]:
+    return sorted(k for k in store.list_keys(STUDIES) if k.rsplit("/", 1)[1].startswith(sop_uid))
+
+
+def test_a_changed_source_file_leaves_older_points_intact_until_they_are_forgotten(
+    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path, FOLDER_BLOCK, "  keep: {last: 1}\n"))
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    originals = hashes(inbox)
+    code, created = run_json(capsys, "recover", "create", "-c", config)
+    older = created[0]["point"]["id"]
+
+    changed = change_one_file(inbox)
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 0 and "1 instance" in out, out
+    store = backup_store(Path(config))
+    first, later = sorted(objects_of(store, changed), key=len)
+    assert first.endswith(f"/{changed}.dcm")  # the point's object and the new content's
+    assert re.fullmatch(rf".*/{re.escape(changed)}\.[0-9a-f]{{16}}\.dcm", later)
+
+    code, report = run_json(capsys, "recover", "verify", older, "-c", config, "--read-data")
+    assert code == 0 and report["read"] == 18
+    code, out = run(capsys, "recover", "restore", older, "-c", config, "--to", str(tmp_path / "r"))
+    assert code == 0 and hashes(tmp_path / "r") == originals
+
+    # Once no point refers to the older content, forget removes its object.
+    run(capsys, "recover", "create", "-c", config)
+    code, [forgot] = run_json(capsys, "recover", "forget", "-c", config)
+    assert code == 0 and forgot["removed"] == [older] and forgot["objects_removed"] == 1
+    assert objects_of(store, changed) == [later]
+    code, out = run(
+        capsys, "recover", "restore", "latest", "-c", config, "--to", str(tmp_path / "n")
+    )
+    assert code == 0 and hashes(tmp_path / "n") == hashes(inbox)
+    assert run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")[0] == 0
+
+
+def test_without_points_the_older_content_is_removed_at_once(
+    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path, FOLDER_BLOCK))
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    store = backup_store(Path(config))
+    before = set(store.list_keys(STUDIES))
+    changed = change_one_file(inbox)
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    after = set(store.list_keys(STUDIES))
+    [gone] = before - after
+    [new] = after - before
+    assert gone.endswith(f"/{changed}.dcm") and objects_of(store, changed) == [new]
+    assert run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")[0] == 0

@@ -12,10 +12,11 @@ from datetime import timedelta
 from typing import Any
 
 from factories import NOW, catalog, config, study
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from reconciler.catalog.model import Catalog, CatalogInstance
+from reconciler.config.model import PruneSettings
 from reconciler.observation import Observation, ObservedInstance, ObservedStudy
 from reconciler.planner import make_plan
 from reconciler.retention import LocalFacts
@@ -147,3 +148,66 @@ def test_no_deletion_without_the_required_verified_copies(situation: dict[str, A
     previous = situation["local"].previous_studies
     if deletions and previous:
         assert len(local.studies) >= previous * (100 - cfg.retention.max_catalog_shrink) / 100
+
+
+@st.composite
+def pruning_situations(draw: st.DrawFn) -> dict[str, Any]:
+    """The same situations, with cloud and nas pruning copies that are ours and a year old."""
+    situation = draw(situations())
+    cfg = situation["config"]
+    rules = {
+        "older_than": "300d",
+        "unselected": draw(st.booleans()),
+        "min_copies_left": draw(st.sampled_from([None, 0, 1, 2, 3])),
+    }
+    destinations = {
+        name: d.model_copy(update={"prune": PruneSettings(**rules)} if name != "pacs" else {})
+        for name, d in cfg.destinations.items()
+    }
+    # Mostly a policy that copies to pacs only, so that cloud and nas copies are often due.
+    copy_to = draw(st.sampled_from([["pacs"]] * 3 + [["pacs", "cloud"], ["nas"]]))
+    policies = [cfg.policies[0].model_copy(update={"copy_to": copy_to})]
+    situation["config"] = cfg.model_copy(
+        update={"destinations": destinations, "policies": policies}
+    )
+    for name in ("cloud", "nas"):
+        observation = situation["observations"][name]
+        studies = {
+            uid: replace(
+                copy,
+                site=draw(st.sampled_from(["test-site"] * 6 + ["other-site", None])),
+                written_at=NOW - timedelta(days=draw(st.sampled_from([10] + [400] * 4))),
+                in_recovery_point=draw(st.integers(0, 5)) == 0,
+            )
+            for uid, copy in observation.studies.items()
+        }
+        situation["observations"][name] = replace(observation, studies=studies)
+    return situation
+
+
+@settings(max_examples=300, deadline=None)
+@given(pruning_situations())
+def test_no_prune_leaves_fewer_copies_than_asked_or_touches_what_it_must_not(
+    situation: dict[str, Any],
+) -> None:
+    cfg = situation["config"]
+    local: Catalog = situation["catalog"]
+    plan = make_plan(cfg, local, situation["observations"], NOW, local=situation["local"])
+    removals = [a for a in plan.actions if a.kind in ("delete", "prune")]
+    assert len(removals) <= cfg.retention.max_deletes_per_run
+    deleted = {a.study_uid for a in removals if a.kind == "delete"}
+    pruned = {(a.study_uid, a.destination) for a in removals if a.kind == "prune"}
+    event(f"prunes: {bool(pruned)}")
+    for uid, name in pruned:
+        copy = situation["observations"][name].studies[uid]
+        assert copy.site == "test-site" and not copy.in_recovery_point
+        assert copy.seen_at is not None and NOW - copy.seen_at <= FRESH
+        assert name not in cfg.policies[0].copy_to
+        assert local.studies[uid].first.patient_id != "VIP" or not cfg.retention.protect
+        left = int(uid not in deleted) + sum(
+            1
+            for other in NAMES
+            if (uid, other) not in pruned and qualifies(situation, other, uid, local)
+        )
+        wanted = cfg.destinations[name].prune.min_copies_left  # type: ignore[union-attr]
+        assert left >= (cfg.retention.require_verified_copies if wanted is None else wanted)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import base64
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import s3fs
+from certificates import make_certificates
 from test_cli_end_to_end import run, s3_destination, write_config
+from test_email import smtp_server
+
+from reconciler.api.operations import Operations
+from reconciler.api.server import serving
+from reconciler.config.load import load_config
 
 
 def test_s3_credentials_appear_in_no_output_state_or_object(
@@ -110,3 +118,59 @@ def test_encryption_keys_appear_in_no_output_state_manifest_or_object(
         assert not [blob for blob in stored if key.encode() in blob]
     for material in (b"o" * 32, bytes.fromhex(new_key)):
         assert not [blob for blob in stored if material in blob]
+
+
+def test_the_api_token_and_smtp_password_appear_in_no_output_answer_or_state(
+    tmp_path: Path,
+    small_studies: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token, password = "api-token-kept-secret-0123456789", "smtp-password-kept-secret"
+    monkeypatch.setenv("API_TOKEN", token)
+    (tmp_path / "smtp.password").write_text(password + "\n")
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    certs = make_certificates(tmp_path / "pki")
+    with smtp_server(certs) as mailbox:  # it wants another password: the login is refused
+        config = write_config(tmp_path, 'object: {url: "file://backup"}')
+        with config.open("a") as extra:
+            extra.write(
+                "recovery_points: {store_at: [backup], every: 1d}\n"
+                "api: {listen: 0, token: '${env:API_TOKEN}', restore_root: out}\n"
+                "notifications:\n  email:\n    ops:\n"
+                f"      {{host: 127.0.0.1, port: {mailbox.port}, ca: {certs.ca}, username: u,\n"
+                "        password: '${file:smtp.password}', from_address: r@example.org,\n"
+                "        to: [ops@example.org], events: [recovery_point]}\n"
+            )
+        runs = [
+            run(capsys, "validate", "-c", str(config), "--json"),
+            run(capsys, "apply", "-c", str(config), "--auto-approve", "--json"),
+            run(capsys, "recover", "create", "-c", str(config)),
+            run(capsys, "status", "-c", str(config), "--json"),
+        ]
+    assert [code for code, _ in runs] == [0, 0, 0, 0]
+    assert "could not notify email ops of recovery_point: SMTPAuthenticationError" in runs[2][1]
+    loaded = load_config(config)
+    answers = []
+    with serving(
+        loaded.config.api, Operations(loaded, None, answers.append), answers.append
+    ) as url:
+        for given in (token, token[:-1], None):
+            request = urllib.request.Request(f"{url}/v1/studies?patient_id=P1")
+            if given:
+                request.add_header("Authorization", f"Bearer {given}")
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    answers.append(response.read().decode() + str(response.headers))
+            except urllib.error.HTTPError as error:
+                answers.append(error.read().decode() + str(error.headers))
+    config.write_text(config.read_text().replace("${env:API_TOKEN}", "${env:SHORT}"))
+    monkeypatch.setenv("SHORT", token[:10])
+    runs.append(run(capsys, "validate", "-c", str(config)))
+    assert runs[-1][0] == 1 and "at least 16 characters" in runs[-1][1]
+    outputs = [out for _, out in runs] + answers
+    stored = [p.read_bytes() for p in (tmp_path / ".reconciler").iterdir()]
+    stored += [p.read_bytes() for p in (tmp_path / "backup").rglob("*") if p.is_file()]
+    for secret in (token, token[:10], password):
+        assert not [text for text in outputs if secret in text]
+        assert not [blob for blob in stored if secret.encode() in blob]

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.catalog.model import Catalog, CatalogInstance
-from reconciler.state import _INSTANCE_COLUMNS, StateStore
+from reconciler.state import _INSTANCE_COLUMNS, SCHEMA_VERSION, StateStore
 
 PATHS = [f"/srv/inbox/f{n}.dcm" for n in range(6)]
 STUDIES = ["1.1", "1.2", "1.3"]
@@ -88,15 +88,15 @@ def test_packed_catalog_matches_the_rows_after_any_changes(plan: list[tuple[obje
             store.close()
 
 
-def test_a_state_of_version_2_is_packed_by_the_next_refresh(tmp_path: Path) -> None:
+def test_a_state_from_before_packs_is_packed_by_the_next_refresh(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
     store = StateStore(state)
     store.record_scan([put(PATHS[0], "1.1", 1), put(PATHS[1], "1.2", 2)], [], [])
     store.close()
-    db = sqlite3.connect(state)  # as version 2 left it: no packs
+    db = sqlite3.connect(state)  # as version 4 left it: no packs
     db.executescript(
         "DROP TABLE study_packs; DROP TABLE stale_packs;"
-        "UPDATE meta SET value = '2' WHERE key = 'schema_version';"
+        "UPDATE meta SET value = '4' WHERE key = 'schema_version';"
     )
     db.close()
 
@@ -109,7 +109,7 @@ def test_a_state_of_version_2_is_packed_by_the_next_refresh(tmp_path: Path) -> N
         stale = db.execute("SELECT COUNT(*) FROM stale_packs").fetchone()[0]
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         db.close()
-        assert packed == {"1.1", "1.2"} and stale == 0 and version == ("3",)
+        assert packed == {"1.1", "1.2"} and stale == 0 and version == (str(SCHEMA_VERSION),)
         assert store.load_catalog().studies == from_rows(state).studies
     finally:
         store.close()

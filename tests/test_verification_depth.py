@@ -31,12 +31,13 @@ def test_a_passed_instance_level_check_is_deletion_evidence_for_a_count_only_pac
     rows = study("1.1", 2)
     cfg = config(destinations={"pacs": PACS})
     settings = cfg.destinations["pacs"]
+    expected = {r.sop_uid: r.sha256 for r in rows}
     counted = observed("pacs", held(rows, seen_at=NOW))
     assert "does not qualify" in str(
-        copy_evidence("pacs", settings, cfg.retention, rows, counted, NOW)
+        copy_evidence("pacs", settings, cfg.retention, "1.1", expected, counted, NOW)
     )
     checked = observed("pacs", held(rows, seen_at=NOW, verified_at=NOW - timedelta(hours=1)))
-    evidence = copy_evidence("pacs", settings, cfg.retention, rows, checked, NOW)
+    evidence = copy_evidence("pacs", settings, cfg.retention, "1.1", expected, checked, NOW)
     assert not isinstance(evidence, str) and evidence.method == "instance-level C-FIND check"
 
 

@@ -110,3 +110,17 @@ def test_an_invalid_config_edit_keeps_the_last_good_one_running(
         shutil.copytree(study_folders(small_studies)[1], tmp_path / "inbox" / "second")
         wait_for(lambda: len(manifests(tmp_path)) == 1, "a copy under the last good config")
         assert process.poll() is None
+
+
+def test_watch_writes_the_recovery_points_its_schedule_asks_for(
+    tmp_path: Path, small_studies: Path
+) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + "recovery_points: {store_at: [backup], every: 1d}\n")
+    points = tmp_path / "backup" / "recovery-points"
+    with watching(tmp_path):
+        shutil.copytree(study_folders(small_studies)[0], tmp_path / "inbox" / "first")
+        wait_for(lambda: len(list(points.glob("*.json"))) == 1, "a point after the copy")
+        time.sleep(1)  # more cycles may pass; the next point is not due for a day
+    assert len(list(points.glob("*.json"))) == 1
+    assert "recovery point" in (tmp_path / "watch.log").read_text().lower()

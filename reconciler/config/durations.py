@@ -1,4 +1,7 @@
-"""Human durations such as ``60s``, ``2m``, ``10h``, ``30d`` and ``2w``, as used in configs."""
+"""Human durations such as ``60s``, ``2m``, ``10h``, ``30d``, ``2w`` and ``7y``, in configs.
+
+A year is 365 days: retention periods are set in years, and a day more or less is no matter.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,9 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-DURATION_PATTERN = r"^(\d+(\.\d+)?[smhdw])+$"
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdwy])")
+DURATION_PATTERN = r"^(\d+(\.\d+)?[smhdwy])+$"
 
 
 def parse_duration(text: object) -> timedelta:
@@ -25,10 +28,10 @@ def parse_duration(text: object) -> timedelta:
     if not re.fullmatch(DURATION_PATTERN, compact):
         raise ValueError(
             f"'{text}' is not a duration: write a number and a unit, "
-            "such as 60s, 2m, 10h, 30d or 2w"
+            "such as 60s, 2m, 10h, 30d, 2w or 7y"
         )
     return sum(
-        (timedelta(**{_UNITS[unit]: float(n)}) for n, unit in _PART.findall(compact)),
+        (timedelta(seconds=float(n) * _SECONDS[unit]) for n, unit in _PART.findall(compact)),
         timedelta(),
     )
 
@@ -39,7 +42,7 @@ def format_duration(value: timedelta) -> str:
     if seconds == 0:
         return "0s"
     parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+    for unit, size in (("y", _SECONDS["y"]), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         count, seconds = divmod(seconds, size)
         if count:
             parts.append(f"{count}{unit}")
@@ -54,7 +57,7 @@ Duration = Annotated[
         {
             "type": "string",
             "pattern": DURATION_PATTERN,
-            "description": "A duration: a number and a unit (s, m, h, d, w), e.g. 60s, 2m, 30d.",
+            "description": "A duration: a number and a unit (s, m, h, d, w, y), e.g. 60s, 2m, 30d.",
         }
     ),
 ]

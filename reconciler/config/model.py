@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import date, timedelta
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -280,6 +281,35 @@ class Schedule(StrictModel):
         return value
 
 
+class PruneSettings(StrictModel):
+    """Destination retention: which of our copies at an object destination may be removed.
+
+    Only copies whose manifest this site wrote, no policy wants there, no recovery point kept
+    there refers to, and whose removal leaves ``min_copies_left`` verified copies elsewhere.
+    Each removal is a ``- prune`` action in the plan, under retention's deletion caps.
+    """
+
+    older_than: Duration | None = Field(
+        None, description="Remove copies written longer ago than this (e.g. 7y)."
+    )
+    unselected: bool = Field(
+        False,
+        description="Remove copies of local studies that no policy copies here any more.",
+    )
+    min_copies_left: int | None = Field(
+        None,
+        ge=0,
+        description="Verified copies that must remain elsewhere, the local files counting as "
+        "one (default: retention.require_verified_copies). 0 allows removing the last copy.",
+    )
+
+    @model_validator(mode="after")
+    def _prunes_something(self) -> PruneSettings:
+        if self.older_than is None and not self.unselected:
+            raise ValueError("give older_than or unselected: true; this prunes nothing")
+        return self
+
+
 class DestinationConfig(StrictModel):
     """Give exactly one of ``object``, ``dicom`` or ``dicomweb``."""
 
@@ -320,6 +350,11 @@ class DestinationConfig(StrictModel):
         description="Object stores: AES-256-GCM per object under a master key given as "
         "${file:P} or ${env:X}; old_keys still decrypt (`reconciler rekey` moves them to key).",
     )
+    prune: PruneSettings | None = Field(
+        None,
+        description="Object stores: remove our copies that are too old or no longer wanted "
+        "here (off by default).",
+    )
 
     @field_validator("bandwidth")
     @classmethod
@@ -350,6 +385,9 @@ class DestinationConfig(StrictModel):
             raise ValueError("encryption: applies to object destinations only")
         if self.object is None and self.compression != "keep":
             raise ValueError("compression: applies to object destinations only")
+        if self.object is None and self.prune is not None:
+            # A PACS has no standard way to delete a study over DICOM: never pretend to.
+            raise ValueError("prune: applies to object destinations only")
         return self
 
     @property
@@ -447,12 +485,21 @@ class ApplySettings(StrictModel):
     parallel_studies: int = Field(2, ge=1, le=64, description="Studies transferred at once.")
 
 
+LISTEN_PATTERN = r"^(.+:)?\d{1,5}$"
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """``[host:]port`` as a socket address; without a host, loopback."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 class MetricsSettings(StrictModel):
     # A bare port reads from YAML as a number.
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
     listen: str = Field(
-        pattern=r"^(.+:)?\d{1,5}$",
+        pattern=LISTEN_PATTERN,
         description="[host:]port of the Prometheus endpoint served at /metrics in watch mode; "
         "the host defaults to 127.0.0.1 (loopback): name another to expose it.",
         examples=["127.0.0.1:9464", "9464"],
@@ -460,8 +507,7 @@ class MetricsSettings(StrictModel):
 
     @property
     def address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return listen_address(self.listen)
 
 
 class WatchSettings(StrictModel):
@@ -473,6 +519,41 @@ class WatchSettings(StrictModel):
     metrics: MetricsSettings | None = Field(
         None, description="Serve Prometheus metrics while watching (off unless given)."
     )
+
+
+class ApiSettings(StrictModel):
+    """The integration API (JSON under /v1/, XML-RPC at /RPC2), served by `reconciler watch`
+    and `reconciler serve`: study lookups, reconcile, restores."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    listen: str = Field(
+        "127.0.0.1:8484",
+        pattern=LISTEN_PATTERN,
+        description="[host:]port to serve on; the host defaults to 127.0.0.1 (loopback): name "
+        "another to expose it (then put TLS in front, e.g. a reverse proxy).",
+        examples=["127.0.0.1:8484", "8484"],
+    )
+    token: SecretStr = Field(
+        description="Every request must carry it (Authorization: Bearer); at least 16 "
+        "characters, given as ${env:X} or ${file:P}."
+    )
+    restore_root: Path | None = Field(
+        None,
+        description="Restores write only inside this folder (relative to the config); "
+        "without it, restores are refused.",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("the token must be at least 16 characters (openssl rand -hex 16)")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return listen_address(self.listen)
 
 
 class KeepPoints(StrictModel):
@@ -504,7 +585,14 @@ class RecoveryPointSettings(StrictModel):
     )
 
 
-NotificationEvent = Literal["failure", "deletion", "stalled"]
+NotificationEvent = Literal["failure", "deletion", "stalled", "recovery_point"]
+# recovery_point is good news: chosen, not sent by default.
+PROBLEM_EVENTS: list[NotificationEvent] = ["failure", "deletion", "stalled"]
+EVENTS_DESCRIPTION = (
+    "failure: an action failed failures_after times in a row; deletion: a run deleted local "
+    "studies; stalled: watch has had work pending and done none for stalled_after; "
+    "recovery_point: apply or `recover create` wrote a recovery point."
+)
 
 
 class WebhookSettings(StrictModel):
@@ -513,11 +601,7 @@ class WebhookSettings(StrictModel):
         None, description="Sent as a bearer token; give it as ${env:X} or ${file:P}."
     )
     events: list[NotificationEvent] = Field(
-        ["failure", "deletion", "stalled"],
-        min_length=1,
-        description="failure: an action failed failures_after times in a row; deletion: a run "
-        "deleted local studies; stalled: watch has had work pending and done none for "
-        "stalled_after.",
+        PROBLEM_EVENTS, min_length=1, description=EVENTS_DESCRIPTION
     )
     timeout: Duration = Field(timedelta(seconds=10), description="Per POST.")
 
@@ -529,6 +613,53 @@ class WebhookSettings(StrictModel):
         return value
 
 
+def _mail_address(value: str) -> str:
+    # A line break would let a value add headers of its own to the message.
+    if "\r" in value or "\n" in value or "@" not in parseaddr(value)[1]:
+        raise ValueError(f"{value!r} is not an e-mail address such as ops@example.org")
+    return value
+
+
+MailAddress = Annotated[str, AfterValidator(_mail_address)]
+SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+
+
+class EmailSettings(StrictModel):
+    """An SMTP server that mails each notification as plain text."""
+
+    host: str = Field(description="SMTP server (submission or relay), e.g. smtp.example.org.")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Default: 587 with starttls, 465 with ssl, 25 with none."
+    )
+    security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls",
+        description="starttls: upgrade the connection, refuse a server that does not offer it; "
+        "ssl: TLS from the start (SMTPS); none: plain text, for a relay on this machine.",
+    )
+    ca: Path | None = Field(None, description="CA certificates for TLS; default: the system's.")
+    verify_tls: bool = Field(True, description="Check the server's certificate and host name.")
+    username: str | None = Field(None, description="Log in with this user and password.")
+    password: SecretStr | None = Field(None, description="Give it as ${env:X} or ${file:P}.")
+    from_address: MailAddress = Field(description="Sender, e.g. 'Reconciler <pacs@example.org>'.")
+    to: list[MailAddress] = Field(min_length=1, description="Recipients.")
+    events: list[NotificationEvent] = Field(
+        PROBLEM_EVENTS, min_length=1, description=EVENTS_DESCRIPTION
+    )
+    timeout: Duration = Field(timedelta(seconds=30), description="Per connection and command.")
+
+    @model_validator(mode="after")
+    def _password_over_tls(self) -> EmailSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give username and password together")
+        if self.password is not None and self.security == "none":
+            raise ValueError("a password is sent only over TLS: use security: starttls or ssl")
+        return self
+
+    @property
+    def server_port(self) -> int:
+        return self.port or SMTP_PORTS[self.security]
+
+
 class NotificationSettings(StrictModel):
     failures_after: int = Field(
         3, ge=1, description="Notify once an action has failed this many runs in a row."
@@ -537,6 +668,13 @@ class NotificationSettings(StrictModel):
         timedelta(hours=1), description="Notify once watch has made no progress this long."
     )
     webhooks: dict[Name, WebhookSettings] = Field(default_factory=dict)
+    email: dict[Name, EmailSettings] = Field(
+        default_factory=dict, description="SMTP servers, each with its recipients and events."
+    )
+
+    @property
+    def any_target(self) -> bool:
+        return bool(self.webhooks or self.email)
 
 
 class Config(StrictModel):
@@ -552,6 +690,7 @@ class Config(StrictModel):
     watch: WatchSettings = WatchSettings()
     notifications: NotificationSettings = NotificationSettings()
     recovery_points: RecoveryPointSettings | None = None
+    api: ApiSettings | None = Field(None, description="Off unless given.")
 
     @property
     def archive_destinations(self) -> set[str]:

@@ -190,7 +190,7 @@ def store(keys: Keys, action: Action, progress: ProgressCallback) -> SendResult:
 def observe(keys: Keys) -> dict[str, ObservedStudy]:
     """Archived studies whose bundle exists with its recorded size."""
     listing = keys.list_keys(ARCHIVES)
-    wanted = {k: uid for k in listing if (uid := _study_of_index(k))}
+    wanted = {k: uid for k in listing if (uid := study_of_index(k))}
     studies = {}
     for key, data in keys.read_keys(list(wanted)).items():
         if isinstance(data, BaseException):
@@ -205,7 +205,10 @@ def observe(keys: Keys) -> dict[str, ObservedStudy]:
                 e.sop_instance_uid: ObservedInstance(e.sha256, e.size)
                 for e in index.manifest.instances
             }
-            studies[uid] = ObservedStudy(uid, held)
+            written = index.manifest
+            studies[uid] = ObservedStudy(
+                uid, held, site=written.site, written_at=written.written_at
+            )
     return studies
 
 
@@ -236,7 +239,7 @@ def verify(keys: Keys, action: Action, progress: ProgressCallback) -> VerifyResu
     return VerifyResult(checked=len(index.manifest.instances), corrupt=problems)
 
 
-def _study_of_index(key: str) -> str | None:
+def study_of_index(key: str) -> str | None:
     name = key.rsplit("/", 1)[-1]
     if not name.endswith(".archive.json"):
         return None

@@ -58,3 +58,12 @@ class Archiver(Protocol):
     """Destinations that can hold one bundle per study (object stores)."""
 
     def archive(self, action: Action, progress: ProgressCallback) -> SendResult: ...
+
+
+@runtime_checkable
+class Pruner(Protocol):
+    """Destinations that can remove our copy of a study (object stores, for ``prune:``)."""
+
+    def prune(self, action: Action, progress: ProgressCallback) -> int:
+        """Remove it; returns the bytes freed. Raises if the copy is no longer ours to remove."""
+        ...

@@ -38,6 +38,7 @@ from reconciler.destinations.dicom_store import (
     ContextsRefused,
     association,
     let_reactor_resume,
+    no_response,
     store_batch,
 )
 from reconciler.observation import ObservedInstance, ObservedStudy
@@ -266,7 +267,7 @@ def _find(assoc: Association, query: Dataset) -> list[Dataset]:
     let_reactor_resume(assoc)
     for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
         if "Status" not in status:
-            raise AssociationLost("no response to C-FIND (timeout or abort)")
+            raise AssociationLost(no_response(assoc, "C-FIND"))
         code = int(status.Status)
         if code in PENDING_STATUSES and identifier is not None:
             matches.append(identifier)

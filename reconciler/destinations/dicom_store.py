@@ -197,6 +197,17 @@ def store_batch(target: DicomTarget, refs: Sequence[InstanceRef]) -> BatchResult
     return result
 
 
+def no_response(assoc: Association, request: str) -> str:
+    """Why a request got no response: our DIMSE timeout (raise it for a slow peer) or an
+    association the peer aborted or whose connection closed (see the peer's log)."""
+    if assoc._sent_abort:  # pynetdicom aborts when its DIMSE timeout expires
+        return f"no response to {request} within the dimse_timeout ({assoc.dimse_timeout:g} s)"
+    return (
+        f"the association ended before the {request} response came "
+        "(the peer aborted it or the connection closed)"
+    )
+
+
 _message_ids = itertools.count()
 
 
@@ -242,7 +253,7 @@ def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) ->
     except (OSError, RuntimeError) as exc:
         raise AssociationLost(f"sending failed: {exc}") from exc
     if "Status" not in status:
-        raise AssociationLost("no response to C-STORE (timeout or abort)")
+        raise AssociationLost(no_response(assoc, "C-STORE"))
     code = int(status.Status)
     if code == 0x0000 or (code in WARNING_STATUSES and warning_is_success):
         return None

@@ -17,17 +17,18 @@ objects to a new master key).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -35,7 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 from reconciler import __version__
 from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, ObjectTarget
-from reconciler.destinations import archive
+from reconciler.destinations import archive, pruning
 from reconciler.destinations.base import (
     DestinationUnavailable,
     ProgressCallback,
@@ -53,6 +54,7 @@ from reconciler.manifest import (
 )
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action, InstanceRef
+from reconciler.recovery import PINNED, STUDIES
 from reconciler.retry import PermanentError, with_retries
 from reconciler.transforms.encryption import DecryptionError, decrypt, encrypt
 from reconciler.transforms.pool import CompressionPool
@@ -96,6 +98,7 @@ class ObjectStoreDestination:
         self.keyring = settings.encryption.keyring() if settings.encryption else None
         # Shared by every transfer thread; its processes start only if something is encoded.
         self._codecs = CompressionPool()
+        self._pinned: frozenset[str] | None = None  # studies recovery points refer to
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -121,6 +124,9 @@ class ObjectStoreDestination:
         try:
             listing = self._list_objects()
             manifests = self._read_manifests(listing)
+            archived = archive.observe(self)
+            # Only pruning needs to know what recovery points refer to: reading them costs.
+            pinned = pruning.studies_in_points(self) if self.settings.prune else frozenset()
         except Exception as exc:
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
         studies = {}
@@ -131,11 +137,13 @@ class ObjectStoreDestination:
                 for e in manifest.instances
                 if listing.get(f"{folder}/{e.object}") == e.stored_size
             }
-            studies[study_uid] = ObservedStudy(study_uid, present)
-        try:
-            archived = archive.observe(self)
-        except Exception as exc:
-            raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            studies[study_uid] = ObservedStudy(
+                study_uid,
+                present,
+                site=manifest.site,
+                written_at=manifest.written_at,
+                in_recovery_point=study_uid in pinned,
+            )
         return {**archived, **studies}
 
     def _list_objects(self) -> dict[str, int]:
@@ -167,9 +175,14 @@ class ObjectStoreDestination:
         if self._local:
             self.fs.makedirs(folder, exist_ok=True)
             self._sweep_temporaries(Path(folder))
+        previous = self._committed(action.study_uid)
         futures = {
             ref.sop_instance_uid: self._pool.submit(
-                self._send_instance, action.study_uid, ref, progress
+                self._send_instance,
+                action.study_uid,
+                ref,
+                previous.get(ref.sop_instance_uid),
+                progress,
             )
             for ref in action.instances
         }
@@ -180,30 +193,82 @@ class ObjectStoreDestination:
                 entries.append(future.result())
                 result.sent += 1
                 result.bytes += entries[-1].stored_size
+            except CancelledError:
+                result.failures[sop_uid] = "not sent: another instance of the study failed"
             except Exception as exc:
                 result.failures[sop_uid] = _describe(exc)
+                # One failure means no manifest, so the study's transfers not yet started
+                # would be wasted (each retrying on its own against a failing store): skip them.
+                for other in futures.values():
+                    other.cancel()
         if result.failures:
             return result  # no manifest: the study is not recorded as stored
-        manifest = self._commit(action.study_uid, entries)
+        try:
+            manifest = self._commit(action.study_uid, previous, entries)
+        except Exception as exc:
+            # The objects are there, but without the manifest the study is not: say which.
+            why = f"stored, but the study's manifest could not be written: {_describe(exc)}"
+            result.failures = {e.sop_instance_uid: why for e in entries}
+            return result
+        self._drop_superseded(action.study_uid, previous, entries)
         result.committed = {
             e.sop_instance_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
         }
         result.verified = True  # every stored byte was hashed as it was sent
         return result
 
+    def _committed(self, study_uid: str) -> dict[str, ManifestEntry]:
+        """The entries of the study's manifest, by SOP Instance UID; {} if it has none."""
+        path = f"{self._study_dir(study_uid)}/{MANIFEST_NAME}"
+        try:
+            data = with_retries(lambda: self.fs.cat_file(path), self.settings.retry)
+            previous = Manifest.from_json(data, study_uid)
+        except FileNotFoundError:
+            return {}
+        except ManifestError as exc:
+            log.warning(
+                "%s: replacing the unreadable manifest of %s: %s", self.name, study_uid, exc
+            )
+            return {}
+        return {e.sop_instance_uid: e for e in previous.instances}
+
     def _send_instance(
-        self, study_uid: str, ref: InstanceRef, progress: ProgressCallback
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        progress: ProgressCallback,
     ) -> ManifestEntry:
         codec = codec_for(ref.modality or None, self.settings.compression)
         if codec == "keep" and self.keyring is None:
-            entry = self._send_as_is(study_uid, ref)
+            entry = self._send_as_is(study_uid, ref, previous)
         else:
-            entry = self._send_transformed(study_uid, ref, codec)
+            entry = self._send_transformed(study_uid, ref, previous, codec)
         progress(ref.size)
         return entry
 
-    def _send_as_is(self, study_uid: str, ref: InstanceRef) -> ManifestEntry:
-        target = f"{self._study_dir(study_uid)}/{object_name(ref.sop_instance_uid, False)}"
+    def _target(
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        stored_sha256: str,
+    ) -> str:
+        """Where the instance goes: a new content never overwrites an older one's object,
+        which a recovery point may refer to; the same content (a repair) goes back in place."""
+        encrypted = self.keyring is not None
+        if previous is None:
+            name = object_name(ref.sop_instance_uid, encrypted)
+        elif previous.sha256 == ref.sha256 and (previous.key_id is not None) == encrypted:
+            name = previous.object
+        else:
+            name = object_name(ref.sop_instance_uid, encrypted, stored_sha256)
+        return f"{self._study_dir(study_uid)}/{name}"
+
+    def _send_as_is(
+        self, study_uid: str, ref: InstanceRef, previous: ManifestEntry | None
+    ) -> ManifestEntry:
+        target = self._target(study_uid, ref, previous, ref.sha256)
         if self.throttle is not None:
             self.throttle.take(ref.size)
         if ref.size <= IN_MEMORY_LIMIT:
@@ -214,7 +279,9 @@ class ObjectStoreDestination:
             check_unchanged(ref)  # the file must not have changed while it streamed
         return _entry(ref, target, ref.size, ref.sha256, ref.transfer_syntax, ())
 
-    def _send_transformed(self, study_uid: str, ref: InstanceRef, codec: Codec) -> ManifestEntry:
+    def _send_transformed(
+        self, study_uid: str, ref: InstanceRef, previous: ManifestEntry | None, codec: Codec
+    ) -> ManifestEntry:
         """Re-encoded (verified lossless, else the instance fails) and/or encrypted, in memory."""
         data, syntax, transforms = read_unchanged(ref), ref.transfer_syntax, []
         if codec != "keep":
@@ -233,40 +300,25 @@ class ObjectStoreDestination:
             aad = associated_data(study_uid, ref.sop_instance_uid)
             data = encrypt(data, self.keyring, aad)
             transforms.append(encryption_transform(self.keyring.current.key_id))
-        name = object_name(ref.sop_instance_uid, encrypted=self.keyring is not None)
-        target = f"{self._study_dir(study_uid)}/{name}"
+        digest = hashlib.sha256(data).hexdigest()
+        target = self._target(study_uid, ref, previous, digest)
         if self.throttle is not None:
             self.throttle.take(len(data))
         with_retries(lambda: self._write(target, data), self.settings.retry)
-        digest = hashlib.sha256(data).hexdigest()
         return _entry(ref, target, len(data), digest, syntax, tuple(transforms))
 
     def _write(self, target: str, data: bytes) -> None:
         if not self._local:
             self.fs.pipe_file(target, data)  # a single PUT is atomic on object stores
             return
-        # A folder gets write-to-temporary, fsync, rename: a crash never leaves half a file.
-        temporary = f"{target}.tmp-{uuid.uuid4().hex}"
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        _replace_atomically(target, lambda handle: handle.write(data))
 
-    def _commit(self, study_uid: str, entries: list[ManifestEntry]) -> Manifest:
+    def _commit(
+        self, study_uid: str, previous: Mapping[str, ManifestEntry], entries: list[ManifestEntry]
+    ) -> Manifest:
         """Write the study's manifest: the instances already committed plus the new ones."""
         path = f"{self._study_dir(study_uid)}/{MANIFEST_NAME}"
-        merged: dict[str, ManifestEntry] = {}
-        try:
-            previous = Manifest.from_json(self.fs.cat_file(path), study_uid)
-            merged.update((e.sop_instance_uid, e) for e in previous.instances)
-        except FileNotFoundError:
-            pass
-        except ManifestError as exc:
-            log.warning(
-                "%s: replacing the unreadable manifest of %s: %s", self.name, study_uid, exc
-            )
-        merged.update((e.sop_instance_uid, e) for e in entries)
+        merged = {**previous, **{e.sop_instance_uid: e for e in entries}}
         manifest = Manifest(
             site=self.site,
             study_instance_uid=study_uid,
@@ -279,6 +331,20 @@ class ObjectStoreDestination:
         if self._local:
             _fsync_dir(Path(path).parent)
         return manifest
+
+    def _drop_superseded(
+        self, study_uid: str, previous: Mapping[str, ManifestEntry], entries: list[ManifestEntry]
+    ) -> None:
+        """Remove the objects of older contents the new manifest replaced, unless recovery
+        points exist here: then `recover forget` removes them once no point refers to them."""
+        names = {e.object for e in entries}
+        superseded = [
+            f"{STUDIES}/{study_uid}/{old.object}"
+            for e in entries
+            if (old := previous.get(e.sop_instance_uid)) is not None and old.object not in names
+        ]
+        if superseded and not self.list_keys(PINNED):
+            self.delete_keys(superseded)
 
     # --- verify ----------------------------------------------------------------------------
 
@@ -374,12 +440,7 @@ class ObjectStoreDestination:
                 shutil.copyfileobj(handle, out)
             return
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(temporary, "wb") as out:
-            shutil.copyfileobj(handle, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
+        _replace_atomically(path, lambda out: shutil.copyfileobj(handle, out))
 
     # --- archive bundles (archive_to) -------------------------------------------------------
 
@@ -388,6 +449,29 @@ class ObjectStoreDestination:
 
     def delete_key(self, key: str) -> None:
         with_retries(lambda: self.fs.rm_file(self._path(key)), self.settings.retry)
+
+    def delete_keys(self, keys: Collection[str]) -> None:
+        """Many objects at once (s3fs deletes up to 1000 per request); absent ones are fine."""
+        paths = [self._path(k) for k in keys]
+        if self._local:
+            paths = [p for p in paths if os.path.lexists(p)]
+        if paths:
+            with_retries(lambda: self.fs.rm(paths), self.settings.retry)
+
+    # --- prune (destination retention) ------------------------------------------------------
+
+    def prune(self, action: Action, progress: ProgressCallback) -> int:
+        """Remove our copy of the study; returns the bytes freed."""
+        if self._pinned is None:
+            # Read once per run, and just before the first removal: a point made since the
+            # plan was computed still protects what it refers to.
+            self._pinned = pruning.studies_in_points(self)
+        pruned = pruning.remove_study(self, action.study_uid, self._pinned)
+        if self._local:
+            with contextlib.suppress(OSError):  # not empty: something not ours is left there
+                os.rmdir(self._study_dir(action.study_uid))
+        progress(pruned.bytes)
+        return pruned.bytes
 
     def replace_header(self, key: str, content: bytes, header: bytes) -> None:
         """Replace the first ``len(header)`` bytes of the object whose bytes are ``content``.
@@ -407,6 +491,21 @@ class ObjectStoreDestination:
             handle.write(header)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _replace_atomically(target: str, fill: Callable[[BinaryIO], object]) -> None:
+    """Write-to-temporary, fsync, rename: a crash never leaves half a file at ``target``. A
+    write that fails (a full disk) removes its temporary, which would only take more space."""
+    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(temporary, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(path: Path) -> None:

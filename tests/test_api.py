@@ -1,0 +1,392 @@
+"""The integration API over real HTTP on loopback: JSON, XML-RPC, in watch and in serve."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import xmlrpc.client
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from test_cli_end_to_end import run
+from test_metrics import free_port, wait_for_value
+from test_watch import wait_for, watching
+
+from reconciler.api.operations import Operations
+from reconciler.api.server import serving
+from reconciler.config.load import load_config
+from reconciler.state import StateStore
+
+TOKEN = "api-token-never-shown-0123456789"
+
+
+@dataclass
+class Study:
+    uid: str
+    patient_id: str
+    accession: str
+    files: list[Path]
+
+
+@dataclass
+class Site:
+    folder: Path
+    config: Path
+    studies: list[Study]
+
+
+@dataclass
+class Api:
+    url: str
+    log: list[str] = field(default_factory=list)
+    wakes: list[bool] = field(default_factory=list)
+
+
+def write_site(folder: Path, small_studies: Path, api: str) -> Path:
+    shutil.copytree(small_studies, folder / "inbox")
+    config = folder / "reconciler.yaml"
+    config.write_text(
+        "site: api-site\n"
+        "sources:\n  inbox: {path: inbox, stable_after: 0s}\n"
+        "destinations:\n  backup:\n    object: {url: 'file://backup'}\n"
+        "  pacs:\n    dicom: {host: 127.0.0.1, port: 1, ae_title: NOWHERE}\n"
+        "    verify: none\n"
+        "policies:\n  - {name: all, copy_to: [backup]}\n"
+        "recovery_points: {store_at: [backup], every: 1d}\n" + api
+    )
+    return config
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path,
+    small_studies: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Site:
+    """Three studies applied to a folder destination (with a recovery point), then observed."""
+    monkeypatch.setenv("API_TOKEN", TOKEN)
+    config = write_site(
+        tmp_path, small_studies, "api: {listen: 0, token: '${env:API_TOKEN}', restore_root: out}\n"
+    )
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    assert run(capsys, "plan", "-c", str(config), "--refresh")[0] == 0  # a look lists the copies
+    studies = []
+    for folder in sorted(p for p in (tmp_path / "inbox").glob("*/*") if p.is_dir()):
+        files = sorted(folder.rglob("*.dcm"))
+        header = dcmread(files[0], stop_before_pixels=True)
+        studies.append(Study(folder.name, header.PatientID, header.AccessionNumber, files))
+    return Site(tmp_path, config, studies)
+
+
+@contextmanager
+def serving_site(site: Site, with_loop: bool = True) -> Iterator[Api]:
+    api = Api("")
+    operations = Operations(
+        load_config(site.config),
+        (lambda: api.wakes.append(True)) if with_loop else None,
+        api.log.append,
+    )
+    with serving(operations.loaded.config.api, operations, api.log.append) as url:
+        api.url = url
+        yield api
+
+
+def call(
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    token: str | None = TOKEN,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, Any]:
+    """Status, body (decoded if JSON) and headers of one request."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, _decoded(response), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, _decoded(error), error.headers
+
+
+def _decoded(response: Any) -> Any:
+    data = response.read()
+    return json.loads(data) if response.headers["Content-Type"] == "application/json" else data
+
+
+def test_requests_without_the_right_token_are_refused(site: Site) -> None:
+    study = site.studies[0]
+    with serving_site(site) as api:
+        lookup = f"{api.url}/v1/studies?study_uid={study.uid}"
+        answers = [
+            call(lookup, token=None),
+            call(lookup, token="wrong-token-of-the-same-size-000"),
+            call(lookup, token=None, headers={"Authorization": f"Basic {TOKEN}"}),
+            call(f"{api.url}/v1/reconcile", "POST", token=None),
+            call(f"{api.url}/v1/no-such-thing", token=None),  # 401 before 404: nothing to probe
+        ]
+        proxy = xmlrpc.client.ServerProxy(f"{api.url}/RPC2")
+        with pytest.raises(xmlrpc.client.Fault) as missing:
+            proxy.FindStudies({"StudyInstanceUID": study.uid})
+        with pytest.raises(xmlrpc.client.Fault) as wrong:
+            proxy.FindStudies({"StudyInstanceUID": study.uid, "token": "not-it"})
+        bad_header = xmlrpc.client.ServerProxy(
+            f"{api.url}/RPC2", headers=[("Authorization", "Bearer not-it")]
+        )
+        with pytest.raises(xmlrpc.client.Fault) as wrong_header:
+            bad_header.FindStudies({"StudyInstanceUID": study.uid, "token": TOKEN})
+    for status, body, headers in answers:
+        assert status == 401 and body["error"].startswith("a valid token is needed")
+        assert headers["WWW-Authenticate"] == 'Bearer realm="reconciler"'
+    assert [f.value.faultCode for f in (missing, wrong, wrong_header)] == [401, 401, 401]
+    assert api.wakes == []
+    assert not [text for text in map(str, answers) if TOKEN in text]
+
+
+def test_malformed_requests_are_400_and_unknown_ones_404_never_a_traceback(site: Site) -> None:
+    uid = site.studies[0].uid
+    with serving_site(site) as api:
+        restore = f"{api.url}/v1/restore"
+        answers = {
+            "no key": call(f"{api.url}/v1/studies"),
+            "two keys": call(f"{api.url}/v1/studies?study_uid={uid}&patient_id=P"),
+            "twice": call(f"{api.url}/v1/studies?patient_id=P&patient_id=Q"),
+            "unknown key": call(f"{api.url}/v1/studies?name=DOE"),
+            "not a uid": call(f"{api.url}/v1/studies?study_uid=../etc"),
+            "not json": call(restore, "POST", b"{study_uid"),
+            "not an object": call(restore, "POST", ["study_uid"]),
+            "missing": call(restore, "POST", {"study_uid": uid}),
+            "unknown field": call(restore, "POST", {"study_uid": uid, "to": "a", "as": "x"}),
+            "not text": call(restore, "POST", {"study_uid": uid, "to": 3}),
+            "bad uid": call(restore, "POST", {"study_uid": "1.2.x", "to": "a"}),
+            "a pacs": call(restore, "POST", {"study_uid": uid, "to": "a", "destination": "pacs"}),
+        }
+        unknown = {
+            "path": call(f"{api.url}/v2/studies"),
+            "destination": call(restore, "POST", {"study_uid": uid, "to": "a", "destination": "x"}),
+            "point": call(
+                restore, "POST", {"study_uid": uid, "to": "a", "point": "19990101T000000Z"}
+            ),
+            "study": call(restore, "POST", {"study_uid": "1.2.3.4", "to": "a"}),
+        }
+        wrong_method = call(f"{api.url}/v1/studies", "POST", {})
+        not_xml = call(f"{api.url}/RPC2", "POST", b"<methodCall><oops", token=None)
+        proxy = xmlrpc.client.ServerProxy(f"{api.url}/RPC2")
+        with pytest.raises(xmlrpc.client.Fault) as no_such_method:
+            proxy.DBWindowFind({"token": TOKEN})
+        with pytest.raises(xmlrpc.client.Fault) as two_keys:
+            proxy.FindStudies({"token": TOKEN, "PatientID": "P", "AccessionNumber": "A"})
+    for name, (status, body, _) in answers.items():
+        assert status == 400, (name, body)
+    for name, (status, body, _) in unknown.items():
+        assert status == 404, (name, body)
+    assert answers["missing"][1] == {"error": "to is required"}
+    assert unknown["study"][1] == {"error": "no object destination is known to hold study 1.2.3.4"}
+    assert wrong_method[:2] == (405, {"error": "/v1/studies takes GET"})
+    assert wrong_method[2]["Allow"] == "GET"
+    assert not_xml[0] == 200 and b"<name>faultCode</name>" in not_xml[1]  # XML-RPC's way
+    assert (no_such_method.value.faultCode, two_keys.value.faultCode) == (404, 400)
+    everything = json.dumps([*answers.values(), *unknown.values()], default=str)
+    assert "Traceback" not in everything and api.log == []
+
+
+def test_a_study_is_found_with_its_copies_by_uid_accession_or_patient(site: Site) -> None:
+    study = site.studies[0]
+    with serving_site(site) as api:
+        by_uid = call(f"{api.url}/v1/studies?study_uid={study.uid}")
+        by_accession = call(f"{api.url}/v1/studies?accession={study.accession}")
+        by_patient = call(f"{api.url}/v1/studies?patient_id={study.patient_id}")
+        nobody = call(f"{api.url}/v1/studies?patient_id=NOBODY")
+    assert by_uid[0] == by_accession[0] == by_patient[0] == nobody[0] == 200
+    assert by_uid[1] == by_accession[1] == by_patient[1]
+    assert nobody[1] == {"studies": []}
+    [found] = by_uid[1]["studies"]
+    assert (found["study_uid"], found["patient_id"], found["accession_number"]) == (
+        study.uid,
+        study.patient_id,
+        study.accession,
+    )
+    assert found["local"] == {"instances": 6, "bytes": sum(f.stat().st_size for f in study.files)}
+    backup = found["copies"]["backup"]
+    assert (backup["state"], backup["instances"], backup["corrupt"]) == ("complete", 6, [])
+    assert backup["seen_at"] is not None and backup["seen_at"] <= backup["observed_at"]
+    assert backup["verified_at"] is not None  # hashed as it was written
+    assert found["copies"]["pacs"]["state"] == "absent"  # verify: none, and never sent
+
+
+def test_a_study_deleted_locally_is_still_found_by_patient_with_its_copy(
+    tmp_path: Path, small_studies: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("API_TOKEN", TOKEN)
+    config = write_site(tmp_path, small_studies, "api: {listen: 0, token: '${env:API_TOKEN}'}\n")
+    text = config.read_text().replace("copy_to: [backup]}", "copy_to: [backup], keep_local: 0s}")
+    config.write_text(text + "retention: {require_verified_copies: 1}\n")
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh")[0] == 0
+    left = [p for p in (tmp_path / "inbox").rglob("*.dcm") if ".reconciler-trash" not in p.parts]
+    assert left == []  # every study deleted locally (into the trash)
+    patient = next(p.name for p in small_studies.iterdir() if p.is_dir())
+    site = Site(tmp_path, config, [])
+    with serving_site(site) as api:
+        status, body, _ = call(f"{api.url}/v1/studies?patient_id={patient}")
+    [found] = body["studies"]
+    assert status == 200 and found["local"] is None
+    assert (found["copies"]["backup"]["state"], found["copies"]["backup"]["instances"]) == (
+        "held",
+        6,
+    )
+
+
+def test_a_restore_into_a_folder_checks_every_file_against_its_hash(site: Site) -> None:
+    study = site.studies[1]
+    sources = {dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in study.files}
+    with serving_site(site) as api:
+        restore = f"{api.url}/v1/restore"
+        first = call(restore, "POST", {"study_uid": study.uid, "to": "ris/first"})
+        again = call(restore, "POST", {"study_uid": study.uid, "to": "ris/first"})
+        from_point = call(
+            restore, "POST", {"study_uid": study.uid, "to": "ris/point", "point": "latest"}
+        )
+        # A damaged object: the restore says so, and writes nothing wrong.
+        damaged = next((site.folder / "backup/studies" / study.uid).glob("*.dcm"))
+        data = damaged.read_bytes()
+        damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+        bad = call(restore, "POST", {"study_uid": study.uid, "to": "ris/damaged"})
+        outside = [
+            call(restore, "POST", {"study_uid": study.uid, "to": to})
+            for to in ("../escape", "/tmp", "ris/../../escape")
+        ]
+    status, report, _ = first
+    assert status == 200 and report["ok"] and report["restored"] == 6
+    assert report["target"] == str(site.folder / "out/ris/first")
+    restored = list((site.folder / "out/ris/first" / study.uid).rglob("*.dcm"))
+    assert len(restored) == 6
+    for path in restored:
+        assert path.read_bytes() == sources[path.stem].read_bytes()
+    assert again[1]["already_present"] == 6 and again[1]["restored"] == 0
+    assert from_point[1]["ok"] and from_point[1]["point"] != "current"
+    assert from_point[1]["restored"] == 6
+    assert bad[0] == 200 and not bad[1]["ok"]
+    [problem] = bad[1]["problems"]
+    assert (problem["kind"], problem["sop_instance_uid"]) == ("corrupt", damaged.stem)
+    assert not list((site.folder / "out/ris/damaged" / study.uid).rglob(f"{damaged.stem}*"))
+    assert [status for status, _, _ in outside] == [403, 403, 403]
+    assert not (site.folder / "escape").exists()
+    assert any(f"api: restored study {study.uid} from backup" in line for line in api.log)
+
+
+def test_restores_are_refused_without_a_restore_root(site: Site) -> None:
+    site.config.write_text(site.config.read_text().replace(", restore_root: out", ""))
+    with serving_site(site) as api:
+        status, body, _ = call(
+            f"{api.url}/v1/restore", "POST", {"study_uid": site.studies[0].uid, "to": "x"}
+        )
+    assert (status, body) == (
+        403,
+        {"error": "restores are off: the config gives no api.restore_root"},
+    )
+
+
+def test_reconcile_wakes_the_loop_and_is_refused_without_one(site: Site) -> None:
+    with serving_site(site) as api:
+        accepted = call(f"{api.url}/v1/reconcile", "POST")
+    with serving_site(site, with_loop=False) as alone:
+        refused = call(f"{alone.url}/v1/reconcile", "POST")
+    assert accepted[:2] == (202, {"accepted": True}) and api.wakes == [True]
+    assert refused[0] == 409 and "no watch loop runs here" in refused[1]["error"]
+
+
+def test_osirix_style_xmlrpc_scripts_can_find_and_restore(site: Site) -> None:
+    study = site.studies[2]
+    with serving_site(site) as api:
+        proxy = xmlrpc.client.ServerProxy(f"{api.url}/RPC2")
+        found = proxy.FindStudies({"token": TOKEN, "AccessionNumber": study.accession})
+        by_header = xmlrpc.client.ServerProxy(
+            f"{api.url}/RPC2", headers=[("Authorization", f"Bearer {TOKEN}")]
+        )
+        lower_case = by_header.findstudies({"PatientID": study.patient_id})
+        restored = proxy.RestoreStudy(
+            {"token": TOKEN, "StudyInstanceUID": study.uid, "to": "osirix"}
+        )
+        woken = by_header.Reconcile()
+    assert found["error"] == 0 and lower_case["elements"] == found["elements"]
+    [element] = found["elements"]
+    assert element["study_uid"] == study.uid and element["copies"]["backup"]["state"] == "complete"
+    assert "error" not in element["copies"]["backup"]  # XML-RPC has no nil: left out
+    assert restored["error"] == 0 and restored["restored"] == 6
+    digests = {hashlib.sha256(f.read_bytes()).hexdigest() for f in study.files}
+    out = site.folder / "out/osirix"
+    assert {hashlib.sha256(f.read_bytes()).hexdigest() for f in out.rglob("*.dcm")} == digests
+    assert woken == {"error": 0, "accepted": True} and api.wakes == [True]
+
+
+def test_watch_serves_the_api_and_a_reconcile_request_runs_a_cycle(site: Site) -> None:
+    metrics = free_port()
+    api_port = free_port()
+    site.config.write_text(
+        site.config.read_text().replace("listen: 0", f"listen: {api_port}")
+        + f"watch: {{replan_every: 1h, metrics: {{listen: {metrics}}}}}\n"
+    )
+    with watching(site.folder):
+        wait_for_value(metrics, "reconciler_reconcile_duration_seconds_count", 1)
+        url = f"http://127.0.0.1:{api_port}"
+        assert call(f"{url}/v1/reconcile", "POST")[0] == 202
+        wait_for_value(metrics, "reconciler_reconcile_duration_seconds_count", 2)
+        status, body, _ = call(f"{url}/v1/studies?study_uid={site.studies[0].uid}")
+    assert status == 200 and body["studies"][0]["copies"]["backup"]["state"] == "complete"
+    assert f"API at http://127.0.0.1:{api_port}" in (site.folder / "watch.log").read_text()
+
+
+def test_serve_answers_lookups_until_sigterm(site: Site) -> None:
+    port = free_port()
+    site.config.write_text(site.config.read_text().replace("listen: 0", f"listen: {port}"))
+    log = site.folder / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "serve", "-c", str(site.config)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: "API at" in log.read_text(), "serve to start")
+            proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
+            found = proxy.FindStudies({"token": TOKEN, "StudyInstanceUID": site.studies[0].uid})
+            with pytest.raises(xmlrpc.client.Fault) as no_loop:
+                proxy.Reconcile({"token": TOKEN})
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+    assert found["elements"][0]["local"]["instances"] == 6
+    assert no_loop.value.faultCode == 409
+    assert TOKEN not in log.read_text()
+
+
+def test_a_version_2_state_learns_its_studies_labels_on_opening(site: Site) -> None:
+    path = site.folder / ".reconciler/state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM known_studies")
+        for column in ("site", "written_at", "in_recovery_point"):  # added by version 4
+            db.execute(f"ALTER TABLE observed_studies DROP COLUMN {column}")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.close()
+    store = StateStore(path)
+    study = site.studies[0]
+    [label] = store.known_studies("accession_number", study.accession)
+    observation = store.load_observation("backup")  # its copies' version 4 columns are there
+    store.close()
+    assert (label["study_uid"], label["patient_id"]) == (study.uid, study.patient_id)
+    assert observation is not None and observation.studies

@@ -1,0 +1,185 @@
+"""A local disk that fills up (a small tmpfs, see faults.small_disk), under a folder
+destination and under the state: a clear ENOSPC error, exit 1, nothing half-written recorded
+as done or left behind, and convergence once space is freed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faults import small_disk
+from test_cli_end_to_end import run
+
+from reconciler.manifest import Manifest
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, small_studies: Path) -> Path:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    return tmp_path / "inbox"
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    with small_disk(tmp_path / "disk", "512k") as mounted:
+        yield mounted
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` but for about ``leave`` bytes; the filler file, to delete later."""
+    reserve = disk / "reserve"
+    reserve.write_bytes(b"\0" * leave)
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    reserve.unlink()
+    return filler
+
+
+def write_config(folder: Path, backup: Path, state: Path | None = None) -> str:
+    config = folder / "reconciler.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            site: faults
+            {f"state: {state}" if state else ""}
+            sources:
+              inbox: {{path: inbox, stable_after: 0s}}
+            destinations:
+              backup:
+                object: {{url: "file://{backup}"}}
+                retry: {{attempts: 2, initial_delay: 0.05s}}
+            policies:
+              - {{name: all, copy_to: [backup]}}
+            """
+        )
+    )
+    return str(config)
+
+
+def committed(backup: Path) -> dict[str, Manifest]:
+    """The studies whose manifests were written, each checked complete."""
+    manifests = {}
+    for path in backup.glob("studies/*/manifest.json"):
+        manifest = Manifest.from_json(path.read_bytes(), path.parent.name)
+        for entry in manifest.instances:
+            assert (path.parent / entry.object).stat().st_size == entry.stored_size
+        manifests[path.parent.name] = manifest
+    return manifests
+
+
+def test_a_full_destination_folder_fails_cleanly_and_converges_once_space_is_freed(
+    tmp_path: Path, inbox: Path, disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backup = disk / "backup"
+    config = write_config(tmp_path, backup)
+    filler = fill(disk, leave=12 * 1024)  # room for a few instances, for no whole study
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
+    assert code == 1
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e["type"] == "action_failed"]
+    assert len(failed) == 3 and all(e["destination"] == "backup" for e in failed)
+    reasons = {why for e in failed for why in e["failures"].values()}
+    assert any("[Errno 28] No space left on device" in why for why in reasons), reasons
+    assert committed(backup) == {}
+    assert list(backup.rglob("*.tmp-*")) == []  # no half-written temporaries left behind
+    code, out = run(capsys, "plan", "-c", config, "--detailed-exitcode")
+    assert code == 2 and "Plan: 3 copies" in out, out
+
+    filler.unlink()
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 0, out
+    assert len(committed(backup)) == 3
+    code, out = run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")
+    assert code == 0, out
+
+
+# Room for nothing, for SQLite's shared memory but no more, for a little of the catalog, and
+# for the catalog but not for recording every copy (found by trying, on this SQLite).
+@pytest.mark.parametrize("leave", [0, 16 * 1024, 64 * 1024, 120 * 1024])
+def test_a_full_disk_under_the_state_is_a_clear_error_and_loses_nothing(
+    leave: int,
+    tmp_path: Path,
+    small_studies: Path,
+    disk: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The state's disk fills up between runs; the next run fails wherever it first needs
+    room (the lock's note, SQLite's shared memory, the catalog, the record of a copy) with
+    a one-line error, and a run after space is freed finds every copy or makes it."""
+    first, *others = sorted(p for p in small_studies.iterdir() if p.is_dir())
+    shutil.copytree(first, tmp_path / "inbox" / first.name)
+    backup = tmp_path / "backup"
+    config = write_config(tmp_path, backup, state=disk / "state.db")
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    for study in others:
+        shutil.copytree(study, tmp_path / "inbox" / study.name)
+
+    filler = fill(disk, leave)
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 1
+    error = out.strip().splitlines()[-1]
+    assert error in (
+        f"Error: [Errno 28] No space left on device: '{disk / 'state.db.lock'}'",
+        "Error: the state database could not be used: disk I/O error (SQLITE_IOERR_SHMSIZE)",
+        "Error: the state database could not be used: database or disk is full (SQLITE_FULL)",
+    ), out
+
+    filler.unlink()
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 0, out
+    assert len(committed(backup)) == 3
+    code, out = run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")
+    assert code == 0, out
+
+
+def test_a_full_source_disk_keeps_a_deleted_study_in_place_until_the_trash_has_room(
+    tmp_path: Path, small_studies: Path, disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retention moves files into the trash on the source's own disk, after writing the
+    batch's index: with no room for the index nothing moves, and nothing is lost."""
+    inbox = disk / "inbox"
+    shutil.copytree(small_studies, inbox)
+    config = tmp_path / "reconciler.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            site: faults
+            sources:
+              inbox: {{path: "{inbox}", stable_after: 0s}}
+            destinations:
+              near: {{object: {{url: "file://{tmp_path / "near"}"}}}}
+              far: {{object: {{url: "file://{tmp_path / "far"}"}}}}
+            policies:
+              - {{name: two-copies, copy_to: [near, far], keep_local: 0s}}
+            """
+        )
+    )
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    originals = {p: p.read_bytes() for p in inbox.rglob("*.dcm")}
+
+    filler = fill(disk, leave=0)
+    code, out = run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh", "--json")
+    assert code == 1
+    failed = [json.loads(line) for line in out.splitlines() if '"action_failed"' in line]
+    assert [e["kind"] for e in failed] == ["delete"] * 3
+    assert all("[Errno 28] No space left on device" in e["message"] for e in failed), failed
+    assert {p: p.read_bytes() for p in inbox.rglob("*.dcm")} == originals
+
+    filler.unlink()
+    code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
+    assert code == 0 and out.count("moved 6 files to the trash") == 3, out
+    trash = inbox / ".reconciler-trash"
+    assert all((batch / "index.json").is_file() for batch in trash.iterdir())
+    assert sorted(p.read_bytes() for p in trash.rglob("*.dcm")) == sorted(originals.values())
+    assert run(capsys, "plan", "-c", str(config), "--detailed-exitcode")[0] == 0
