@@ -3,9 +3,10 @@
 Run by users, not by the tests:  .venv/bin/python bench/scale.py [--sizes 1000,10000,100000]
 Files are tiny (a few hundred bytes: scanning and planning cost per file), 100 instances a
 study; the destination is a folder. Each step runs as its own process (wall time and peak RSS
-are its own): the cold scan, a rescan with nothing changed and one after 1% of the files were
-touched (only those are read again), a plan with everything to copy, the apply, then a plan
-with nothing to do (no-op re-plan; target <= 2 s at 100k) and the same re-reading the folder.
+are its own): the cold scan, a rescan with nothing changed, rescans after files were touched
+(only those are read again: all files of 1%, then of 10% of the studies, then one file in 100
+across every study), a plan with everything to copy, the apply, then a plan with nothing to do
+(no-op re-plan; target <= 2 s at 100k) and the same re-reading the folder.
 """
 
 from __future__ import annotations
@@ -22,13 +23,23 @@ from harness import CLI, Table, bench_env, measure, scan_command, write_config
 NO_OP_REPLAN_TARGET = 2.0  # seconds, at 100k instances
 
 
-def touch_share(inbox: Path, every: int) -> int:
-    """Give every ``every``-th file a new mtime; returns how many were touched."""
-    files = sorted(str(p) for p in inbox.rglob("*.dcm"))[::every]
+def touch(files: list[Path]) -> int:
+    """Give files a new mtime, as a new copy of them would; returns how many."""
     now = time.time_ns()
     for path in files:
         os.utime(path, ns=(now, now))
     return len(files)
+
+
+def in_some_studies(inbox: Path, every: int) -> list[Path]:
+    """Every file of every ``every``-th study (a study sent again)."""
+    return [f for study in sorted(inbox.iterdir())[::every] for f in study.rglob("*.dcm")]
+
+
+def scattered(inbox: Path, every: int) -> list[Path]:
+    """Every ``every``-th file: one or two in each study (the worst case for the rescan, which
+    packs every study it touched again)."""
+    return sorted(inbox.rglob("*.dcm"))[::every]
 
 
 def run_size(instances: int, args: argparse.Namespace, table: Table, root: Path) -> None:
@@ -55,8 +66,12 @@ def run_size(instances: int, args: argparse.Namespace, table: Table, root: Path)
 
     step("scan (cold)", scan_command(config))
     step("rescan (nothing changed)", scan_command(config))
-    touched = touch_share(inbox, 100)
-    step(f"rescan ({touched} files touched)", scan_command(config))
+    touched = touch(in_some_studies(inbox, 100))
+    step(f"rescan ({touched} touched: 1% of studies)", scan_command(config))
+    touched = touch(in_some_studies(inbox, 10))
+    step(f"rescan ({touched} touched: 10% of studies)", scan_command(config))
+    touched = touch(scattered(inbox, 100))
+    step(f"rescan ({touched} touched: 1 in 100 files)", scan_command(config))
     step("plan (everything to copy)", plan)
     step("apply to a folder", [*CLI, "apply", "-c", str(config), "--auto-approve"], True)
     replan = step("plan (no-op)", [*plan, "--detailed-exitcode"])
@@ -75,7 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reconciler-scale-") as tmp:
         table = Table(
             ("instances", 9),
-            ("step", -30),
+            ("step", -36),
             ("wall s", 7),
             ("peak RSS MiB", 12),
             ("files read", 10),
