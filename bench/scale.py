@@ -4,8 +4,8 @@ Run by users, not by the tests:  .venv/bin/python bench/scale.py [--sizes 1000,1
 Files are tiny (a few hundred bytes: scanning and planning cost per file), 100 instances a
 study; the destination is a folder. Each step runs as its own process (wall time and peak RSS
 are its own): the cold scan, a rescan with nothing changed, rescans after files were touched
-(only those are read again: all files of 1%, then of 10% of the studies, then one file in 100
-across every study), a plan with everything to copy, the apply, then a plan with nothing to do
+(only those are read again: all files of every 100th, then every 10th study, then one file in
+100 across every study), a plan with everything to copy, the apply, then a plan with nothing to do
 (no-op re-plan; target <= 2 s at 100k) and the same re-reading the folder.
 """
 
@@ -31,13 +31,13 @@ def touch(files: list[Path]) -> int:
     return len(files)
 
 
-def in_some_studies(inbox: Path, every: int) -> list[Path]:
-    """Every file of every ``every``-th study (a study sent again)."""
-    return [f for study in sorted(inbox.iterdir())[::every] for f in study.rglob("*.dcm")]
+def studies(inbox: Path, every: int) -> list[Path]:
+    """Every ``every``-th study (as if sent again)."""
+    return sorted(inbox.iterdir())[::every]
 
 
 def scattered(inbox: Path, every: int) -> list[Path]:
-    """Every ``every``-th file: one or two in each study (the worst case for the rescan, which
+    """Every ``every``-th file: one or two in each study (the worst case for a rescan, which
     packs every study it touched again)."""
     return sorted(inbox.rglob("*.dcm"))[::every]
 
@@ -66,12 +66,13 @@ def run_size(instances: int, args: argparse.Namespace, table: Table, root: Path)
 
     step("scan (cold)", scan_command(config))
     step("rescan (nothing changed)", scan_command(config))
-    touched = touch(in_some_studies(inbox, 100))
-    step(f"rescan ({touched} touched: 1% of studies)", scan_command(config))
-    touched = touch(in_some_studies(inbox, 10))
-    step(f"rescan ({touched} touched: 10% of studies)", scan_command(config))
+    for every in (100, 10):
+        chosen = studies(inbox, every)
+        touched = touch([f for study in chosen for f in study.rglob("*.dcm")])
+        which = f"{len(chosen)} stud{'y' if len(chosen) == 1 else 'ies'}"
+        step(f"rescan ({touched} files of {which} new)", scan_command(config))
     touched = touch(scattered(inbox, 100))
-    step(f"rescan ({touched} touched: 1 in 100 files)", scan_command(config))
+    step(f"rescan ({touched} files, 1 in 100, new)", scan_command(config))
     step("plan (everything to copy)", plan)
     step("apply to a folder", [*CLI, "apply", "-c", str(config), "--auto-approve"], True)
     replan = step("plan (no-op)", [*plan, "--detailed-exitcode"])
