@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from dataset import add_size_arguments, generate_set
-from harness import CLI, Table, bench_env, measure, write_config
+from harness import CLI, FIGURES, Table, bench_env, figures, measure, write_config
 from peers import DicomPeer, start_orthanc, start_storescp
 
 STORESCU = "/usr/bin/storescu"
@@ -62,9 +62,7 @@ def main() -> None:
             "a plan\n"
         )
         env = bench_env(TCP_NODELAY="1")
-        table = Table(
-            ("peer", -16), ("sender", -16), ("wall s", 7), ("MB/s", 6), ("vs storescu", 11)
-        )
+        table = Table(("peer", -16), ("sender", -16), *FIGURES, ("MB/s", 6), ("vs storescu", 11))
         for number, (name, start) in enumerate(peers(work)):
             base = None
             for sender in ("storescu", "reconciler cold", "reconciler warm"):
@@ -76,9 +74,10 @@ def main() -> None:
                     else:
                         warm = sender.endswith("warm")
                         argv = reconciler(peer, inbox, run_dir, args.associations, warm)
-                    wall = measure(argv, env, ok=(0,)).wall
-                    base = base or wall
-                table.row(name, sender, wall, f"{total / wall / 1e6:.0f}", f"{base / wall:.2f}x")
+                    measured = measure(argv, env, ok=(0,))
+                    base = base or measured.wall
+                rate = f"{total / measured.wall / 1e6:.0f}"
+                table.row(name, sender, *figures(measured), rate, f"{base / measured.wall:.2f}x")
 
 
 if __name__ == "__main__":

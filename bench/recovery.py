@@ -13,7 +13,17 @@ import tempfile
 from pathlib import Path
 
 from dataset import add_size_arguments, generate_set
-from harness import CLI, S3_OPTIONS, Table, bench_env, measure, s3_server, write_config
+from harness import (
+    CLI,
+    FIGURES,
+    S3_OPTIONS,
+    Table,
+    bench_env,
+    figures,
+    measure,
+    s3_server,
+    write_config,
+)
 
 
 def digests(folder: Path) -> list[str]:
@@ -52,11 +62,11 @@ def main() -> None:
                 ("recover restore --to DIR", point, True),
                 ("restore again (all present)", point, False),
             ]
-            table = Table(("step", -30), ("wall s", 7), ("peak RSS MiB", 12), ("", -1))
+            table = Table(("step", -30), *FIGURES, ("", -1))
             for step, argv, rate in steps:
                 measured = measure(argv, env)
                 speed = f"{total / measured.wall / 1e6:.0f} MB/s" if rate else ""
-                table.row(step, measured.wall, f"{measured.rss_mib:.0f}", speed)
+                table.row(step, *figures(measured), speed)
             same = digests(inbox) == digests(Path(restored))
             print(f"\nrestored files identical to the originals: {same}")
 
