@@ -100,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reconciler-scale-") as tmp:
         table = Table(
             ("instances", 9),
-            ("step", -36),
+            ("step", -40),
             *FIGURES,
             ("files read", 10),
             ("", -1),

@@ -536,9 +536,12 @@ class StateStore:
             )
 
     def load_observation(
-        self, destination: str, study_uid: str | None = None
+        self, destination: str, study_uid: str | None = None, local: Catalog | None = None
     ) -> Observation | None:
-        """The destination's cached holdings; with ``study_uid``, only that study's (cheap)."""
+        """The destination's cached holdings; with ``study_uid``, only that study's (cheap).
+        With ``local``, a copy's SOP Instance UIDs, hashes and sizes that equal the catalog's
+        are the catalog's own objects, not copies: a million cached instances take half the
+        memory."""
         only, where = (
             (" AND study_uid = ?", (destination, study_uid)) if study_uid else ("", (destination,))
         )
@@ -565,9 +568,10 @@ class StateStore:
         with building():
             for uid, instances, seen_at, site, written_at, pinned in rows:
                 verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
+                local_study = local.studies.get(uid) if local else None
                 studies[uid] = ObservedStudy(
                     uid,
-                    _parse_instances(instances),
+                    _parse_instances(instances, local_study.instances if local_study else ()),
                     verified_at=verified_at if ok else None,
                     corrupt=corrupt,
                     seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
@@ -748,9 +752,15 @@ def _instances_json(instances: Mapping[str, ObservedInstance]) -> str:
     return json.dumps({sop: [i.sha256, i.size] for sop, i in sorted(instances.items())})
 
 
-def _parse_instances(text: str) -> dict[str, ObservedInstance]:
+def _parse_instances(
+    text: str, local: tuple[CatalogInstance, ...] = ()
+) -> dict[str, ObservedInstance]:
     held = json.loads(text)
-    return dict(zip(held, map(ObservedInstance._make, held.values()), strict=True))
+    if not local:
+        return dict(zip(held, map(ObservedInstance._make, held.values()), strict=True))
+    known = {v: v for i in local for v in (i.sop_uid, i.sha256, i.size)}
+    copies = ((known.get(sha, sha), known.get(size, size)) for sha, size in held.values())
+    return dict(zip(map(known.get, held, held), map(ObservedInstance._make, copies), strict=True))
 
 
 def _holdings(observation: Observation) -> dict[str, tuple[object, ...]]:

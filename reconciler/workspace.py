@@ -96,7 +96,7 @@ class Workspace:
         expected: dict[str, list[str]] | None = None  # built only if a destination is read
         observations = {}
         for name, settings in self.config.destinations.items():
-            cached = self.store.load_observation(name)
+            cached = self.store.load_observation(name, local=catalog)
             fresh = (
                 cached is not None
                 and cached.ok

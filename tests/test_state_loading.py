@@ -1,4 +1,6 @@
-"""The catalog read from per-study packs is the catalog its rows make, whatever happened."""
+"""Loading a large state fast changes nothing: the catalog read from per-study packs is the
+catalog its rows make, whatever happened, and an observation read beside the catalog (sharing
+its strings) is the observation read alone."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from factories import instance
+from factories import NOW, instance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.catalog.model import Catalog, CatalogInstance
+from reconciler.observation import Observation, ObservedInstance, ObservedStudy
 from reconciler.state import _INSTANCE_COLUMNS, SCHEMA_VERSION, StateStore
 
 PATHS = [f"/srv/inbox/f{n}.dcm" for n in range(6)]
@@ -111,5 +114,37 @@ def test_a_state_from_before_packs_is_packed_by_the_next_refresh(tmp_path: Path)
         db.close()
         assert packed == {"1.1", "1.2"} and stale == 0 and version == (str(SCHEMA_VERSION),)
         assert store.load_catalog().studies == from_rows(state).studies
+    finally:
+        store.close()
+
+
+def test_an_observation_read_beside_the_catalog_is_the_same(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    try:
+        local = [put(p, "1.1", 1) for p in PATHS[:3]] + [put(PATHS[3], "1.2", 2)]
+        store.record_scan(local, [], [])
+        held = {
+            "1.1": ObservedStudy(
+                "1.1",
+                {
+                    local[0].sop_uid: ObservedInstance(local[0].sha256, local[0].size),
+                    local[1].sop_uid: ObservedInstance("9" * 64, 7),  # changed since copied
+                    "1.1.9": ObservedInstance(None, 0),  # not here any more; a peer's listing
+                },
+            ),
+            "1.3": ObservedStudy("1.3", {"1.3.1": ObservedInstance("8" * 64, 5)}),  # not local
+        }
+        store.save_observation(Observation("cloud", NOW, 0, ok=True, studies=held))
+        catalog = store.load_catalog()
+        beside = store.load_observation("cloud", local=catalog)
+        alone = store.load_observation("cloud")
+        assert beside is not None and alone is not None
+        assert beside.studies == alone.studies
+        assert {u: dict(s.instances) for u, s in beside.studies.items()} == {
+            u: dict(s.instances) for u, s in held.items()
+        }
+        mine = catalog.studies["1.1"].instances[0]  # PATHS[0]: first by path
+        (sop, copy), *_ = beside.studies["1.1"].instances.items()
+        assert sop is mine.sop_uid and copy.sha256 is mine.sha256 and copy.size is mine.size
     finally:
         store.close()
