@@ -317,11 +317,11 @@ class StateStore:
         shared: dict[object, object] = {}
         extras = _Parsed(json.loads)
         with self._snapshot(), building():
+            stale = [uid for (uid,) in self._db.execute("SELECT study_uid FROM stale_packs")]
             packs = self._db.execute(
                 "SELECT study_uid, pack FROM study_packs WHERE study_uid NOT IN "
                 "(SELECT study_uid FROM stale_packs)"
             )
-            stale = [uid for (uid,) in self._db.execute("SELECT study_uid FROM stale_packs")]
             rows = {
                 uid: _unpack(pack, shared, extras)
                 for uid, pack in chain(packs, self._packs_from_rows(stale))
