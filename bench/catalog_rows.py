@@ -32,16 +32,17 @@ _ROOT = "1.2.826.0.1.3680043.8.498."
 
 
 def synthetic_rows(inbox: Path, rows: int, per_study: int) -> Iterator[CatalogInstance]:
-    """Rows as a scan would record them: plausible paths, UIDs and distinct hashes."""
-    changed = time.time_ns() - 3600 * 10**9  # an hour ago: every study is complete
+    """Rows as a scan would record them: plausible paths, UIDs, sizes, times and hashes."""
+    written = time.time_ns() - 3600 * 10**9  # an hour ago and before: every study is complete
     for index in range(rows):
         study, position = divmod(index, per_study)
         series = position // 50
         path = f"{inbox}/PID{study:06d}/{_ROOT}1{study:07d}/{series + 1}/{position:05d}.dcm"
+        changed = written - index * 1_000_000  # a file a millisecond
         yield CatalogInstance(
             path=path,
             source="inbox",
-            size=525_000,
+            size=524_288 + index % 8192,
             mtime_ns=changed,
             ctime_ns=changed,
             sha256=hashlib.sha256(path.encode()).hexdigest(),

@@ -58,7 +58,7 @@ class Target:
 
 
 @contextmanager
-def targets(work: Path, inbox: Path, endpoint: str) -> Iterator[list[Target]]:
+def targets(work: Path, inbox: Path) -> Iterator[list[Target]]:
     found = [
         Target(
             "folder",
@@ -113,7 +113,7 @@ def main() -> None:
             f"{args.studies} studies x {args.series} series x {args.instances} instances: "
             f"{count} files, {total / 1e6:.0f} MB"
         )
-        with s3_server() as endpoint, targets(work, inbox, endpoint) as chosen:
+        with s3_server() as endpoint, targets(work, inbox) as chosen:
             env = bench_env(S3_ENDPOINT=endpoint, TCP_NODELAY="1")
             table = Table(("destination", -11), ("step", -30), *FIGURES, ("", -1))
 

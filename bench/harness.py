@@ -108,6 +108,8 @@ def scan_command(config: Path) -> list[str]:
 @contextmanager
 def s3_server() -> Iterator[str]:
     """moto's S3 server on a free loopback port, with a bucket "bench"; yields its endpoint."""
+    import s3fs  # moto and s3fs: what the S3 benchmarks need beyond the package
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -126,19 +128,12 @@ def s3_server() -> Iterator[str]:
                 time.sleep(0.1)
         else:
             sys.exit("moto's S3 server did not start")
-        s3_filesystem(endpoint).mkdir("bench")
+        key, secret = CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+        s3fs.S3FileSystem(endpoint_url=endpoint, key=key, secret=secret).mkdir("bench")
         yield endpoint
     finally:
         server.terminate()
         server.wait()
-
-
-def s3_filesystem(endpoint: str):  # type: ignore[no-untyped-def]  # s3fs has no type hints
-    import s3fs
-
-    return s3fs.S3FileSystem(
-        endpoint_url=endpoint, key=CREDENTIALS["AWS_ACCESS_KEY_ID"], secret="bench-secret"
-    )
 
 
 def write_config(

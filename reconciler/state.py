@@ -133,7 +133,7 @@ _SHARED_COLUMNS = frozenset(
         "accession_number",
     )
 )
-_STUDY_UID = _INSTANCE_COLUMNS.index("study_uid")
+_STUDY_UID, _MTIME, _CTIME = map(_INSTANCE_COLUMNS.index, ("study_uid", "mtime_ns", "ctime_ns"))
 _new_instance = partial(tuple.__new__, CatalogInstance)  # _make without its length check
 _STUDIES_AT_ONCE = 500  # studies whose rows are read (and packed) in one query
 
@@ -732,6 +732,8 @@ def _unpack(
     count, *columns = json.loads(pack)
     if len(columns) != len(_INSTANCE_COLUMNS):
         raise ValueError(f"a catalog pack has {len(columns)} columns, not {len(_INSTANCE_COLUMNS)}")
+    if columns[_CTIME] == columns[_MTIME]:
+        columns[_CTIME] = columns[_MTIME]  # files written once: one int object each, not two
     values: list[Iterable[Any]] = []
     for index, column in enumerate(columns):
         share = index in _SHARED_COLUMNS

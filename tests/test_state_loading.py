@@ -10,7 +10,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from factories import NOW, instance
+from factories import LONG_AGO_NS, NOW, instance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,6 +57,8 @@ def put(path: str, study: str, variant: int) -> CatalogInstance:
         f"{study}.{path[-5]}",
         path=path,
         size=1000 + variant,
+        mtime_ns=LONG_AGO_NS + variant,
+        ctime_ns=LONG_AGO_NS + variant * (variant - 1),  # the mtime but for variant 1
         sha256=f"{variant}" * 64,
         series_uid=f"{study}.{variant % 2}",
         study_description="CT THORAX ÄÖ" if variant else "CT",
