@@ -506,3 +506,12 @@ def test_fmt_refuses_a_syntax_error(tmp_path: Path) -> None:
 
     assert caught.value.problems[0].file == path
     assert path.read_text() == "site: [x\n"
+
+
+def test_input_the_yaml_parser_asserts_on_is_a_located_error(tmp_path: Path) -> None:
+    # Found by the fuzz test: ruamel raises AssertionError on this instead of a YAML error.
+    config = tmp_path / "reconciler.yaml"
+    config.write_text("#\n> #")
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    assert "reconciler.yaml" in str(error.value) and "not valid YAML" in str(error.value)

@@ -184,6 +184,10 @@ def _parse_all(raw: dict[Path, bytes], yaml: YAML) -> dict[Path, tuple[str, Any]
             problems.append(_file_problem(file, "is not UTF-8 text"))
         except MarkedYAMLError as error:
             problems.append(_syntax_problem(file, error))
+        except AssertionError:
+            # ruamel asserts on some malformed inputs (a comment before a block scalar at
+            # the top, e.g. "#\n> #") instead of raising a located error.
+            problems.append(_file_problem(file, "is not valid YAML (the parser gave up on it)"))
     if problems:
         raise ConfigError(problems)
     return parsed
