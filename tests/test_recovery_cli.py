@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from peers import DicomPeer
+from test_cli_end_to_end import s3_destination
 
 from reconciler.cli import main
 from reconciler.config.load import load_config
@@ -33,18 +34,7 @@ from reconciler.recovery import (
 from reconciler.recovery_cli import create_points
 from reconciler.workspace import Workspace
 
-
-def s3_block(bucket: str) -> str:
-    return textwrap.dedent(
-        f"""\
-        object:
-              url: "s3://{bucket}/hospital"
-              options:
-                endpoint_url: "${{env:S3_ENDPOINT}}"
-                key: "${{env:AWS_ACCESS_KEY_ID}}"
-                secret: "${{env:AWS_SECRET_ACCESS_KEY}}"
-                skip_instance_cache: true"""
-    )
+s3_block = s3_destination  # the same S3 block the CLI end-to-end tests use
 
 
 FOLDER_BLOCK = 'object: {url: "file://backup"}'
