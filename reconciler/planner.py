@@ -7,6 +7,7 @@ shows is exactly what ``apply`` will do.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -100,6 +101,10 @@ def make_plan(
         for destination, policies in wanted.items():
             if destination not in reachable:
                 continue
+            sendable, refused = _sendable(config, destination, study.uid, instances)
+            problems.extend(refused)
+            if not sendable:
+                continue
             observed = observations[destination].studies.get(study.uid)
             action = _action_for(
                 config,
@@ -107,7 +112,7 @@ def make_plan(
                 policies,
                 study.uid,
                 label,
-                instances,
+                sendable,
                 observed,
                 now,
                 verify_subset is not None and in_subset(study.uid, *verify_subset),
@@ -240,6 +245,33 @@ def _distinct_instances(study: CatalogStudy) -> tuple[list[CatalogInstance], lis
         else:
             chosen.append(files[0])
     return chosen, problems
+
+
+def _sendable(
+    config: Config, destination: str, study_uid: str, instances: list[CatalogInstance]
+) -> tuple[list[CatalogInstance], list[Problem]]:
+    """The instances that may go to ``destination``: a de-identifying one refuses those whose
+    pixels often show text no header edit removes."""
+    anonymize = config.destinations[destination].anonymize
+    if anonymize is None:
+        return instances, []
+    sendable, reasons = [], Counter[str]()
+    for instance in instances:
+        reason = anonymize.rules.refusal(instance.modality, instance.sop_class_uid)
+        if reason is None:
+            sendable.append(instance)
+        else:
+            reasons[reason] += 1
+    problems = [
+        Problem(
+            f"study {study_uid}: {count} of {len(instances)} instances are not sent "
+            f"de-identified: {reason} (a profile with allow_burned_in: true sends them)",
+            severity="warning",
+            destination=destination,
+        )
+        for reason, count in reasons.items()
+    ]
+    return sendable, problems
 
 
 def _ready_at(config: Config, study: CatalogStudy) -> datetime:

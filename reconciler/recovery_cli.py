@@ -144,7 +144,10 @@ def _reported(handler: Handler) -> Handler:
 
 def _store_names(loaded: LoadedConfig, asked: Sequence[str] | None) -> list[str]:
     config = loaded.config
-    objects = [n for n, d in config.destinations.items() if d.object is not None]
+    # De-identified copies cannot give a study back: points are never kept with them.
+    objects = [
+        n for n, d in config.destinations.items() if d.object is not None and d.anonymize is None
+    ]
     if asked:
         unknown = [n for n in asked if n not in objects]
         if unknown:
@@ -176,9 +179,7 @@ def _open_stores(
 
 
 def _object_store(workspace: Workspace, name: str) -> ObjectStoreDestination:
-    store = workspace.destination(name)
-    assert isinstance(store, ObjectStoreDestination)  # checked by _store_names
-    return store
+    return workspace.object_store(name)  # an object store: checked by _store_names
 
 
 def _find_point(

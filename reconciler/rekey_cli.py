@@ -15,7 +15,6 @@ from tqdm import tqdm
 from reconciler.cli import EXIT_ERROR, EXIT_OK, UsageError
 from reconciler.config.load import load_config
 from reconciler.config.model import DestinationConfig
-from reconciler.destinations.object_store import ObjectStoreDestination
 from reconciler.rekey import RekeyReport, rekey_store
 from reconciler.workspace import Workspace
 
@@ -45,8 +44,8 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     # The state's lock: no apply rewrites a manifest while this does.
     with Workspace(loaded, "rekey") as workspace:
         for name in names:
-            store = workspace.destination(name)
-            assert isinstance(store, ObjectStoreDestination) and store.keyring is not None
+            store = workspace.object_store(name)
+            assert store.keyring is not None
             bar = tqdm(unit=" objects", desc=f"rekey {name}", file=sys.stderr, disable=args.json)
             try:
                 reports.append(rekey_store(store, store.keyring, bar.update))

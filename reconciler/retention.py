@@ -6,6 +6,7 @@ rule below holds; otherwise it is listed as kept, with the rule that stopped it:
 - it is not protected, not held (e.g. restored from the trash), complete and free of conflicts;
 - every destination its policies want holds a copy verified within ``verified_within``;
 - at least ``require_verified_copies`` destinations hold such a copy;
+- de-identified copies (``anonymize:``) are derived data: they neither count nor are waited for;
 - the catalog did not shrink sharply since the last apply;
 - the run's deletions stay within both caps (else none of them happen).
 """
@@ -118,7 +119,9 @@ def decide(
     if facts.conflicted:
         return kept("files with different content share a SOP Instance UID")
     evidence, missing = _verified_copies(config, facts.study, observations, now)
-    unverified_wanted = [d for d in facts.wanted if d in missing]
+    unverified_wanted = [
+        d for d in facts.wanted if d in missing and config.destinations[d].anonymize is None
+    ]
     if unverified_wanted:
         details = "; ".join(f"{d}: {missing[d]}" for d in unverified_wanted)
         return kept(f"no verified copy where its policies want one ({details})")
@@ -211,6 +214,8 @@ def copy_evidence(
 ) -> Evidence | str:
     """Evidence that ``name`` holds a verified copy of the ``expected`` instances (SOP Instance
     UID -> SHA-256, None where unknown), or why it does not."""
+    if settings.anonymize is not None:
+        return "holds de-identified copies, which cannot restore the study"
     if observation is None:
         return "never observed"
     if not observation.ok:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.apply import Emit, apply_plan
 from reconciler.bulk import building
@@ -28,6 +28,9 @@ from reconciler.retention import Hold, LocalFacts
 from reconciler.state import StateStore
 from reconciler.state_lock import StateLock
 from reconciler.trash import Trash
+
+if TYPE_CHECKING:
+    from reconciler.destinations.object_store import ObjectStoreDestination
 
 
 class StalePlanError(Exception):
@@ -80,6 +83,18 @@ class Workspace:
                 name, self.config.destinations[name], self.config.site, self.loaded.resolve_path
             )
         return self._destinations[name]
+
+    def object_store(self, name: str) -> ObjectStoreDestination:
+        """An object destination's store itself, for work on its keys (recovery points, rekey):
+        beneath any de-identification, which maps studies, not keys."""
+        from reconciler.destinations.object_store import ObjectStoreDestination
+        from reconciler.destinations.staging import StagingDestination
+
+        destination = self.destination(name)
+        if isinstance(destination, StagingDestination):
+            destination = destination.inner
+        assert isinstance(destination, ObjectStoreDestination), f"{name} is no object store"
+        return destination
 
     # --- the flow ---------------------------------------------------------------------------
 

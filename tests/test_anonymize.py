@@ -417,7 +417,7 @@ def _as(data: bytes, **attributes: str) -> bytes:
         ({"Modality": "US"}, "US images often carry"),
         ({"Modality": "ES"}, "ES images often carry"),
         ({"Modality": "OT", "SOPClassUID": SecondaryCaptureImageStorage}, "OT images"),
-        ({"Modality": "CT", "SOPClassUID": SecondaryCaptureImageStorage}, "Secondary Capture"),
+        ({"Modality": "CT", "SOPClassUID": SecondaryCaptureImageStorage}, "secondary captures"),
     ],
 )
 def test_burned_in_text_is_refused(

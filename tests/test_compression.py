@@ -247,6 +247,17 @@ def test_layout_the_codec_cannot_hold_is_kept() -> None:
     assert "does not support this pixel layout" in (result.kept_because or "")
 
 
+def test_an_image_too_small_for_jpeg_2000_is_kept_and_rle_still_applies() -> None:
+    ds = read(image(LAYOUTS["12-in-16 unsigned"])[0])
+    ds.Rows = ds.Columns = 16
+    ds.PixelData = pixels(LAYOUTS["12-in-16 unsigned"], size=16).tobytes()
+    source = _bytes(ds)
+    result = compress(source, "jpeg2000-lossless")
+    assert result.data is source
+    assert "smaller than 32 pixels" in (result.kept_because or "")
+    assert compress(source, "rle-lossless").codec == "rle-lossless"
+
+
 def test_data_above_bits_stored_is_kept_rather_than_dropped() -> None:
     ds = read(image(LAYOUTS["12-in-16 unsigned"])[0])
     raw = np.frombuffer(ds.PixelData, "<u2").copy()

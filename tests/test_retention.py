@@ -135,6 +135,34 @@ def test_require_verified_copies_one_is_honoured() -> None:
     assert deletions(plan) == ["1.1"]
 
 
+def test_de_identified_copies_neither_count_nor_hold_the_deletion_back() -> None:
+    rows = study("1.1", 2)
+    teaching = {
+        "object": {"url": "file:///mnt/teaching"},
+        "anonymize": {"profile": "ps3.15-basic", "secret": "s" * 16},
+    }
+    destinations = {**DESTINATIONS, "teaching": teaching}
+    # A de-identified copy, even one mapped back to the local UIDs, is no copy of the study.
+    observations = {
+        "cloud": observed("cloud", held(rows, seen_at=SEEN)),
+        "teaching": observed("teaching", held(rows, seen_at=SEEN)),
+    }
+    settings = retention_config(
+        destinations=destinations, policy={"copy_to": ["cloud", "teaching"]}
+    )
+    plan = make_plan(settings, arrived(catalog(rows)), observations, NOW)
+    assert deletions(plan) == []
+    assert kept(plan)["1.1"].startswith("only 1 of 2 required verified copies")
+    assert "teaching: holds de-identified copies" in kept(plan)["1.1"]
+    # With two real copies it goes, whether or not the teaching copy was made.
+    settings = retention_config(
+        destinations=destinations, policy={"copy_to": ["cloud", "nas", "teaching"]}
+    )
+    observations = both_copies(rows) | {"teaching": observed("teaching")}
+    plan = make_plan(settings, arrived(catalog(rows)), observations, NOW)
+    assert deletions(plan) == ["1.1"]
+
+
 def test_a_copy_known_only_from_our_own_transfer_is_not_verified() -> None:
     rows = study("1.1", 2)
     observations = both_copies(rows)

@@ -235,12 +235,10 @@ def test_an_instance_that_cannot_be_encoded_fails_and_its_study_is_not_recorded(
     assert not (tmp_path / "backup/studies" / action.study_uid / "manifest.json").exists()
 
 
-def test_transforms_are_refused_on_dicom_destinations() -> None:
+def test_encryption_is_refused_on_dicom_destinations() -> None:
     peer = {"dicom": {"host": "pacs", "port": 104, "ae_title": "PACS"}}
     with pytest.raises(ValueError, match="encryption: applies to object destinations only"):
         DestinationConfig.model_validate({**peer, "encryption": {"key": KEY}})
-    with pytest.raises(ValueError, match="compression: applies to object destinations only"):
-        DestinationConfig.model_validate({**peer, "compression": "rle-lossless"})
 
 
 def test_a_malformed_key_is_reported_without_its_text(

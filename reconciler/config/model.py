@@ -27,7 +27,11 @@ from pydantic import (
 
 from reconciler.bandwidth import Timetable
 from reconciler.config.durations import Duration
-from reconciler.transforms.settings import CompressionSetting, EncryptionSettings
+from reconciler.transforms.settings import (
+    AnonymizeSettings,
+    CompressionSetting,
+    EncryptionSettings,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
@@ -342,8 +346,9 @@ class DestinationConfig(StrictModel):
     )
     compression: CompressionSetting = Field(
         "keep",
-        description="Object stores: lossless codec the stored copies are re-encoded with (keep: "
-        "as they are), or {default, by_modality: {CT: jpeg2000-lossless}}. New copies only.",
+        description="Lossless codec copies are re-encoded with before they are sent or stored "
+        "(keep: as they are), or {default, by_modality: {CT: jpeg2000-lossless}}. New copies "
+        "only; a DICOM peer that refuses the codec gets the pixels uncompressed.",
     )
     encryption: EncryptionSettings | None = Field(
         None,
@@ -354,6 +359,11 @@ class DestinationConfig(StrictModel):
         None,
         description="Object stores: remove our copies that are too old or no longer wanted "
         "here (off by default).",
+    )
+    anonymize: AnonymizeSettings | None = Field(
+        None,
+        description="Send de-identified copies (DICOM PS3.15 profile, policies/README.md): "
+        "they never count as copies of the study for retention or prune.",
     )
 
     @field_validator("bandwidth")
@@ -380,14 +390,14 @@ class DestinationConfig(StrictModel):
 
     @model_validator(mode="after")
     def _transforms_need_an_object_store(self) -> DestinationConfig:
-        # Sending transformed copies to a PACS or DICOMweb is not built: say so, never ignore it.
         if self.object is None and self.encryption is not None:
             raise ValueError("encryption: applies to object destinations only")
-        if self.object is None and self.compression != "keep":
-            raise ValueError("compression: applies to object destinations only")
         if self.object is None and self.prune is not None:
             # A PACS has no standard way to delete a study over DICOM: never pretend to.
             raise ValueError("prune: applies to object destinations only")
+        if self.anonymize is not None and self.prune is not None:
+            # Pruning weighs our copies against the local files; de-identified ones aren't those.
+            raise ValueError("prune: does not apply to a destination that anonymizes")
         return self
 
     @property
@@ -706,6 +716,8 @@ class Config(StrictModel):
             return [(where, f"'{name}' is not a destination")]
         if target.object is None:
             return [(where, f"'{name}' is not an object destination; bundles go to object stores")]
+        if target.anonymize is not None:
+            return [(where, f"'{name}' anonymizes; bundles hold the study as it is")]
         if target.encryption is not None or target.compression != "keep":
             # Refused rather than ignored: bundles are neither encrypted nor transcoded yet.
             return [(where, f"'{name}' encrypts or compresses; bundles do neither yet")]
@@ -738,12 +750,15 @@ class Config(StrictModel):
     def _recovery_point_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
         if self.recovery_points is None:
             return []
-        objects = sorted(n for n, d in self.destinations.items() if d.object is not None)
+        # A point restores the study as it was: de-identified copies cannot give it back.
+        objects = sorted(
+            n for n, d in self.destinations.items() if d.object is not None and d.anonymize is None
+        )
         return [
             (
                 ("recovery_points", "store_at", i),
-                f"'{name}' is not an object destination "
-                f"(points are kept at: {', '.join(objects) or 'none are defined'})",
+                f"'{name}' is not an object destination holding the studies as they are "
+                f"(points can be kept at: {', '.join(objects) or 'none are defined'})",
             )
             for i, name in enumerate(self.recovery_points.store_at)
             if name not in objects

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import PresentationContext, build_context
 
 from reconciler.config.model import DicomTarget
 from reconciler.destinations.source_files import check_unchanged
@@ -99,7 +99,7 @@ def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Associ
     ae.dimse_timeout = target.dimse_timeout.total_seconds()
     ae.network_timeout = target.network_timeout.total_seconds()
     ae.maximum_pdu_size = target.max_pdu
-    ae.requested_contexts = [build_context(sop, _syntaxes_to_propose(ts)) for sop, ts in contexts]
+    ae.requested_contexts = _proposals(contexts)
     assoc = ae.associate(
         target.host,
         target.port,
@@ -122,9 +122,20 @@ def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Associ
     )
 
 
-def _syntaxes_to_propose(transfer_syntax: str) -> list[str]:
-    """The file's own syntax first (sent as is), then the uncompressed ones we can re-encode to."""
-    return [transfer_syntax, *(ts for ts in UNCOMPRESSED if ts != transfer_syntax)]
+def _proposals(contexts: Sequence[Context]) -> list[PresentationContext]:
+    """Each file's own syntax (sent as is), and the uncompressed ones we can re-encode to.
+
+    A compressed syntax gets a context of its own: offered alongside uncompressed ones in one
+    context, peers such as Orthanc pick uncompressed, and every file would be decoded to send.
+    """
+    proposals: dict[tuple[str, ...], PresentationContext] = {}
+    for sop, syntax in contexts:
+        if UID(syntax).is_compressed:
+            proposals.setdefault((sop, syntax), build_context(sop, [syntax]))
+            syntax = ExplicitVRLittleEndian
+        ordered = [syntax, *(ts for ts in UNCOMPRESSED if ts != syntax)]
+        proposals.setdefault((sop, *ordered), build_context(sop, ordered))
+    return list(proposals.values())
 
 
 def _tls_arguments(target: DicomTarget) -> tuple[ssl.SSLContext, str] | None:

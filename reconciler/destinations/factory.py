@@ -14,6 +14,17 @@ Resolve = Callable[[Path], Path]
 def open_destination(
     name: str, settings: DestinationConfig, site: str, resolve: Resolve
 ) -> Destination:
+    destination = _open_kind(name, settings, site, resolve)
+    # Object stores compress on their own: their manifests record it.
+    compression = "keep" if settings.object is not None else settings.compression
+    if settings.anonymize is None and compression == "keep":
+        return destination
+    from reconciler.destinations.staging import StagingDestination
+
+    return StagingDestination(destination, settings.anonymize, compression)
+
+
+def _open_kind(name: str, settings: DestinationConfig, site: str, resolve: Resolve) -> Destination:
     # Each kind's module is imported when one is opened: a plan that reads only cached
     # observations starts without pynetdicom, requests or s3fs.
     if settings.dicom is not None:

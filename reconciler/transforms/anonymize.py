@@ -43,7 +43,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, UID_dictionary
+from pydicom.uid import UID_dictionary
 from ruamel.yaml import YAML, YAMLError
 
 from reconciler.transforms.settings import AnonymizationProfile
@@ -481,17 +481,11 @@ def _name(element: DataElement) -> str:
 
 def refuse_reason(ds: Dataset, profile: AnonymizationProfile) -> str | None:
     """Why the instance must not be sent de-identified by its headers alone, or None."""
-    if profile.allow_burned_in:
-        return None
-    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
-        return "BurnedInAnnotation is YES: identifying text is burned into the pixels"
-    modality = str(ds.get("Modality", "")).strip().upper()
-    if modality in profile.burned_in_modalities:
-        return f"{modality} images often carry identifying text burned into their pixels"
-    sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class.startswith("1.2.840.10008.5.1.4.1.1.7"):
-        return f"{UID(sop_class).name} images are screen grabs or scans that often show text"
-    return None
+    return profile.refusal(
+        str(ds.get("Modality", "")),
+        str(ds.get("SOPClassUID", "")),
+        str(ds.get("BurnedInAnnotation", "")),
+    )
 
 
 # --- presets ------------------------------------------------------------------------------------

@@ -193,6 +193,10 @@ def _encode(ds: Dataset, target: UID, samples: np.ndarray) -> None:
 # --- when to keep the file as it is ---------------------------------------------------------
 
 
+# openjpeg's encoder always makes 6 resolution levels, each halving the image: 2^5 at least.
+J2K_MIN_SIDE = 32
+
+
 def _reason_to_keep(ds: Dataset, source: UID, target: UID) -> str | None:
     if source == target:
         return f"already {target.name}"
@@ -206,6 +210,8 @@ def _reason_to_keep(ds: Dataset, source: UID, target: UID) -> str | None:
         return f"no decoder installed for {source.name}"
     if target in ENCODING_PROFILES and not _fits_profile(ds, target):
         return f"{target.name} does not support this pixel layout ({_layout(ds)})"
+    if target == JPEG2000Lossless and min(ds.get("Rows", 0), ds.get("Columns", 0)) < J2K_MIN_SIDE:
+        return f"smaller than {J2K_MIN_SIDE} pixels a side, which JPEG 2000's encoder needs"
     if not source.is_compressed and target != DeflatedExplicitVRLittleEndian:
         return _unused_bits_problem(ds)
     return None

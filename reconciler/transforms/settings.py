@@ -10,10 +10,10 @@ In a destination's YAML::
       key: ${file:/etc/reconciler/backup.key}        # 64 hex digits or base64 of 32 bytes
       old_keys: [${env:OLD_BACKUP_KEY}]              # still decrypt; `rekey` moves them to key
 
-and in a policy's (see policies/README.md)::
-
-    anonymize: teaching-file                        # a preset, policies/teaching-file.yaml
-    anonymize: {retain_longitudinal_dates: true}    # or a profile inline
+    anonymize:                                      # de-identified copies (policies/README.md)
+      profile: teaching-file                        # a preset, policies/teaching-file.yaml,
+                                                    # or a profile inline: {clean_descriptors: true}
+      secret: ${file:/etc/reconciler/anonymize.key} # HMAC key of UIDs, pseudonyms, date shifts
 
 Loading must hide inputs in its errors (as config/load.py does): a bad key is a secret.
 """
@@ -102,6 +102,7 @@ class EncryptionSettings(_Strict):
 # (XC: faces, wristbands), secondary captures (SC, and OT as many devices label them: screen
 # grabs of reports and viewers) and scanned documents (DOC).
 BURNED_IN_MODALITIES = ("US", "ES", "XC", "SC", "OT", "DOC")
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame classes, .7.1 to .7.4
 _SAFE_PRIVATE_TAG = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*[xX]{2}([0-9A-Fa-f]{2})\s*\)?")
 
 
@@ -165,6 +166,22 @@ class AnonymizationProfile(_Strict):
     def _upper_case(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(m.strip().upper() for m in value if m.strip()))
 
+    def refusal(self, modality: str, sop_class_uid: str, burned_in: str = "") -> str | None:
+        """Why an instance must not leave de-identified by its headers alone, or None.
+
+        ``burned_in`` is the instance's BurnedInAnnotation, when it is known.
+        """
+        if self.allow_burned_in:
+            return None
+        if burned_in.strip().upper() == "YES":
+            return "BurnedInAnnotation is YES: identifying text is burned into the pixels"
+        modality = modality.strip().upper()
+        if modality in self.burned_in_modalities:
+            return f"{modality} images often carry identifying text burned into their pixels"
+        if sop_class_uid.startswith(SECONDARY_CAPTURE):
+            return "secondary captures are screen grabs or scans that often show text"
+        return None
+
     def safe_private_tags(self) -> frozenset[tuple[str, int, int]]:
         """(creator, group, element's low byte) of every private attribute to keep."""
         return frozenset(
@@ -173,3 +190,45 @@ class AnonymizationProfile(_Strict):
             for match in (_SAFE_PRIVATE_TAG.fullmatch(tag.strip()) for tag in tags)
             if match is not None
         )
+
+
+class AnonymizeSettings(_Strict):
+    """De-identified copies: what goes is a profile's output, never the study itself."""
+
+    profile: str | AnonymizationProfile = Field(
+        description="A preset in policies/ by name (ps3.15-basic, ps3.15-basic-retain-dates, "
+        "teaching-file) or a profile given inline."
+    )
+    secret: SecretStr = Field(
+        description="Site secret, at least 16 characters, as ${file:P} or ${env:X}: the HMAC key "
+        "of new UIDs, pseudonyms and date shifts. Changing it makes every copy a new one."
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _preset_loaded(cls, value: str | AnonymizationProfile) -> AnonymizationProfile:
+        # Read once, at load: the planner that needs the profile must not read files.
+        if isinstance(value, AnonymizationProfile):
+            return value
+        from reconciler.transforms.anonymize import AnonymizationError, load_preset
+
+        try:
+            return load_preset(value)
+        except AnonymizationError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode()) < 16:
+            raise ValueError("the secret must be at least 16 characters (openssl rand -hex 16)")
+        return value
+
+    @property
+    def rules(self) -> AnonymizationProfile:
+        """The profile, a named preset loaded."""
+        assert isinstance(self.profile, AnonymizationProfile)  # see _preset_loaded
+        return self.profile
+
+    def key(self) -> bytes:
+        return self.secret.get_secret_value().encode()
