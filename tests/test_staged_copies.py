@@ -11,6 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from peers import DicomPeer, orthanc_get
+from test_cli_end_to_end import s3_destination
 from test_recovery_cli import run, run_json
 
 from reconciler.destinations.object_store import MANIFEST_NAME
@@ -277,3 +278,37 @@ def test_secret_is_never_written_anywhere(
     assert not [o for o in outputs if SECRET in o]
     written = [p for p in tmp_path.rglob("*") if p.is_file() and inbox not in p.parents]
     assert written and not [p for p in written if SECRET.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3"])
+def test_encrypted_de_identified_copies_verify_and_a_damaged_one_is_repaired(
+    tmp_path: Path,
+    inbox: Path,
+    kind: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BACKUP_KEY", "55" * 32)
+    block = (
+        'object: {url: "file://teaching"}'
+        if kind == "folder"
+        else s3_destination(request.getfixturevalue("s3_bucket"))
+    )
+    config = write_config(tmp_path, block, '\n    encryption: {key: "${env:BACKUP_KEY}"}')
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    code, out = run(capsys, "apply", "-c", str(config), "--auto-approve", "--verify-subset", "1/1")
+    assert code == 0, out
+    assert "2 verifications" in out and "corrupt" not in out
+    if kind == "s3":
+        return
+    damaged = sorted((tmp_path / "teaching").rglob("*.dcm.enc"))[0]
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    code, out = run(capsys, "apply", "-c", str(config), "--auto-approve", "--verify-subset", "1/1")
+    assert code != 0 and "1 of 3 instances" in out, out
+    code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
+    assert code == 0 and "1 failed checksum verification at teaching" in out, out
+    code, out = run(capsys, "plan", "-c", str(config), "--refresh", "--detailed-exitcode")
+    assert code == 0, out
