@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # share_apply is imported only by a run that shares (mail, ZI
     from reconciler.share_apply import ShareExecutor, ShareJob, StoredZip
 
     # What a transfer's worker gives back; a str is why it did not start.
-    Result = SendResult | VerifyResult | StoredZip | str
+    Result = SendResult | VerifyResult | StoredZip | None | str
 
 Emit = Callable[[Event], None]
 

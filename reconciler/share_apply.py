@@ -101,11 +101,11 @@ class ShareExecutor:
             return ActionFinished(action, True, f"already shared with {record.recipient}")
         return ShareJob(action, record)
 
-    def store_zip(self, job: ShareJob, progress: ProgressCallback) -> StoredZip:
-        """In a worker thread: build the ZIP and put it, unless a run before did."""
+    def store_zip(self, job: ShareJob, progress: ProgressCallback) -> StoredZip | None:
+        """In a worker thread: build the ZIP and put it; None if a run before did."""
         record = job.record
-        if record.status == "stored" and record.size is not None and record.sha256 is not None:
-            return StoredZip(record.size, record.sha256)
+        if record.status == "stored":
+            return None
         holder = self.destinations(record.destination)
         if not isinstance(holder, ShareHolder):
             raise TypeError(f"{record.destination} cannot hold shares")
@@ -123,7 +123,7 @@ class ShareExecutor:
                 )
         return StoredZip(size, sha256)
 
-    def finish(self, job: ShareJob, future: Future[Any], entry: int) -> ActionFinished:
+    def finish(self, job: ShareJob, future: Future[StoredZip | None], entry: int) -> ActionFinished:
         """On the calling thread: record the ZIP stored, then mail the recipient."""
         action, record = job.action, job.record
         try:
@@ -131,7 +131,7 @@ class ShareExecutor:
         except Exception as exc:
             text = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
             return self._failed(job, entry, f"the ZIP was not stored: {text}")
-        if record.status == "pending":
+        if stored is not None:
             self.store.share_stored(action.study_uid, job.recipient, stored.size, stored.sha256)
         policy = next((p for p in self.config.policies if p.name == action.policies[0]), None)
         if policy is None or policy.share is None:

@@ -13,11 +13,13 @@ Grammar, chosen to be forgiving of how descriptions get typed at a modality cons
 
 - the token is ``pw=`` (any case, spaces allowed around ``=``) at the start of a word, and the
   password is everything after it up to the next whitespace;
-- the recipient is a word that is an e-mail address once surrounding ``<>()[],;:"'`` are
+- the recipient is a word that is an e-mail address once surrounding ``<>()[],;:."'`` are
   stripped; it is compared and mailed in lower case;
 - exactly one of each, or the study is not shared (a warning says why): two addresses or two
   passwords are ambiguous, and guessing who gets patient data is not ours to do;
 - the shared copy's description is the remaining words joined by single spaces.
+
+Redaction is broader than the grammar: any ``pw=`` is redacted, inside a word too.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ _ADDRESS = re.compile(
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}"
 )
-_AROUND_ADDRESS = "<>()[],;:\"'"
+_AROUND_ADDRESS = "<>()[],;:.\"'"
 REDACTED = "pw=***"
 
 

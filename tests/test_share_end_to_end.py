@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,3 +296,18 @@ def test_an_apply_killed_while_mailing_is_finished_by_the_next_run_without_a_new
     assert code == 0, out
     assert len(mailbox.envelopes) == 1 and share_of(config).status == "notified"
     assert archive.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_a_rebuilt_state_takes_the_shares_asked_for_as_made(
+    tmp_path: Path,
+    studies: tuple[GeneratedStudy, GeneratedStudy],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with smtp_server(None) as mailbox:
+        config = str(write_config(tmp_path, mailbox.port))
+        assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+        shutil.rmtree(tmp_path / ".reconciler")  # the state is lost
+        code, out = run(capsys, "state", "rebuild", "-c", config)
+        assert code == 0 and "the 1 that the studies' descriptions ask for are taken as made" in out
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+    assert code == 0 and "No changes." in out and len(mailbox.envelopes) == 1

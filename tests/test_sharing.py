@@ -192,17 +192,10 @@ def test_only_selected_studies_are_shared_and_only_once_complete() -> None:
     cfg = share_config(select={"modality": ["CT"]})
     assert plan_of(cfg, [asking("1.2")], {}).actions == ()  # an MR study
     recent = int((NOW - timedelta(seconds=5)).timestamp() * 1e9)
+    fields = {"study_description": "CT bob@example.org pw=***", "modality": "CT"}
     arriving = [
-        instance("1.2", "1.2.9", study_description="CT bob@example.org pw=***", modality="CT")
-    ] + [
-        instance(
-            "1.2",
-            "1.2.8",
-            study_description="CT bob@example.org pw=***",
-            modality="CT",
-            mtime_ns=recent,
-            ctime_ns=recent,
-        )
+        instance("1.2", "1.2.9", **fields),
+        instance("1.2", "1.2.8", **fields, mtime_ns=recent, ctime_ns=recent),
     ]
     plan = plan_of(cfg, [arriving], {})
     assert plan.actions == () and [w.study_uid for w in plan.waiting] == ["1.2"]
