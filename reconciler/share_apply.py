@@ -133,13 +133,12 @@ class ShareExecutor:
             return self._failed(job, entry, f"the ZIP was not stored: {text}")
         if stored is not None:
             self.store.share_stored(action.study_uid, job.recipient, stored.size, stored.sha256)
-        policy = next((p for p in self.config.policies if p.name == action.policies[0]), None)
-        if policy is None or policy.share is None:
-            return self._failed(job, entry, f"policy {action.policies[0]} no longer shares")
-        link = self._link(policy.share, record)
+        # The plan was made from this config (a saved plan is refused once it changed).
+        settings = {p.name: p.share for p in self.config.policies if p.share}[action.policies[0]]
+        link = self._link(settings, record)
         if link is None:
             return self._failed(job, entry, f"{record.destination} is gone from the config")
-        message = share_message(policy.share.smtp, self.config.site, job.recipient, link, record)
+        message = share_message(settings.smtp, self.config.site, job.recipient, link, record)
         notified = False
 
         def accepted() -> None:
@@ -148,7 +147,7 @@ class ShareExecutor:
             notified = True
 
         try:
-            deliver(policy.share.smtp, message, self.resolve, accepted)
+            deliver(settings.smtp, message, self.resolve, accepted)
         except (smtplib.SMTPException, OSError) as exc:
             if not notified:  # a failed goodbye after the server took the mail is no failure
                 return self._failed(
