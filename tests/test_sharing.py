@@ -3,22 +3,34 @@ planner's share decisions, the config's checks, and the state's migration that r
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from factories import NOW, catalog, instance, observed, study
 from factories import config as make_config
 from hypothesis import given
 from hypothesis import strategies as st
+from pydicom.multival import MultiValue
 
 from reconciler.config.load import ConfigError, load_config
-from reconciler.plan import Plan, StudyLabel
+from reconciler.plan import InstanceRef, Plan, StudyLabel
 from reconciler.planner import make_plan
-from reconciler.sharing import ShareRequest, ShareRequestError, parse_request, redact
+from reconciler.retry import PermanentError
+from reconciler.sharing import (
+    ShareRequest,
+    ShareRequestError,
+    description_text,
+    parse_request,
+    redact,
+)
 from reconciler.state import ShareRecord, StateStore
+from reconciler.synth import generate
+from reconciler.transforms.share_bundle import write_share_zip
 
 # --- reading a request -------------------------------------------------------------------------
 
@@ -80,6 +92,13 @@ def test_redaction_keeps_the_request_readable_but_not_its_password() -> None:
         "bob@example.org",
         "Knee MRI",
     )
+
+
+def test_a_password_holding_a_backslash_is_read_whole() -> None:
+    value = MultiValue(str, ["Knee bob@example.org pw=s3c", "ret"])  # as pydicom splits it
+    request = parse_request(description_text(value))
+    assert request is not None and request.password == "s3c\\ret"
+    assert redact(description_text(value)) == "Knee bob@example.org pw=***"
 
 
 @given(
@@ -285,3 +304,43 @@ def test_a_state_from_before_sharing_has_its_passwords_redacted_and_their_bytes_
         store.close()
     for path in tmp_path.iterdir():  # the database, its WAL and shared memory
         assert b"s3cretSECRET" not in path.read_bytes(), path.name
+
+
+# --- the ZIP -------------------------------------------------------------------------------------
+
+
+def test_an_instance_carrying_the_password_elsewhere_too_is_refused_without_naming_it(
+    tmp_path: Path,
+) -> None:
+    [generated] = generate(
+        tmp_path,
+        studies=1,
+        series_per_study=1,
+        instances_per_series=1,
+        matrix=8,
+        study_description="Knee bob@example.org pw=s3cretXYZ",
+    )
+    [path] = generated.files
+    dataset = pydicom.dcmread(path)
+    dataset.PerformedProcedureStepDescription = "Knee bob@example.org pw=s3cretXYZ"
+    data = io.BytesIO()
+    dataset.save_as(data, enforce_file_format=False)
+    ref = InstanceRef(
+        dataset.SOPInstanceUID,
+        dataset.SOPClassUID,
+        dataset.SeriesInstanceUID,
+        str(path),
+        len(data.getvalue()),
+        "0" * 64,
+        dataset.file_meta.TransferSyntaxUID,
+    )
+    with pytest.raises(PermanentError) as refused:
+        write_share_zip(
+            io.BytesIO(), generated.study_uid, [(ref, data.getvalue())], "bob@example.org"
+        )
+    assert "PerformedProcedureStepDescription carries a pw= token too" in str(refused.value)
+    assert "s3cretXYZ" not in str(refused.value)
+    with pytest.raises(PermanentError, match=r"does not ask for a share with carol@example\.org"):
+        write_share_zip(
+            io.BytesIO(), generated.study_uid, [(ref, data.getvalue())], "carol@example.org"
+        )
