@@ -130,14 +130,16 @@ class ShareExecutor:
             stored = future.result()
         except Exception as exc:
             text = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
-            return self._failed(job, entry, f"the ZIP was not stored: {text}")
+            why = f"the ZIP was not stored: {text}"
+            return self._failed(job, entry, why, why)
         if stored is not None:
             self.store.share_stored(action.study_uid, job.recipient, stored.size, stored.sha256)
         # The plan was made from this config (a saved plan is refused once it changed).
         settings = {p.name: p.share for p in self.config.policies if p.share}[action.policies[0]]
         link = self._link(settings, record)
         if link is None:
-            return self._failed(job, entry, f"{record.destination} is gone from the config")
+            why = f"{record.destination} is gone from the config"
+            return self._failed(job, entry, why, why)
         message = share_message(settings.smtp, self.config.site, job.recipient, link, record)
         notified = False
 
@@ -150,19 +152,22 @@ class ShareExecutor:
             deliver(settings.smtp, message, self.resolve, accepted)
         except (smtplib.SMTPException, OSError) as exc:
             if not notified:  # a failed goodbye after the server took the mail is no failure
+                why = why_failed(exc)
                 return self._failed(
                     job,
                     entry,
                     f"the ZIP is stored at {record.destination}, the mail to {job.recipient} "
-                    f"failed: {why_failed(exc)}; the next run sends it",
+                    f"failed: {why}; the next run sends it",
+                    why,
                 )
         self.store.journal_finish(entry, "done", None)
         return ActionFinished(
             action, True, f"shared with {job.recipient} ({record.key} at {record.destination})"
         )
 
-    def _failed(self, job: ShareJob, entry: int, message: str) -> ActionFinished:
-        self.store.share_failed(job.action.study_uid, job.recipient, message)
+    def _failed(self, job: ShareJob, entry: int, message: str, cause: str) -> ActionFinished:
+        """Journal the whole ``message``; the share records the ``cause`` for plan and status."""
+        self.store.share_failed(job.action.study_uid, job.recipient, cause)
         self.store.journal_finish(entry, "failed", message)
         return ActionFinished(job.action, False, message)
 

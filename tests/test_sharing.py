@@ -180,7 +180,7 @@ def test_a_share_happens_once_per_recipient_and_again_for_a_new_one() -> None:
 def test_a_stored_share_is_mailed_without_its_zip_even_once_its_files_are_gone() -> None:
     stored = {
         ("1.2", "bob@example.org"): record(
-            "1.2", "stored", attempts=2, last_error="the mail failed: ConnectionRefusedError"
+            "1.2", "stored", attempts=2, last_error="ConnectionRefusedError: Connection refused"
         )
     }
     for studies in ([asking("1.2")], []):
@@ -188,7 +188,7 @@ def test_a_stored_share_is_mailed_without_its_zip_even_once_its_files_are_gone()
         assert (action.kind, action.repair, action.instances) == ("share", True, ())
         assert action.reason == (
             "policy mailer: the ZIP is stored at outbox, the mail to bob@example.org is not "
-            "sent yet (failed 2x, last: the mail failed: ConnectionRefusedError)"
+            "sent yet (failed 2x, last: ConnectionRefusedError: Connection refused)"
         )
 
 
