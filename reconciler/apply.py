@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from reconciler.destinations.base import (
     Archiver,
@@ -32,6 +33,12 @@ from reconciler.retention import CATALOG_SHRANK
 from reconciler.state import StateStore
 from reconciler.trash import Trash, TrashError
 
+if TYPE_CHECKING:  # share_apply is imported only by a run that shares (mail, ZIP libraries)
+    from reconciler.share_apply import ShareExecutor, ShareJob, StoredZip
+
+    # What a transfer's worker gives back; a str is why it did not start.
+    Result = SendResult | VerifyResult | StoredZip | None | str
+
 Emit = Callable[[Event], None]
 
 
@@ -43,6 +50,7 @@ def apply_plan(
     parallel_studies: int = 2,
     stop: threading.Event | None = None,
     trash: Trash | None = None,
+    shares: ShareExecutor | None = None,
 ) -> dict[str, object]:
     """Run every action of ``plan``; returns the run summary (also emitted last).
 
@@ -66,20 +74,35 @@ def apply_plan(
     outcome = "interrupted"
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
     try:
-        futures: dict[Future[SendResult | VerifyResult | str], tuple[Action, int]] = {}
+        futures: dict[Future[Result], tuple[Action, int]] = {}
+        jobs: dict[Future[Result], ShareJob] = {}
         removals = [a for a in plan.actions if _is_removal(a)]
         transfers = [a for a in plan.actions if not _is_removal(a)]
         for action in transfers:
             entry = _journal_start(store, run_id, action)
-            future = pool.submit(_run_action, action, destinations, emit_safely, stop)
+            job = None
+            if action.kind == "share":
+                if shares is None:
+                    raise TypeError("a plan with shares needs a ShareExecutor to apply it")
+                if isinstance(job := shares.prepare(action), ActionFinished):  # already done
+                    store.journal_finish(entry, "done", None)
+                    emit_safely(job)
+                    done += 1
+                    continue
+            future = pool.submit(_run_action, action, destinations, emit_safely, stop, shares, job)
             futures[future] = (action, entry)
+            if job is not None:
+                jobs[future] = job
         for future in as_completed(futures):
             action, entry = futures[future]
             if future.exception() is None and isinstance(why := future.result(), str):
                 store.journal_finish(entry, "skipped", why)
                 skipped += 1
                 continue
-            finished = _record(future, action, entry, store)
+            if future in jobs and shares is not None:
+                finished = shares.finish(jobs[future], future, entry)
+            else:
+                finished = _record(future, action, entry, store)
             emit_safely(finished)
             if finished.ok:
                 done += 1
@@ -153,16 +176,23 @@ def _not_starting(action: Action, stop: threading.Event) -> str | None:
 
 
 def _run_action(
-    action: Action, destinations: Callable[[str], Destination], emit: Emit, stop: threading.Event
-) -> SendResult | VerifyResult | str:
+    action: Action,
+    destinations: Callable[[str], Destination],
+    emit: Emit,
+    stop: threading.Event,
+    shares: ShareExecutor | None = None,
+    job: ShareJob | None = None,
+) -> Result:
     if (why := _not_starting(action, stop)) is not None:
         return why
     emit(ActionStarted(action))
-    destination = destinations(action.destination)
 
     def progress(size: int) -> None:
         emit(ActionProgress(action, size))
 
+    if shares is not None and job is not None:
+        return shares.store_zip(job, progress)
+    destination = destinations(action.destination)
     if action.kind == "copy":
         return destination.send(action, progress)
     if action.kind == "archive":
@@ -173,7 +203,7 @@ def _run_action(
 
 
 def _record(
-    future: Future[SendResult | VerifyResult | str],
+    future: Future[Result],
     action: Action,
     entry: int,
     store: StateStore,

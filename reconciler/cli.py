@@ -303,6 +303,18 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {failing['kind']} {failing['study_uid']} -> {failing['destination']}: "
                 f"{failing['error']}"
             )
+    if status["shares_pending"]:
+        print("Shares not mailed yet:")
+        for share in status["shares_pending"]:
+            error = (
+                f" (failed {share['attempts']}x: {share['last_error']})"
+                if share["attempts"]
+                else ""
+            )
+            print(
+                f"  {share['study_uid']} -> {share['recipient']} at {share['destination']}: "
+                f"{share['status']}{error}"
+            )
     for run in status["runs"]:
         print(f"Run {run['id']} ({run['command']}) {run['started_at']}: {run['outcome']}")
     return EXIT_OK

@@ -17,7 +17,7 @@ from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
-from reconciler.config.model import EmailSettings
+from reconciler.config.model import EmailSettings, SmtpSettings
 
 Say = Callable[[str], None]
 Resolve = Callable[[Path], Path]
@@ -30,15 +30,29 @@ def send_email(
     warning."""
     message = compose(target, body)
     try:
-        with _connect(target, resolve) as smtp:
-            if target.username is not None and target.password is not None:
-                smtp.login(target.username, target.password.get_secret_value())
-            refused = smtp.send_message(message)
+        refused = deliver(target, message, resolve)
     except (smtplib.SMTPException, OSError) as exc:
-        say(f"WARNING: could not notify email {name} of {body['event']}: {_why(exc)}")
+        say(f"WARNING: could not notify email {name} of {body['event']}: {why_failed(exc)}")
         return
     if refused:
         say(f"WARNING: email {name}: the server refused {', '.join(sorted(refused))}")
+
+
+def deliver(
+    server: SmtpSettings,
+    message: EmailMessage,
+    resolve: Resolve,
+    accepted: Callable[[], None] = lambda: None,
+) -> dict[str, tuple[int, bytes]]:
+    """Send one message; returns the recipients refused (when some were accepted). Raises
+    smtplib.SMTPException or OSError. ``accepted`` runs as soon as the server has taken the
+    message, before the goodbye: a caller recording it leaves the least room for a crash."""
+    with _connect(server, resolve) as smtp:
+        if server.username is not None and server.password is not None:
+            smtp.login(server.username, server.password.get_secret_value())
+        refused = smtp.send_message(message)
+        accepted()
+    return refused
 
 
 def compose(target: EmailSettings, body: dict[str, Any]) -> EmailMessage:
@@ -57,7 +71,7 @@ def compose(target: EmailSettings, body: dict[str, Any]) -> EmailMessage:
     return message
 
 
-def _connect(target: EmailSettings, resolve: Resolve) -> smtplib.SMTP:
+def _connect(target: SmtpSettings, resolve: Resolve) -> smtplib.SMTP:
     timeout = target.timeout.total_seconds()
     if target.security == "ssl":
         return smtplib.SMTP_SSL(
@@ -73,7 +87,7 @@ def _connect(target: EmailSettings, resolve: Resolve) -> smtplib.SMTP:
     return smtp
 
 
-def _tls(target: EmailSettings, resolve: Resolve) -> ssl.SSLContext:
+def _tls(target: SmtpSettings, resolve: Resolve) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=resolve(target.ca) if target.ca else None)
     if not target.verify_tls:
         context.check_hostname = False
@@ -81,7 +95,7 @@ def _tls(target: EmailSettings, resolve: Resolve) -> ssl.SSLContext:
     return context
 
 
-def _why(exc: smtplib.SMTPException | OSError) -> str:
+def why_failed(exc: smtplib.SMTPException | OSError) -> str:
     # Not str(exc) in general: a server's reply can quote what it was sent.
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         return str(exc)  # smtplib's own words: STARTTLS, or AUTH, not offered by the server

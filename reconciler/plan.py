@@ -17,7 +17,8 @@ PLAN_FORMAT_VERSION = 2
 # delete: local files go to the trash; purge: trashed files older than trash_for are removed.
 # archive: one tar+zstd bundle per study at an archive_to destination.
 # prune: our copy of a study is removed from a destination (its destination retention).
-ActionKind = Literal["copy", "archive", "verify", "delete", "purge", "prune"]
+# share: one encrypted ZIP of a study put at a destination, and its link mailed (sharing.py).
+ActionKind = Literal["copy", "archive", "verify", "delete", "purge", "prune", "share"]
 LOCAL = "local"  # the destination field of local actions (delete, purge)
 
 
@@ -73,6 +74,9 @@ class Action:
     evidence: tuple[Evidence, ...] = ()  # deletions: the verified copies they rely on
     valid_until: datetime | None = None  # deletions: when that evidence grows too old
     open_until: datetime | None = None  # not started after this: its schedule window closes
+    # Shares: who gets the mail. Shown in plans because approving one means approving who
+    # receives the study; the description (redacted) carries the address anyway.
+    recipient: str | None = None
 
     @cached_property
     def bytes(self) -> int:
@@ -213,6 +217,7 @@ class Plan:
                     ),
                     valid_until=_parse_time(a["valid_until"]),
                     open_until=_parse_time(a["open_until"]),
+                    recipient=a.get("recipient"),
                 )
                 for a in document["actions"]
             ),
@@ -280,6 +285,7 @@ def _action_dict(action: Action) -> dict[str, Any]:
         ],
         "valid_until": action.valid_until.isoformat() if action.valid_until else None,
         "open_until": action.open_until.isoformat() if action.open_until else None,
+        "recipient": action.recipient,
         "items": [i._asdict() for i in action.instances],
     }
 
@@ -299,6 +305,7 @@ def summary_counts(actions: Iterable[Action]) -> dict[str, int]:
         "purges": sum(1 for a in actions if a.kind == "purge"),
         "prunes": sum(1 for a in actions if a.kind == "prune"),
         "prune_bytes": sum(a.bytes for a in actions if a.kind == "prune"),
+        "shares": sum(1 for a in actions if a.kind == "share"),
     }
 
 
@@ -380,6 +387,12 @@ def _render_action(action: Action) -> list[str]:
         head = f"  - delete {study}, {size} from local storage (to the trash){policies}"
     elif action.kind == "prune":
         head = f"  - prune  {study}, {size} from {action.destination}"
+    elif action.kind == "share":
+        what = "mail only, the ZIP is stored" if action.repair else f"{size} in an encrypted ZIP"
+        head = (
+            f"  {'~' if action.repair else '+'} share  {study} ({what}) -> {action.destination}, "
+            f"link mailed to {action.recipient}{policies}"
+        )
     else:
         head = f"  - purge  {study}, {size} from the trash"
     description = f'"{action.study.description}": ' if action.study.description else ""
@@ -406,6 +419,8 @@ def summary_line(plan: Plan) -> str:
         parts.append(
             f"{_plural(counts['archives'], 'archive')} ({human_bytes(counts['archive_bytes'])})"
         )
+    if counts["shares"]:
+        parts.append(_plural(counts["shares"], "share"))
     if counts["verifications"]:
         parts.append(_plural(counts["verifications"], "verification"))
     deletions = _plural(counts["deletions"], "deletion")

@@ -32,6 +32,8 @@ from reconciler.plan import (
 from reconciler.retention import LocalFacts, StudyFacts
 from reconciler.schedule import combine, gate
 from reconciler.selection import selects
+from reconciler.sharing import SharePlanner
+from reconciler.state import ShareRecord
 
 # Verifications that must be asked for (and are repeated every verify_every), by their name.
 # A count-only PACS gets the OsiriX plugin's "full" check on that schedule: C-FIND by instance.
@@ -55,10 +57,13 @@ def make_plan(
     fingerprint: Fingerprint | None = None,
     local: LocalFacts | None = None,
     verify_subset: tuple[int, int] | None = None,
+    shares: Mapping[tuple[str, str], ShareRecord] | None = None,
 ) -> Plan:
     """``verify_subset`` (n, t): also verify now every study in the n-th of t slices, so t
-    runs with n = 1..t check everything once (restic's ``check --read-data-subset``)."""
+    runs with n = 1..t check everything once (restic's ``check --read-data-subset``).
+    ``shares``: the state's record of shares started, by (study, recipient)."""
     local = local or LocalFacts()
+    sharing = SharePlanner(config, shares or {}, _ref)
     problems = _unobservable_destinations(config, observations)
     reachable = {
         name for name, obs in observations.items() if obs.ok and name in config.destinations
@@ -91,13 +96,16 @@ def make_plan(
                 deletions.append(deletion)
             case Retained() as kept:
                 retained.append(kept)
-        if not wanted:
+        share = sharing.for_study(study, label, instances, now)
+        if not wanted and share is None:
             continue
         if ready_at > now:
             waiting.append(
                 Waiting(study.uid, label, ready_at, _waiting_reason(study, ready_at, now))
             )
             continue
+        if share is not None:
+            actions.append(share)
         for destination, policies in wanted.items():
             if destination not in reachable:
                 continue
@@ -121,6 +129,8 @@ def make_plan(
                 in_sync += 1
             else:
                 actions.append(action)
+    actions.extend(sharing.leftovers(catalog))
+    problems.extend(sharing.problems)
     pruning = prune.prunes(
         config, local_studies, frozenset(d.study_uid for d in deletions), observations, now
     )

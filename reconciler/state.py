@@ -18,13 +18,14 @@ from functools import partial
 from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from reconciler.bulk import building
 from reconciler.catalog.model import Catalog, CatalogInstance, CatalogStudy
 from reconciler.observation import Observation, ObservedInstance, ObservedStudy
+from reconciler.plan import StudyLabel
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +77,13 @@ CREATE TABLE IF NOT EXISTS journal (
     study_uid TEXT NOT NULL, destination TEXT NOT NULL, status TEXT NOT NULL,
     started_at TEXT NOT NULL, finished_at TEXT, instances INTEGER NOT NULL,
     bytes INTEGER NOT NULL, error TEXT
+);
+CREATE TABLE IF NOT EXISTS shares (
+    study_uid TEXT NOT NULL, recipient TEXT NOT NULL, policy TEXT NOT NULL,
+    destination TEXT NOT NULL, object_key TEXT NOT NULL, status TEXT NOT NULL,
+    label TEXT NOT NULL, updated_at TEXT NOT NULL, size INTEGER, sha256 TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    PRIMARY KEY (study_uid, recipient)
 );
 """
 
@@ -148,6 +156,29 @@ class FileStamp:
     rejected: bool
 
 
+ShareStatus = Literal["pending", "stored", "notified"]
+
+
+@dataclass(frozen=True)
+class ShareRecord:
+    """One share (sharing.py), by study and recipient: ``pending`` once its object key is
+    chosen, ``stored`` once its ZIP is complete at the destination, ``notified`` once the
+    recipient's mail server accepted the mail. Never its password."""
+
+    study_uid: str
+    recipient: str
+    policy: str
+    destination: str
+    key: str
+    status: ShareStatus
+    label: StudyLabel
+    updated_at: datetime
+    size: int | None = None
+    sha256: str | None = None
+    attempts: int = 0  # failed attempts since the last step forward
+    last_error: str | None = None
+
+
 @dataclass(frozen=True)
 class RejectedFile:
     path: str
@@ -188,6 +219,8 @@ class StateStore:
             version = self._migrate_from_3()
         if version == 4:
             version = self._migrate_from_4()
+        if version == 5:
+            version = self._migrate_from_5()
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{path} has state schema {version}; "
@@ -235,6 +268,42 @@ class StateStore:
             db.execute("INSERT OR IGNORE INTO stale_packs SELECT DISTINCT study_uid FROM instances")
             db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         return 5
+
+    def _migrate_from_5(self) -> int:
+        """Version 6 records shares (the table is new) and never holds a share's password:
+        descriptions catalogued before are redacted as the scan now does, and the space their
+        old text took is zeroed (secure_delete, then a checkpoint into the main file)."""
+        from reconciler.sharing import redact
+
+        def redact_extra(text: str) -> str:
+            extra = json.loads(text)
+            if "StudyDescription" in extra:
+                extra["StudyDescription"] = redact(extra["StudyDescription"])
+            return json.dumps(extra, sort_keys=True)
+
+        self._db.create_function("redact", 1, redact, deterministic=True)
+        self._db.create_function("redact_extra", 1, redact_extra, deterministic=True)
+        self._db.execute("PRAGMA secure_delete = ON")
+        # LIKE is case-insensitive: a cheap filter, the regular expression decides.
+        asking = "LIKE '%pw%=%'"
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO stale_packs SELECT DISTINCT study_uid FROM instances "
+                f"WHERE study_description {asking} OR extra {asking}"
+            )
+            db.execute("DELETE FROM study_packs WHERE study_uid IN (SELECT * FROM stale_packs)")
+            db.execute(
+                "UPDATE instances SET study_description = redact(study_description), "
+                f"extra = redact_extra(extra) WHERE study_description {asking} OR extra {asking}"
+            )
+            db.execute(
+                "UPDATE known_studies SET study_description = redact(study_description) "
+                f"WHERE study_description {asking}"
+            )
+            db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.execute("PRAGMA secure_delete = OFF")
+        return 6
 
     def close(self) -> None:
         self._db.close()
@@ -442,6 +511,64 @@ class StateStore:
     def rejected_files(self) -> list[RejectedFile]:
         rows = self._db.execute("SELECT path, source, reason, seen_at FROM rejected ORDER BY path")
         return [RejectedFile(*row) for row in rows]
+
+    # --- shares (sharing.py) ------------------------------------------------------------------
+
+    def shares(self) -> dict[tuple[str, str], ShareRecord]:
+        """Every share ever started, by (study, recipient)."""
+        rows = self._db.execute(f"SELECT {_SHARE_COLUMNS} FROM shares")
+        return {(r[0], r[1]): _share_record(r) for r in rows}
+
+    def share_begin(
+        self,
+        study_uid: str,
+        recipient: str,
+        policy: str,
+        destination: str,
+        label: StudyLabel,
+        key: str,
+    ) -> ShareRecord:
+        """The share's record, made ``pending`` with ``key`` if new; a pending one follows the
+        config's policy and destination but keeps its key, so a put retried overwrites."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO shares (study_uid, recipient, policy, destination, "
+                "object_key, status, label, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (study_uid, recipient, policy, destination, key, _label_json(label), _now()),
+            )
+            db.execute(
+                "UPDATE shares SET policy = ?, destination = ? "
+                "WHERE study_uid = ? AND recipient = ? AND status = 'pending'",
+                (policy, destination, study_uid, recipient),
+            )
+            row = db.execute(
+                f"SELECT {_SHARE_COLUMNS} FROM shares WHERE study_uid = ? AND recipient = ?",
+                (study_uid, recipient),
+            ).fetchone()
+        return _share_record(row)
+
+    def share_stored(self, study_uid: str, recipient: str, size: int, sha256: str) -> None:
+        self._share_step(study_uid, recipient, "stored", size=size, sha256=sha256)
+
+    def share_notified(self, study_uid: str, recipient: str) -> None:
+        self._share_step(study_uid, recipient, "notified")
+
+    def share_failed(self, study_uid: str, recipient: str, error: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE shares SET attempts = attempts + 1, last_error = ?, updated_at = ? "
+                "WHERE study_uid = ? AND recipient = ?",
+                (error, _now(), study_uid, recipient),
+            )
+
+    def _share_step(self, study_uid: str, recipient: str, status: str, **values: object) -> None:
+        assigned = "".join(f", {column} = ?" for column in values)
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE shares SET status = ?, attempts = 0, last_error = NULL, updated_at = ?"
+                f"{assigned} WHERE study_uid = ? AND recipient = ?",
+                (status, _now(), *values.values(), study_uid, recipient),
+            )
 
     # --- observations --------------------------------------------------------------------
 
@@ -708,6 +835,34 @@ class StateStore:
         )
         keys = ("kind", "study_uid", "destination", "error", "attempts")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+_SHARE_COLUMNS = (
+    "study_uid, recipient, policy, destination, object_key, status, label, updated_at, size, "
+    "sha256, attempts, last_error"
+)
+
+
+def _label_json(label: StudyLabel) -> str:
+    return json.dumps([label.modalities, label.study_date, label.description])
+
+
+def _share_record(row: tuple[Any, ...]) -> ShareRecord:
+    uid, recipient, policy, destination, key, status, label, at, size, sha, attempts, error = row
+    return ShareRecord(
+        uid,
+        recipient,
+        policy,
+        destination,
+        key,
+        status,
+        StudyLabel(*json.loads(label)),
+        datetime.fromisoformat(at),
+        size,
+        sha,
+        attempts,
+        error,
+    )
 
 
 def _mark_stale(db: sqlite3.Connection, paths: list[tuple[str]], study_uids: set[str]) -> None:

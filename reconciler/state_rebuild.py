@@ -3,7 +3,8 @@
 The catalog comes back from a rescan, each destination's holdings from observing it, and the
 deep verifications of object destinations from their manifests (every stored object was
 hashed as it was written, when the manifest was written). What only the state knew (run
-history, and what was sent to peers that cannot be asked) is reported as lost.
+history, what was sent to peers that cannot be asked, which shares were mailed) is reported
+as lost.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from reconciler.config.load import LoadedConfig
 from reconciler.destinations.object_store import ObjectStoreDestination
 from reconciler.manifest import Manifest, ManifestError
 from reconciler.observation import Observation
+from reconciler.planner import make_plan
 from reconciler.recovery import STUDIES, is_study_manifest_key
+from reconciler.sharing import new_key
 from reconciler.state_lock import StateLock
 from reconciler.workspace import Workspace
 
@@ -57,7 +60,27 @@ def rebuild_state(
                 warning = _what_is_lost(workspace, name, observation)
                 if warning:
                     report.warnings.append(warning)
+            if shared := _assume_shared(workspace, now):
+                report.warnings.append(
+                    f"which shares were mailed was only in the lost state: the {shared} that "
+                    "the studies' descriptions ask for are taken as made, not mailed again"
+                )
     return report
+
+
+def _assume_shared(workspace: Workspace, now: datetime) -> int:
+    """Record every share the planner would make as made: mailing patient data to someone a
+    second time is worse than one share not made."""
+    store = workspace.store
+    shared = 0
+    for action in make_plan(workspace.config, store.load_catalog(), {}, now).actions:
+        if action.kind == "share" and action.recipient is not None:
+            label, policy = action.study, action.policies[0]
+            uid, recipient = action.study_uid, action.recipient
+            store.share_begin(uid, recipient, policy, action.destination, label, new_key())
+            store.share_notified(uid, recipient)
+            shared += 1
+    return shared
 
 
 def _set_aside(path: Path, force: bool, now: datetime) -> list[str]:

@@ -171,6 +171,7 @@ class Workspace:
                 self.fingerprint(),
                 self.local_facts(),
                 verify_subset,
+                self.store.shares(),
             )
         return plan, scanned
 
@@ -184,6 +185,13 @@ class Workspace:
     def apply(
         self, plan: Plan, emit: Emit, stop: threading.Event | None = None
     ) -> dict[str, object]:
+        shares = None
+        if any(a.kind == "share" for a in plan.actions):
+            from reconciler.share_apply import ShareExecutor
+
+            shares = ShareExecutor(
+                self.config, self.loaded.resolve_path, self.store, self.destination
+            )
         return apply_plan(
             plan,
             self.destination,
@@ -192,6 +200,7 @@ class Workspace:
             self.config.apply.parallel_studies,
             stop,
             self.trash,
+            shares,
         )
 
     def status(self, now: datetime | None = None) -> dict[str, Any]:
@@ -203,8 +212,11 @@ class Workspace:
             for name in self.config.destinations
             if (observation := self.store.load_observation(name)) is not None
         }
+        shares = self.store.shares()
         with building():
-            plan = make_plan(self.config, catalog, cached, now, local=self.local_facts())
+            plan = make_plan(
+                self.config, catalog, cached, now, local=self.local_facts(), shares=shares
+            )
         destinations = {}
         for name in self.config.destinations:
             pending = [a for a in plan.actions if a.destination == name]
@@ -233,6 +245,18 @@ class Workspace:
             "destinations": destinations,
             "rejected_files": [vars(r) for r in self.store.rejected_files()],
             "failing": self.store.failing_actions(),
+            "shares_pending": [
+                {
+                    "study_uid": r.study_uid,
+                    "recipient": r.recipient,
+                    "destination": r.destination,
+                    "status": r.status,  # pending: no ZIP yet; stored: the mail is to be sent
+                    "attempts": r.attempts,
+                    "last_error": r.last_error,
+                }
+                for r in shares.values()
+                if r.status != "notified"
+            ],
             "runs": self.store.recent_runs(),
         }
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.catalog.model import CatalogInstance
 from reconciler.manifest import is_uid
+from reconciler.sharing import description_text, redact
 from reconciler.state import FileStamp, StateStore
 
 if TYPE_CHECKING:
@@ -214,4 +215,10 @@ def read_instance(
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
     value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
+    if value is None:
+        return ""
+    if keyword == "StudyDescription":
+        # A share's password (sharing.py) must never reach the state: it is read from the
+        # files when the share is made, and the catalog knows only that one was given.
+        return redact(description_text(value))
+    return str(value).strip()

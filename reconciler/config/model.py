@@ -6,6 +6,7 @@ Everything here is pure data; loading files and resolving references lives in ``
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 from datetime import date, timedelta
 from email.utils import parseaddr
@@ -427,6 +428,11 @@ class Policy(StrictModel):
         description="An object destination that keeps one tar+zstd bundle per selected study "
         "(cold storage); a bundle counts as a verified copy for keep_local.",
     )
+    share: ShareSettings | None = Field(
+        None,
+        description="Mail an encrypted ZIP of each selected study whose StudyDescription names "
+        "a recipient and a password (pw=...), once per study and recipient.",
+    )
     keep_local: Duration | None = Field(
         None,
         description="Delete the local files of selected studies after this long, once "
@@ -443,8 +449,10 @@ class Policy(StrictModel):
 
     @model_validator(mode="after")
     def _does_something(self) -> Policy:
-        if not self.copy_to and self.keep_local is None and self.archive_to is None:
-            raise ValueError("give copy_to, archive_to or keep_local: this policy does nothing")
+        if not (self.copy_to or self.archive_to or self.share) and self.keep_local is None:
+            raise ValueError(
+                "give copy_to, archive_to, share or keep_local: this policy does nothing"
+            )
         return self
 
 
@@ -634,8 +642,8 @@ MailAddress = Annotated[str, AfterValidator(_mail_address)]
 SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 
 
-class EmailSettings(StrictModel):
-    """An SMTP server that mails each notification as plain text."""
+class SmtpSettings(StrictModel):
+    """An SMTP server and how to reach it (notifications by e-mail, share mails)."""
 
     host: str = Field(description="SMTP server (submission or relay), e.g. smtp.example.org.")
     port: int | None = Field(
@@ -651,14 +659,10 @@ class EmailSettings(StrictModel):
     username: str | None = Field(None, description="Log in with this user and password.")
     password: SecretStr | None = Field(None, description="Give it as ${env:X} or ${file:P}.")
     from_address: MailAddress = Field(description="Sender, e.g. 'Reconciler <pacs@example.org>'.")
-    to: list[MailAddress] = Field(min_length=1, description="Recipients.")
-    events: list[NotificationEvent] = Field(
-        PROBLEM_EVENTS, min_length=1, description=EVENTS_DESCRIPTION
-    )
     timeout: Duration = Field(timedelta(seconds=30), description="Per connection and command.")
 
     @model_validator(mode="after")
-    def _password_over_tls(self) -> EmailSettings:
+    def _password_over_tls(self) -> SmtpSettings:
         if (self.username is None) != (self.password is None):
             raise ValueError("give username and password together")
         if self.password is not None and self.security == "none":
@@ -668,6 +672,43 @@ class EmailSettings(StrictModel):
     @property
     def server_port(self) -> int:
         return self.port or SMTP_PORTS[self.security]
+
+
+class ShareSettings(StrictModel):
+    """Share selected studies by e-mail: each whose StudyDescription names one recipient and a
+    password (``Knee MRI bob@example.org pw=s3cret``) gets one AES-256 encrypted ZIP at the
+    destination, and the recipient a mail with its link; the password is never mailed, stored
+    or shown (the sender gives it by other means)."""
+
+    destination: Name = Field(
+        description="Object destination (folder or S3) the ZIPs go to, as shares/<random>.zip."
+    )
+    link: str | None = Field(
+        None,
+        description="What the mail gives the recipient, with {key} for the ZIP's key under the "
+        "destination, e.g. 'https://share.example.org/{key}'. Default: the ZIP's path (folders) "
+        "or URL (S3).",
+    )
+    smtp: SmtpSettings = Field(description="The server that sends the mails.")
+
+    @field_validator("link")
+    @classmethod
+    def _only_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        if fields != {"key"}:
+            raise ValueError("the link must hold {key} and no other {field}")
+        return value
+
+
+class EmailSettings(SmtpSettings):
+    """An SMTP server that mails each notification as plain text."""
+
+    to: list[MailAddress] = Field(min_length=1, description="Recipients.")
+    events: list[NotificationEvent] = Field(
+        PROBLEM_EVENTS, min_length=1, description=EVENTS_DESCRIPTION
+    )
 
 
 class NotificationSettings(StrictModel):
@@ -725,6 +766,21 @@ class Config(StrictModel):
             return [(where, f"'{name}' also receives plain copies (copy_to); use another prefix")]
         return []
 
+    def _share_errors(self, i: int, policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
+        if policy.share is None:
+            return []
+        where: tuple[str | int, ...] = ("policies", i, "share", "destination")
+        name = policy.share.destination
+        target = self.destinations.get(name)
+        if target is None:
+            return [(where, f"'{name}' is not a destination")]
+        if target.object is None:
+            return [(where, f"'{name}' is not an object destination; ZIPs go to object stores")]
+        if target.encryption is not None or target.compression != "keep":
+            # The recipient opens the ZIP with its password alone: nothing else may seal it.
+            return [(where, f"'{name}' encrypts or compresses; a share's ZIP must stay as made")]
+        return []
+
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Names that point nowhere, with the location of each (checked by the loader)."""
         errors: list[tuple[tuple[str | int, ...], str]] = []
@@ -736,6 +792,7 @@ class Config(StrictModel):
                 errors.append((("policies", i, "name"), f"two policies are named '{policy.name}'"))
             seen.add(policy.name)
             errors.extend(self._archive_errors(i, policy))
+            errors.extend(self._share_errors(i, policy))
             for j, dest in enumerate(policy.copy_to):
                 if dest not in self.destinations:
                     known = ", ".join(sorted(self.destinations)) or "none are defined"
