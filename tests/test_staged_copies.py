@@ -264,6 +264,14 @@ def test_anonymizing_destinations_refuse_what_would_misread_them(tmp_path: Path)
     config.write_text(base + "recovery_points: {store_at: [teaching]}\n")
     with pytest.raises(ConfigError, match="not an object destination holding the studies"):
         load_config(config)
+    share = (
+        "  - name: mail\n"
+        "    share: {destination: teaching, smtp: {host: localhost, security: none, "
+        "from_address: a@example.org}}\n"
+    )
+    config.write_text(base + share)
+    with pytest.raises(ConfigError, match="'teaching' anonymizes; a share is the study itself"):
+        load_config(config)
 
 
 def test_secret_is_never_written_anywhere(

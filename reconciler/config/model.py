@@ -779,6 +779,8 @@ class Config(StrictModel):
         if target.encryption is not None or target.compression != "keep":
             # The recipient opens the ZIP with its password alone: nothing else may seal it.
             return [(where, f"'{name}' encrypts or compresses; a share's ZIP must stay as made")]
+        if target.anonymize is not None:
+            return [(where, f"'{name}' anonymizes; a share is the study itself, for its recipient")]
         return []
 
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:

@@ -441,6 +441,7 @@ class ObjectStoreDestination:
             return
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         _replace_atomically(path, lambda out: shutil.copyfileobj(handle, out))
+        _fsync_dir(Path(path).parent)  # the rename too must survive a power loss
 
     # --- archive bundles (archive_to) -------------------------------------------------------
 
