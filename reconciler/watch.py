@@ -4,14 +4,16 @@ A cycle (incremental scan, plan, apply) runs when files in a source change, when
 was waiting becomes stable, when the config changes, and every ``watch.replan_every``. An
 invalid new config is reported and the last good one keeps running. Setting ``stop`` (SIGTERM
 or SIGINT in the CLI) stops new work; transfers in flight finish first. With ``api:`` the
-integration API is served beside the loop, and its reconcile request wakes it.
+integration API is served beside the loop, and its reconcile request wakes it; one asked
+while a cycle runs, or while one is already asked for, is refused (409) rather than queued.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,8 +45,8 @@ def watch(
     stall = Stall(datetime.now(UTC))  # in memory: a new watch process starts afresh
     emit = metrics.view(emit)
     workspace = Workspace(loaded, "watch")
-    wake = threading.Event()  # set by the API's reconcile request
-    api = Operations(loaded, wake.set, say)
+    requests = Requests()
+    api = Operations(loaded, requests.ask, say)
     try:
         # The endpoints keep the address (and the API its token) they started with; a reload
         # does not move them.
@@ -68,12 +70,46 @@ def watch(
                     loaded, workspace = _reload(config_path, loaded, workspace, say)
                     api.loaded = loaded
                     due = datetime.now(UTC)
-                if changes or wake.is_set() or datetime.now(UTC) >= due:
-                    wake.clear()  # a request during the cycle asks for one more after it
-                    plan = _cycle(workspace, emit, say, stop, metrics, stall)
+                if changes or requests.asked.is_set() or datetime.now(UTC) >= due:
+                    with requests.running():
+                        plan = _cycle(workspace, emit, say, stop, metrics, stall)
                     due = _next_cycle(workspace, plan)
     finally:
         workspace.close()
+
+
+class Requests:
+    """The API's reconcile requests: the first is taken, any other is refused while it waits
+    or while a cycle runs; the client asks again later instead of requests piling up."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self._lock = threading.Lock()
+        self._running_since: datetime | None = None
+
+    def ask(self) -> str | None:
+        """None when the request is taken; else why it is not."""
+        with self._lock:
+            if self._running_since is not None:
+                return (
+                    f"a reconcile is running (since {self._running_since:%H:%M:%S} UTC); "
+                    "ask again once it has finished"
+                )
+            if self.asked.is_set():
+                return "a reconcile was asked for already and is about to start"
+            self.asked.set()
+            return None
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self._running_since = datetime.now(UTC)
+            self.asked.clear()  # this cycle answers what was asked
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running_since = None
 
 
 def _watched_paths(loaded: LoadedConfig) -> list[Path]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from reconciler.api.operations import Operations
 from reconciler.api.server import serving
 from reconciler.config.load import load_config
 from reconciler.state import StateStore
+from reconciler.watch import Requests
 
 TOKEN = "api-token-never-shown-0123456789"
 
@@ -490,3 +493,56 @@ def test_a_peer_without_c_get_is_refused_clearly(
         "cannot retrieve from pacs: the peer refused C-GET (Study Root Query/Retrieve GET), "
         "which restores need"
     )
+
+
+def test_a_reconcile_asked_for_while_one_runs_or_waits_is_refused_409(tmp_path: Path) -> None:
+    """A peer that takes connections but never answers makes each cycle last acse_timeout."""
+    metrics, api_port = free_port(), free_port()
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never accepts
+        (tmp_path / "inbox").mkdir()
+        (tmp_path / "reconciler.yaml").write_text(
+            "site: busy\nsources: {inbox: {path: inbox, stable_after: 0s}}\n"
+            "destinations:\n  pacs:\n    dicom: {host: 127.0.0.1, "
+            f"port: {silent.getsockname()[1]}, ae_title: SILENT, acse_timeout: 2s}}\n"
+            "policies: [{name: all, copy_to: [pacs]}]\n"
+            f"api: {{listen: {api_port}, token: {TOKEN}}}\n"
+            f"watch: {{replan_every: 1h, metrics: {{listen: {metrics}}}}}\n"
+        )
+        url = f"http://127.0.0.1:{api_port}/v1/reconcile"
+        with watching(tmp_path):
+            wait_for_value(metrics, "reconciler_reconcile_duration_seconds_count", 1)
+            taken = call(url, "POST")
+            waiting = call(url, "POST")
+            answers = []
+
+            def running() -> bool:
+                answers.append(call(url, "POST"))
+                return "running" in answers[-1][1]["error"]
+
+            wait_for(running, "a 409 while the cycle runs")
+            proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{api_port}/RPC2")
+            with pytest.raises(xmlrpc.client.Fault) as fault:
+                proxy.Reconcile({"token": TOKEN})
+            wait_for_value(metrics, "reconciler_reconcile_duration_seconds_count", 2)
+            after = call(url, "POST")
+    assert taken[:2] == (202, {"accepted": True})
+    assert waiting[0] == 409  # about to start, or (if the loop's tick came between) running
+    assert {status for status, _, _ in answers} == {409}
+    assert re.fullmatch(
+        r"a reconcile is running \(since \d\d:\d\d:\d\d UTC\); ask again once it has finished",
+        answers[-1][1]["error"],
+    )
+    assert fault.value.faultCode == 409 and "a reconcile is running" in fault.value.faultString
+    assert after[:2] == (202, {"accepted": True})  # nothing queued behind the refusals
+
+
+def test_reconcile_requests_are_taken_one_at_a_time() -> None:
+    requests = Requests()
+    assert requests.ask() is None and requests.asked.is_set()
+    assert requests.ask() == "a reconcile was asked for already and is about to start"
+    with requests.running():
+        assert not requests.asked.is_set()  # the running cycle answers the request
+        busy = requests.ask()
+    assert busy is not None and busy.startswith("a reconcile is running (since ")
+    assert not requests.asked.is_set()  # refused, not queued
+    assert requests.ask() is None

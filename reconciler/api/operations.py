@@ -66,8 +66,11 @@ def text_fields(
 
 
 class Operations:
-    def __init__(self, loaded: LoadedConfig, wake: Callable[[], None] | None, say: Say) -> None:
-        """``wake`` starts a reconcile (watch's loop); None where no loop runs (`serve`)."""
+    def __init__(
+        self, loaded: LoadedConfig, wake: Callable[[], str | None] | None, say: Say
+    ) -> None:
+        """``wake`` asks watch's loop for a reconcile: None when taken, else why not (one runs
+        or is asked for already); ``wake`` is None where no loop runs (`serve`)."""
         self.loaded = loaded  # watch puts a reloaded config here
         self._wake = wake
         self._say = say
@@ -91,7 +94,9 @@ class Operations:
                 "no watch loop runs here (reconciler serve): run `reconciler apply`, or "
                 "serve the API from `reconciler watch`",
             )
-        self._wake()
+        busy = self._wake()
+        if busy is not None:
+            raise ApiError(409, busy)
         return {"accepted": True}
 
     def restore(

@@ -124,9 +124,10 @@ def retrieve_study(target: DicomTarget, name: str, study: KnownStudy, root: Path
 
 
 def storage_contexts(study: KnownStudy) -> list[Context]:
-    """The SOP classes and transfer syntaxes the catalog says the study has, so each instance
-    can come back as it was sent; without them (the files are gone here), the common storage
-    classes, uncompressed: a peer then sends a compressed instance decompressed, or not."""
+    """The SOP classes the catalog says the study has, each offered in its files' transfer
+    syntaxes first, then uncompressed (the peer picks: Orthanc 1.10 picks uncompressed and
+    decompresses what it sends). Without them (the files are gone here), the common storage
+    classes, uncompressed."""
     if {i.sop_uid for i in study.local} >= study.sop_uids:
         pairs = sorted({(i.sop_class_uid, i.transfer_syntax) for i in study.local})
         if len(pairs) < MAX_CONTEXTS:  # one context is C-GET's
