@@ -2,12 +2,12 @@
 
 A cycle (incremental scan, plan, apply) runs when files in a source change, when a study that
 was waiting becomes stable, when the config changes, and every ``watch.replan_every``. An
-invalid new config is reported and the last good one keeps running; a cycle stopped by the
-local disk (a full disk under the state) is reported in one line and tried again, the loop
-runs on. Setting ``stop`` (SIGTERM
-or SIGINT in the CLI) stops new work; transfers in flight finish first. With ``api:`` the
-integration API is served beside the loop, and its reconcile request wakes it; one asked
-while a cycle runs, or while one is already asked for, is refused (409) rather than queued.
+invalid new config is reported and the last good one keeps running. A cycle stopped by the
+local disk (a full disk under the state) is reported in one line and tried again; the loop
+runs on. Setting ``stop`` (SIGTERM or SIGINT in the CLI) stops new work; transfers in flight
+finish first. With ``api:`` the integration API is served beside the loop, and its reconcile
+request wakes it; one asked while a cycle runs, or while one is already asked for, is refused
+(409) rather than queued.
 """
 
 from __future__ import annotations
