@@ -102,9 +102,9 @@ class Operations:
     def restore(
         self, study_uid: str, to: str, destination: str | None = None, point: str | None = None
     ) -> RestoreReport:
-        """The study's copy at ``destination`` (by default the first object destination, else
-        DICOM one, that holds it) as it stands now, or as recovery point ``point`` (object
-        destinations only) has it, restored into the folder ``to`` (relative to
+        """The study's copy at ``destination`` (by default the first object destination that
+        holds it, else the first DICOM one) as it stands now, or as recovery point ``point``
+        (object destinations only) has it, restored into the folder ``to`` (relative to
         ``api.restore_root``, or inside it)."""
         if not is_uid(study_uid):
             raise ApiError(400, "study_uid must be a DICOM UID (digits and dots)")
