@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from peers import DicomPeer, orthanc_get, start_orthanc
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 from test_cli_end_to_end import s3_destination
 
 from reconciler.cli import main
@@ -728,17 +729,26 @@ def test_retrieve_restores_a_study_from_a_dicom_peer_and_reports_what_it_lacks(
             i for i in orthanc_get(peer, "/instances?expand")
             if i["MainDicomTags"]["SOPInstanceUID"] in originals
         )  # fmt: skip
-        request = urllib.request.Request(f"{peer.rest_url}/instances/{lost['ID']}", method="DELETE")
-        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request).close()
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        direct.open(
+            urllib.request.Request(f"{peer.rest_url}/instances/{lost['ID']}", method="DELETE")
+        ).close()
+        # And one the state never knew is added to the study there: it must not be kept.
+        extra = dcmread(next(study.rglob("*.dcm")))
+        extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        extra.save_as(tmp_path / "extra.dcm")
+        direct.open(f"{peer.rest_url}/instances", (tmp_path / "extra.dcm").read_bytes()).close()
         code, report = run_json(capsys, *retrieve, "--from", "pacs", "--to", str(tmp_path / "out"))
         again = run(capsys, *retrieve, "--from", "pacs", "--to", str(tmp_path / "out"))
         not_dicom = run(capsys, *retrieve, "--from", "backup", "--to", str(tmp_path / "x"))
     down = run(capsys, *retrieve, "--from", "pacs", "--to", str(tmp_path / "down"))
     lost_uid = lost["MainDicomTags"]["SOPInstanceUID"]
     assert code == 1 and (report["restored"], report["instances"]) == (5, 6), report
-    [problem] = report["problems"]
-    assert (problem["kind"], problem["sop_instance_uid"]) == ("missing", lost_uid)
-    assert problem["detail"].startswith("the peer did not send it")
+    problems = {p["kind"]: p for p in report["problems"]}
+    assert problems.keys() == {"missing", "unexpected"}
+    assert problems["missing"]["sop_instance_uid"] == lost_uid
+    assert problems["missing"]["detail"].startswith("the peer did not send it")
+    assert problems["unexpected"]["sop_instance_uid"] == extra.SOPInstanceUID
     restored = {p.stem: dcmread(p) for p in (tmp_path / "out" / uid).glob("*/*.dcm")}
     assert restored.keys() == originals.keys() - {lost_uid}
     for sop_uid, copy in restored.items():
