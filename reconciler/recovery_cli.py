@@ -496,8 +496,13 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
     loaded = load_config(args.config)
     name, settings = args.source, loaded.config.destinations.get(args.source)
-    if settings is None or settings.dicom is None:
-        peers = [n for n, d in loaded.config.destinations.items() if d.dicom is not None]
+    if settings is None or settings.dicom is None or settings.anonymize is not None:
+        # De-identified copies cannot give a study back.
+        peers = [
+            n
+            for n, d in loaded.config.destinations.items()
+            if d.dicom is not None and d.anonymize is None
+        ]
         raise UsageError(
             f"'{name}' is not a DICOM destination (known: {', '.join(peers) or 'none'})"
         )

@@ -301,6 +301,21 @@ def test_a_restore_into_a_folder_checks_every_file_against_its_hash(site: Site) 
     assert any(f"api: restored study {study.uid} from backup" in line for line in api.log)
 
 
+def test_a_destination_of_de_identified_copies_gives_no_study_back(site: Site) -> None:
+    teaching = (
+        "  teaching:\n    dicom: {host: 127.0.0.1, port: 1, ae_title: TEACHING}\n"
+        "    anonymize: {profile: ps3.15-basic, secret: '${env:API_TOKEN}'}\n"
+    )
+    site.config.write_text(site.config.read_text().replace("policies:", teaching + "policies:"))
+    with serving_site(site) as api:
+        body = {"study_uid": site.studies[0].uid, "to": "x", "destination": "teaching"}
+        status, answer, _ = call(f"{api.url}/v1/restore", "POST", body)
+    assert (status, answer) == (
+        400,
+        {"error": "teaching holds de-identified copies: they give no study back"},
+    )
+
+
 def test_restores_are_refused_without_a_restore_root(site: Site) -> None:
     site.config.write_text(site.config.read_text().replace(", restore_root: out", ""))
     with serving_site(site) as api:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from peers import DicomPeer, orthanc_get, start_orthanc
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import RLELossless, generate_uid
 from test_cli_end_to_end import s3_destination
 
 from reconciler.cli import main
@@ -712,6 +712,10 @@ def test_retrieve_restores_a_study_from_a_dicom_peer_and_reports_what_it_lacks(
     tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     study = study_folders(inbox)[0]
+    compressed = next(study.rglob("*.dcm"))  # it must come back compressed, as it was sent
+    dataset = dcmread(compressed)
+    dataset.compress(RLELossless)
+    dataset.save_as(compressed)
     originals = {str(d.SOPInstanceUID): d for d in map(dcmread, study.rglob("*.dcm"))}
     uid = str(next(iter(originals.values())).StudyInstanceUID)
     config = tmp_path / "reconciler.yaml"
@@ -727,14 +731,14 @@ def test_retrieve_restores_a_study_from_a_dicom_peer_and_reports_what_it_lacks(
         # One instance is lost at the peer after the copy: the restore must say so.
         lost = next(
             i for i in orthanc_get(peer, "/instances?expand")
-            if i["MainDicomTags"]["SOPInstanceUID"] in originals
+            if i["MainDicomTags"]["SOPInstanceUID"] in originals.keys() - {dataset.SOPInstanceUID}
         )  # fmt: skip
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         direct.open(
             urllib.request.Request(f"{peer.rest_url}/instances/{lost['ID']}", method="DELETE")
         ).close()
         # And one the state never knew is added to the study there: it must not be kept.
-        extra = dcmread(next(study.rglob("*.dcm")))
+        extra = dcmread(sorted(study.rglob("*.dcm"))[-1])
         extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         extra.save_as(tmp_path / "extra.dcm")
         direct.open(f"{peer.rest_url}/instances", (tmp_path / "extra.dcm").read_bytes()).close()
@@ -751,8 +755,9 @@ def test_retrieve_restores_a_study_from_a_dicom_peer_and_reports_what_it_lacks(
     assert problems["unexpected"]["sop_instance_uid"] == extra.SOPInstanceUID
     restored = {p.stem: dcmread(p) for p in (tmp_path / "out" / uid).glob("*/*.dcm")}
     assert restored.keys() == originals.keys() - {lost_uid}
+    assert restored[dataset.SOPInstanceUID].file_meta.TransferSyntaxUID == RLELossless
     for sop_uid, copy in restored.items():
-        # Sent back in the transfer syntax the catalog knows, element for element the same.
+        # Back in the transfer syntax the catalog knows, element for element the same.
         assert copy == originals[sop_uid] and copy.PixelData == originals[sop_uid].PixelData
         assert copy.file_meta.TransferSyntaxUID == originals[sop_uid].file_meta.TransferSyntaxUID
     assert again[0] == 1 and "5 already there, of the 6 the state knows" in again[1]

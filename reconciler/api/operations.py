@@ -193,7 +193,7 @@ class Operations:
         with self._state() as store:
             for kind in ("object", "dicom"):
                 for name, settings in self.loaded.config.destinations.items():
-                    if getattr(settings, kind) is None:
+                    if getattr(settings, kind) is None or settings.anonymize is not None:
                         continue
                     observation = store.load_observation(name, study_uid)
                     if observation is not None and study_uid in observation.studies:
@@ -210,6 +210,8 @@ class Operations:
             raise ApiError(
                 400, f"{name} is neither an object nor a DICOM destination; restores read those"
             )
+        if settings.anonymize is not None:
+            raise ApiError(400, f"{name} holds de-identified copies: they give no study back")
         return settings
 
     @contextmanager

@@ -124,13 +124,13 @@ def retrieve_study(target: DicomTarget, name: str, study: KnownStudy, root: Path
 
 
 def storage_contexts(study: KnownStudy) -> list[Context]:
-    """The SOP classes the catalog says the study has, each offered in its files' transfer
-    syntaxes first, then uncompressed (the peer picks: Orthanc 1.10 picks uncompressed and
-    decompresses what it sends). Without them (the files are gone here), the common storage
-    classes, uncompressed."""
+    """The SOP classes and transfer syntaxes the catalog says the study has (a compressed
+    syntax gets a context of its own), so each instance can come back as it was sent. Without
+    them (the files are gone here), the common storage classes, uncompressed: the peer then
+    decompresses a compressed instance to send it, or fails to."""
     if {i.sop_uid for i in study.local} >= study.sop_uids:
         pairs = sorted({(i.sop_class_uid, i.transfer_syntax) for i in study.local})
-        if len(pairs) < MAX_CONTEXTS:  # one context is C-GET's
+        if 2 * len(pairs) < MAX_CONTEXTS:  # up to two contexts a pair, and one for C-GET
             return pairs
     return [(str(c.abstract_syntax), ExplicitVRLittleEndian) for c in StoragePresentationContexts]
 
