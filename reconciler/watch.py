@@ -45,6 +45,8 @@ def watch(
     say: Callable[[str], None],
     stop: threading.Event,
 ) -> None:
+    # Taken before the config is read: an edit made while watch starts is then seen as one.
+    stamp = _config_stamp(config_path)
     loaded = load_config(config_path)
     metrics = WatchMetrics()
     stall = Stall(datetime.now(UTC))  # in memory: a new watch process starts afresh
@@ -62,7 +64,6 @@ def watch(
             if url:
                 say(f"API at {url}")
             due = datetime.now(UTC)
-            stamp = _config_stamp(config_path)
             for changes in watchfiles.watch(
                 *_watched_paths(loaded),
                 stop_event=stop,
