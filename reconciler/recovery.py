@@ -336,8 +336,9 @@ def is_due(points: Sequence[RecoveryPoint], every: timedelta, now: datetime) -> 
 # --- findings -------------------------------------------------------------------------------
 
 # "transcoded" is a note, not a problem: restored pixel-identical from a lossless transcode.
+# "unexpected": a DICOM peer sent an instance that is not the study's (dicom_retrieve).
 FindingKind = Literal[
-    "missing", "corrupt", "undecodable", "unsafe", "conflict", "failed", "transcoded"
+    "missing", "corrupt", "undecodable", "unsafe", "conflict", "failed", "transcoded", "unexpected"
 ]
 
 

@@ -1,8 +1,10 @@
-"""`reconciler recover create|list|verify|restore|forget` and `reconciler state rebuild`.
+"""`reconciler recover create|list|verify|restore|restore-archive|retrieve|forget` and
+`reconciler state rebuild`.
 
-Argument parsing and views only; the work is in ``recovery`` and ``state_rebuild``. Commands
-that only read points (list, verify, restore) open the object destinations straight from the
-config and never touch the state: after a disaster there may be none.
+Argument parsing and views only; the work is in ``recovery``, ``state_rebuild`` and
+``destinations.dicom_retrieve``. Commands that only read points (list, verify, restore) open
+the object destinations straight from the config and never touch the state: after a disaster
+there may be none. `retrieve` reads it (never writes it): it says which instances to expect.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from reconciler.recovery import (
     restore_to_folder,
     verify_point,
 )
+from reconciler.state import StateStore
 from reconciler.state_rebuild import StateExistsError, rebuild_state
 from reconciler.stored_copy import PIXEL_IDENTICAL
 from reconciler.workspace import Workspace
@@ -94,6 +97,15 @@ def register(commands: Any) -> None:
     _at(sub, "the archive_to destination (default: the one the policies archive to)")
     sub.add_argument("--to", type=Path, required=True, metavar="DIR", help="DIR/study/series/sop")
     sub.add_argument("--study", action="append", default=[], metavar="UID", help="only this study")
+
+    sub = _command(
+        actions, "retrieve", cmd_retrieve, "restore a study from a DICOM destination (C-GET)"
+    )
+    sub.add_argument(
+        "--from", dest="source", required=True, metavar="NAME", help="the DICOM destination"
+    )
+    sub.add_argument("--study", required=True, metavar="UID", help="its StudyInstanceUID")
+    sub.add_argument("--to", type=Path, required=True, metavar="DIR", help="DIR/study/series/sop")
 
     sub = _command(actions, "forget", cmd_forget, "remove points recovery_points.keep lets go")
     sub.add_argument("--dry-run", action="store_true", help="only say what would be removed")
@@ -469,6 +481,53 @@ def cmd_restore_archive(args: argparse.Namespace) -> int:
             f"Restored {report.studies} archived studies from {store.name} to {report.target}: "
             f"{report.restored} instances restored ({human_bytes(report.bytes)}), "
             f"{report.already_present} already there, each checked against its source SHA-256: "
+            f"{_verdict(report.problems)}."
+        )
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    # Here, not at the top: pynetdicom would slow every command's start.
+    from reconciler.destinations.dicom_retrieve import (
+        RetrieveUnavailable,
+        known_study,
+        retrieve_study,
+    )
+
+    loaded = load_config(args.config)
+    name, settings = args.source, loaded.config.destinations.get(args.source)
+    if settings is None or settings.dicom is None or settings.anonymize is not None:
+        # De-identified copies cannot give a study back.
+        peers = [
+            n
+            for n, d in loaded.config.destinations.items()
+            if d.dicom is not None and d.anonymize is None
+        ]
+        raise UsageError(
+            f"'{name}' is not a DICOM destination (known: {', '.join(peers) or 'none'})"
+        )
+    if not loaded.state_path.exists():
+        raise UsageError(
+            f"no state at {loaded.state_path}: it says which instances the study has "
+            "(`reconciler state rebuild` makes one)"
+        )
+    state = StateStore(loaded.state_path)
+    try:
+        study = known_study(state, name, args.study)
+    finally:
+        state.close()
+    try:
+        report = retrieve_study(settings.dicom, name, study, args.to)
+    except RetrieveUnavailable as exc:
+        raise UsageError(f"cannot retrieve from {name}: {exc.reason} ({exc})") from None
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        _print_problems(report.problems)
+        print(
+            f"Retrieved study {study.uid} from {name} to {report.target}: {report.restored} "
+            f"instances restored ({human_bytes(report.bytes)}), {report.already_present} "
+            f"already there, of the {report.instances} the state knows: "
             f"{_verdict(report.problems)}."
         )
     return EXIT_OK if report.ok else EXIT_ERROR

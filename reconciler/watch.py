@@ -2,23 +2,29 @@
 
 A cycle (incremental scan, plan, apply) runs when files in a source change, when a study that
 was waiting becomes stable, when the config changes, and every ``watch.replan_every``. An
-invalid new config is reported and the last good one keeps running. Setting ``stop`` (SIGTERM
-or SIGINT in the CLI) stops new work; transfers in flight finish first. With ``api:`` the
-integration API is served beside the loop, and its reconcile request wakes it.
+invalid new config is reported and the last good one keeps running. A cycle stopped by the
+local disk (a full disk under the state) is reported in one line and tried again; the loop
+runs on. Setting ``stop`` (SIGTERM or SIGINT in the CLI) stops new work; transfers in flight
+finish first. With ``api:`` the integration API is served beside the loop, and its reconcile
+request wakes it; one asked while a cycle runs, or while one is already asked for, is refused
+(409) rather than queued.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import watchfiles
 
 from reconciler.api.operations import Operations
 from reconciler.api.server import serving
+from reconciler.config.durations import format_duration
 from reconciler.config.load import ConfigError, LoadedConfig, load_config
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.events import Event
@@ -30,6 +36,7 @@ from reconciler.recovery_cli import describe_created, write_due_points
 from reconciler.workspace import Workspace
 
 TICK_MS = 1000  # how often the loop looks at the clock when no file changes
+RETRY_AFTER = timedelta(seconds=30)  # after a cycle the local disk stopped
 
 
 def watch(
@@ -38,13 +45,15 @@ def watch(
     say: Callable[[str], None],
     stop: threading.Event,
 ) -> None:
+    # Taken before the config is read: an edit made while watch starts is then seen as one.
+    stamp = _config_stamp(config_path)
     loaded = load_config(config_path)
     metrics = WatchMetrics()
     stall = Stall(datetime.now(UTC))  # in memory: a new watch process starts afresh
     emit = metrics.view(emit)
     workspace = Workspace(loaded, "watch")
-    wake = threading.Event()  # set by the API's reconcile request
-    api = Operations(loaded, wake.set, say)
+    requests = Requests()
+    api = Operations(loaded, requests.ask, say)
     try:
         # The endpoints keep the address (and the API its token) they started with; a reload
         # does not move them.
@@ -55,7 +64,6 @@ def watch(
             if url:
                 say(f"API at {url}")
             due = datetime.now(UTC)
-            stamp = _config_stamp(config_path)
             for changes in watchfiles.watch(
                 *_watched_paths(loaded),
                 stop_event=stop,
@@ -68,12 +76,55 @@ def watch(
                     loaded, workspace = _reload(config_path, loaded, workspace, say)
                     api.loaded = loaded
                     due = datetime.now(UTC)
-                if changes or wake.is_set() or datetime.now(UTC) >= due:
-                    wake.clear()  # a request during the cycle asks for one more after it
-                    plan = _cycle(workspace, emit, say, stop, metrics, stall)
-                    due = _next_cycle(workspace, plan)
+                if changes or requests.asked.is_set() or datetime.now(UTC) >= due:
+                    started = time.monotonic()
+                    try:
+                        with requests.running():
+                            plan = _cycle(workspace, emit, say, stop, metrics, stall)
+                        due = _next_cycle(workspace, plan)
+                    except (sqlite3.Error, OSError) as exc:
+                        # A full disk under the state, most often. What was recorded stays
+                        # (each write is a transaction); a service retries rather than exits.
+                        metrics.record_cycle(time.monotonic() - started, ok=False)
+                        retry = min(workspace.config.watch.replan_every, RETRY_AFTER)
+                        say(_stopped(exc, workspace.loaded.state_path, retry))
+                        due = datetime.now(UTC) + retry
     finally:
         workspace.close()
+
+
+class Requests:
+    """The API's reconcile requests: the first is taken, any other is refused while it waits
+    or while a cycle runs; the client asks again later instead of requests piling up."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self._lock = threading.Lock()
+        self._running_since: datetime | None = None
+
+    def ask(self) -> str | None:
+        """None when the request is taken; else why it is not."""
+        with self._lock:
+            if self._running_since is not None:
+                return (
+                    f"a reconcile is running (since {self._running_since:%H:%M:%S} UTC); "
+                    "ask again once it has finished"
+                )
+            if self.asked.is_set():
+                return "a reconcile was asked for already and is about to start"
+            self.asked.set()
+            return None
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self._running_since = datetime.now(UTC)
+            self.asked.clear()  # this cycle answers what was asked
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running_since = None
 
 
 def _watched_paths(loaded: LoadedConfig) -> list[Path]:
@@ -138,6 +189,20 @@ def _due_points(workspace: Workspace, say: Callable[[str], None]) -> str:
     for line in describe_created(created):
         say(line.strip())
     return "ok"
+
+
+def _stopped(exc: sqlite3.Error | OSError, state_path: Path, retry: timedelta) -> str:
+    """One line: what stopped the cycle, where, and what the loop does next."""
+    if isinstance(exc, sqlite3.Error):
+        # SQLite may call a full disk a "disk I/O error": its code says which.
+        code = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        what = f"the state {state_path} could not be written: {exc} ({code})"
+    else:
+        what = str(exc)  # names the file: "[Errno 28] No space left on device: '...'"
+    return (
+        f"error: a cycle stopped: {what}. The state keeps what was recorded before it; "
+        f"still watching, the next cycle tries again in {format_duration(retry)}"
+    )
 
 
 def _next_cycle(workspace: Workspace, plan: Plan) -> datetime:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from peers import DicomPeer, start_orthanc, start_storescp
 from pydicom import dcmread
 from test_cli_end_to_end import run
 from test_metrics import free_port, wait_for_value
@@ -28,6 +31,7 @@ from reconciler.api.operations import Operations
 from reconciler.api.server import serving
 from reconciler.config.load import load_config
 from reconciler.state import StateStore
+from reconciler.watch import Requests
 
 TOKEN = "api-token-never-shown-0123456789"
 
@@ -173,7 +177,9 @@ def test_malformed_requests_are_400_and_unknown_ones_404_never_a_traceback(site:
             "unknown field": call(restore, "POST", {"study_uid": uid, "to": "a", "as": "x"}),
             "not text": call(restore, "POST", {"study_uid": uid, "to": 3}),
             "bad uid": call(restore, "POST", {"study_uid": "1.2.x", "to": "a"}),
-            "a pacs": call(restore, "POST", {"study_uid": uid, "to": "a", "destination": "pacs"}),
+            "a pacs's point": call(
+                restore, "POST", {"study_uid": uid, "to": "a", "destination": "pacs", "point": "x"}
+            ),
         }
         unknown = {
             "path": call(f"{api.url}/v2/studies"),
@@ -182,6 +188,9 @@ def test_malformed_requests_are_400_and_unknown_ones_404_never_a_traceback(site:
                 restore, "POST", {"study_uid": uid, "to": "a", "point": "19990101T000000Z"}
             ),
             "study": call(restore, "POST", {"study_uid": "1.2.3.4", "to": "a"}),
+            "study at the pacs": call(
+                restore, "POST", {"study_uid": uid, "to": "a", "destination": "pacs"}
+            ),
         }
         wrong_method = call(f"{api.url}/v1/studies", "POST", {})
         not_xml = call(f"{api.url}/RPC2", "POST", b"<methodCall><oops", token=None)
@@ -195,7 +204,10 @@ def test_malformed_requests_are_400_and_unknown_ones_404_never_a_traceback(site:
     for name, (status, body, _) in unknown.items():
         assert status == 404, (name, body)
     assert answers["missing"][1] == {"error": "to is required"}
-    assert unknown["study"][1] == {"error": "no object destination is known to hold study 1.2.3.4"}
+    assert unknown["study"][1] == {
+        "error": "no object or DICOM destination is known to hold study 1.2.3.4"
+    }
+    assert unknown["study at the pacs"][1] == {"error": f"pacs is not known to hold study {uid}"}
     assert wrong_method[:2] == (405, {"error": "/v1/studies takes GET"})
     assert wrong_method[2]["Allow"] == "GET"
     assert not_xml[0] == 200 and b"<name>faultCode</name>" in not_xml[1]  # XML-RPC's way
@@ -287,6 +299,21 @@ def test_a_restore_into_a_folder_checks_every_file_against_its_hash(site: Site) 
     assert [status for status, _, _ in outside] == [403, 403, 403]
     assert not (site.folder / "escape").exists()
     assert any(f"api: restored study {study.uid} from backup" in line for line in api.log)
+
+
+def test_a_destination_of_de_identified_copies_gives_no_study_back(site: Site) -> None:
+    teaching = (
+        "  teaching:\n    dicom: {host: 127.0.0.1, port: 1, ae_title: TEACHING}\n"
+        "    anonymize: {profile: ps3.15-basic, secret: '${env:API_TOKEN}'}\n"
+    )
+    site.config.write_text(site.config.read_text().replace("policies:", teaching + "policies:"))
+    with serving_site(site) as api:
+        body = {"study_uid": site.studies[0].uid, "to": "x", "destination": "teaching"}
+        status, answer, _ = call(f"{api.url}/v1/restore", "POST", body)
+    assert (status, answer) == (
+        400,
+        {"error": "teaching holds de-identified copies: they give no study back"},
+    )
 
 
 def test_restores_are_refused_without_a_restore_root(site: Site) -> None:
@@ -390,3 +417,147 @@ def test_a_version_2_state_learns_its_studies_labels_on_opening(site: Site) -> N
     store.close()
     assert (label["study_uid"], label["patient_id"]) == (study.uid, study.patient_id)
     assert observation is not None and observation.studies
+
+
+def write_pacs_site(
+    folder: Path, studies: Path, peer: DicomPeer, extra: str = "", verify: str = "instances"
+) -> Path:
+    """A site whose only destination is the DICOM peer, API on, restores under out/."""
+    shutil.copytree(studies, folder / "inbox")
+    config = folder / "reconciler.yaml"
+    config.write_text(
+        "site: pacs-site\n"
+        "sources:\n  inbox: {path: inbox, stable_after: 0s}\n"
+        "destinations:\n  pacs:\n"
+        f"    dicom: {{host: {peer.host}, port: {peer.port}, ae_title: {peer.ae_title},"
+        f" acse_timeout: 5s}}\n    verify: {verify}\n"
+        "policies:\n  - {name: all, copy_to: [pacs]" + extra + "}\n"
+        "api: {listen: 0, token: '${env:API_TOKEN}', restore_root: out}\n"
+    )
+    return config
+
+
+def test_a_study_is_restored_from_a_dicom_peer_by_c_get(
+    tmp_path: Path, small_studies: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Sent to Orthanc, deleted here by retention, then restored from Orthanc over the API:
+    every instance as it was, checked against the UIDs the state knows; a rerun resumes."""
+    monkeypatch.setenv("API_TOKEN", TOKEN)
+    originals = {dcmread(f).SOPInstanceUID: dcmread(f) for f in small_studies.rglob("*.dcm")}
+    with start_orthanc(tmp_path / "orthanc", stop_grace=0.5) as peer:
+        config = write_pacs_site(tmp_path, small_studies, peer, ", keep_local: 0s")
+        config.write_text(config.read_text() + "retention: {require_verified_copies: 1}\n")
+        assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+        assert run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh")[0] == 0
+        inbox = tmp_path / "inbox"
+        left = [p for p in inbox.rglob("*.dcm") if ".reconciler-trash" not in p.parts]
+        assert left == []  # no local file is left to say which SOP classes to expect
+        uid = next(p.name for p in small_studies.glob("*/*") if p.is_dir())
+        with serving_site(Site(tmp_path, config, [])) as api:
+            restore = f"{api.url}/v1/restore"
+            status, report, _ = call(restore, "POST", {"study_uid": uid, "to": "ris"})
+            proxy = xmlrpc.client.ServerProxy(f"{api.url}/RPC2")
+            again = proxy.RestoreStudy({"token": TOKEN, "StudyInstanceUID": uid, "to": "ris"})
+            unknown = call(restore, "POST", {"study_uid": "1.2.3.4", "to": "x"})
+    with serving_site(Site(tmp_path, config, [])) as after:  # Orthanc is gone now
+        down = call(f"{after.url}/v1/restore", "POST", {"study_uid": uid, "to": "down"})
+    assert status == 200, report
+    assert (report["ok"], report["source"], report["restored"], report["instances"]) == (
+        True,
+        "pacs",
+        6,
+        6,
+    )
+    restored = sorted((tmp_path / "out/ris" / uid).glob("*/*.dcm"))
+    assert len(restored) == 6
+    for path in restored:
+        copy = dcmread(path)
+        original = originals[copy.SOPInstanceUID]
+        assert path.parent.name == original.SeriesInstanceUID and path.stem == copy.SOPInstanceUID
+        assert copy.PixelData == original.PixelData and copy == original  # every element
+        assert copy.file_meta.MediaStorageSOPInstanceUID == copy.SOPInstanceUID
+    assert (again["error"], again["restored"], again["already_present"]) == (0, 0, 6)
+    assert unknown[:2] == (
+        404,
+        {"error": "no object or DICOM destination is known to hold study 1.2.3.4"},
+    )
+    assert down[:2] == (
+        502,
+        {
+            "error": "cannot retrieve from pacs: no association "
+            "(the peer is down or unreachable, or refused us)"
+        },
+    )
+    assert list((tmp_path / "out").glob("down/**/*.dcm")) == []
+    assert any(f"api: restored study {uid} from pacs (current)" in line for line in api.log)
+    assert any(f"api: restore of study {uid} from pacs failed" in line for line in after.log)
+
+
+def test_a_peer_without_c_get_is_refused_clearly(
+    tmp_path: Path, small_studies: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("API_TOKEN", TOKEN)
+    with start_storescp(tmp_path / "storescp") as peer:  # C-STORE only
+        config = write_pacs_site(tmp_path, small_studies, peer, verify="none")
+        assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+        uid = next(p.name for p in small_studies.glob("*/*") if p.is_dir())
+        with serving_site(Site(tmp_path, config, [])) as api:
+            status, body, _ = call(f"{api.url}/v1/restore", "POST", {"study_uid": uid, "to": "x"})
+    assert status == 502
+    assert body["error"] == (
+        "cannot retrieve from pacs: the peer refused C-GET (Study Root Query/Retrieve GET), "
+        "which restores need"
+    )
+
+
+def test_a_reconcile_asked_for_while_one_runs_or_waits_is_refused_409(tmp_path: Path) -> None:
+    """A peer that takes connections but never answers makes each cycle last acse_timeout."""
+    metrics, api_port = free_port(), free_port()
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never accepts
+        (tmp_path / "inbox").mkdir()
+        (tmp_path / "reconciler.yaml").write_text(
+            "site: busy\nsources: {inbox: {path: inbox, stable_after: 0s}}\n"
+            "destinations:\n  pacs:\n    dicom: {host: 127.0.0.1, "
+            f"port: {silent.getsockname()[1]}, ae_title: SILENT, acse_timeout: 2s}}\n"
+            "policies: [{name: all, copy_to: [pacs]}]\n"
+            f"api: {{listen: {api_port}, token: {TOKEN}}}\n"
+            f"watch: {{replan_every: 1h, metrics: {{listen: {metrics}}}}}\n"
+        )
+        url = f"http://127.0.0.1:{api_port}/v1/reconcile"
+        with watching(tmp_path):
+            wait_for_value(metrics, "reconciler_reconcile_duration_seconds_count", 1)
+            taken = call(url, "POST")
+            waiting = call(url, "POST")
+            answers = []
+
+            def running() -> bool:
+                answers.append(call(url, "POST"))
+                return "running" in answers[-1][1]["error"]
+
+            wait_for(running, "a 409 while the cycle runs")
+            proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{api_port}/RPC2")
+            with pytest.raises(xmlrpc.client.Fault) as fault:
+                proxy.Reconcile({"token": TOKEN})
+            wait_for_value(metrics, "reconciler_reconcile_duration_seconds_count", 2)
+            after = call(url, "POST")
+    assert taken[:2] == (202, {"accepted": True})
+    assert waiting[0] == 409  # about to start, or (if the loop's tick came between) running
+    assert {status for status, _, _ in answers} == {409}
+    assert re.fullmatch(
+        r"a reconcile is running \(since \d\d:\d\d:\d\d UTC\); ask again once it has finished",
+        answers[-1][1]["error"],
+    )
+    assert fault.value.faultCode == 409 and "a reconcile is running" in fault.value.faultString
+    assert after[:2] == (202, {"accepted": True})  # nothing queued behind the refusals
+
+
+def test_reconcile_requests_are_taken_one_at_a_time() -> None:
+    requests = Requests()
+    assert requests.ask() is None and requests.asked.is_set()
+    assert requests.ask() == "a reconcile was asked for already and is about to start"
+    with requests.running():
+        assert not requests.asked.is_set()  # the running cycle answers the request
+        busy = requests.ask()
+    assert busy is not None and busy.startswith("a reconcile is running (since ")
+    assert not requests.asked.is_set()  # refused, not queued
+    assert requests.ask() is None

@@ -1,20 +1,23 @@
 """A local disk that fills up (a small tmpfs, see faults.small_disk), under a folder
-destination and under the state: a clear ENOSPC error, exit 1, nothing half-written recorded
-as done or left behind, and convergence once space is freed.
+destination and under the state: a clear ENOSPC error, exit 1 (watch: one line, and it runs
+on), nothing half-written recorded as done or left behind, and convergence once space is freed.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from faults import small_disk
 from test_cli_end_to_end import run
+from test_watch import wait_for, watching
 
 from reconciler.manifest import Manifest
 
@@ -183,3 +186,39 @@ def test_a_full_source_disk_keeps_a_deleted_study_in_place_until_the_trash_has_r
     assert all((batch / "index.json").is_file() for batch in trash.iterdir())
     assert sorted(p.read_bytes() for p in trash.rglob("*.dcm")) == sorted(originals.values())
     assert run(capsys, "plan", "-c", str(config), "--detailed-exitcode")[0] == 0
+
+
+def test_a_full_disk_under_the_state_in_watch_is_one_line_and_the_loop_carries_on(
+    tmp_path: Path, small_studies: Path, disk: Path
+) -> None:
+    """watch says which file, that the disk is full and what it does next, in one line; it
+    keeps running, and once space is freed the studies that arrived meanwhile are copied."""
+    first, second, third = sorted(p for p in small_studies.iterdir() if p.is_dir())
+    (tmp_path / "inbox").mkdir()
+    config = Path(write_config(tmp_path, tmp_path / "backup", state=disk / "state.db"))
+    config.write_text(config.read_text() + "watch: {replan_every: 2s}\n")
+    log = tmp_path / "watch.log"
+    with watching(tmp_path) as process:
+        shutil.copytree(first, tmp_path / "inbox" / first.name)
+        wait_for(lambda: len(committed(tmp_path / "backup")) == 1, "the first study's copy")
+        filler = fill(disk, leave=0)
+        shutil.copytree(second, tmp_path / "inbox" / second.name)
+        wait_for(lambda: "a cycle stopped" in log.read_text(), "the disk-full error")
+        time.sleep(2.5)  # a retry on the timer fails the same way, and the loop goes on
+        assert process.poll() is None
+        filler.unlink()
+        shutil.copytree(third, tmp_path / "inbox" / third.name)
+        wait_for(lambda: len(committed(tmp_path / "backup")) == 3, "the copies after space")
+    assert process.returncode == 0
+    errors = [line for line in log.read_text().splitlines() if "a cycle stopped" in line]
+    assert len(errors) >= 2 and "Traceback" not in log.read_text()
+    assert all(re.fullmatch(ERROR_LINE.replace("STATE", re.escape(str(disk))), e) for e in errors)
+
+
+ERROR_LINE = (
+    r"error: a cycle stopped: (the state STATE/state\.db could not be written: "
+    r"(database or disk is full \(SQLITE_FULL\)|disk I/O error \(SQLITE_IOERR_\w+\))"
+    r"|\[Errno 28\] No space left on device: 'STATE/[^']+')\. "
+    r"The state keeps what was recorded before it; "
+    r"still watching, the next cycle tries again in 2s"
+)

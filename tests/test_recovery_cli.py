@@ -12,11 +12,14 @@ import json
 import re
 import shutil
 import textwrap
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from peers import DicomPeer
+from peers import DicomPeer, orthanc_get, start_orthanc
+from pydicom import dcmread
+from pydicom.uid import RLELossless, generate_uid
 from test_cli_end_to_end import s3_destination
 
 from reconciler.cli import main
@@ -703,3 +706,63 @@ def test_without_points_the_older_content_is_removed_at_once(
     [new] = after - before
     assert gone.endswith(f"/{changed}.dcm") and objects_of(store, changed) == [new]
     assert run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")[0] == 0
+
+
+def test_retrieve_restores_a_study_from_a_dicom_peer_and_reports_what_it_lacks(
+    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = study_folders(inbox)[0]
+    compressed = next(study.rglob("*.dcm"))  # it must come back compressed, as it was sent
+    dataset = dcmread(compressed)
+    dataset.compress(RLELossless)
+    dataset.save_as(compressed)
+    originals = {str(d.SOPInstanceUID): d for d in map(dcmread, study.rglob("*.dcm"))}
+    uid = str(next(iter(originals.values())).StudyInstanceUID)
+    config = tmp_path / "reconciler.yaml"
+    retrieve = ("recover", "retrieve", "-c", str(config), "--study", uid)
+    with start_orthanc(tmp_path / "orthanc", stop_grace=0.5) as peer:
+        config.write_text(
+            "site: dr-site\nsources: {inbox: {path: inbox, stable_after: 0s}}\n"
+            f"destinations:\n  pacs:\n    dicom: {{host: {peer.host}, port: {peer.port}, "
+            f"ae_title: {peer.ae_title}}}\n  backup: {{{FOLDER_BLOCK}}}\n"
+            "policies: [{name: all, copy_to: [pacs]}]\n"
+        )
+        assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+        # One instance is lost at the peer after the copy: the restore must say so.
+        lost = next(
+            i for i in orthanc_get(peer, "/instances?expand")
+            if i["MainDicomTags"]["SOPInstanceUID"] in originals.keys() - {dataset.SOPInstanceUID}
+        )  # fmt: skip
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        direct.open(
+            urllib.request.Request(f"{peer.rest_url}/instances/{lost['ID']}", method="DELETE")
+        ).close()
+        # And one the state never knew is added to the study there: it must not be kept.
+        extra = dcmread(sorted(study.rglob("*.dcm"))[-1])
+        extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        extra.save_as(tmp_path / "extra.dcm")
+        direct.open(f"{peer.rest_url}/instances", (tmp_path / "extra.dcm").read_bytes()).close()
+        code, report = run_json(capsys, *retrieve, "--from", "pacs", "--to", str(tmp_path / "out"))
+        again = run(capsys, *retrieve, "--from", "pacs", "--to", str(tmp_path / "out"))
+        not_dicom = run(capsys, *retrieve, "--from", "backup", "--to", str(tmp_path / "x"))
+    down = run(capsys, *retrieve, "--from", "pacs", "--to", str(tmp_path / "down"))
+    lost_uid = lost["MainDicomTags"]["SOPInstanceUID"]
+    assert code == 1 and (report["restored"], report["instances"]) == (5, 6), report
+    problems = {p["kind"]: p for p in report["problems"]}
+    assert problems.keys() == {"missing", "unexpected"}
+    assert problems["missing"]["sop_instance_uid"] == lost_uid
+    assert problems["missing"]["detail"].startswith("the peer did not send it")
+    assert problems["unexpected"]["sop_instance_uid"] == extra.SOPInstanceUID
+    restored = {p.stem: dcmread(p) for p in (tmp_path / "out" / uid).glob("*/*.dcm")}
+    assert restored.keys() == originals.keys() - {lost_uid}
+    assert restored[dataset.SOPInstanceUID].file_meta.TransferSyntaxUID == RLELossless
+    for sop_uid, copy in restored.items():
+        # Back in the transfer syntax the catalog knows, element for element the same.
+        assert copy == originals[sop_uid] and copy.PixelData == originals[sop_uid].PixelData
+        assert copy.file_meta.TransferSyntaxUID == originals[sop_uid].file_meta.TransferSyntaxUID
+    assert again[0] == 1 and "5 already there, of the 6 the state knows" in again[1]
+    assert not_dicom == (1, "Error: 'backup' is not a DICOM destination (known: pacs)\n")
+    assert down[0] == 1 and down[1].startswith(
+        "Error: cannot retrieve from pacs: no association (the peer is down or unreachable"
+    )
+    assert not list(tmp_path.glob("down/**/*.dcm"))

@@ -14,7 +14,13 @@ from typing import Any
 
 from reconciler.api.lookup import find_studies
 from reconciler.config.load import LoadedConfig
+from reconciler.config.model import DestinationConfig, DicomTarget
 from reconciler.destinations.base import DestinationUnavailable
+from reconciler.destinations.dicom_retrieve import (
+    RetrieveUnavailable,
+    known_study,
+    retrieve_study,
+)
 from reconciler.destinations.factory import open_destination
 from reconciler.destinations.object_store import ObjectStoreDestination
 from reconciler.manifest import is_uid
@@ -60,8 +66,11 @@ def text_fields(
 
 
 class Operations:
-    def __init__(self, loaded: LoadedConfig, wake: Callable[[], None] | None, say: Say) -> None:
-        """``wake`` starts a reconcile (watch's loop); None where no loop runs (`serve`)."""
+    def __init__(
+        self, loaded: LoadedConfig, wake: Callable[[], str | None] | None, say: Say
+    ) -> None:
+        """``wake`` asks watch's loop for a reconcile: None when taken, else why not (one runs
+        or is asked for already); ``wake`` is None where no loop runs (`serve`)."""
         self.loaded = loaded  # watch puts a reloaded config here
         self._wake = wake
         self._say = say
@@ -85,35 +94,35 @@ class Operations:
                 "no watch loop runs here (reconciler serve): run `reconciler apply`, or "
                 "serve the API from `reconciler watch`",
             )
-        self._wake()
+        busy = self._wake()
+        if busy is not None:
+            raise ApiError(409, busy)
         return {"accepted": True}
 
     def restore(
         self, study_uid: str, to: str, destination: str | None = None, point: str | None = None
     ) -> RestoreReport:
         """The study's copy at ``destination`` (by default the first object destination that
-        holds it) as it stands now, or as recovery point ``point`` has it, restored into the
-        folder ``to`` (relative to ``api.restore_root``, or inside it)."""
+        holds it, else the first DICOM one) as it stands now, or as recovery point ``point``
+        (object destinations only) has it, restored into the folder ``to`` (relative to
+        ``api.restore_root``, or inside it)."""
         if not is_uid(study_uid):
             raise ApiError(400, "study_uid must be a DICOM UID (digits and dots)")
         target = self._restore_target(to)
         name = destination or self._holder(study_uid)
-        with self._restoring, closing(self._object_store(name)) as store:
+        settings = self._restorable(name, point)
+        with self._restoring:
             try:
-                if point is None:
-                    report = restore_study_to_folder(
-                        store,
-                        study_uid,
-                        target,
-                        workers=store.settings.concurrency,
-                        keyring=store.keyring,
-                    )
+                if settings.dicom is not None:
+                    report = self._retrieve(name, settings.dicom, study_uid, target)
                 else:
-                    report = self._restore_point(store, point, study_uid, target)
+                    report = self._from_object_store(name, settings, study_uid, target, point)
             except RecoveryError as exc:
                 raise ApiError(404, str(exc)) from None
             except (DestinationUnavailable, OSError) as exc:
                 self._say(f"api: restore of study {study_uid} from {name} failed: {exc}")
+                if isinstance(exc, RetrieveUnavailable):
+                    raise ApiError(502, f"cannot retrieve from {name}: {exc.reason}") from None
                 if isinstance(exc, DestinationUnavailable):
                     raise ApiError(502, f"cannot read {name}: {_why(exc)}") from None
                 raise ApiError(500, f"the restore failed: {_why(exc)}") from None
@@ -124,6 +133,31 @@ class Operations:
             f"{verdict}"
         )
         return report
+
+    def _retrieve(
+        self, name: str, target: DicomTarget, study_uid: str, folder: Path
+    ) -> RestoreReport:
+        with self._state() as store:
+            study = known_study(store, name, study_uid)
+        return retrieve_study(target, name, study, folder)
+
+    def _from_object_store(
+        self,
+        name: str,
+        settings: DestinationConfig,
+        study_uid: str,
+        target: Path,
+        point: str | None,
+    ) -> RestoreReport:
+        config = self.loaded.config
+        opened = open_destination(name, settings, config.site, self.loaded.resolve_path)
+        assert isinstance(opened, ObjectStoreDestination)  # checked by _restorable
+        with closing(opened) as store:
+            if point is not None:
+                return self._restore_point(store, point, study_uid, target)
+            return restore_study_to_folder(
+                store, study_uid, target, workers=store.settings.concurrency, keyring=store.keyring
+            )
 
     def _restore_point(
         self, store: ObjectStoreDestination, point_id: str, study_uid: str, target: Path
@@ -154,24 +188,31 @@ class Operations:
         return target
 
     def _holder(self, study_uid: str) -> str:
-        """The first object destination whose last observation lists the study."""
+        """The first object destination whose last observation lists the study, else the
+        first DICOM one: an object store's copy is checked against the source hashes."""
         with self._state() as store:
-            for name, settings in self.loaded.config.destinations.items():
-                observation = store.load_observation(name, study_uid) if settings.object else None
-                if observation is not None and study_uid in observation.studies:
-                    return name
-        raise ApiError(404, f"no object destination is known to hold study {study_uid}")
+            for kind in ("object", "dicom"):
+                for name, settings in self.loaded.config.destinations.items():
+                    if getattr(settings, kind) is None or settings.anonymize is not None:
+                        continue
+                    observation = store.load_observation(name, study_uid)
+                    if observation is not None and study_uid in observation.studies:
+                        return name
+        raise ApiError(404, f"no object or DICOM destination is known to hold study {study_uid}")
 
-    def _object_store(self, name: str) -> ObjectStoreDestination:
-        config = self.loaded.config
-        settings = config.destinations.get(name)
+    def _restorable(self, name: str, point: str | None) -> DestinationConfig:
+        settings = self.loaded.config.destinations.get(name)
         if settings is None:
             raise ApiError(404, f"no destination named {name}")
-        if settings.object is None:
-            raise ApiError(400, f"{name} is not an object destination; restores read from those")
-        store = open_destination(name, settings, config.site, self.loaded.resolve_path)
-        assert isinstance(store, ObjectStoreDestination)
-        return store
+        if settings.dicom is not None and point is not None:
+            raise ApiError(400, f"{name} is a DICOM peer; recovery points are at object stores")
+        if settings.object is None and settings.dicom is None:
+            raise ApiError(
+                400, f"{name} is neither an object nor a DICOM destination; restores read those"
+            )
+        if settings.anonymize is not None:
+            raise ApiError(400, f"{name} holds de-identified copies: they give no study back")
+        return settings
 
     @contextmanager
     def _state(self) -> Iterator[StateStore]:

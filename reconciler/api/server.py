@@ -3,7 +3,7 @@
 | request | answer |
 | --- | --- |
 | ``GET /v1/studies?study_uid=`` or ``accession=`` or ``patient_id=`` | 200 ``{"studies": [...]}`` |
-| ``POST /v1/reconcile`` | 202 ``{"accepted": true}`` (409 without a watch loop) |
+| ``POST /v1/reconcile`` | 202 ``{"accepted": true}``; 409 while one runs or waits, or no loop |
 | ``POST /v1/restore`` ``{"study_uid", "to"[, "destination"][, "point"]}`` | 200 the report |
 | ``POST /RPC2`` | XML-RPC (``reconciler.api.xmlrpc``) |
 

@@ -12,7 +12,7 @@ import itertools
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import util
@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.presentation import PresentationContext, build_context, build_role
 
 from reconciler.config.model import DicomTarget
 from reconciler.destinations.source_files import check_unchanged
@@ -83,9 +83,14 @@ def _no_delay(event: evt.Event) -> None:
 
 
 @contextmanager
-def association(target: DicomTarget, contexts: Sequence[Context]) -> Iterator[Association]:
-    """A one-off association (released on exit), for queries and single batches."""
-    assoc = open_association(target, contexts)
+def association(
+    target: DicomTarget,
+    contexts: Sequence[Context],
+    scp_roles: Collection[str] = (),
+    handlers: Sequence[evt.EventHandlerType] = (),
+) -> Iterator[Association]:
+    """A one-off association (released on exit), for queries, retrieves and single batches."""
+    assoc = open_association(target, contexts, scp_roles, handlers)
     try:
         yield assoc
     finally:
@@ -93,7 +98,14 @@ def association(target: DicomTarget, contexts: Sequence[Context]) -> Iterator[As
             assoc.release()
 
 
-def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Association:
+def open_association(
+    target: DicomTarget,
+    contexts: Sequence[Context],
+    scp_roles: Collection[str] = (),
+    handlers: Sequence[evt.EventHandlerType] = (),
+) -> Association:
+    """``scp_roles``: SOP classes we also serve on it (C-GET's C-STORE sub-operations), with
+    ``handlers`` for them."""
     ae = AE(ae_title=target.calling_ae_title)
     ae.acse_timeout = target.acse_timeout.total_seconds()
     ae.dimse_timeout = target.dimse_timeout.total_seconds()
@@ -104,8 +116,9 @@ def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Associ
         target.host,
         target.port,
         ae_title=target.ae_title,
+        ext_neg=[build_role(sop, scp_role=True) for sop in sorted(scp_roles)] or None,
         tls_args=_tls_arguments(target),
-        evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay), *handlers],
     )
     if assoc.is_established:
         return assoc
