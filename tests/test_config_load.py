@@ -266,6 +266,14 @@ def test_a_bad_duration_names_the_policy(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("duration", ["8.64e13", "9999999999999d"])
+def test_a_duration_too_long_is_a_located_error(tmp_path: Path, duration: str) -> None:
+    # Found by the fuzz test: timedelta overflowed past pydantic as an OverflowError.
+    text = VALID.replace("older_than: 90d", f"older_than: {duration}")
+    problem = only_problem(write(tmp_path, "reconciler.yaml", text))
+    assert problem.line == 15 and "longer than any duration" in problem.message
+
+
 def test_a_missing_setting_points_at_its_parent(tmp_path: Path) -> None:
     path = write(tmp_path, "c.yaml", VALID.replace("path: incoming", "exclude: ['*.tmp']"))
 

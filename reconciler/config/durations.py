@@ -20,20 +20,23 @@ def parse_duration(text: object) -> timedelta:
     """Parse ``1h30m``-style text; a bare number of seconds is accepted too."""
     if isinstance(text, timedelta):
         return text
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return timedelta(seconds=text)
-    if not isinstance(text, str):
-        raise ValueError("a duration must be text such as 60s, 2m, 10h or 30d")
-    compact = text.strip().replace(" ", "")
-    if not re.fullmatch(DURATION_PATTERN, compact):
-        raise ValueError(
-            f"'{text}' is not a duration: write a number and a unit, "
-            "such as 60s, 2m, 10h, 30d, 2w or 7y"
+    try:
+        if isinstance(text, int | float) and not isinstance(text, bool):
+            return timedelta(seconds=text)
+        if not isinstance(text, str):
+            raise ValueError("a duration must be text such as 60s, 2m, 10h or 30d")
+        compact = text.strip().replace(" ", "")
+        if not re.fullmatch(DURATION_PATTERN, compact):
+            raise ValueError(
+                f"'{text}' is not a duration: write a number and a unit, "
+                "such as 60s, 2m, 10h, 30d, 2w or 7y"
+            )
+        return sum(
+            (timedelta(seconds=float(n) * _SECONDS[unit]) for n, unit in _PART.findall(compact)),
+            timedelta(),
         )
-    return sum(
-        (timedelta(seconds=float(n) * _SECONDS[unit]) for n, unit in _PART.findall(compact)),
-        timedelta(),
-    )
+    except OverflowError:  # timedelta stops at 999999999 days
+        raise ValueError(f"'{text}' is longer than any duration can be") from None
 
 
 def format_duration(value: timedelta) -> str:
