@@ -111,6 +111,14 @@ class Stall:
         stalled = format_duration(now - self.progress_at)
         return Notice("stalled", f"no action done for {stalled} with {pending} actions pending")
 
+    def failed(self, why: str, now: datetime, after: timedelta) -> Notice | None:
+        """A cycle that could not run (a full disk under the state) makes no progress either."""
+        if self.notified or now - self.progress_at < after:
+            return None
+        self.notified = True
+        stalled = format_duration(now - self.progress_at)
+        return Notice("stalled", f"no action done for {stalled}; cycles fail: {why}")
+
 
 def deliver(notices: Iterable[Notice], loaded: LoadedConfig, say: Say) -> None:
     notices, config = list(notices), loaded.config

@@ -87,8 +87,12 @@ def watch(
                         # (each write is a transaction); a service retries rather than exits.
                         metrics.record_cycle(time.monotonic() - started, ok=False)
                         retry = min(workspace.config.watch.replan_every, RETRY_AFTER)
-                        say(_stopped(exc, workspace.loaded.state_path, retry))
+                        why = _stopped(exc, workspace.loaded.state_path, retry)
+                        say(why)
                         due = datetime.now(UTC) + retry
+                        after = workspace.config.notifications.stalled_after
+                        if stalled := stall.failed(why, datetime.now(UTC), after):
+                            deliver([stalled], workspace.loaded, say)
     finally:
         workspace.close()
 

@@ -7,6 +7,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from test_watch import watching
 from test_watch import write_config as write_watch_config
 
 from reconciler.config.model import NotificationSettings
-from reconciler.notify import run_notices
+from reconciler.notify import Stall, run_notices
 from reconciler.plan import LOCAL
 from reconciler.state import StateStore
 
@@ -205,3 +206,17 @@ def test_prunes_at_destinations_are_notified_with_local_deletions(tmp_path: Path
         "1 studies deleted locally, 1 copies pruned at destinations",
     )
     assert [i["where"] for i in notice.items] == [LOCAL, "old"]
+
+
+def test_cycles_that_fail_are_a_stall_notified_once() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    stall = Stall(start)
+    after = timedelta(minutes=10)
+    assert stall.failed("disk full", start + timedelta(minutes=5), after) is None
+    notice = stall.failed("disk full", start + timedelta(minutes=11), after)
+    assert notice is not None and notice.event == "stalled"
+    assert notice.summary == "no action done for 11m; cycles fail: disk full"
+    assert stall.failed("disk full", start + timedelta(minutes=30), after) is None  # once
+    # A cycle that did its work ends the stall; the next one is notified again.
+    assert stall.cycle(3, True, start + timedelta(minutes=31), after) is None
+    assert stall.failed("disk full", start + timedelta(minutes=42), after) is not None
