@@ -121,6 +121,35 @@ def test_unreadable_manifest_means_absent(
     assert destination.observe({}) == {}
 
 
+def test_observations_read_again_only_the_manifests_that_changed(
+    destination: ObjectStoreDestination,
+    copy_actions: list[Action],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for action in copy_actions:
+        destination.send(action, lambda _: None)
+    read: list[str] = []
+    cat = destination.fs.cat
+
+    def counting_cat(paths: list[str], **kwargs: object) -> object:
+        read.extend(paths)
+        return cat(paths, **kwargs)
+
+    monkeypatch.setattr(destination.fs, "cat", counting_cat)
+    assert len(destination.observe({})) == len(copy_actions)
+    assert len(read) == len(copy_actions)
+    read.clear()
+    assert len(destination.observe({})) == len(copy_actions)
+    assert read == []  # nothing changed: nothing read
+    first, second, third = (a.study_uid for a in copy_actions[:3])
+    manifest = f"{destination.root}/studies/{{}}/manifest.json"
+    destination.fs.pipe_file(manifest.format(first), b"{")  # damaged by someone else
+    destination.fs.rm_file(manifest.format(second))  # and one removed
+    held = destination.observe({})
+    assert set(held) == {third}
+    assert read == [manifest.format(first)]
+
+
 def test_unreachable_endpoint_is_unavailable_not_empty(s3_env: dict[str, str]) -> None:
     settings = DestinationConfig.model_validate(
         {

@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +63,7 @@ from reconciler.transforms.settings import Codec, codec_for
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_SUFFIX = f"/{MANIFEST_NAME}"
 # Larger files are streamed from disk instead of being held in memory while uploaded.
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
 
@@ -99,6 +100,9 @@ class ObjectStoreDestination:
         # Shared by every transfer thread; its processes start only if something is encoded.
         self._codecs = CompressionPool()
         self._pinned: frozenset[str] | None = None  # studies recovery points refer to
+        # Manifests read by earlier observations, by path, with the stamp they were listed
+        # with: a watch loop re-reads only those that changed since.
+        self._manifests: dict[str, tuple[Hashable, Manifest | None]] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -122,8 +126,8 @@ class ObjectStoreDestination:
     def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
         # One listing shows everything: cheaper than asking study by study.
         try:
-            listing = self._list_objects()
-            manifests = self._read_manifests(listing)
+            listing, stamps = self._list_objects()
+            manifests = self._read_manifests(stamps)
             archived = archive.observe(self)
             # Only pruning needs to know what recovery points refer to: reading them costs.
             pinned = pruning.studies_in_points(self) if self.settings.prune else frozenset()
@@ -146,27 +150,39 @@ class ObjectStoreDestination:
             )
         return {**archived, **studies}
 
-    def _list_objects(self) -> dict[str, int]:
-        """Every object under studies/ with its size (one recursive listing)."""
+    def _list_objects(self) -> tuple[dict[str, int], dict[str, Hashable]]:
+        """Every object under studies/ with its size (one recursive listing), and a stamp of
+        each manifest that changes whenever the manifest is rewritten."""
         top = f"{self.root}/studies"
         if self._local and not self.fs.exists(top):
-            return {}
+            return {}, {}
         found = self.fs.find(top, detail=True)
-        return {path.rstrip("/"): int(info.get("size") or 0) for path, info in found.items()}
+        sizes = {path.rstrip("/"): int(info.get("size") or 0) for path, info in found.items()}
+        stamps = {
+            path: _stamp(info) for path, info in found.items() if path.endswith(MANIFEST_SUFFIX)
+        }
+        return sizes, stamps
 
-    def _read_manifests(self, listing: Mapping[str, int]) -> dict[str, Manifest]:
-        paths = [p for p in listing if p.endswith(f"/{MANIFEST_NAME}")]
-        contents = self.fs.cat(paths, on_error="return") if paths else {}
-        manifests = {}
+    def _read_manifests(self, stamps: Mapping[str, Hashable]) -> dict[str, Manifest]:
+        known = self._manifests
+        changed = [path for path, stamp in stamps.items() if known.get(path, (None,))[0] != stamp]
+        contents = self.fs.cat(changed, on_error="return") if changed else {}
+        fresh = {path: known[path] for path in stamps if path not in contents}
         for path, data in contents.items():
             study_uid = path.rsplit("/", 2)[-2]
             if isinstance(data, BaseException):
                 raise data
             try:
-                manifests[study_uid] = Manifest.from_json(data, study_uid)
+                fresh[path] = (stamps[path], Manifest.from_json(data, study_uid))
             except ManifestError as exc:
                 log.warning("%s: study %s counts as absent: %s", self.name, study_uid, exc)
-        return manifests
+                fresh[path] = (stamps[path], None)
+        self._manifests = fresh  # manifests gone from the listing are forgotten
+        return {
+            path.rsplit("/", 2)[-2]: manifest
+            for path, (_, manifest) in fresh.items()
+            if manifest is not None
+        }
 
     # --- send ------------------------------------------------------------------------------
 
@@ -507,6 +523,15 @@ def _replace_atomically(target: str, fill: Callable[[BinaryIO], object]) -> None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _stamp(info: Mapping[str, Any]) -> Hashable:
+    """What tells a rewritten object from the one listed before: S3's ETag (a hash of the
+    content), or a file's inode and mtime (a manifest is replaced by a rename: new inode)."""
+    etag = info.get("ETag")
+    if etag:
+        return (etag, info.get("size"))
+    return (info.get("ino"), info.get("mtime"), info.get("LastModified"), info.get("size"))
 
 
 def _fsync_dir(path: Path) -> None:
