@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.catalog import scan
 from reconciler.catalog.scan import SourceFolder, scan_sources
 from reconciler.state import StateStore
 
@@ -118,3 +119,26 @@ def test_new_selector_keyword_is_read_from_known_files(inbox: Path, store: State
     assert result.read == 18
     study = next(iter(store.load_catalog().studies.values()))
     assert study.attribute("InstitutionName")
+
+
+def test_worker_processes_catalogue_what_threads_do(
+    inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (inbox / "notes.txt").write_text("not an image")
+    by_threads = StateStore(tmp_path / "threads" / "state.db")
+    by_processes = StateStore(tmp_path / "processes" / "state.db")
+    try:
+        threads = scan_sources(by_threads, [SourceFolder("inbox", inbox)], ["BodyPartExamined"])
+        monkeypatch.setattr(scan, "PROCESSES_FROM", 1)  # a large scan's pool, on small input
+        processes = scan_sources(by_processes, [SourceFolder("inbox", inbox)], ["BodyPartExamined"])
+        assert processes.read == threads.read == 19
+        assert processes.rejected == threads.rejected
+        assert instances(by_processes) == instances(by_threads)
+    finally:
+        by_threads.close()
+        by_processes.close()
+
+
+def instances(store: StateStore) -> list[object]:
+    found = [i for study in store.load_catalog().studies.values() for i in study.instances]
+    return sorted(found, key=lambda i: i.path)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import multiprocessing
 import os
 from collections.abc import Callable, Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 
 BATCH = 500
 READ_WORKERS = 4
+# From this many files to read, worker processes: pydicom parses headers holding the GIL, so
+# threads share one core; a process pool costs about a second to start.
+PROCESSES_FROM = 2000
+CHUNK = 50  # files a worker process reads per round trip
 _BASE_TAGS = [
     "SOPClassUID",
     "SOPInstanceUID",
@@ -132,13 +138,12 @@ def _read_changed(
     progress: ProgressCallback | None,
 ) -> None:
     done = 0
-    with ThreadPoolExecutor(READ_WORKERS) as pool:
+    read = partial(_read_file, source=source, wanted_extra=wanted_extra)
+    with _readers(len(files)) as pool:
         for start in range(0, len(files), BATCH):
             batch = files[start : start + BATCH]
             upserts, rejections = [], []
-            for found, outcome in zip(
-                batch, pool.map(lambda f: _read_file(f, source, wanted_extra), batch), strict=True
-            ):
+            for found, outcome in zip(batch, pool.map(read, batch, chunksize=CHUNK), strict=True):
                 if isinstance(outcome, CatalogInstance):
                     upserts.append(outcome)
                 else:
@@ -149,6 +154,14 @@ def _read_changed(
             done += len(batch)
             if progress:
                 progress(done, len(files))
+
+
+def _readers(files: int) -> Executor:
+    cores = os.cpu_count() or 1
+    if files < PROCESSES_FROM or cores < 2:
+        return ThreadPoolExecutor(READ_WORKERS)
+    # Spawned, not forked: the parent may run threads (watch, the API).
+    return ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _read_file(found: _Found, source: str, wanted_extra: frozenset[str]) -> CatalogInstance | str:
