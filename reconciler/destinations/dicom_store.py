@@ -11,28 +11,29 @@ import io
 import itertools
 import socket
 import ssl
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import util
-from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
 from reconciler.config.model import DicomTarget
-from reconciler.destinations.source_files import check_unchanged
+from reconciler.destinations.dicom_stream import (
+    accepted_context,
+    let_reactor_resume,
+    resume_reactor,
+    send_file,
+)
+from reconciler.destinations.source_files import read_unchanged
 from reconciler.plan import InstanceRef
 from reconciler.retry import PermanentError
 from reconciler.transforms.compression import CompressionError, decompress
-
-# Send the encoded file bytes in PDU-sized chunks instead of decoding every dataset.
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
@@ -72,14 +73,19 @@ def unsendable(ref: InstanceRef) -> str:
 def _uncompressed(ref: InstanceRef) -> Dataset:
     """The file as a dataset pynetdicom can re-encode in any uncompressed syntax: a compressed
     one is decoded first, exactly (verified pixel for pixel by ``decompress``)."""
-    if not UID(ref.transfer_syntax).is_compressed:
-        return dcmread(ref.path)
-    return dcmread(io.BytesIO(decompress(Path(ref.path).read_bytes())))
+    data = read_unchanged(ref)
+    if UID(ref.transfer_syntax).is_compressed:
+        data = decompress(data)
+    return dcmread(io.BytesIO(data))
 
 
-def _no_delay(event: evt.Event) -> None:
+def _on_connect(event: evt.Event) -> None:
+    sock = event.assoc.dul.socket.socket
     # pynetdicom leaves Nagle on; every small C-STORE PDU would then wait ~40 ms for an ACK.
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # pynetdicom leaves a requestor's socket blocking for ever; a peer that stops reading
+    # would then hang a send (ours in dicom_stream, or its own) instead of failing it.
+    sock.settimeout(event.assoc.network_timeout)
 
 
 @contextmanager
@@ -105,7 +111,7 @@ def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Associ
         target.port,
         ae_title=target.ae_title,
         tls_args=_tls_arguments(target),
-        evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, _on_connect)],
     )
     if assoc.is_established:
         return assoc
@@ -183,17 +189,20 @@ def store_batch(target: DicomTarget, refs: Sequence[InstanceRef]) -> BatchResult
     except AssociationLost as exc:
         result.unsent, result.lost = list(refs), str(exc)
         return result
-    for index, ref in enumerate(refs):
-        try:
-            problem = store_one(assoc, ref, target.warning_is_success)
-        except AssociationLost as exc:
-            _release_open()
-            result.unsent, result.lost = list(refs[index:]), str(exc)
-            return result
-        if problem:
-            result.failures[ref.sop_instance_uid] = problem
-        else:
-            result.stored.append(ref.sop_instance_uid)
+    try:
+        for index, ref in enumerate(refs):
+            try:
+                problem = store_one(assoc, ref, target.warning_is_success)
+            except AssociationLost as exc:
+                _release_open()
+                result.unsent, result.lost = list(refs[index:]), str(exc)
+                return result
+            if problem:
+                result.failures[ref.sop_instance_uid] = problem
+            else:
+                result.stored.append(ref.sop_instance_uid)
+    finally:
+        resume_reactor(assoc)  # paused by the first send: it watches the idle association
     return result
 
 
@@ -216,36 +225,14 @@ def _next_message_id() -> int:
     return next(_message_ids) % 0xFFFF + 1
 
 
-def let_reactor_resume(assoc: Association, limit: float = 1.0) -> None:
-    """Call before each DIMSE request: wait until the association's own thread has resumed.
-
-    pynetdicom pauses that thread during send_c_store/send_c_find by clearing an event and
-    waiting for an ``_is_paused`` flag. Right after an exchange the thread is woken but not yet
-    running, so the flag is still True from the last pause; a request sent at once skips the
-    handshake, and the waking thread can take the peer's answer off the queue as "unexpected".
-    A lost C-STORE response costs the whole DIMSE timeout (seen here: 60 s stalls against
-    storescp); a lost C-FIND match silently hides an instance (seen with Orthanc under load).
-    Normally this returns at once; ``limit`` only bounds a thread that never resumes.
-    """
-    deadline = time.monotonic() + limit
-    while assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
-        time.sleep(0)
-
-
 def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) -> str | None:
     """Send one file; the reason it failed, or None. AssociationLost means: try again."""
     if not assoc.is_established:
         raise AssociationLost("the association ended")
     try:
-        check_unchanged(ref)
-    except PermanentError as exc:
+        status = _send(assoc, ref)
+    except PermanentError as exc:  # the source file changed or went since it was scanned
         return str(exc)
-    try:
-        let_reactor_resume(assoc)
-        try:
-            status = assoc.send_c_store(Path(ref.path), msg_id=_next_message_id())
-        except ValueError:  # the file's own syntax was not accepted: an uncompressed one?
-            status = assoc.send_c_store(_uncompressed(ref), msg_id=_next_message_id())
     except ValueError:
         return unsendable(ref)
     except CompressionError as exc:
@@ -261,3 +248,14 @@ def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) ->
     return f"the peer answered C-STORE with status 0x{code:04X}" + (
         f": {comment}" if comment else ""
     )
+
+
+def _send(assoc: Association, ref: InstanceRef) -> Dataset:
+    """The file's own bytes if the peer accepted its transfer syntax, else re-encoded by
+    pynetdicom in an uncompressed syntax it accepted (ValueError: none)."""
+    context_id = accepted_context(assoc, ref)
+    if context_id is not None:
+        return send_file(assoc, context_id, ref, _next_message_id())
+    resume_reactor(assoc)
+    let_reactor_resume(assoc)
+    return assoc.send_c_store(_uncompressed(ref), msg_id=_next_message_id())
