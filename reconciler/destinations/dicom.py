@@ -35,10 +35,10 @@ from reconciler.destinations.dicom_store import (
     BatchResult,
     ContextsRefused,
     association,
+    let_reactor_resume,
     no_response,
     store_batch,
 )
-from reconciler.destinations.dicom_stream import let_reactor_resume
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action, InstanceRef
 from reconciler.retry import backoff_delays

@@ -10,10 +10,10 @@ each paying ~0.7 CPU s to import pydicom and pynetdicom.
 from __future__ import annotations
 
 import io
-import itertools
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,15 +23,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 
 from reconciler.config.model import DicomTarget
-from reconciler.destinations.dicom_stream import (
-    accepted_context,
-    let_reactor_resume,
-    resume_reactor,
-    send_file,
-)
+from reconciler.destinations.dicom_stream import Ended, StoreAssociation, file_data_set
 from reconciler.destinations.source_files import read_unchanged
 from reconciler.plan import InstanceRef
 from reconciler.retry import PermanentError
@@ -163,19 +159,26 @@ class Associations:
         self.target = target
         self._mine = threading.local()  # this thread's (proposed contexts, association)
         self._lock = threading.Lock()
-        self._held: set[Association] = set()
+        self._held: set[StoreAssociation] = set()
 
-    def covering(self, needed: set[Context]) -> Association:
-        """This thread's association if it already covers ``needed``, else a new one."""
-        current: tuple[frozenset[Context], Association] | None = getattr(self._mine, "it", None)
+    def covering(self, needed: set[Context]) -> StoreAssociation:
+        """This thread's association if it still covers ``needed``, else a new one."""
+        current: tuple[frozenset[Context], StoreAssociation] | None
+        current = getattr(self._mine, "it", None)
         if current is not None:
             proposed, assoc = current
-            if needed <= proposed and assoc.is_established:
+            if needed <= proposed and assoc.usable():
                 return assoc
             self.drop()
             if len(proposed | needed) <= MAX_CONTEXTS:
                 needed = set(proposed | needed)  # grow, so alternating studies keep reusing it
-        assoc = open_association(self.target, sorted(needed))
+        target = self.target
+        assoc = StoreAssociation(
+            open_association(target, sorted(needed)),
+            dimse_timeout=target.dimse_timeout.total_seconds(),
+            network_timeout=target.network_timeout.total_seconds(),
+            acse_timeout=target.acse_timeout.total_seconds(),
+        )
         self._mine.it = (frozenset(needed), assoc)
         with self._lock:
             self._held.add(assoc)
@@ -188,19 +191,14 @@ class Associations:
         if current is not None:
             with self._lock:
                 self._held.discard(current[1])
-            _release(current[1])
+            current[1].release()
 
     def close(self) -> None:
         """Release every association; call once the sending threads are idle."""
         with self._lock:
             held, self._held = self._held, set()
         for assoc in held:
-            _release(assoc)
-
-
-def _release(assoc: Association) -> None:
-    if assoc.is_established:
-        assoc.release()
+            assoc.release()
 
 
 def store_batch(associations: Associations, refs: Sequence[InstanceRef]) -> BatchResult:
@@ -214,20 +212,17 @@ def store_batch(associations: Associations, refs: Sequence[InstanceRef]) -> Batc
     except AssociationLost as exc:
         result.unsent, result.lost = list(refs), str(exc)
         return result
-    try:
-        for index, ref in enumerate(refs):
-            try:
-                problem = store_one(assoc, ref, associations.target.warning_is_success)
-            except AssociationLost as exc:
-                associations.drop()
-                result.unsent, result.lost = list(refs[index:]), str(exc)
-                return result
-            if problem:
-                result.failures[ref.sop_instance_uid] = problem
-            else:
-                result.stored.append(ref.sop_instance_uid)
-    finally:
-        resume_reactor(assoc)  # paused by the first send: it watches the idle association
+    for index, ref in enumerate(refs):
+        try:
+            problem = store_one(assoc, ref, associations.target.warning_is_success)
+        except AssociationLost as exc:
+            associations.drop()
+            result.unsent, result.lost = list(refs[index:]), str(exc)
+            return result
+        if problem:
+            result.failures[ref.sop_instance_uid] = problem
+        else:
+            result.stored.append(ref.sop_instance_uid)
     return result
 
 
@@ -242,45 +237,54 @@ def no_response(assoc: Association, request: str) -> str:
     )
 
 
-_message_ids = itertools.count()
+def let_reactor_resume(assoc: Association, limit: float = 1.0) -> None:
+    """Call before each DIMSE request: wait until the association's own thread has resumed.
+
+    pynetdicom pauses that thread during send_c_store/send_c_find by clearing an event and
+    waiting for an ``_is_paused`` flag. Right after an exchange the thread is woken but not yet
+    running, so the flag is still True from the last pause; a request sent at once skips the
+    handshake, and the waking thread can take the peer's answer off the queue as "unexpected".
+    A lost C-FIND match silently hides an instance (seen with Orthanc under load).
+    Normally this returns at once; ``limit`` only bounds a thread that never resumes.
+    """
+    deadline = time.monotonic() + limit
+    while assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0)
 
 
-def _next_message_id() -> int:
-    """Each request gets its own Message ID (an unsigned short), as DICOM asks."""
-    return next(_message_ids) % 0xFFFF + 1
-
-
-def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) -> str | None:
+def store_one(assoc: StoreAssociation, ref: InstanceRef, warning_is_success: bool) -> str | None:
     """Send one file; the reason it failed, or None. AssociationLost means: try again."""
-    if not assoc.is_established:
-        raise AssociationLost("the association ended")
     try:
         status = _send(assoc, ref)
     except PermanentError as exc:  # the source file changed or went since it was scanned
         return str(exc)
-    except ValueError:
-        return unsendable(ref)
     except CompressionError as exc:
         return f"the peer accepts it only uncompressed, and it does not decode: {exc}"
-    except (OSError, RuntimeError) as exc:
+    except Ended as exc:
+        raise AssociationLost(str(exc)) from exc
+    except OSError as exc:  # reading the file failed while it was sent (the send was aborted)
         raise AssociationLost(f"sending failed: {exc}") from exc
-    if "Status" not in status:
-        raise AssociationLost(no_response(assoc, "C-STORE"))
-    code = int(status.Status)
+    if status is None:
+        return unsendable(ref)
+    code, comment = status
     if code == 0x0000 or (code in WARNING_STATUSES and warning_is_success):
         return None
-    comment = status.get("ErrorComment", "")
     return f"the peer answered C-STORE with status 0x{code:04X}" + (
         f": {comment}" if comment else ""
     )
 
 
-def _send(assoc: Association, ref: InstanceRef) -> Dataset:
-    """The file's own bytes if the peer accepted its transfer syntax, else re-encoded by
-    pynetdicom in an uncompressed syntax it accepted (ValueError: none)."""
-    context_id = accepted_context(assoc, ref)
+def _send(assoc: StoreAssociation, ref: InstanceRef) -> tuple[int, str] | None:
+    """C-STORE the file's own bytes if the peer accepted its transfer syntax, else its data
+    set re-encoded in an uncompressed syntax the peer accepted; None if neither can be."""
+    context_id = assoc.contexts.get((ref.sop_class_uid, ref.transfer_syntax))
     if context_id is not None:
-        return send_file(assoc, context_id, ref, _next_message_id())
-    resume_reactor(assoc)
-    let_reactor_resume(assoc)
-    return assoc.send_c_store(_uncompressed(ref), msg_id=_next_message_id())
+        return assoc.store(context_id, ref, file_data_set(ref))
+    if not UID(ref.transfer_syntax).is_little_endian:
+        return None  # re-encoding big endian data as little would have to swap pixel bytes
+    for syntax in UNCOMPRESSED:
+        context_id = assoc.contexts.get((ref.sop_class_uid, syntax))
+        if context_id is not None:
+            data = encode(_uncompressed(ref), syntax.is_implicit_VR, True)
+            return None if data is None else assoc.store(context_id, ref, [(data, True)])
+    return None
