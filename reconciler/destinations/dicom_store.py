@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
@@ -32,10 +32,6 @@ from reconciler.destinations.source_files import read_unchanged
 from reconciler.plan import InstanceRef
 from reconciler.retry import PermanentError
 from reconciler.transforms.compression import CompressionError, decompress
-
-# pynetdicom's standard event handlers format a line for every PDU and DIMSE message, logged
-# at levels nothing here shows: CPU spent on each C-STORE response for nothing.
-_config.LOG_HANDLER_LEVEL = "none"
 
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
@@ -73,21 +69,17 @@ def unsendable(ref: InstanceRef) -> str:
 
 
 def _uncompressed(ref: InstanceRef) -> Dataset:
-    """The file as a dataset pynetdicom can re-encode in any uncompressed syntax: a compressed
-    one is decoded first, exactly (verified pixel for pixel by ``decompress``)."""
+    """The file as a dataset to re-encode in an uncompressed syntax: a compressed one is
+    decoded first, exactly (verified pixel for pixel by ``decompress``)."""
     data = read_unchanged(ref)
     if UID(ref.transfer_syntax).is_compressed:
         data = decompress(data)
     return dcmread(io.BytesIO(data))
 
 
-def _on_connect(event: evt.Event) -> None:
-    sock = event.assoc.dul.socket.socket
+def _no_delay(event: evt.Event) -> None:
     # pynetdicom leaves Nagle on; every small C-STORE PDU would then wait ~40 ms for an ACK.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # pynetdicom leaves a requestor's socket blocking for ever; a peer that stops reading
-    # would then hang a send (ours in dicom_stream, or its own) instead of failing it.
-    sock.settimeout(event.assoc.network_timeout)
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @contextmanager
@@ -113,7 +105,7 @@ def open_association(target: DicomTarget, contexts: Sequence[Context]) -> Associ
         target.port,
         ae_title=target.ae_title,
         tls_args=_tls_arguments(target),
-        evt_handlers=[(evt.EVT_CONN_OPEN, _on_connect)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)],
     )
     if assoc.is_established:
         return assoc
@@ -262,7 +254,7 @@ def store_one(assoc: StoreAssociation, ref: InstanceRef, warning_is_success: boo
         return f"the peer accepts it only uncompressed, and it does not decode: {exc}"
     except Ended as exc:
         raise AssociationLost(str(exc)) from exc
-    except OSError as exc:  # reading the file failed while it was sent (the send was aborted)
+    except OSError as exc:  # reading the file failed (a request it had begun was aborted)
         raise AssociationLost(f"sending failed: {exc}") from exc
     if status is None:
         return unsendable(ref)

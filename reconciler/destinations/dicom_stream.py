@@ -91,11 +91,11 @@ class StoreAssociation:
         self._fragment = peer_max - _PDV_OVERHEAD if peer_max else UNLIMITED_FRAGMENT
         self._timeouts = dimse_timeout, network_timeout, acse_timeout
         self._message_ids = itertools.count()
-        # pynetdicom's threads stop without closing the socket: after the association was
-        # accepted the peer sends nothing unasked, so neither thread is mid-read.
+        # pynetdicom's DUL thread, the one that reads and writes the socket, stops without
+        # closing it: once the association is accepted the peer sends nothing unasked, so
+        # the thread is not mid-read. The association's own thread ends when it sees that.
         assoc.dul.kill_dul()
         assoc.dul.join()
-        assoc.join()  # its reactor ends once it sees the DUL thread gone
         self._sock: socket.socket | None = assoc.dul.socket.socket if assoc.dul.socket else None
         self._last_used = time.monotonic()
 
