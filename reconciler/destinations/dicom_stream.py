@@ -89,7 +89,8 @@ class StoreAssociation:
         }
         peer_max = assoc.acceptor.maximum_length
         self._fragment = peer_max - _PDV_OVERHEAD if peer_max else UNLIMITED_FRAGMENT
-        self._timeouts = dimse_timeout, network_timeout, acse_timeout
+        self._dimse_timeout, self._network_timeout = dimse_timeout, network_timeout
+        self._acse_timeout = acse_timeout
         self._message_ids = itertools.count()
         # pynetdicom's DUL thread, the one that reads and writes the socket, stops without
         # closing it: once the association is accepted the peer sends nothing unasked, so
@@ -107,7 +108,7 @@ class StoreAssociation:
         the peer at any time, and a new one is then better than a failed request."""
         if self._sock is None:
             return False
-        if time.monotonic() - self._last_used > self._timeouts[1]:
+        if time.monotonic() - self._last_used > self._network_timeout:
             self.release()
             return False
         pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()
@@ -138,7 +139,7 @@ class StoreAssociation:
             _command_set(ref, message_id), context_id, self._fragment, _COMMAND | _LAST
         )
         started = False
-        sock.settimeout(self._timeouts[1])
+        sock.settimeout(self._network_timeout)
         try:
             for block, last in data_set:
                 framed = _frame(block, context_id, self._fragment, _LAST if last else 0)
@@ -161,7 +162,7 @@ class StoreAssociation:
     def _response(self, message_id: int) -> tuple[int, str]:
         """Wait for the C-STORE-RSP to ``message_id``."""
         sock = self._open_socket()
-        sock.settimeout(self._timeouts[0])
+        sock.settimeout(self._dimse_timeout)
         fragments = []
         while True:
             try:
@@ -169,7 +170,7 @@ class StoreAssociation:
             except TimeoutError:
                 self.abort()
                 raise Ended(
-                    f"no response to C-STORE within the dimse_timeout ({self._timeouts[0]:g} s)"
+                    f"no response to C-STORE within the dimse_timeout ({self._dimse_timeout:g} s)"
                 ) from None
             except OSError as exc:
                 self.close()
@@ -218,7 +219,7 @@ class StoreAssociation:
             return
         self._send_quietly(_RELEASE_REQUEST)
         try:
-            self._open_socket().settimeout(self._timeouts[2])
+            self._open_socket().settimeout(self._acse_timeout)
             while self._read_pdu()[0] not in (_RELEASE_RP, _RELEASE_RQ, _ABORT):
                 pass
         except (Ended, OSError):
@@ -247,7 +248,7 @@ class StoreAssociation:
     def _send_quietly(self, pdu: bytes) -> None:
         try:
             sock = self._open_socket()
-            sock.settimeout(self._timeouts[1])
+            sock.settimeout(self._network_timeout)
             sock.sendall(pdu)
         except (Ended, OSError):
             pass
