@@ -65,8 +65,10 @@ _DATA_SET_PRESENT = 0x0001
 _EXPLICIT_HEADER = struct.Struct("<HH2s")
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _EXPLICIT_LONG = struct.Struct("<HH2s2xI")
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"}
-_LONG_VRS |= {b"UT", b"UV"}
+# VRs with a 4-byte length after 2 reserved bytes; the others have a 2-byte length.
+_LONG_VRS = {
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"
+}  # fmt: skip
 
 
 class Ended(Exception):
