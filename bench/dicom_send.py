@@ -7,6 +7,7 @@ Needs DCMTK and Orthanc (.ci/install-peers). Every run gets a fresh, empty peer.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,14 @@ def main() -> None:
             "a plan\n"
         )
         env = bench_env(TCP_NODELAY="1")
-        table = Table(("peer", -16), ("sender", -16), *FIGURES, ("MB/s", 6), ("vs storescu", 11))
+        table = Table(
+            ("peer", -16),
+            ("sender", -16),
+            *FIGURES,
+            ("MB/s", 6),
+            ("vs storescu", 11),
+            ("load", 5),  # 1-minute load average after the run: the machine may be shared
+        )
         for number, (name, start) in enumerate(peers(work)):
             base = None
             for sender in ("storescu", "reconciler cold", "reconciler warm"):
@@ -77,7 +85,8 @@ def main() -> None:
                     measured = measure(argv, env, ok=(0,))
                     base = base or measured.wall
                 rate = f"{total / measured.wall / 1e6:.0f}"
-                table.row(name, sender, *figures(measured), rate, f"{base / measured.wall:.2f}x")
+                ratio = f"{base / measured.wall:.2f}x"
+                table.row(name, sender, *figures(measured), rate, ratio, os.getloadavg()[0])
 
 
 if __name__ == "__main__":

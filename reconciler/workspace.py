@@ -63,6 +63,7 @@ class Workspace:
             {name: loaded.resolve_path(s.path) for name, s in self.config.sources.items()}
         )
         self._destinations: dict[str, Destination] = {}
+        self._opening = threading.Lock()
 
     def close(self) -> None:
         for destination in self._destinations.values():
@@ -78,11 +79,13 @@ class Workspace:
         self.close()
 
     def destination(self, name: str) -> Destination:
-        if name not in self._destinations:
-            self._destinations[name] = open_destination(
-                name, self.config.destinations[name], self.config.site, self.loaded.resolve_path
-            )
-        return self._destinations[name]
+        # Locked: apply's study threads ask at once, and a second instance would go unclosed.
+        with self._opening:
+            if name not in self._destinations:
+                self._destinations[name] = open_destination(
+                    name, self.config.destinations[name], self.config.site, self.loaded.resolve_path
+                )
+            return self._destinations[name]
 
     def object_store(self, name: str) -> ObjectStoreDestination:
         """An object destination's store itself, for work on its keys (recovery points, rekey):

@@ -6,6 +6,7 @@ faults a test switches on and off while it runs::
     pacs.abort_at, pacs.aborts_left = 2, 1      # A-ABORT at an association's 2nd C-STORE, once
     pacs.stall, pacs.stalls_left = 3.0, None    # answer every C-STORE 3 s late
     pacs.answer = lambda ds: (0xA700, "disk full")  # the status (and comment) of each C-STORE
+    pacs.abort_associations()                   # A-ABORT the associations open now
 
 Only instances answered with success or a warning are kept, as a real PACS would.
 """
@@ -66,6 +67,11 @@ class FaultyPacs:
     def close(self) -> None:
         self._closing.set()  # wakes stalled handlers, so shutdown does not wait for them
         self._server.shutdown()
+
+    def abort_associations(self) -> None:
+        """A-ABORT every open association, as a peer ending idle ones does."""
+        for assoc in self._server.active_associations:
+            assoc.abort()
 
     def behave(self) -> None:
         """Switch every fault off."""

@@ -7,13 +7,17 @@ dcmqrscp --fork may answer a C-FIND before another child's index update lands.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +25,12 @@ from pathlib import Path
 import pydicom
 import pytest
 from certificates import Certificates, make_certificates
+from faulty_pacs import AE_TITLE as FAULTY_AE_TITLE
+from faulty_pacs import faulty_pacs
 from peers import DicomPeer, free_port, orthanc_get, start_orthanc, start_storescp
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode, split_dataset
 from test_cli_end_to_end import run
 from test_transformed_copies import plan_copies
 
@@ -29,7 +38,12 @@ from reconciler.config.load import load_config
 from reconciler.config.model import DestinationConfig, RetrySettings
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.dicom import DicomDestination
-from reconciler.plan import Action
+from reconciler.destinations.dicom_stream import (
+    WHOLE_FILE_LIMIT,
+    _command_set,
+    _data_set_offset,
+)
+from reconciler.plan import Action, InstanceRef
 from reconciler.state import StateStore
 from reconciler.transforms.compression import compress
 from reconciler.workspace import Workspace
@@ -303,10 +317,13 @@ def test_module_entry_point_backs_up_to_a_dicom_peer(
     store.close()
 
 
-def tls_peer(tmp_path: Path, certs: Certificates) -> AbstractContextManager[DicomPeer]:
+def tls_peer(
+    tmp_path: Path, certs: Certificates, extra_args: Sequence[str] = ()
+) -> AbstractContextManager[DicomPeer]:
     """storescp over TLS that requires a client certificate signed by our CA."""
     tls = ["+tls", str(certs.server_key), str(certs.server_cert), "-pw"]
-    return start_storescp(tmp_path / "scp", extra_args=[*tls, "-rc", "+cf", str(certs.ca)])
+    args = [*tls, "-rc", "+cf", str(certs.ca), *extra_args]
+    return start_storescp(tmp_path / "scp", extra_args=args)
 
 
 def test_mutual_tls_association_sends_the_study(tmp_path: Path, copy_actions: list[Action]) -> None:
@@ -507,3 +524,157 @@ def test_each_c_store_carries_its_own_message_id(
     log = (storescp_peer.storage.parent / "storescp.log").read_text(errors="replace")
     ids = re.findall(r"Received Store Request \(MsgID (\d+)", log)
     assert len(ids) == len(copy_actions[0].instances) == len(set(ids))
+
+
+# --- the send path: requests written and responses read on the socket (dicom_stream) --------
+
+
+def enlarged(tmp_path: Path, like: InstanceRef, pixel_bytes: int) -> InstanceRef:
+    """A new instance like ``like`` with ``pixel_bytes`` of random pixel data (any misplaced
+    fragment shows), listed as the scan would list it."""
+    ds = pydicom.dcmread(like.path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.Columns = 1024
+    ds.Rows = pixel_bytes // (ds.Columns * ds.BitsAllocated // 8)
+    ds.PixelData = os.urandom(pixel_bytes)
+    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    return like._replace(
+        sop_instance_uid=ds.SOPInstanceUID,
+        path=str(path),
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def with_large_instances(tmp_path: Path, action: Action) -> Action:
+    """``action`` plus an instance streamed in blocks (past WHOLE_FILE_LIMIT) and one read
+    whole, each many PDUs long."""
+    like = action.instances[0]
+    streamed = enlarged(tmp_path, like, WHOLE_FILE_LIMIT + 3 * 2**20)
+    whole = enlarged(tmp_path, like, 2**20)
+    return dataclasses.replace(action, instances=(streamed, whole, *action.instances))
+
+
+def data_set_bytes(path: str | Path) -> bytes:
+    """What follows the file meta: what a C-STORE carries."""
+    return Path(path).read_bytes()[split_dataset(Path(path))[1] :]
+
+
+def assert_received_unchanged(storage: Path, action: Action) -> None:
+    received = {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in storage.iterdir()
+    }
+    assert set(received) == {r.sop_instance_uid for r in action.instances}
+    for ref in action.instances:
+        assert data_set_bytes(received[ref.sop_instance_uid]) == data_set_bytes(ref.path)
+
+
+@pytest.mark.parametrize("peer", ["storescp", "storescp --max-pdu 4096", "storescp over TLS"])
+def test_large_instances_arrive_byte_for_byte(
+    tmp_path: Path, copy_actions: list[Action], peer: str
+) -> None:
+    action = with_large_instances(tmp_path, copy_actions[0])
+    tls = None
+    bit_preserving = ["+B"]  # storescp writes the data set exactly as it came
+    if peer.endswith("TLS"):
+        certs = make_certificates(tmp_path / "pki")
+        tls = {"ca": certs.ca, "cert": certs.client_cert, "key": certs.client_key}
+        started = tls_peer(tmp_path, certs, bit_preserving)
+    else:
+        started = start_storescp(tmp_path / "scp", extra_args=[*bit_preserving, *peer.split()[1:]])
+    with started as scp:
+        destination = dicom_destination(scp, tls=tls)
+        result = destination.send(action, lambda _: None)
+        destination.close()
+    assert result.failures == {} and result.sent == len(action.instances)
+    assert_received_unchanged(scp.storage, action)
+
+
+def test_orthanc_stores_large_instances_byte_for_byte(
+    tmp_path: Path, orthanc_peer: DicomPeer, copy_actions: list[Action]
+) -> None:
+    action = with_large_instances(tmp_path, copy_actions[0])
+    destination = dicom_destination(orthanc_peer)
+    assert destination.send(action, lambda _: None).failures == {}
+    destination.close()
+    ids = {
+        i["MainDicomTags"]["SOPInstanceUID"]: i["ID"]
+        for i in orthanc_get(orthanc_peer, "/instances?expand")
+    }
+    for ref in action.instances[:2]:
+        url = f"{orthanc_peer.rest_url}/instances/{ids[ref.sop_instance_uid]}/file"
+        with urllib.request.urlopen(url) as response:
+            (tmp_path / "stored.dcm").write_bytes(response.read())
+        assert data_set_bytes(tmp_path / "stored.dcm") == data_set_bytes(ref.path)
+
+
+def test_files_changed_since_the_scan_fail_alone_on_an_association_that_goes_on(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    action = with_large_instances(tmp_path, copy_actions[0])
+    streamed, whole, *others = action.instances
+    for ref in (streamed, whole):  # same size, other bytes: only the hash tells
+        Path(ref.path).write_bytes(Path(ref.path).read_bytes()[:-1] + b"\x01")
+    port = free_port()
+    with faulty_pacs(port) as pacs:
+        peer = DicomPeer("127.0.0.1", port, FAULTY_AE_TITLE, tmp_path)
+        destination = dicom_destination(peer, dicom={"max_associations": 1})
+        result = destination.send(action, lambda _: None)
+        destination.close()
+    assert set(result.failures) == {streamed.sop_instance_uid, whole.sop_instance_uid}
+    assert all("changed since it was scanned" in why for why in result.failures.values())
+    assert set(pacs.received) == {r.sop_instance_uid for r in others}
+    assert pacs.requested == 1
+
+
+@pytest.mark.parametrize("ending", ["the peer aborts it", "it idles past network_timeout"])
+def test_an_idle_association_that_ended_is_replaced_not_failed(
+    copy_actions: list[Action], ending: str
+) -> None:
+    port = free_port()
+    with faulty_pacs(port) as pacs:
+        peer = DicomPeer("127.0.0.1", port, FAULTY_AE_TITLE, Path())
+        dicom = {"max_associations": 1, "network_timeout": "1s"}
+        destination = dicom_destination(peer, dicom=dicom, retry={"attempts": 1})
+        assert destination.send(copy_actions[0], lambda _: None).failures == {}
+        if ending == "the peer aborts it":
+            pacs.abort_associations()
+        else:
+            time.sleep(1.2)
+        result = destination.send(copy_actions[1], lambda _: None)
+        destination.close()
+    assert result.failures == {} and pacs.requested == 2
+    assert set(pacs.received) == {r.sop_instance_uid for a in copy_actions[:2] for r in a.instances}
+
+
+def test_c_store_command_set_is_the_one_pynetdicom_encodes(copy_actions: list[Action]) -> None:
+    ref = copy_actions[0].instances[0]
+    request = C_STORE()
+    request.MessageID = 513
+    request.AffectedSOPClassUID = ref.sop_class_uid
+    request.AffectedSOPInstanceUID = ref.sop_instance_uid
+    request.Priority = 2
+    request.DataSet = io.BytesIO(b"a data set follows")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    assert _command_set(ref, 513) == encode(message.command_set, True, True)
+
+
+def test_data_set_offset_walks_the_file_meta_or_leaves_odd_headers_to_pydicom(
+    tmp_path: Path, copy_actions: list[Action]
+) -> None:
+    ref = copy_actions[0].instances[0]
+    data = Path(ref.path).read_bytes()
+    assert _data_set_offset(io.BytesIO(data), ref) == split_dataset(Path(ref.path))[1]
+    # File meta written implicit VR, against PS3.10: pydicom reads it, and so must we.
+    meta = pydicom.dcmread(ref.path, stop_before_pixels=True).file_meta
+    implicit_meta = pydicom.filebase.DicomBytesIO()
+    implicit_meta.is_little_endian, implicit_meta.is_implicit_VR = True, True
+    pydicom.filewriter.write_dataset(implicit_meta, meta)
+    odd = tmp_path / "odd.dcm"
+    odd.write_bytes(data[:132] + implicit_meta.getvalue() + data_set_bytes(ref.path))
+    with pytest.warns(UserWarning, match="implicit VR"):
+        offset = _data_set_offset(io.BytesIO(odd.read_bytes()), ref._replace(path=str(odd)))
+    assert offset == 132 + len(implicit_meta.getvalue())

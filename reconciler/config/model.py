@@ -191,7 +191,7 @@ class DicomTarget(StrictModel):
     network_timeout: Duration = Field(timedelta(seconds=60), description="A silent connection.")
     max_pdu: int = Field(16382, ge=0, description="Largest PDU we accept; 0 means no limit.")
     max_associations: int = Field(
-        4, ge=1, le=32, description="Parallel associations (each in its own process) for sending."
+        4, ge=1, le=32, description="Parallel associations (each in its own thread) for sending."
     )
     warning_is_success: bool = Field(
         True, description="Count C-STORE warnings (e.g. 0xB000 coercion) as stored."

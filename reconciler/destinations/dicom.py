@@ -1,22 +1,19 @@
 """DICOM peers (PACS) over DIMSE: C-STORE sends the files as they are, C-FIND observes.
 
-Files are streamed without being decoded (pynetdicom's chunked send) when the peer accepts
-their own transfer syntax; otherwise an uncompressed file is re-encoded in an uncompressed
-syntax it accepts, and anything else is reported as unsendable with the reason. Sends run in
-worker processes, one association each (``max_associations``); this process decides retries,
-storage commitment and what is committed.
+Files are sent as they are, never decoded (dicom_stream), when the peer accepts their own
+transfer syntax; otherwise an uncompressed file is re-encoded in an uncompressed syntax it
+accepts, and anything else is reported as unsendable with the reason. Sends run in threads,
+one association each (``max_associations``); this class decides retries, storage commitment
+and what is committed.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from pydicom import Dataset
 from pynetdicom.association import Association
@@ -34,6 +31,7 @@ from reconciler.destinations.base import (
 from reconciler.destinations.dicom_commitment import CommitmentListener, request_commitment
 from reconciler.destinations.dicom_store import (
     AssociationLost,
+    Associations,
     BatchResult,
     ContextsRefused,
     association,
@@ -59,7 +57,8 @@ class DicomDestination:
         self.settings = settings
         self.sleep: Callable[[float], None] = time.sleep
         self.throttle = throttle_for(settings.bandwidth, settings.timezone)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._associations = Associations(target)
         self._listener: CommitmentListener | None = None
         self._lock = threading.Lock()
 
@@ -68,19 +67,16 @@ class DicomDestination:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            self._associations.close()
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
 
-    def _workers(self) -> ProcessPoolExecutor:
+    def _workers(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                # spawn: forking a process that runs threads (ours, pynetdicom's) is unsafe.
-                self._pool = ProcessPoolExecutor(
-                    self.target.max_associations,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=exit_with_parent,
-                    initargs=(os.getpid(),),
+                self._pool = ThreadPoolExecutor(
+                    self.target.max_associations, thread_name_prefix=f"send-{self.name}"
                 )
             return self._pool
 
@@ -144,16 +140,10 @@ class DicomDestination:
         for batch in _paced(batches) if self.throttle else batches:
             if self.throttle:
                 self.throttle.take(sum(r.size for r in batch))  # paces what the workers get
-            futures[pool.submit(store_batch, self.target, batch)] = batch
+            futures[pool.submit(store_batch, self._associations, batch)] = batch
         unsent, lost = [], None
         for future in as_completed(futures):
-            try:
-                batch = future.result()
-            except BrokenProcessPool as exc:
-                self.close()  # a worker died: start afresh next round
-                unsent.append(futures[future])
-                lost = f"a sending process died ({exc})"
-                continue
+            batch = future.result()
             for sop_uid in batch.stored:
                 result.sent += 1
                 result.bytes += sizes[sop_uid]
@@ -280,15 +270,3 @@ def _find(assoc: Association, query: Dataset) -> list[Dataset]:
 def _paced(batches: list[list[InstanceRef]], size: int = 4) -> list[list[InstanceRef]]:
     """Small batches, so a bandwidth limit paces sending instead of allowing study bursts."""
     return [batch[i : i + size] for batch in batches for i in range(0, len(batch), size)]
-
-
-def exit_with_parent(parent: int) -> None:
-    """Sender initializer: a sender must not outlive the apply that started it (kill -9, OOM
-    killer), or it would go on sending beside the next run."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -1,38 +1,37 @@
-"""The C-STORE side of DICOM destinations, run in worker processes.
+"""The C-STORE side of DICOM destinations, run in sending threads.
 
-pynetdicom spends its time in Python per PDU, so threads share one core's worth of work;
-separate processes, each holding its own association, scale. A worker keeps its association
-open between batches (and studies) while the contexts it needs were negotiated on it.
+Each thread holds its own association, kept open between batches (and studies) while the
+contexts it needs were negotiated on it. Threads scale here because a request's bytes go
+straight to the socket (dicom_stream): reading, hashing and sending release the GIL. With
+pynetdicom framing every PDU in Python they did not, and separate processes were needed,
+each paying ~0.7 CPU s to import pydicom and pynetdicom.
 """
 
 from __future__ import annotations
 
 import io
-import itertools
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import util
-from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext, build_context, build_role
 
 from reconciler.config.model import DicomTarget
-from reconciler.destinations.source_files import check_unchanged
+from reconciler.destinations.dicom_stream import Ended, StoreAssociation, file_data_set
+from reconciler.destinations.source_files import read_unchanged
 from reconciler.plan import InstanceRef
 from reconciler.retry import PermanentError
 from reconciler.transforms.compression import CompressionError, decompress
-
-# Send the encoded file bytes in PDU-sized chunks instead of decoding every dataset.
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
@@ -70,11 +69,12 @@ def unsendable(ref: InstanceRef) -> str:
 
 
 def _uncompressed(ref: InstanceRef) -> Dataset:
-    """The file as a dataset pynetdicom can re-encode in any uncompressed syntax: a compressed
-    one is decoded first, exactly (verified pixel for pixel by ``decompress``)."""
-    if not UID(ref.transfer_syntax).is_compressed:
-        return dcmread(ref.path)
-    return dcmread(io.BytesIO(decompress(Path(ref.path).read_bytes())))
+    """The file as a dataset to re-encode in an uncompressed syntax: a compressed one is
+    decoded first, exactly (verified pixel for pixel by ``decompress``)."""
+    data = read_unchanged(ref)
+    if UID(ref.transfer_syntax).is_compressed:
+        data = decompress(data)
+    return dcmread(io.BytesIO(data))
 
 
 def _no_delay(event: evt.Event) -> None:
@@ -165,42 +165,63 @@ def _tls_arguments(target: DicomTarget) -> tuple[ssl.SSLContext, str] | None:
     return context, tls.server_name or target.host
 
 
-# --- worker side: one reusable association per process ------------------------------------
-
-_open: tuple[DicomTarget, frozenset[Context], Association] | None = None
+# --- sending threads: one reusable association each ----------------------------------------
 
 
-def _release_open() -> None:
-    global _open
-    if _open is not None and _open[2].is_established:
-        _open[2].release()
-    _open = None
+class Associations:
+    """The sending threads' associations to one peer, released together by ``close``."""
+
+    def __init__(self, target: DicomTarget) -> None:
+        self.target = target
+        self._mine = threading.local()  # this thread's (proposed contexts, association)
+        self._lock = threading.Lock()
+        self._held: set[StoreAssociation] = set()
+
+    def covering(self, needed: set[Context]) -> StoreAssociation:
+        """This thread's association if it still covers ``needed``, else a new one."""
+        current: tuple[frozenset[Context], StoreAssociation] | None
+        current = getattr(self._mine, "it", None)
+        if current is not None:
+            proposed, assoc = current
+            if needed <= proposed and assoc.usable():
+                return assoc
+            self.drop()
+            if len(proposed | needed) <= MAX_CONTEXTS:
+                needed = set(proposed | needed)  # grow, so alternating studies keep reusing it
+        target = self.target
+        assoc = StoreAssociation(
+            open_association(target, sorted(needed)),
+            dimse_timeout=target.dimse_timeout.total_seconds(),
+            network_timeout=target.network_timeout.total_seconds(),
+            acse_timeout=target.acse_timeout.total_seconds(),
+        )
+        self._mine.it = (frozenset(needed), assoc)
+        with self._lock:
+            self._held.add(assoc)
+        return assoc
+
+    def drop(self) -> None:
+        """Release this thread's association (broken, or lacking contexts now needed)."""
+        current = getattr(self._mine, "it", None)
+        self._mine.it = None
+        if current is not None:
+            with self._lock:
+                self._held.discard(current[1])
+            current[1].release()
+
+    def close(self) -> None:
+        """Release every association; call once the sending threads are idle."""
+        with self._lock:
+            held, self._held = self._held, set()
+        for assoc in held:
+            assoc.release()
 
 
-def _reusable(target: DicomTarget, needed: set[Context]) -> Association:
-    """This process's association if it already covers ``needed``, else a new one."""
-    global _open
-    if _open is not None:
-        same_peer, proposed, assoc = _open
-        if same_peer == target and needed <= proposed and assoc.is_established:
-            return assoc
-        _release_open()
-        if same_peer == target and len(proposed | needed) <= MAX_CONTEXTS:
-            needed = set(proposed | needed)  # grow, so alternating studies keep reusing it
-    assoc = open_association(target, sorted(needed))
-    _open = (target, frozenset(needed), assoc)
-    return assoc
-
-
-# Release the kept association when a worker process exits (a no-op elsewhere).
-util.Finalize(None, _release_open, exitpriority=10)
-
-
-def store_batch(target: DicomTarget, refs: Sequence[InstanceRef]) -> BatchResult:
-    """C-STORE ``refs`` on this worker's association; runs in a worker process."""
+def store_batch(associations: Associations, refs: Sequence[InstanceRef]) -> BatchResult:
+    """C-STORE ``refs`` on this thread's association."""
     result = BatchResult()
     try:
-        assoc = _reusable(target, {(r.sop_class_uid, r.transfer_syntax) for r in refs})
+        assoc = associations.covering({(r.sop_class_uid, r.transfer_syntax) for r in refs})
     except ContextsRefused:
         result.failures = {r.sop_instance_uid: unsendable(r) for r in refs}
         return result
@@ -209,9 +230,9 @@ def store_batch(target: DicomTarget, refs: Sequence[InstanceRef]) -> BatchResult
         return result
     for index, ref in enumerate(refs):
         try:
-            problem = store_one(assoc, ref, target.warning_is_success)
+            problem = store_one(assoc, ref, associations.target.warning_is_success)
         except AssociationLost as exc:
-            _release_open()
+            associations.drop()
             result.unsent, result.lost = list(refs[index:]), str(exc)
             return result
         if problem:
@@ -232,14 +253,6 @@ def no_response(assoc: Association, request: str) -> str:
     )
 
 
-_message_ids = itertools.count()
-
-
-def _next_message_id() -> int:
-    """Each request gets its own Message ID (an unsigned short), as DICOM asks."""
-    return next(_message_ids) % 0xFFFF + 1
-
-
 def let_reactor_resume(assoc: Association, limit: float = 1.0) -> None:
     """Call before each DIMSE request: wait until the association's own thread has resumed.
 
@@ -247,8 +260,7 @@ def let_reactor_resume(assoc: Association, limit: float = 1.0) -> None:
     waiting for an ``_is_paused`` flag. Right after an exchange the thread is woken but not yet
     running, so the flag is still True from the last pause; a request sent at once skips the
     handshake, and the waking thread can take the peer's answer off the queue as "unexpected".
-    A lost C-STORE response costs the whole DIMSE timeout (seen here: 60 s stalls against
-    storescp); a lost C-FIND match silently hides an instance (seen with Orthanc under load).
+    A lost C-FIND match silently hides an instance (seen with Orthanc under load).
     Normally this returns at once; ``limit`` only bounds a thread that never resumes.
     """
     deadline = time.monotonic() + limit
@@ -256,32 +268,39 @@ def let_reactor_resume(assoc: Association, limit: float = 1.0) -> None:
         time.sleep(0)
 
 
-def store_one(assoc: Association, ref: InstanceRef, warning_is_success: bool) -> str | None:
+def store_one(assoc: StoreAssociation, ref: InstanceRef, warning_is_success: bool) -> str | None:
     """Send one file; the reason it failed, or None. AssociationLost means: try again."""
-    if not assoc.is_established:
-        raise AssociationLost("the association ended")
     try:
-        check_unchanged(ref)
-    except PermanentError as exc:
+        status = _send(assoc, ref)
+    except PermanentError as exc:  # the source file changed or went since it was scanned
         return str(exc)
-    try:
-        let_reactor_resume(assoc)
-        try:
-            status = assoc.send_c_store(Path(ref.path), msg_id=_next_message_id())
-        except ValueError:  # the file's own syntax was not accepted: an uncompressed one?
-            status = assoc.send_c_store(_uncompressed(ref), msg_id=_next_message_id())
-    except ValueError:
-        return unsendable(ref)
     except CompressionError as exc:
         return f"the peer accepts it only uncompressed, and it does not decode: {exc}"
-    except (OSError, RuntimeError) as exc:
+    except Ended as exc:
+        raise AssociationLost(str(exc)) from exc
+    except OSError as exc:  # reading the file failed (a request it had begun was aborted)
         raise AssociationLost(f"sending failed: {exc}") from exc
-    if "Status" not in status:
-        raise AssociationLost(no_response(assoc, "C-STORE"))
-    code = int(status.Status)
+    if status is None:
+        return unsendable(ref)
+    code, comment = status
     if code == 0x0000 or (code in WARNING_STATUSES and warning_is_success):
         return None
-    comment = status.get("ErrorComment", "")
     return f"the peer answered C-STORE with status 0x{code:04X}" + (
         f": {comment}" if comment else ""
     )
+
+
+def _send(assoc: StoreAssociation, ref: InstanceRef) -> tuple[int, str] | None:
+    """C-STORE the file's own bytes if the peer accepted its transfer syntax, else its data
+    set re-encoded in an uncompressed syntax the peer accepted; None if neither can be."""
+    context_id = assoc.contexts.get((ref.sop_class_uid, ref.transfer_syntax))
+    if context_id is not None:
+        return assoc.store(context_id, ref, file_data_set(ref))
+    if not UID(ref.transfer_syntax).is_little_endian:
+        return None  # re-encoding big endian data as little would have to swap pixel bytes
+    for syntax in UNCOMPRESSED:
+        context_id = assoc.contexts.get((ref.sop_class_uid, syntax))
+        if context_id is not None:
+            data = encode(_uncompressed(ref), syntax.is_implicit_VR, True)
+            return None if data is None else assoc.store(context_id, ref, [(data, True)])
+    return None
