@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from peers import DicomPeer, orthanc_get
+from peers import DicomPeer, orthanc_get, start_orthanc
 from test_cli_end_to_end import s3_destination
 from test_recovery_cli import run, run_json
 
@@ -238,6 +238,26 @@ def test_compressed_copies_reach_a_pacs_as_jpeg_2000_and_converge(
         assert tags["PatientName"] == str(original.PatientName)  # nothing else changed
     code, out = run(capsys, "plan", "-c", str(config), "--refresh", "--detailed-exitcode")
     assert code == 0, out
+
+
+def test_teaching_cases_reach_dicomweb_de_identified_compressed_and_converge(
+    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with start_orthanc(tmp_path / "orthanc", stop_grace=0.5, dicomweb=True) as peer:
+        block = f"dicomweb: {{url: {peer.rest_url}/dicom-web}}"
+        config = write_config(tmp_path, block, "\n    compression: jpeg2000-lossless")
+        code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
+        assert code == 0, out
+        held = orthanc_get(peer, "/instances")
+        assert len(held) == 6
+        for instance in held:
+            tags = orthanc_get(peer, f"/instances/{instance}/simplified-tags")
+            assert tags["PatientIdentityRemoved"] == "YES"
+            assert tags["StudyInstanceUID"].startswith("2.25.")
+            assert transfer_syntax(peer, instance) == J2K_LOSSLESS
+        code, out = run(capsys, "plan", "-c", str(config), "--refresh", "--detailed-exitcode")
+        assert code == 0, out
+        assert "2 study copies in sync" in out
 
 
 def transfer_syntax(peer: DicomPeer, instance: str) -> str:
