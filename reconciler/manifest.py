@@ -15,6 +15,7 @@ from typing import get_args
 from reconciler.transforms.settings import Codec
 
 MANIFEST_FORMAT = "dicom-reconciler/study-manifest"
+MANIFEST_NAME = "manifest.json"  # each study's, beside its objects
 # Version 2 adds each instance's transforms; version 1 manifests (none) are still read.
 MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2)

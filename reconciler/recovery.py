@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 from reconciler.destinations.base import Destination, DestinationUnavailable
 from reconciler.manifest import (
     ENCRYPTED_SUFFIX,
+    MANIFEST_NAME,
     PLAIN_SUFFIX,
     SHA256_PATTERN,
     Manifest,
@@ -53,7 +54,6 @@ POINT_VERSION = 1
 STUDIES = "studies"
 PINNED = "manifests"
 POINTS = "recovery-points"
-MANIFEST_NAME = "manifest.json"
 POINT_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,4})?$")
 # Objects up to this size are fetched in one request; larger ones are streamed in chunks.
 IN_MEMORY_LIMIT = 64 * 1024 * 1024

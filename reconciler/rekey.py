@@ -22,8 +22,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from reconciler import __version__
-from reconciler.destinations.object_store import MANIFEST_NAME, ObjectStoreDestination
+from reconciler.destinations.object_store import ObjectStoreDestination
 from reconciler.manifest import (
+    MANIFEST_NAME,
     Manifest,
     ManifestEntry,
     ManifestError,

@@ -45,6 +45,7 @@ from reconciler.destinations.base import (
 )
 from reconciler.destinations.source_files import check_unchanged, read_unchanged
 from reconciler.manifest import (
+    MANIFEST_NAME,
     Manifest,
     ManifestEntry,
     ManifestError,
@@ -62,7 +63,6 @@ from reconciler.transforms.settings import Codec, codec_for
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_SUFFIX = f"/{MANIFEST_NAME}"
 # Larger files are streamed from disk instead of being held in memory while uploaded.
 IN_MEMORY_LIMIT = 64 * 1024 * 1024

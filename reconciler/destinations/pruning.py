@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from reconciler.destinations.archive import ARCHIVES, ArchiveIndex, bundle_name, index_name
-from reconciler.manifest import Manifest, ManifestError
-from reconciler.recovery import MANIFEST_NAME, STUDIES, RecoveryError, list_points
+from reconciler.manifest import MANIFEST_NAME, Manifest, ManifestError
+from reconciler.recovery import STUDIES, RecoveryError, list_points
 
 
 class PruneRefused(Exception):
