@@ -190,10 +190,6 @@ def _open_stores(
         yield stores
 
 
-def _object_store(workspace: Workspace, name: str) -> ObjectStoreDestination:
-    return workspace.object_store(name)  # an object store: checked by _store_names
-
-
 def _find_point(
     stores: dict[str, ObjectStoreDestination], point_id: str
 ) -> tuple[ObjectStoreDestination, RecoveryPoint]:
@@ -221,7 +217,7 @@ def create_points(
     then the keep policy is applied as well. Also called by `apply` on its schedule."""
     now = now or datetime.now(UTC)
     settings = workspace.config.recovery_points
-    stores = {n: _object_store(workspace, n) for n in names}
+    stores = {n: workspace.object_store(n) for n in names}  # checked by _store_names
     existing = {n: list_points(s)[0] for n, s in stores.items()}
     catalog = workspace.store.load_catalog()
     patient_ids = {uid: study.first.patient_id for uid, study in catalog.studies.items()}
@@ -344,7 +340,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     # The state's lock keeps a concurrent `create` from pinning what this prunes.
     with Workspace(loaded, "recover forget") as workspace:
         results = [
-            forget_points(_object_store(workspace, n), keep_policy(settings.keep), args.dry_run)
+            forget_points(workspace.object_store(n), keep_policy(settings.keep), args.dry_run)
             for n in names
         ]
     if args.json:
