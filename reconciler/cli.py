@@ -296,6 +296,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"Rejected files ({len(status['rejected_files'])}), not copied:")
         for rejected in status["rejected_files"]:
             print(f"  {rejected['path']}: {rejected['reason']}")
+    if status["blocked"]:
+        print(f"Blocked studies ({len(status['blocked'])}):")
+        for blocked in status["blocked"]:
+            print(f"  {blocked['study_uid']}: {blocked['reason']}")
     if status["failing"]:
         print("Failing:")
         for failing in status["failing"]:

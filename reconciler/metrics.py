@@ -53,6 +53,11 @@ class WatchMetrics:
             ["destination", "kind"],
             registry=self.registry,
         )
+        self.blocked = Gauge(
+            "reconciler_blocked_studies",
+            "Studies the last plan held back (in part) until a conflict is resolved.",
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "reconciler_reconcile_duration_seconds",
             "One watch cycle: scan, observe, plan and apply.",
@@ -93,6 +98,7 @@ class WatchMetrics:
             # Series exist from the start, so rate() and alerts see zeros, not gaps.
             self.bytes_sent.labels(name)
             self.instances_sent.labels(name)
+        self.blocked.set(len({p.study_uid for p in plan.problems if p.code == "blocked"}))
         for problem in plan.problems:
             if problem.severity == "error" and problem.destination:
                 self.failures.labels(problem.destination, "observe").inc()

@@ -120,6 +120,7 @@ class Problem:
     destination: str | None = None
     severity: Literal["error", "warning"] = "error"
     code: str | None = None  # for problems callers act on, e.g. "delete-cap"
+    study_uid: str | None = None  # the study a "blocked" problem holds back
 
 
 @dataclass(frozen=True)

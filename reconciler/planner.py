@@ -125,9 +125,9 @@ def make_plan(
                 now,
                 verify_subset is not None and in_subset(study.uid, *verify_subset),
             )
-            if action is None:
+            if action is None and not conflicts:  # a blocked study is never "in sync"
                 in_sync += 1
-            else:
+            elif action is not None:
                 actions.append(action)
     actions.extend(sharing.leftovers(catalog))
     problems.extend(sharing.problems)
@@ -249,7 +249,8 @@ def _distinct_instances(study: CatalogStudy) -> tuple[list[CatalogInstance], lis
                 Problem(
                     f"study {study.uid}: SOP Instance UID {sop_uid} is carried by files with "
                     f"different content ({paths}); it is not copied until only one remains",
-                    severity="warning",
+                    code="blocked",
+                    study_uid=study.uid,
                 )
             )
         else:

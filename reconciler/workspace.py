@@ -247,6 +247,11 @@ class Workspace:
             "local": self._local_status(plan, catalog),
             "destinations": destinations,
             "rejected_files": [vars(r) for r in self.store.rejected_files()],
+            "blocked": [
+                {"study_uid": p.study_uid, "reason": p.message}
+                for p in plan.problems
+                if p.code == "blocked"
+            ],
             "failing": self.store.failing_actions(),
             "shares_pending": [
                 {

@@ -95,6 +95,30 @@ def test_status_lists_rejected_files_and_what_is_pending(
     assert status["runs"][0]["outcome"] == "ok"
 
 
+def test_a_study_blocked_by_conflicting_files_is_an_alarm_in_plan_and_status(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import pydicom
+
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    original = sorted((tmp_path / "inbox").rglob("*.dcm"))[0]
+    twin = pydicom.dcmread(original)
+    twin.InstitutionName = "Other content, same SOP Instance UID"
+    twin.save_as(tmp_path / "inbox" / "twin.dcm")
+    config = str(write_config(tmp_path, folder_destination(tmp_path)[0]))
+    code, out = run(capsys, "plan", "-c", config, "--detailed-exitcode")
+    assert code == 1
+    assert f"SOP Instance UID {twin.SOPInstanceUID} is carried by files" in out
+    code, out = run(capsys, "status", "-c", config)
+    assert f"Blocked studies (1):\n  {twin.StudyInstanceUID}: " in out
+    status = json.loads(run(capsys, "status", "-c", config, "--json")[1])
+    [blocked] = status["blocked"]
+    assert blocked["study_uid"] == twin.StudyInstanceUID
+    assert "different content" in blocked["reason"]
+
+
 def test_fmt_check_reports_a_file_that_would_change(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -110,3 +110,19 @@ def test_a_metrics_port_already_taken_stops_watch_with_a_clear_error(tmp_path: P
         )
     assert done.returncode == 1
     assert f"Error: cannot serve metrics on {port}: Address already in use" in done.stderr
+
+
+def test_blocked_studies_are_a_metric() -> None:
+    from factories import NOW, catalog, config, instance, observed, study
+
+    from reconciler.metrics import WatchMetrics
+    from reconciler.planner import make_plan
+
+    ct = study("1.2.3", 2)
+    twin = instance("1.2.3", ct[0].sop_uid, path="/srv/inbox/other.dcm", sha256="f" * 64)
+    plan = make_plan(config(), catalog([*ct, twin]), {"cloud": observed("cloud")}, NOW)
+    metrics = WatchMetrics()
+    metrics.record_plan(plan, ["cloud"])
+    assert metrics.registry.get_sample_value("reconciler_blocked_studies") == 1
+    metrics.record_plan(make_plan(config(), catalog(ct), {"cloud": observed("cloud")}, NOW), [])
+    assert metrics.registry.get_sample_value("reconciler_blocked_studies") == 0

@@ -139,8 +139,20 @@ def test_conflicting_files_for_one_instance_are_held_back_and_reported() -> None
     plan = make_plan(config(), catalog([*ct, twin]), {"cloud": observed("cloud")}, NOW)
     [action] = plan.actions
     assert [i.sop_instance_uid for i in action.instances] == [ct[1].sop_uid]
-    assert any("different content" in p.message for p in plan.problems)
-    assert not plan.has_errors  # a warning: the rest of the study still goes
+    [blocked] = [p for p in plan.problems if p.code == "blocked"]
+    assert "different content" in blocked.message and blocked.study_uid == "1.2.3"
+    assert plan.has_errors  # an alarm: plan exits non-zero; the rest of the study still goes
+
+
+def test_a_blocked_study_is_never_counted_in_sync() -> None:
+    ct = study("1.2.3", 2)
+    twin = instance("1.2.3", ct[0].sop_uid, path="/srv/inbox/other.dcm", sha256="f" * 64)
+    holding_the_rest = held([ct[1]])
+    plan = make_plan(
+        config(), catalog([*ct, twin]), {"cloud": observed("cloud", holding_the_rest)}, NOW
+    )
+    assert plan.actions == () and plan.in_sync == 0
+    assert [p.study_uid for p in plan.problems if p.code == "blocked"] == ["1.2.3"]
 
 
 def test_checksum_verification_is_planned_when_due() -> None:
