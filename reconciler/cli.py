@@ -25,7 +25,7 @@ from reconciler import __version__
 from reconciler.catalog.scan import ScanResult
 from reconciler.config.durations import parse_duration
 from reconciler.config.load import ConfigError, format_config, load_config
-from reconciler.notify import notify_after_run
+from reconciler.notify import notify_after_run, notify_blocked
 from reconciler.plan import Plan, human_bytes, render_text
 from reconciler.retention import TrashBatch
 from reconciler.schema import config_schema
@@ -212,6 +212,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             if not args.json:
                 _print_scan(scanned)
                 print(render_text(plan))
+            notify_blocked(loaded, workspace.store, plan, _warn)
             if plan.has_changes and not args.auto_approve:
                 _confirm(args.json)
         if not plan.has_changes:

@@ -11,6 +11,7 @@ Each condition is notified once until it changes:
   happens once.
 - stalled: kept in memory by the watch process: once per stall; an action done, or nothing
   left to do, ends the stall.
+- blocked: a study newly held back by conflicting files, once (remembered in the state).
 - recovery_point: every point written, by apply on its schedule or by `recover create`.
 
 A failed delivery is reported as a warning and never fails the run. Tokens are sent in a
@@ -30,7 +31,7 @@ from reconciler.config.durations import format_duration
 from reconciler.config.load import LoadedConfig
 from reconciler.config.model import NotificationEvent, NotificationSettings, WebhookSettings
 from reconciler.email_notify import send_email
-from reconciler.plan import LOCAL
+from reconciler.plan import LOCAL, Plan
 from reconciler.state import StateStore
 
 Say = Callable[[str], None]
@@ -50,6 +51,19 @@ def notify_after_run(loaded: LoadedConfig, store: StateStore, say: Say) -> None:
     run_id = store.recent_runs(1)[0]["id"]
     assert isinstance(run_id, int)
     deliver(run_notices(store, loaded.config.notifications, run_id), loaded, say)
+
+
+def notify_blocked(loaded: LoadedConfig, store: StateStore, plan: Plan, say: Say) -> None:
+    """Studies newly blocked by conflicting files; one resolved and blocked again is news again."""
+    blocked = {p.study_uid: p.message for p in plan.problems if p.code == "blocked" and p.study_uid}
+    notified = store.blocked_notified()
+    new = {uid: why for uid, why in blocked.items() if uid not in notified}
+    if new and loaded.config.notifications.any_target:
+        summary = f"{len(new)} studies blocked: files conflict under one SOP Instance UID"
+        items = [{"study_uid": uid, "reason": why} for uid, why in sorted(new.items())]
+        deliver([Notice("blocked", summary, items)], loaded, say)
+    if set(blocked) != notified:
+        store.record_blocked_notified(set(blocked))
 
 
 def notify_points(loaded: LoadedConfig, outcomes: Iterable[dict[str, Any]], say: Say) -> None:

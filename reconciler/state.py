@@ -495,6 +495,18 @@ class StateStore:
         ).fetchone()
         return int(row[0]) if row else None
 
+    def blocked_notified(self) -> set[str]:
+        """The blocked studies already notified: each is news once (notify.notify_blocked)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'blocked_notified'").fetchone()
+        return set(json.loads(row[0])) if row else set()
+
+    def record_blocked_notified(self, study_uids: set[str]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('blocked_notified', ?)",
+                (json.dumps(sorted(study_uids)),),
+            )
+
     # --- holds -----------------------------------------------------------------------------
 
     def hold(self, study_uid: str, until: datetime, reason: str) -> None:

@@ -29,7 +29,7 @@ from reconciler.config.load import ConfigError, LoadedConfig, load_config
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.events import Event
 from reconciler.metrics import WatchMetrics
-from reconciler.notify import Stall, deliver, notify_after_run
+from reconciler.notify import Stall, deliver, notify_after_run, notify_blocked
 from reconciler.plan import Plan
 from reconciler.recovery import RecoveryError
 from reconciler.recovery_cli import describe_created, write_due_points
@@ -164,6 +164,7 @@ def _cycle(
     started = time.monotonic()
     plan, scanned = workspace.plan()
     metrics.record_plan(plan, workspace.config.destinations)
+    notify_blocked(workspace.loaded, workspace.store, plan, say)
     for path, reason in scanned.rejected:
         say(f"skipped {path}: {reason}")
     for problem in plan.problems:

@@ -220,3 +220,23 @@ def test_cycles_that_fail_are_a_stall_notified_once() -> None:
     # A cycle that did its work ends the stall; the next one is notified again.
     assert stall.cycle(3, True, start + timedelta(minutes=31), after) is None
     assert stall.failed("disk full", start + timedelta(minutes=42), after) is not None
+
+
+def test_a_blocked_study_is_notified_once_until_another_is_blocked(
+    tmp_path: Path, inbox: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pydicom
+
+    original = sorted(inbox.rglob("*.dcm"))[0]
+    twin = pydicom.dcmread(original)
+    twin.InstitutionName = "Other content, same SOP Instance UID"
+    twin.save_as(inbox / "twin.dcm")
+    config = str(write_config(tmp_path, "backup", "", hooks(receiver, ops="blocked")))
+
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 1
+    [(path, _, body)] = receiver.posts
+    assert (path, body["event"]) == ("/ops", "blocked")
+    assert body["summary"] == "1 studies blocked: files conflict under one SOP Instance UID"
+    assert [i["study_uid"] for i in body["items"]] == [twin.StudyInstanceUID]
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 1
+    assert len(receiver.posts) == 1  # the same blocked study is news once

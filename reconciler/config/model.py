@@ -603,12 +603,13 @@ class RecoveryPointSettings(StrictModel):
     )
 
 
-NotificationEvent = Literal["failure", "deletion", "stalled", "recovery_point"]
+NotificationEvent = Literal["failure", "deletion", "stalled", "blocked", "recovery_point"]
 # recovery_point is good news: chosen, not sent by default.
-PROBLEM_EVENTS: list[NotificationEvent] = ["failure", "deletion", "stalled"]
+PROBLEM_EVENTS: list[NotificationEvent] = ["failure", "deletion", "stalled", "blocked"]
 EVENTS_DESCRIPTION = (
     "failure: an action failed failures_after times in a row; deletion: a run deleted local "
     "studies; stalled: watch has had work pending and done none for stalled_after; "
+    "blocked: a study is held back by files conflicting under one SOP Instance UID; "
     "recovery_point: apply or `recover create` wrote a recovery point."
 )
 
