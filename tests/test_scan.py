@@ -86,6 +86,50 @@ def test_corrupt_and_foreign_files_are_rejected_with_reasons_not_fatal(
     assert again.read == 0  # a rejected file is not read again until it changes
 
 
+def test_a_file_cut_short_is_rejected_as_truncated_not_catalogued(
+    inbox: Path, store: StateStore
+) -> None:
+    source = dicom_files(inbox)[0].read_bytes()
+    (inbox / "half.dcm").write_bytes(source[: len(source) // 2])
+    (inbox / "head.dcm").write_bytes(source[:200])
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    reasons = dict(result.rejected)
+    assert set(reasons) == {str(inbox / "half.dcm"), str(inbox / "head.dcm")}
+    assert reasons[str(inbox / "half.dcm")].startswith("truncated: (7FE0,0010) declares")
+    assert reasons[str(inbox / "head.dcm")].startswith("truncated: ")
+    assert sum(len(s.instances) for s in store.load_catalog().studies.values()) == 18
+
+
+def encapsulated(path: Path, source: Path) -> bytes:
+    """A copy of ``source`` with encapsulated (JPEG Baseline labelled) pixel data."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = pydicom.dcmread(source)
+    ds.PixelData = encapsulate([b"\xff\xd8frame-one\xff\xd9", b"\xff\xd8frame-two\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.NumberOfFrames = 2
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+def test_encapsulated_pixel_data_without_its_sequence_delimiter_is_truncated(
+    inbox: Path, store: StateStore
+) -> None:
+    first = dicom_files(inbox)[0]
+    whole = encapsulated(first, first)
+    (inbox / "cut.dcm").write_bytes(whole[:-8])  # the (FFFE,E0DD) delimiter is gone
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    assert dict(result.rejected) == {
+        str(inbox / "cut.dcm"): "truncated: (7FE0,0010) ends without its sequence delimiter"
+    }
+    assert str(first) in {
+        i.path for s in store.load_catalog().studies.values() for i in s.instances
+    }
+
+
 def test_file_missing_a_required_uid_is_rejected(inbox: Path, store: StateStore) -> None:
     import pydicom
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.catalog.model import CatalogInstance
+from reconciler.catalog.structure import structural_damage
 from reconciler.manifest import is_uid
 from reconciler.sharing import description_text, redact
 from reconciler.state import FileStamp, StateStore
@@ -189,10 +190,16 @@ def read_instance(
             ds = pydicom.dcmread(
                 handle, stop_before_pixels=True, specific_tags=[*_BASE_TAGS, *wanted_extra]
             )
+            transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+            # Before the UIDs: a file cut short lacks them, and "truncated" is the reason.
+            if damage := structural_damage(handle, found.size, transfer_syntax):
+                raise RejectedFileError(damage)
     except InvalidDicomError:
         raise RejectedFileError("not a DICOM Part-10 file (no DICM preamble)") from None
     except OSError as exc:
         raise RejectedFileError(f"cannot be read: {exc.strerror or exc}") from None
+    except RejectedFileError:
+        raise
     except Exception as exc:  # pydicom raises many kinds of errors on a damaged header
         raise RejectedFileError(f"damaged DICOM header: {exc}") from None
     uids = {}
@@ -202,7 +209,6 @@ def read_instance(
             reason = "is missing" if not value else f"is not a valid UID ({value[:70]!r})"
             raise RejectedFileError(f"{keyword} {reason}")
         uids[keyword] = value
-    transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
     if not is_uid(transfer_syntax):
         raise RejectedFileError("file meta has no valid TransferSyntaxUID")
     return CatalogInstance(
