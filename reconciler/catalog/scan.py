@@ -192,7 +192,8 @@ def read_instance(
             )
             transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
             # Before the UIDs: a file cut short lacks them, and "truncated" is the reason.
-            if damage := structural_damage(handle, found.size, transfer_syntax):
+            damage = structural_damage(handle, found.size, transfer_syntax, handle.tell())
+            if damage:
                 raise RejectedFileError(damage)
     except InvalidDicomError:
         raise RejectedFileError("not a DICOM Part-10 file (no DICM preamble)") from None

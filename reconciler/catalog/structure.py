@@ -32,14 +32,24 @@ class Truncated(Damaged):
         super().__init__(f"truncated: {where}")
 
 
-def structural_damage(handle: BinaryIO, size: int, transfer_syntax: str) -> str | None:
-    """Why the file is cut short, or None if every element fits in its ``size`` bytes."""
+def structural_damage(
+    handle: BinaryIO, size: int, transfer_syntax: str, parsed_to: int
+) -> str | None:
+    """Why the file is cut short, or None if every element fits in its ``size`` bytes.
+
+    ``parsed_to``: where pydicom's header read stopped, at the pixel data. Only the rest is
+    walked, which keeps the scan cheap; a read that ran to (or past) the end of the file may
+    have stopped at a cut, so then the whole file is walked, to name the element cut.
+    """
     if transfer_syntax in DEFLATED:
         return None
     try:
         walker = _Walker(handle, size)
-        handle.seek(PREAMBLE)
-        walker.elements(implicit=False, little=True, until=None, meta_only=True)
+        if parsed_to < size:
+            handle.seek(parsed_to)
+        else:
+            handle.seek(PREAMBLE)
+            walker.elements(implicit=False, little=True, until=None, meta_only=True)
         walker.elements(
             implicit=transfer_syntax == IMPLICIT_LITTLE,
             little=transfer_syntax != EXPLICIT_BIG,
