@@ -466,11 +466,10 @@ def _scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
 
 
 def _print_scan(scanned: ScanResult) -> None:
-    for name in scanned.missing_sources:
-        print(f"WARNING: source {name} is not reachable; its studies are left as they were.")
+    # Unreachable sources are among the plan's problems.
     for path, reason in scanned.rejected:
         print(f"WARNING: skipped {path}: {reason}")
-    if scanned.rejected or scanned.missing_sources:
+    if scanned.rejected:
         print()
 
 

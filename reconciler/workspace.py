@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +103,12 @@ class Workspace:
 
     def scan(self, progress: Callable[[int, int], None] | None = None) -> ScanResult:
         folders = [
-            SourceFolder(name, self.loaded.resolve_path(source.path), tuple(source.exclude))
+            SourceFolder(
+                name,
+                self.loaded.resolve_path(source.path),
+                tuple(source.exclude),
+                source.optional,
+            )
             for name, source in self.config.sources.items()
         ]
         extra = {k for policy in self.config.policies for k in policy.select.tags}
@@ -176,6 +181,8 @@ class Workspace:
                 verify_subset,
                 self.store.shares(),
             )
+        if source_problems := scanned.problems():
+            plan = replace(plan, problems=(*source_problems, *plan.problems))
         return plan, scanned
 
     def local_facts(self) -> LocalFacts:

@@ -173,3 +173,23 @@ def test_console_script_runs_validate(tmp_path: Path, inbox: Path) -> None:
 def test_module_entry_point_does_not_run_when_imported_by_a_worker_process() -> None:
     """Spawned DICOM senders import the parent's __main__ as __mp_main__; it must not run."""
     runpy.run_module("reconciler.__main__", run_name="__mp_main__")
+
+
+def test_an_unreachable_source_fails_plan_and_apply_unless_it_is_optional(
+    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, folder_destination(tmp_path)[0])
+    text = config.read_text()
+    config.write_text(text.replace("sources:\n", "sources:\n  typo: {path: inbxo}\n", 1))
+    code, out = run(capsys, "plan", "-c", str(config))
+    assert code == 1
+    assert "ERROR: source typo is not reachable" in out
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 1
+    assert len(list((tmp_path / "backup").rglob("*.dcm"))) == 18  # the inbox was still copied
+
+    config.write_text(
+        text.replace("sources:\n", "sources:\n  typo: {path: inbxo, optional: true}\n", 1)
+    )
+    code, out = run(capsys, "plan", "-c", str(config), "--detailed-exitcode")
+    assert code == 0
+    assert "WARNING: source typo is not reachable" in out

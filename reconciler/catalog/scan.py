@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from reconciler.catalog.model import CatalogInstance
 from reconciler.catalog.structure import structural_damage
 from reconciler.manifest import is_uid
+from reconciler.plan import Problem
 from reconciler.sharing import description_text, redact
 from reconciler.state import FileStamp, StateStore
 
@@ -55,6 +56,7 @@ class SourceFolder:
     name: str
     path: Path
     exclude: tuple[str, ...] = ()
+    optional: bool = False  # unreachable: a warning, not an error
 
 
 @dataclass
@@ -64,10 +66,25 @@ class ScanResult:
     removed: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # newly rejected: path, reason
     missing_sources: list[str] = field(default_factory=list)
+    missing_optional: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(self.read or self.removed)
+
+    def problems(self) -> list[Problem]:
+        """Unreachable sources: an error (a mistyped inbox must fail cron) unless optional."""
+        why = "is not reachable; its studies are left as they were"
+        return [
+            *(
+                Problem(f"source {name} {why}", code="source-unreachable")
+                for name in self.missing_sources
+            ),
+            *(
+                Problem(f"source {name} {why}", severity="warning", code="source-unreachable")
+                for name in self.missing_optional
+            ),
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +109,9 @@ def scan_sources(
     wanted_extra = frozenset(extra_keywords)
     for source in sources:
         if not source.path.is_dir():
-            result.missing_sources.append(source.name)
+            (result.missing_optional if source.optional else result.missing_sources).append(
+                source.name
+            )
             continue  # an unmounted share must not read as "every study was deleted"
         known = store.file_stamps(source.name)
         found = {f.path: f for f in _walk(source.path, source.exclude)}

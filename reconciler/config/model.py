@@ -128,6 +128,10 @@ class SourceConfig(StrictModel):
     exclude: list[str] = Field(
         default_factory=list, description="Glob patterns of file names to ignore, e.g. '*.tmp'."
     )
+    optional: bool = Field(
+        False,
+        description="An unreachable folder is then a warning; otherwise plan and apply exit 1.",
+    )
 
 
 class ObjectTarget(StrictModel):
