@@ -186,3 +186,70 @@ def test_worker_processes_catalogue_what_threads_do(
 def instances(store: StateStore) -> list[object]:
     found = [i for study in store.load_catalog().studies.values() for i in study.instances]
     return sorted(found, key=lambda i: i.path)
+
+
+def scan_unprivileged(state: Path, source: Path) -> dict[str, object]:
+    """Scan as nobody in a forked child: root reads any file, whatever its permissions."""
+    import json
+    import sqlite3  # noqa: F401  loaded before the fork, as the child may not read the venv
+
+    import pydicom  # noqa: F401
+
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover  (the child)
+        os.close(reader)
+        try:
+            if os.getuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            store = StateStore(state)
+            result = scan_sources(store, [SourceFolder("inbox", source)])
+            instances = sum(len(s.instances) for s in store.load_catalog().studies.values())
+            store.close()
+            report = {
+                "unreadable": [p for p, _ in result.unreadable],
+                "rejected": [p for p, _ in result.rejected],
+                "instances": instances,
+                "errors": [p.message for p in result.problems() if p.severity == "error"],
+            }
+            os.write(writer, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        output = pipe.read()
+    os.waitpid(child, 0)
+    return json.loads(output)
+
+
+def test_unreadable_folders_and_files_are_reported_and_the_scan_goes_on(
+    small_studies: Path,
+) -> None:
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="reconciler-unreadable-"))
+    try:
+        work.chmod(0o777)
+        inbox = work / "inbox"
+        shutil.copytree(small_studies, inbox)
+        for path in [inbox, *inbox.rglob("*")]:
+            path.chmod(0o777 if path.is_dir() else 0o666)
+        state = work / "state.db"
+        assert scan_unprivileged(state, inbox)["instances"] == 18
+        files = dicom_files(inbox)
+        folder = files[0].parent  # one series: 3 files, already catalogued
+        folder.chmod(0o000)
+        locked = files[-1]
+        locked.chmod(0o000)
+        os.utime(locked)  # changed: the scan must read it again
+        report = scan_unprivileged(state, inbox)
+        assert set(report["unreadable"]) == {str(folder), str(locked)}
+        assert report["rejected"] == []  # unreadable is not rejected: tried again each scan
+        assert report["instances"] == 18  # what the folder held is unknown, not gone
+        assert len(report["errors"]) == 2
+        assert all("cannot be read" in e for e in report["errors"])
+    finally:
+        for path in [work, *work.rglob("*")]:
+            path.chmod(0o777)
+        shutil.rmtree(work)

@@ -51,6 +51,15 @@ class RejectedFileError(Exception):
     """A file in a source that cannot be catalogued; the message says why."""
 
 
+class UnreadableFileError(RejectedFileError):
+    """A file the scan may not open (permissions, I/O error): tried again on every scan."""
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    reason: str
+
+
 @dataclass(frozen=True)
 class SourceFolder:
     name: str
@@ -67,6 +76,8 @@ class ScanResult:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # newly rejected: path, reason
     missing_sources: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
+    # Folders and files that could not be read: path, reason. What they hold is unknown.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -83,6 +94,13 @@ class ScanResult:
             *(
                 Problem(f"source {name} {why}", severity="warning", code="source-unreachable")
                 for name in self.missing_optional
+            ),
+            *(
+                Problem(
+                    f"{path} cannot be read ({reason}): the studies it holds may be incomplete",
+                    code="unreadable",
+                )
+                for path, reason in self.unreadable
             ),
         ]
 
@@ -114,10 +132,14 @@ def scan_sources(
             )
             continue  # an unmounted share must not read as "every study was deleted"
         known = store.file_stamps(source.name)
-        found = {f.path: f for f in _walk(source.path, source.exclude)}
+        unreadable: list[tuple[str, str]] = []
+        found = {f.path: f for f in _walk(source.path, source.exclude, unreadable)}
         result.files += len(found)
+        result.unreadable.extend(unreadable)
         to_read = [f for f in found.values() if _needs_reading(known.get(f.path), f, wanted_extra)]
-        removed = [p for p in known if p not in found]
+        # What an unreadable folder holds is unknown, not gone: its files stay catalogued.
+        hidden = tuple(os.path.join(path, "") for path, _ in unreadable)
+        removed = [p for p in known if p not in found and not p.startswith(hidden)]
         store.record_scan([], [], removed)
         result.removed += len(removed)
         _read_changed(store, source.name, to_read, wanted_extra, result, progress)
@@ -125,11 +147,20 @@ def scan_sources(
     return result
 
 
-def _walk(root: Path, exclude: tuple[str, ...]) -> Iterator[_Found]:
+def _walk(
+    root: Path, exclude: tuple[str, ...], unreadable: list[tuple[str, str]]
+) -> Iterator[_Found]:
+    """The files under ``root``; folders that cannot be listed are added to ``unreadable``."""
     # Dot-files are skipped: receivers and rsync write partial files under such names.
     stack = [str(root)]
     while stack:
-        with os.scandir(stack.pop()) as entries:
+        folder = stack.pop()
+        try:
+            listing = os.scandir(folder)
+        except OSError as exc:
+            unreadable.append((folder, exc.strerror or str(exc)))
+            continue
+        with listing as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
@@ -166,6 +197,8 @@ def _read_changed(
             for found, outcome in zip(batch, pool.map(read, batch, chunksize=CHUNK), strict=True):
                 if isinstance(outcome, CatalogInstance):
                     upserts.append(outcome)
+                elif isinstance(outcome, _Unreadable):  # not rejected: read again next scan
+                    result.unreadable.append((found.path, outcome.reason))
                 else:
                     rejections.append((found.path, source, found.size, found.mtime_ns, outcome))
                     result.rejected.append((found.path, outcome))
@@ -184,10 +217,14 @@ def _readers(files: int) -> Executor:
     return ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _read_file(found: _Found, source: str, wanted_extra: frozenset[str]) -> CatalogInstance | str:
+def _read_file(
+    found: _Found, source: str, wanted_extra: frozenset[str]
+) -> CatalogInstance | _Unreadable | str:
     """The catalogue row for a file, or the reason it was rejected."""
     try:
         return read_instance(Path(found.path), source, wanted_extra, found)
+    except UnreadableFileError as exc:
+        return _Unreadable(str(exc))
     except RejectedFileError as exc:
         return str(exc)
 
@@ -217,7 +254,7 @@ def read_instance(
     except InvalidDicomError:
         raise RejectedFileError("not a DICOM Part-10 file (no DICM preamble)") from None
     except OSError as exc:
-        raise RejectedFileError(f"cannot be read: {exc.strerror or exc}") from None
+        raise UnreadableFileError(exc.strerror or str(exc)) from None
     except RejectedFileError:
         raise
     except Exception as exc:  # pydicom raises many kinds of errors on a damaged header
