@@ -174,3 +174,35 @@ def test_the_api_token_and_smtp_password_appear_in_no_output_answer_or_state(
     for secret in (token, token[:10], password):
         assert not [text for text in outputs if secret in text]
         assert not [blob for blob in stored if secret.encode() in blob]
+
+
+def test_a_share_password_in_any_kept_text_value_never_reaches_the_state(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pydicom
+
+    from reconciler.catalog.scan import SourceFolder, scan_sources
+    from reconciler.state import StateStore
+
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    path = sorted((tmp_path / "inbox").rglob("*.dcm"))[0]
+    ds = pydicom.dcmread(path)
+    ds.InstitutionName = "North pw=hunter2"
+    ds.AccessionNumber = "pw=acc3ss"
+    ds.ReferringPhysicianName = "pw=zq7sekr\\qx9itz"  # a backslash: DICOM's value separator
+    ds.save_as(path)
+    store = StateStore(tmp_path / "state.db")
+    scan_sources(
+        store,
+        [SourceFolder("inbox", tmp_path / "inbox")],
+        ["InstitutionName", "ReferringPhysicianName"],
+    )
+    [row] = [
+        i for s in store.load_catalog().studies.values() for i in s.instances if i.path == str(path)
+    ]
+    store.close()
+    assert row.extra["InstitutionName"] == "North pw=***"
+    assert row.accession_number == "pw=***"
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
+    for secret in (b"hunter2", b"acc3ss", b"zq7sekr", b"qx9itz"):
+        assert secret not in raw

@@ -293,8 +293,7 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
-    if keyword == "StudyDescription":
-        # A share's password (sharing.py) must never reach the state: it is read from the
-        # files when the share is made, and the catalog knows only that one was given.
-        return redact(description_text(value))
-    return str(value).strip()
+    # A share's password (sharing.py) must never reach the state, whichever text holds it: it
+    # is read from the files when the share is made, and the catalog knows only that one was
+    # given. Joined as DICOM writes it, so a backslash cannot split a password in two.
+    return redact(description_text(value))
