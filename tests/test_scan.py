@@ -253,3 +253,21 @@ def test_unreadable_folders_and_files_are_reported_and_the_scan_goes_on(
         for path in [work, *work.rglob("*")]:
             path.chmod(0o777)
         shutil.rmtree(work)
+
+
+def test_symbolic_links_to_files_and_folders_are_followed_without_looping(
+    tmp_path: Path, inbox: Path, store: StateStore
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first, *rest = dicom_files(inbox)
+    series = rest[-1].parent
+    shutil.move(first, elsewhere / "linked-file.dcm")
+    shutil.move(series, elsewhere / "linked-folder")
+    (inbox / "file-link.dcm").symlink_to(elsewhere / "linked-file.dcm")
+    (inbox / "folder-link").symlink_to(elsewhere / "linked-folder")
+    (inbox / "loop").symlink_to(inbox)  # followed, it would never end
+    (inbox / "dangling.dcm").symlink_to(tmp_path / "gone.dcm")
+    result = scan_sources(store, [SourceFolder("inbox", inbox)])
+    assert sum(len(s.instances) for s in store.load_catalog().studies.values()) == 18
+    assert [p for p, _ in result.unreadable] == [str(inbox / "dangling.dcm")]

@@ -150,26 +150,43 @@ def scan_sources(
 def _walk(
     root: Path, exclude: tuple[str, ...], unreadable: list[tuple[str, str]]
 ) -> Iterator[_Found]:
-    """The files under ``root``; folders that cannot be listed are added to ``unreadable``."""
+    """The files under ``root``; folders that cannot be listed are added to ``unreadable``.
+
+    Symbolic links to files and folders are followed; a folder already walked (a link back to
+    an ancestor, or a second link to one) is not walked again. A dangling link is unreadable.
+    """
     # Dot-files are skipped: receivers and rsync write partial files under such names.
     stack = [str(root)]
+    walked: set[tuple[int, int]] = set()
     while stack:
         folder = stack.pop()
         try:
+            identity = os.stat(folder)
             listing = os.scandir(folder)
         except OSError as exc:
             unreadable.append((folder, exc.strerror or str(exc)))
             continue
+        if (identity.st_dev, identity.st_ino) in walked:
+            continue
+        walked.add((identity.st_dev, identity.st_ino))
         with listing as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                if entry.is_dir(follow_symlinks=False):
+                try:
+                    is_dir = entry.is_dir()  # following links
+                    is_file = not is_dir and entry.is_file()
+                    if not (is_dir or is_file) and entry.is_symlink():
+                        os.stat(entry.path)  # dangling, or a link loop: raises why
+                except OSError as exc:
+                    unreadable.append((entry.path, exc.strerror or str(exc)))
+                    continue
+                if is_dir:
                     stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) and not (
+                elif is_file and not (
                     exclude and any(fnmatch.fnmatch(entry.name, p) for p in exclude)
                 ):
-                    st = entry.stat(follow_symlinks=False)
+                    st = entry.stat()
                     yield _Found(entry.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
