@@ -26,6 +26,7 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
 
+from reconciler.config.aliases import BoundedAliasComposer
 from reconciler.config.model import NAME_PATTERN, Config
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -676,6 +677,7 @@ _DateCheckingConstructor.add_constructor(
 def _round_trip_yaml() -> YAML:
     yaml = YAML(typ="rt")
     yaml.Constructor = _DateCheckingConstructor
+    yaml.Composer = BoundedAliasComposer
     return yaml
 
 
