@@ -146,7 +146,7 @@ def test_conflicting_files_for_one_instance_are_held_back_and_reported() -> None
 def test_checksum_verification_is_planned_when_due() -> None:
     cfg = config(
         destinations={
-            "cloud": {"object": {"url": "s3://b/p"}, "verify": "checksum", "verify_every": "7d"}
+            "cloud": {"object": {"url": "s3://bkt/p"}, "verify": "checksum", "verify_every": "7d"}
         }
     )
     ct = study("1.1", 3)

@@ -181,8 +181,8 @@ def _parse_all(raw: dict[Path, bytes], yaml: YAML) -> dict[Path, tuple[str, Any]
         try:
             text = data.decode("utf-8")
             parsed[file] = (text, yaml.load(text))
-        except UnicodeDecodeError:
-            problems.append(_file_problem(file, "is not UTF-8 text"))
+        except UnicodeDecodeError as error:
+            problems.append(_not_utf8_problem(file, data, error.start))
         except MarkedYAMLError as error:
             problems.append(_syntax_problem(file, error))
         except AssertionError:
@@ -211,6 +211,14 @@ def _parse_documents(raw: dict[Path, bytes]) -> list[_Document]:
     if problems:
         raise ConfigError(problems)
     return documents
+
+
+def _not_utf8_problem(file: Path, data: bytes, start: int) -> ConfigProblem:
+    """Where the first byte that is not UTF-8 is, counting columns in characters."""
+    line_start = data.rfind(b"\n", 0, start) + 1
+    column = len(data[line_start:start].decode("utf-8")) + 1
+    message = f"is not UTF-8 text: byte 0x{data[start]:02x} cannot start a character here"
+    return ConfigProblem(file, data.count(b"\n", 0, start) + 1, column, "", message)
 
 
 def _syntax_problem(file: Path, error: MarkedYAMLError) -> ConfigProblem:
