@@ -6,8 +6,10 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from ruamel.yaml import tokens
 
 from reconciler.config.aliases import MAX_ALIASED_VALUES
 from reconciler.config.load import ConfigError, load_config
@@ -79,3 +81,60 @@ def test_aliases_for_shared_settings_still_load(tmp_path: Path) -> None:
     )
     destinations = load_config(path).config.destinations
     assert destinations["b"].retry.attempts == 7
+
+
+def test_comments_and_blank_lines_cost_no_comment_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ruamel's round-trip scanner makes a token per comment and gathers runs of blank lines by
+    # string concatenation (quadratic); loading needs neither, so it makes no such token.
+    made = []
+    original = tokens.CommentToken.__init__
+
+    def counted(self: tokens.CommentToken, *args: Any, **kwargs: Any) -> None:
+        made.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tokens.CommentToken, "__init__", counted)
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "# the site\n" * 1000
+        + "\n" * 1000
+        + "site: x   # trailing\n"
+        + "sources:\n  inbox:\n"
+        + "    # about the path\n\n" * 1000
+        + "    path: in\n"
+        + "    stable_after: 2x\n"
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert made == []
+    [problem] = caught.value.problems
+    assert (problem.line, problem.column) == (4005, 19)  # positions are those of the text
+
+
+def test_hash_lines_inside_scalars_are_text_not_comments(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "site: x\n"
+        "sources:\n  inbox: {path: in}\n"
+        "destinations:\n  cloud: {object: {url: 'file:///b'}}\n"
+        "policies:\n"
+        "  - name: p\n"
+        "    copy_to: [cloud]\n"
+        "    select:\n"
+        "      study_description: |\n"
+        "        first\n"
+        "        # second\n"
+        "\n"
+        "        third\n"
+        '      patient_id: "a\n'
+        '        # b"\n'
+    )
+
+    select = load_config(path).config.policies[0].select
+
+    assert select.study_description == "first\n# second\n\nthird\n"
+    assert select.patient_id == "a # b"

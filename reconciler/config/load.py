@@ -28,6 +28,7 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from reconciler.config.aliases import BoundedAliasComposer
 from reconciler.config.model import NAME_PATTERN, Config
+from reconciler.config.scanning import CommentBlindScanner
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 DEFAULT_STATE = Path(".reconciler/state.db")
@@ -682,15 +683,18 @@ _DateCheckingConstructor.add_constructor(
 )
 
 
-def _round_trip_yaml() -> YAML:
+def _round_trip_yaml(*, comments: bool = False) -> YAML:
+    """Round trip, for the positions of values; with ``comments`` only to write them back."""
     yaml = YAML(typ="rt")
     yaml.Constructor = _DateCheckingConstructor
     yaml.Composer = BoundedAliasComposer
+    if not comments:
+        yaml.Scanner = CommentBlindScanner
     return yaml
 
 
 def _formatting_yaml() -> YAML:
-    yaml = _round_trip_yaml()
+    yaml = _round_trip_yaml(comments=True)
     yaml.indent(mapping=2, sequence=4, offset=2)
     yaml.preserve_quotes = True
     yaml.width = 4096  # long lines stay as written
