@@ -83,8 +83,9 @@ def test_aliases_for_shared_settings_still_load(tmp_path: Path) -> None:
     assert destinations["b"].retry.attempts == 7
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
 def test_comments_and_blank_lines_cost_no_comment_tokens(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, newline: str
 ) -> None:
     # ruamel's round-trip scanner makes a token per comment and gathers runs of blank lines by
     # string concatenation (quadratic); loading needs neither, so it makes no such token.
@@ -105,6 +106,8 @@ def test_comments_and_blank_lines_cost_no_comment_tokens(
         + "    # about the path\n\n" * 1000
         + "    path: in\n"
         + "    stable_after: 2x\n"
+        + "# a comment with no line break at the end",
+        newline=newline,
     )
 
     with pytest.raises(ConfigError) as caught:
