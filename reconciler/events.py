@@ -47,12 +47,23 @@ def event_dict(event: Event) -> dict[str, Any]:
         case RunStarted(actions=actions, bytes=size):
             return {"type": "run_started", "actions": actions, "bytes": size}
         case ActionStarted(action=action):
-            return {"type": "action_started", **action_head(action)}
+            return {"type": "action_started", **_logged_head(action)}
         case ActionProgress(action=action, bytes=size):
-            return {"type": "progress", **action_head(action), "bytes_done": size}
+            return {"type": "progress", **_logged_head(action), "bytes_done": size}
         case ActionFinished(action=action, ok=ok, message=message, failures=failures):
             kind = "action_done" if ok else "action_failed"
-            return {"type": kind, **action_head(action), "message": message, "failures": failures}
+            if action.study.deidentified_uid:  # keyed by local SOP Instance UIDs: not shown
+                failures = {f"instance {n}": why for n, why in enumerate(failures.values(), 1)}
+            return {"type": kind, **_logged_head(action), "message": message, "failures": failures}
         case RunFinished(summary=summary):
             return {"type": "summary", **summary}
     raise TypeError(f"unknown event {event!r}")
+
+
+def _logged_head(action: Action) -> dict[str, Any]:
+    """``action_head``, naming a de-identified copy by its new Study UID, not the local one."""
+    head = action_head(action)
+    if action.study.deidentified_uid:
+        head["study_uid"] = action.study.deidentified_uid
+        head["deidentified"] = True
+    return head

@@ -44,12 +44,21 @@ class StudyLabel:
     modalities: str
     study_date: str
     description: str
+    # Set for a de-identified copy: its new Study UID, shown instead of the local one.
+    deidentified_uid: str = ""
 
     def __str__(self) -> str:
         when = self.study_date
         if len(when) == 8 and when.isdigit():
             when = f"{when[:4]}-{when[4:6]}-{when[6:]}"
         return f"{self.modalities or '?'} {when or 'undated'}"
+
+    def of(self, study_uid: str) -> str:
+        """``study <uid> <label>`` for plan lines and logs; a de-identified copy shows no
+        original identifier: its new UID and modalities only."""
+        if self.deidentified_uid:
+            return f"study {self.deidentified_uid} {self.modalities or '?'} (de-identified)"
+        return f"study {study_uid} {self}"
 
 
 @dataclass(frozen=True)
@@ -344,7 +353,7 @@ def render_text(plan: Plan) -> str:
         lines.append("Deferred by schedule windows (planned again when they open):")
         for held_back in plan.deferred:
             lines.append(
-                f"  . {held_back.kind} study {held_back.study_uid} {held_back.study} "
+                f"  . {held_back.kind} {held_back.study.of(held_back.study_uid)} "
                 f"-> {held_back.destination}: {held_back.reason}"
             )
         lines.append("")
@@ -368,7 +377,7 @@ def render_text(plan: Plan) -> str:
 
 def _render_action(action: Action) -> list[str]:
     policies = f"  [{', '.join(action.policies)}]" if action.policies else ""
-    study = f"study {action.study_uid} {action.study}"
+    study = action.study.of(action.study_uid)
     size = f"{_plural(len(action.instances), 'file')}, {human_bytes(action.bytes)}"
     if action.kind == "copy":
         symbol = "~" if action.repair else "+"

@@ -17,6 +17,7 @@ from reconciler import prune, retention
 from reconciler.catalog.model import Catalog, CatalogInstance, CatalogStudy
 from reconciler.config.durations import format_duration
 from reconciler.config.model import Config
+from reconciler.deidentified_label import label_at
 from reconciler.observation import Observation, ObservedStudy
 from reconciler.plan import (
     Action,
@@ -109,7 +110,8 @@ def make_plan(
         for destination, policies in wanted.items():
             if destination not in reachable:
                 continue
-            sendable, refused = _sendable(config, destination, study.uid, instances)
+            shown = label_at(config.destinations[destination], study.uid, label)
+            sendable, refused = _sendable(config, destination, shown.of(study.uid), instances)
             problems.extend(refused)
             if not sendable:
                 continue
@@ -119,7 +121,7 @@ def make_plan(
                 destination,
                 policies,
                 study.uid,
-                label,
+                shown,
                 sendable,
                 observed,
                 now,
@@ -259,7 +261,7 @@ def _distinct_instances(study: CatalogStudy) -> tuple[list[CatalogInstance], lis
 
 
 def _sendable(
-    config: Config, destination: str, study_uid: str, instances: list[CatalogInstance]
+    config: Config, destination: str, study: str, instances: list[CatalogInstance]
 ) -> tuple[list[CatalogInstance], list[Problem]]:
     """The instances that may go to ``destination``: a de-identifying one refuses those whose
     pixels often show text no header edit removes."""
@@ -275,7 +277,7 @@ def _sendable(
             reasons[reason] += 1
     problems = [
         Problem(
-            f"study {study_uid}: {count} of {len(instances)} instances are not sent "
+            f"{study}: {count} of {len(instances)} instances are not sent "
             f"de-identified: {reason} (a profile with allow_burned_in: true sends them)",
             severity="warning",
             destination=destination,

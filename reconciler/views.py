@@ -71,11 +71,14 @@ class HumanView:
 
 def _finished_line(event: ActionFinished) -> str:
     action = event.action
-    head = f"{action.kind} study {action.study_uid} -> {action.destination}"
+    head = f"{action.kind} {action.study.of(action.study_uid)} -> {action.destination}"
     if event.ok:
         return f"  done    {head}: {event.message}"
     lines = [f"  FAILED  {head}: {event.message}"]
-    lines.extend(f"            {uid}: {why}" for uid, why in list(event.failures.items())[:5])
+    # Failures are keyed by local SOP Instance UIDs, which a de-identified copy must not show.
+    hidden = bool(action.study.deidentified_uid)
+    for n, (uid, why) in enumerate(list(event.failures.items())[:5], start=1):
+        lines.append(f"            {f'instance {n}' if hidden else uid}: {why}")
     if len(event.failures) > 5:
         lines.append(f"            ... and {len(event.failures) - 5} more")
     return "\n".join(lines)

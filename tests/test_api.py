@@ -82,9 +82,8 @@ def site(
 ) -> Site:
     """Three studies applied to a folder destination (with a recovery point), then observed."""
     monkeypatch.setenv("API_TOKEN", TOKEN)
-    config = write_site(
-        tmp_path, small_studies, "api: {listen: 0, token: '${env:API_TOKEN}', restore_root: out}\n"
-    )
+    api = "api: {listen: 8484, token: '${env:API_TOKEN}', restore_root: out}\n"
+    config = write_site(tmp_path, small_studies, api)
     assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
     assert run(capsys, "plan", "-c", str(config), "--refresh")[0] == 0  # a look lists the copies
     studies = []
@@ -244,7 +243,7 @@ def test_a_study_deleted_locally_is_still_found_by_patient_with_its_copy(
     tmp_path: Path, small_studies: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     monkeypatch.setenv("API_TOKEN", TOKEN)
-    config = write_site(tmp_path, small_studies, "api: {listen: 0, token: '${env:API_TOKEN}'}\n")
+    config = write_site(tmp_path, small_studies, "api: {listen: 8484, token: '${env:API_TOKEN}'}\n")
     text = config.read_text().replace("copy_to: [backup]}", "copy_to: [backup], keep_local: 0s}")
     config.write_text(text + "retention: {require_verified_copies: 1}\n")
     assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
@@ -365,7 +364,7 @@ def test_watch_serves_the_api_and_a_reconcile_request_runs_a_cycle(site: Site) -
     metrics = free_port()
     api_port = free_port()
     site.config.write_text(
-        site.config.read_text().replace("listen: 0", f"listen: {api_port}")
+        site.config.read_text().replace("listen: 8484", f"listen: {api_port}")
         + f"watch: {{replan_every: 1h, metrics: {{listen: {metrics}}}}}\n"
     )
     with watching(site.folder):
@@ -380,7 +379,7 @@ def test_watch_serves_the_api_and_a_reconcile_request_runs_a_cycle(site: Site) -
 
 def test_serve_answers_lookups_until_sigterm(site: Site) -> None:
     port = free_port()
-    site.config.write_text(site.config.read_text().replace("listen: 0", f"listen: {port}"))
+    site.config.write_text(site.config.read_text().replace("listen: 8484", f"listen: {port}"))
     log = site.folder / "serve.log"
     with log.open("w") as output:
         process = subprocess.Popen(
@@ -432,7 +431,7 @@ def write_pacs_site(
         f"    dicom: {{host: {peer.host}, port: {peer.port}, ae_title: {peer.ae_title},"
         f" acse_timeout: 5s}}\n    verify: {verify}\n"
         "policies:\n  - {name: all, copy_to: [pacs]" + extra + "}\n"
-        "api: {listen: 0, token: '${env:API_TOKEN}', restore_root: out}\n"
+        "api: {listen: 8484, token: '${env:API_TOKEN}', restore_root: out}\n"
     )
     return config
 

@@ -58,7 +58,7 @@ def test_planning_leaves_no_cyclic_garbage(collector_off: None) -> None:
     settings = config(
         destinations={
             "cloud": {
-                "object": {"url": "s3://b/p"},
+                "object": {"url": "s3://bkt/p"},
                 "schedule": {"deny": [{"cron": "0 8 * * *", "duration": "10h"}]},
             },
             "nas": {"object": {"url": "file:///mnt/nas"}},

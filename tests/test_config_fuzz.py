@@ -59,7 +59,7 @@ SCALARS = st.one_of(
             "30d",
             "x",
             "file:///tmp/b",
-            "s3://b/p",
+            "s3://bkt/p",
             "CT",
             "${env:NOPE}",
             "${file:missing}",

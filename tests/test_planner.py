@@ -158,7 +158,7 @@ def test_a_blocked_study_is_never_counted_in_sync() -> None:
 def test_checksum_verification_is_planned_when_due() -> None:
     cfg = config(
         destinations={
-            "cloud": {"object": {"url": "s3://b/p"}, "verify": "checksum", "verify_every": "7d"}
+            "cloud": {"object": {"url": "s3://bkt/p"}, "verify": "checksum", "verify_every": "7d"}
         }
     )
     ct = study("1.1", 3)

@@ -36,7 +36,7 @@ def situations(draw: st.DrawFn) -> dict[str, Any]:
     pacs_verify = draw(st.sampled_from(["instances"] * 4 + ["count", "none", "commitment"]))
     document = {
         "destinations": {
-            "cloud": {"object": {"url": "s3://b/p"}},
+            "cloud": {"object": {"url": "s3://bkt/p"}},
             "nas": {"object": {"url": "file:///nas"}},
             "pacs": {
                 "dicom": {"host": "h", "port": 104, "ae_title": "P", "commitment_port": 4242},

@@ -95,7 +95,7 @@ def test_an_unknown_time_zone_is_refused() -> None:
 def windowed_config(**schedules: Any) -> Config:
     return config(
         destinations={
-            "cloud": {"object": {"url": "s3://b/p"}, "schedule": schedules.get("cloud")},
+            "cloud": {"object": {"url": "s3://bkt/p"}, "schedule": schedules.get("cloud")},
             "nas": {"object": {"url": "file:///nas"}},
         },
         policies=[

@@ -136,7 +136,7 @@ def test_the_api_token_and_smtp_password_appear_in_no_output_answer_or_state(
         with config.open("a") as extra:
             extra.write(
                 "recovery_points: {store_at: [backup], every: 1d}\n"
-                "api: {listen: 0, token: '${env:API_TOKEN}', restore_root: out}\n"
+                "api: {listen: 8484, token: '${env:API_TOKEN}', restore_root: out}\n"
                 "notifications:\n  email:\n    ops:\n"
                 f"      {{host: 127.0.0.1, port: {mailbox.port}, ca: {certs.ca}, username: u,\n"
                 "        password: '${file:smtp.password}', from_address: r@example.org,\n"

@@ -26,7 +26,9 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
 
+from reconciler.config.aliases import BoundedAliasComposer
 from reconciler.config.model import NAME_PATTERN, Config
+from reconciler.config.scanning import CommentBlindScanner
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 DEFAULT_STATE = Path(".reconciler/state.db")
@@ -180,8 +182,8 @@ def _parse_all(raw: dict[Path, bytes], yaml: YAML) -> dict[Path, tuple[str, Any]
         try:
             text = data.decode("utf-8")
             parsed[file] = (text, yaml.load(text))
-        except UnicodeDecodeError:
-            problems.append(_file_problem(file, "is not UTF-8 text"))
+        except UnicodeDecodeError as error:
+            problems.append(_not_utf8_problem(file, data, error.start))
         except MarkedYAMLError as error:
             problems.append(_syntax_problem(file, error))
         except AssertionError:
@@ -210,6 +212,14 @@ def _parse_documents(raw: dict[Path, bytes]) -> list[_Document]:
     if problems:
         raise ConfigError(problems)
     return documents
+
+
+def _not_utf8_problem(file: Path, data: bytes, start: int) -> ConfigProblem:
+    """Where the first byte that is not UTF-8 is, counting columns in characters."""
+    line_start = data.rfind(b"\n", 0, start) + 1
+    column = len(data[line_start:start].decode("utf-8")) + 1
+    message = f"is not UTF-8 text: byte 0x{data[start]:02x} cannot start a character here"
+    return ConfigProblem(file, data.count(b"\n", 0, start) + 1, column, "", message)
 
 
 def _syntax_problem(file: Path, error: MarkedYAMLError) -> ConfigProblem:
@@ -673,14 +683,18 @@ _DateCheckingConstructor.add_constructor(
 )
 
 
-def _round_trip_yaml() -> YAML:
+def _round_trip_yaml(*, comments: bool = False) -> YAML:
+    """Round trip, for the positions of values; with ``comments`` only to write them back."""
     yaml = YAML(typ="rt")
     yaml.Constructor = _DateCheckingConstructor
+    yaml.Composer = BoundedAliasComposer
+    if not comments:
+        yaml.Scanner = CommentBlindScanner
     return yaml
 
 
 def _formatting_yaml() -> YAML:
-    yaml = _round_trip_yaml()
+    yaml = _round_trip_yaml(comments=True)
     yaml.indent(mapping=2, sequence=4, offset=2)
     yaml.preserve_quotes = True
     yaml.width = 4096  # long lines stay as written

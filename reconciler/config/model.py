@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from reconciler.bandwidth import Timetable
+from reconciler.config.addresses import AeTitle, HostName, check_listen, check_s3_url
 from reconciler.config.durations import Duration
 from reconciler.transforms.settings import (
     AnonymizeSettings,
@@ -147,7 +148,7 @@ class ObjectTarget(StrictModel):
         protocol = value.split("://", 1)[0] if "://" in value else ""
         if protocol not in {"file", "s3"}:
             raise ValueError("the url must start with file:// or s3://")
-        return value.rstrip("/")
+        return check_s3_url(value.rstrip("/")) if protocol == "s3" else value.rstrip("/")
 
 
 class RetrySettings(StrictModel):
@@ -186,10 +187,10 @@ class TlsSettings(StrictModel):
 class DicomTarget(StrictModel):
     """A DICOM peer (PACS) reached over DIMSE: C-STORE to send, C-FIND to observe."""
 
-    host: str
+    host: HostName
     port: int = Field(ge=1, le=65535)
-    ae_title: str = Field(max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
-    calling_ae_title: str = Field("RECONCILER", max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
+    ae_title: AeTitle
+    calling_ae_title: AeTitle = "RECONCILER"
     acse_timeout: Duration = Field(timedelta(seconds=30), description="Association set-up.")
     dimse_timeout: Duration = Field(timedelta(seconds=60), description="Waiting for a response.")
     network_timeout: Duration = Field(timedelta(seconds=60), description="A silent connection.")
@@ -508,6 +509,7 @@ class ApplySettings(StrictModel):
 
 
 LISTEN_PATTERN = r"^(.+:)?\d{1,5}$"
+Listen = Annotated[str, AfterValidator(check_listen)]
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -520,7 +522,7 @@ class MetricsSettings(StrictModel):
     # A bare port reads from YAML as a number.
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
-    listen: str = Field(
+    listen: Listen = Field(
         pattern=LISTEN_PATTERN,
         description="[host:]port of the Prometheus endpoint served at /metrics in watch mode; "
         "the host defaults to 127.0.0.1 (loopback): name another to expose it.",
@@ -549,7 +551,7 @@ class ApiSettings(StrictModel):
 
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
-    listen: str = Field(
+    listen: Listen = Field(
         "127.0.0.1:8484",
         pattern=LISTEN_PATTERN,
         description="[host:]port to serve on; the host defaults to 127.0.0.1 (loopback): name "
@@ -650,7 +652,7 @@ SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 class SmtpSettings(StrictModel):
     """An SMTP server and how to reach it (notifications by e-mail, share mails)."""
 
-    host: str = Field(description="SMTP server (submission or relay), e.g. smtp.example.org.")
+    host: HostName = Field(description="SMTP server (submission or relay), e.g. smtp.example.org.")
     port: int | None = Field(
         None, ge=1, le=65535, description="Default: 587 with starttls, 465 with ssl, 25 with none."
     )
