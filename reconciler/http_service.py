@@ -21,14 +21,18 @@ BACKLOG = 2048  # a RIS burst of lookups is queued by the kernel, never dropped
 START_TIMEOUT = 30.0  # seconds; an event loop starts in milliseconds
 
 
-@contextmanager
-def serving_app(app: ASGIApp, address: tuple[str, int], name: str) -> Iterator[tuple[str, int]]:
-    """Serve ``app`` on ``address`` for the duration; yields the host and port bound (a port 0
-    picks a free one). A bind that fails (the port taken) raises OSError before any thread."""
+def listen(address: tuple[str, int]) -> socket.socket:
+    """A socket bound and listening on ``address`` (a port 0 picks a free one): bound here, not
+    by uvicorn, so that a taken port is an OSError for the caller rather than a thread's log."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # Bound here, not by uvicorn: a taken port is an error for the caller, not a thread's log.
-    listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+    return socket.create_server((host, port), family=family, backlog=BACKLOG)
+
+
+@contextmanager
+def serving_app(app: ASGIApp, listener: socket.socket, name: str) -> Iterator[tuple[str, int]]:
+    """Serve ``app`` on ``listener`` for the duration (then closes it); yields the host and
+    port."""
     config = uvicorn.Config(
         app,
         access_log=False,
@@ -45,15 +49,16 @@ def serving_app(app: ASGIApp, address: tuple[str, int], name: str) -> Iterator[t
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name=name)
     thread.daemon = True
-    thread.start()
     try:
+        thread.start()
         deadline = time.monotonic() + START_TIMEOUT
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise OSError(f"the {name} server did not start")
+                raise RuntimeError(f"the {name} server did not start")
             time.sleep(0.01)
         yield listener.getsockname()[:2]
     finally:
         server.should_exit = True
-        thread.join()
+        if thread.is_alive():
+            thread.join()
         listener.close()

@@ -618,3 +618,30 @@ def test_200_concurrent_lookups_are_all_answered(site: Site) -> None:
     p99 = sorted(latencies)[int(clients * 0.99) - 1]
     print(f"200 concurrent lookups: p99 {p99:.3f} s, max {max(latencies):.3f} s")
     assert p99 < 3.0  # the issue asks under 1 s; the margin is for a loaded shared machine
+
+
+def test_the_health_probes_need_no_token_and_name_no_patient(site: Site) -> None:
+    with serving_site(site) as api:
+        live = call(f"{api.url}/healthz", token=None)
+        ready = call(f"{api.url}/readyz", token=None)
+        head = urllib.request.urlopen(
+            urllib.request.Request(f"{api.url}/readyz", method="HEAD"), timeout=60
+        )
+        state = site.folder / ".reconciler/state.db"
+        state.rename(state.with_name("elsewhere.db"))  # the state cannot be read any more
+        gone = call(f"{api.url}/readyz", token=None)
+        still_alive = call(f"{api.url}/healthz", token=None)
+        lookup = call(f"{api.url}/v1/studies?patient_id=P", token=None)
+    assert live[:2] == still_alive[:2] == (200, {"status": "alive"})
+    assert ready[:2] == (200, {"status": "ready", "checks": {"state": "ok", "config": "ok"}})
+    assert head.status == 200
+    assert gone[:2] == (
+        503,
+        {"status": "not-ready", "checks": {"state": "unreachable", "config": "ok"}},
+    )
+    assert {answer[2]["Cache-Control"] for answer in (live, ready, gone)} == {"no-store"}
+    assert lookup[0] == 401  # the probes open nothing else
+    probes = json.dumps([live[1], ready[1], gone[1], still_alive[1]])
+    for study in site.studies:
+        assert study.uid not in probes and study.patient_id not in probes
+    assert str(site.folder) not in probes and api.log == []

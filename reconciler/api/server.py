@@ -39,7 +39,7 @@ from reconciler.api import xmlrpc
 from reconciler.api.operations import LOOKUPS, ApiError, Operations, text_fields
 from reconciler.config.model import ApiSettings
 from reconciler.health import Health
-from reconciler.http_service import serving_app
+from reconciler.http_service import listen, serving_app
 
 Say = Callable[[str], None]
 MAX_BODY = 1 << 20  # requests are a few fields; anything larger is refused unread
@@ -68,12 +68,13 @@ def serving(
         routes=[*health.routes(), Route("/{path:path}", handler.respond, methods=METHODS)]
     )
     try:
-        with serving_app(app, settings.address, "api") as (host, port):
-            yield f"http://{host}:{port}"
+        listener = listen(settings.address)
     except OSError as exc:
         raise ApiUnavailable(
             f"cannot serve the API on {settings.listen}: {exc.strerror or exc}"
         ) from None
+    with serving_app(app, listener, "api") as (host, port):
+        yield f"http://{host}:{port}"
 
 
 class _Handler:
