@@ -566,7 +566,7 @@ def test_reconcile_requests_are_taken_one_at_a_time() -> None:
 
 
 @contextmanager
-def served(site: Site) -> Iterator[str]:
+def served(site: Site) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`reconciler serve` as a real process on a free loopback port; yields its URL."""
     port = free_port()
     site.config.write_text(site.config.read_text().replace("listen: 0", f"listen: {port}"))
@@ -579,7 +579,7 @@ def served(site: Site) -> Iterator[str]:
         )
         try:
             wait_for(lambda: "API at" in log.read_text(), "serve to start")
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", process
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
@@ -607,7 +607,7 @@ def test_200_concurrent_lookups_are_all_answered(site: Site) -> None:
         else:
             latencies.append(time.monotonic() - began)
 
-    with served(site) as url:
+    with served(site) as (url, _):
         call(f"{url}/v1/studies?study_uid={study.uid}")  # warm: the first import, the first read
         threads = [threading.Thread(target=lookup) for _ in range(clients)]
         for thread in threads:
@@ -645,3 +645,23 @@ def test_the_health_probes_need_no_token_and_name_no_patient(site: Site) -> None
     for study in site.studies:
         assert study.uid not in probes and study.patient_id not in probes
     assert str(site.folder) not in probes and api.log == []
+
+
+def test_serve_reads_its_config_again_on_sighup(site: Site) -> None:
+    site.config.write_text(site.config.read_text().replace(", restore_root: out", ""))
+    restore = {"study_uid": site.studies[0].uid, "to": "after-sighup"}
+    log = site.folder / "serve.log"
+    with served(site) as (url, process):
+        refused = call(f"{url}/v1/restore", "POST", restore)
+        text = site.config.read_text()
+        site.config.write_text(text.replace("token:", "restore_root: out, token:"))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in log.read_text(), "the reload")
+        allowed = call(f"{url}/v1/restore", "POST", restore)
+        site.config.write_text(text.replace("listen:", "listen: [], x:"))  # not valid
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "still running the last good one" in log.read_text(), "the refusal")
+        again = call(f"{url}/v1/restore", "POST", restore)
+    assert refused[0] == 403 and allowed[0] == 200 and allowed[1]["restored"] == 6
+    assert again[0] == 200 and again[1]["already_present"] == 6
+    assert f"{site.config}:" in log.read_text()  # the refusal names the file and line
