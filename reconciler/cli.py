@@ -238,11 +238,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from reconciler.metrics import MetricsUnavailable
     from reconciler.watch import watch
 
-    stop = _stop_on_signals()
+    stop, reload = _stop_on_signals(), _reload_on_sighup()
     view = JsonLinesView() if args.json else HumanView()
-    _warn(f"watching {args.config}; stop with Ctrl-C or SIGTERM")
+    _warn(f"watching {args.config}; stop with Ctrl-C or SIGTERM, reload the config with SIGHUP")
     try:
-        watch(args.config, view, _warn, stop)
+        watch(args.config, view, _warn, stop, reload)
     except (MetricsUnavailable, ApiUnavailable) as exc:
         raise UsageError(str(exc)) from None
     _warn("stopped")
@@ -253,19 +253,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The API without the loop: lookups and restores for sites that apply from cron."""
     from reconciler.api.operations import Operations
     from reconciler.api.server import ApiUnavailable, serving
+    from reconciler.watch import read_again
 
     loaded = load_config(args.config)
     if loaded.config.api is None:
         raise UsageError("the config has no api: section (listen, token) to serve")
-    stop = _stop_on_signals()
+    stop, reload = _stop_on_signals(), _reload_on_sighup()
+    operations = Operations(loaded, None, _warn)
     try:
-        with serving(loaded.config.api, Operations(loaded, None, _warn), _warn) as url:
-            _warn(f"API at {url}; stop with Ctrl-C or SIGTERM")
-            stop.wait()
+        with serving(loaded.config.api, operations, _warn) as url:
+            _warn(f"API at {url}; stop with Ctrl-C or SIGTERM, reload the config with SIGHUP")
+            while not stop.wait(1):
+                if reload.is_set():
+                    reload.clear()
+                    # The address and token stay as they started, as in watch.
+                    if (fresh := read_again(args.config, _warn)) is not None:
+                        operations.loaded = fresh
+                        _warn("configuration reloaded")
     except ApiUnavailable as exc:
         raise UsageError(str(exc)) from None
     _warn("stopped")
     return EXIT_OK
+
+
+def _reload_on_sighup() -> threading.Event:
+    """Set by SIGHUP (systemd's ExecReload, `kill -HUP`): read the config again, not exit."""
+    asked = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: asked.set())
+    return asked
 
 
 def _stop_on_signals() -> threading.Event:

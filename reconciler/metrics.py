@@ -1,4 +1,5 @@
-"""Prometheus metrics for `reconciler watch`, fed by each plan and by the apply events.
+"""Prometheus metrics for `reconciler watch`, fed by each plan and by the apply events, served
+at /metrics beside the health probes (``reconciler.health``) on the same port.
 
 Each ``WatchMetrics`` has its own registry rather than prometheus_client's global one, so
 several watch loops (or tests) in one process never share or collide on series.
@@ -9,10 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from reconciler.config.model import MetricsSettings
 from reconciler.events import ActionFinished, Event
+from reconciler.health import Health
+from reconciler.http_service import listen, serving_app
 from reconciler.plan import Plan
 
 Emit = Callable[[Event], None]
@@ -109,21 +123,21 @@ class WatchMetrics:
             self.last_success.set_to_current_time()
 
     @contextmanager
-    def serving(self, settings: MetricsSettings | None) -> Iterator[None]:
-        """Serve /metrics over HTTP for the duration, when the config asks for it."""
+    def serving(self, settings: MetricsSettings | None, health: Health) -> Iterator[None]:
+        """Serve /metrics, /healthz and /readyz over HTTP for the duration, when the config
+        asks for metrics."""
         if settings is None:
             yield
             return
-        host, port = settings.address
+        app = Starlette(routes=[Route("/metrics", self._exposition), *health.routes()])
         try:
-            server, thread = start_http_server(port, host, registry=self.registry)
+            listener = listen(settings.address)
         except OSError as exc:
             raise MetricsUnavailable(
                 f"cannot serve metrics on {settings.listen}: {exc.strerror or exc}"
             ) from None
-        try:
+        with serving_app(app, listener, "metrics"):
             yield
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
+
+    def _exposition(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,9 +5,11 @@ was waiting becomes stable, when the config changes, and every ``watch.replan_ev
 invalid new config is reported and the last good one keeps running. A cycle stopped by the
 local disk (a full disk under the state) is reported in one line and tried again; the loop
 runs on. Setting ``stop`` (SIGTERM or SIGINT in the CLI) stops new work; transfers in flight
-finish first. With ``api:`` the integration API is served beside the loop, and its reconcile
-request wakes it; one asked while a cycle runs, or while one is already asked for, is refused
-(409) rather than queued.
+finish first. Setting ``reload`` (SIGHUP in the CLI) reads the config again once the cycle in
+flight has finished, as a file change does, even when no file looks changed (a secret file
+rotated). The health probes are served with the metrics and the API. With ``api:`` the
+integration API is served beside the loop, and its reconcile request wakes it; one asked
+while a cycle runs, or while one is already asked for, is refused (409) rather than queued.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from reconciler.config.durations import format_duration
 from reconciler.config.load import ConfigError, LoadedConfig, load_config
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.events import Event
+from reconciler.health import Health
 from reconciler.metrics import WatchMetrics
 from reconciler.notify import Stall, deliver, notify_after_run, notify_blocked
 from reconciler.plan import Plan
@@ -44,6 +47,7 @@ def watch(
     emit: Callable[[Event], None],
     say: Callable[[str], None],
     stop: threading.Event,
+    reload: threading.Event | None = None,
 ) -> None:
     # Taken before the config is read: an edit made while watch starts is then seen as one.
     stamp = _config_stamp(config_path)
@@ -54,12 +58,14 @@ def watch(
     workspace = Workspace(loaded, "watch")
     requests = Requests()
     api = Operations(loaded, requests.ask, say)
+    health = Health(lambda: api.loaded.state_path, loop=True)
+    reload = reload or threading.Event()
     try:
         # The endpoints keep the address (and the API its token) they started with; a reload
         # does not move them.
         with (
-            metrics.serving(loaded.config.watch.metrics),
-            serving(loaded.config.api, api, say) as url,
+            metrics.serving(loaded.config.watch.metrics, health),
+            serving(loaded.config.api, api, say, health) as url,
         ):
             if url:
                 say(f"API at {url}")
@@ -71,21 +77,26 @@ def watch(
                 rust_timeout=TICK_MS,
                 raise_interrupt=False,
             ):
-                if _config_stamp(config_path) != stamp:
+                asked_to_reload = reload.is_set()
+                if asked_to_reload or _config_stamp(config_path) != stamp:
+                    reload.clear()
                     stamp = _config_stamp(config_path)
-                    loaded, workspace = _reload(config_path, loaded, workspace, say)
+                    loaded, workspace = _reload(
+                        config_path, loaded, workspace, say, health, asked_to_reload
+                    )
                     api.loaded = loaded
                     due = datetime.now(UTC)
                 if changes or requests.asked.is_set() or datetime.now(UTC) >= due:
                     started = time.monotonic()
                     try:
                         with requests.running():
-                            plan = _cycle(workspace, emit, say, stop, metrics, stall)
+                            plan = _cycle(workspace, emit, say, stop, metrics, health, stall)
                         due = _next_cycle(workspace, plan)
                     except (sqlite3.Error, OSError) as exc:
                         # A full disk under the state, most often. What was recorded stays
                         # (each write is a transaction); a service retries rather than exits.
                         metrics.record_cycle(time.monotonic() - started, ok=False)
+                        health.cycle_ended(ok=False)
                         retry = min(workspace.config.watch.replan_every, RETRY_AFTER)
                         why = _stopped(exc, workspace.loaded.state_path, retry)
                         say(why)
@@ -159,6 +170,7 @@ def _cycle(
     say: Callable[[str], None],
     stop: threading.Event,
     metrics: WatchMetrics,
+    health: Health,
     stall: Stall,
 ) -> Plan:
     started = time.monotonic()
@@ -176,7 +188,9 @@ def _cycle(
         notify_after_run(workspace.loaded, workspace.store, say)
     if outcome == "ok" and not plan.has_errors and not stop.is_set():
         outcome = _due_points(workspace, say)
-    metrics.record_cycle(time.monotonic() - started, ok=outcome == "ok" and not plan.has_errors)
+    ok = outcome == "ok" and not plan.has_errors
+    metrics.record_cycle(time.monotonic() - started, ok=ok)
+    health.cycle_ended(ok)
     settings = workspace.config.notifications
     stalled = stall.cycle(len(plan.actions), progressed, datetime.now(UTC), settings.stalled_after)
     if stalled:
@@ -219,15 +233,32 @@ def _next_cycle(workspace: Workspace, plan: Plan) -> datetime:
 
 
 def _reload(
-    config_path: Path, loaded: LoadedConfig, workspace: Workspace, say: Callable[[str], None]
+    config_path: Path,
+    loaded: LoadedConfig,
+    workspace: Workspace,
+    say: Callable[[str], None],
+    health: Health,
+    asked: bool,
 ) -> tuple[LoadedConfig, Workspace]:
-    try:
-        fresh = load_config(config_path)
-    except ConfigError as exc:
-        say(f"the changed configuration is not valid; still running the last good one:\n{exc}")
+    """The config read again: on a file change, or ``asked`` (SIGHUP), then even when its text
+    is the same, since a secret it reads from a file may have changed."""
+    if asked:
+        say("SIGHUP: reading the configuration again")
+    fresh = read_again(config_path, say)
+    health.config_read(valid=fresh is not None)
+    if fresh is None:
         return loaded, workspace
-    if fresh.sha256 == loaded.sha256:
+    if fresh.sha256 == loaded.sha256 and not asked:
         return loaded, workspace
     workspace.close()
     say("configuration reloaded")
     return fresh, Workspace(fresh, "watch")
+
+
+def read_again(config_path: Path, say: Callable[[str], None]) -> LoadedConfig | None:
+    """The config read again, or None (said, with the file, line and field) when not valid."""
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        say(f"the changed configuration is not valid; still running the last good one:\n{exc}")
+        return None

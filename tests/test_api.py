@@ -11,6 +11,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 import xmlrpc.client
@@ -560,3 +562,105 @@ def test_reconcile_requests_are_taken_one_at_a_time() -> None:
     assert busy is not None and busy.startswith("a reconcile is running (since ")
     assert not requests.asked.is_set()  # refused, not queued
     assert requests.ask() is None
+
+
+@contextmanager
+def served(site: Site) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`reconciler serve` as a real process on a free loopback port; yields its URL."""
+    port = free_port()
+    site.config.write_text(site.config.read_text().replace("listen: 0", f"listen: {port}"))
+    log = site.folder / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "serve", "-c", str(site.config)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: "API at" in log.read_text(), "serve to start")
+            yield f"http://127.0.0.1:{port}", process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+
+
+def test_200_concurrent_lookups_are_all_answered(site: Site) -> None:
+    """A RIS burst: 200 lookups at once from threads. Every one is answered (no timeout, no
+    refused connection); p99 is measured, and bounded generously for a loaded 2-core machine:
+    a connection the listen queue drops costs the client a SYN retransmission (1 s, 3 s, 7 s...),
+    which the bound catches."""
+    clients = 200
+    study = site.studies[0]
+    start = threading.Barrier(clients)
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def lookup() -> None:
+        start.wait()
+        began = time.monotonic()
+        try:
+            status, body, _ = call(f"{url}/v1/studies?study_uid={study.uid}")
+            assert status == 200 and body["studies"][0]["study_uid"] == study.uid, (status, body)
+        except Exception as exc:
+            errors.append(repr(exc))
+        else:
+            latencies.append(time.monotonic() - began)
+
+    with served(site) as (url, _):
+        call(f"{url}/v1/studies?study_uid={study.uid}")  # warm: the first import, the first read
+        threads = [threading.Thread(target=lookup) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert errors == [] and len(latencies) == clients
+    p99 = sorted(latencies)[int(clients * 0.99) - 1]
+    print(f"200 concurrent lookups: p99 {p99:.3f} s, max {max(latencies):.3f} s")
+    assert p99 < 3.0  # the issue asks under 1 s; the margin is for a loaded shared machine
+
+
+def test_the_health_probes_need_no_token_and_name_no_patient(site: Site) -> None:
+    with serving_site(site) as api:
+        live = call(f"{api.url}/healthz", token=None)
+        ready = call(f"{api.url}/readyz", token=None)
+        head = urllib.request.urlopen(
+            urllib.request.Request(f"{api.url}/readyz", method="HEAD"), timeout=60
+        )
+        state = site.folder / ".reconciler/state.db"
+        state.rename(state.with_name("elsewhere.db"))  # the state cannot be read any more
+        gone = call(f"{api.url}/readyz", token=None)
+        still_alive = call(f"{api.url}/healthz", token=None)
+        lookup = call(f"{api.url}/v1/studies?patient_id=P", token=None)
+    assert live[:2] == still_alive[:2] == (200, {"status": "alive"})
+    assert ready[:2] == (200, {"status": "ready", "checks": {"state": "ok", "config": "ok"}})
+    assert head.status == 200
+    assert gone[:2] == (
+        503,
+        {"status": "not-ready", "checks": {"state": "unreachable", "config": "ok"}},
+    )
+    assert {answer[2]["Cache-Control"] for answer in (live, ready, gone)} == {"no-store"}
+    assert lookup[0] == 401  # the probes open nothing else
+    probes = json.dumps([live[1], ready[1], gone[1], still_alive[1]])
+    for study in site.studies:
+        assert study.uid not in probes and study.patient_id not in probes
+    assert str(site.folder) not in probes and api.log == []
+
+
+def test_serve_reads_its_config_again_on_sighup(site: Site) -> None:
+    site.config.write_text(site.config.read_text().replace(", restore_root: out", ""))
+    restore = {"study_uid": site.studies[0].uid, "to": "after-sighup"}
+    log = site.folder / "serve.log"
+    with served(site) as (url, process):
+        refused = call(f"{url}/v1/restore", "POST", restore)
+        text = site.config.read_text()
+        site.config.write_text(text.replace("token:", "restore_root: out, token:"))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in log.read_text(), "the reload")
+        allowed = call(f"{url}/v1/restore", "POST", restore)
+        site.config.write_text(text.replace("listen:", "listen: [], x:"))  # not valid
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "still running the last good one" in log.read_text(), "the refusal")
+        again = call(f"{url}/v1/restore", "POST", restore)
+    assert refused[0] == 403 and allowed[0] == 200 and allowed[1]["restored"] == 6
+    assert again[0] == 200 and again[1]["already_present"] == 6
+    assert f"{site.config}:" in log.read_text()  # the refusal names the file and line

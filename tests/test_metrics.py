@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_watch import manifests, study_folders, wait_for, watching, write_config
 
@@ -126,3 +129,44 @@ def test_blocked_studies_are_a_metric() -> None:
     assert metrics.registry.get_sample_value("reconciler_blocked_studies") == 1
     metrics.record_plan(make_plan(config(), catalog(ct), {"cloud": observed("cloud")}, NOW), [])
     assert metrics.registry.get_sample_value("reconciler_blocked_studies") == 0
+
+
+def probe(url: str) -> tuple[int, dict[str, object]]:
+    """Status and JSON body of a probe, asked without a token."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_watch_serves_the_health_probes_beside_metrics_and_api(
+    tmp_path: Path, small_studies: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle that failed (a destination that cannot be written) makes watch not ready, on the
+    metrics port and on the API's alike; the next good cycle makes it ready again."""
+    config = write_config(tmp_path, stable_after="0s")
+    port, api_port = free_port(), free_port()
+    (tmp_path / "blocked").write_text("not a folder")
+    blocked = '  blocked:\n    object: {url: "file://blocked"}\n'
+    good = config.read_text() + (
+        f"watch: {{metrics: {{listen: {port}}}}}\n"
+        f"api: {{listen: {api_port}, token: '${{env:API_TOKEN}}'}}\n"
+    )
+    monkeypatch.setenv("API_TOKEN", "a-token-of-16-characters-or-more")
+    config.write_text(
+        good.replace("policies:", blocked + "policies:").replace("[backup]", "[backup, blocked]")
+    )
+    shutil.copytree(study_folders(small_studies)[0], tmp_path / "inbox" / "first")
+    probes = [f"http://127.0.0.1:{p}/readyz" for p in (port, api_port)]
+    with watching(tmp_path):
+        wait_for_value(port, "reconciler_reconcile_duration_seconds_count", 1)
+        failed = [probe(url) for url in probes]
+        alive = probe(f"http://127.0.0.1:{port}/healthz")
+        config.write_text(good)  # the blocked destination is gone: the next cycle is good
+        wait_for_value(port, "reconciler_reconcile_duration_seconds_count", 2)
+        ready = [probe(url) for url in probes]
+    not_ready = {"state": "ok", "config": "ok", "last_cycle": "failed"}
+    assert failed == [(503, {"status": "not-ready", "checks": not_ready})] * 2
+    assert alive == (200, {"status": "alive"})
+    assert ready == [(200, {"status": "ready", "checks": {**not_ready, "last_cycle": "ok"}})] * 2

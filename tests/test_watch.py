@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -124,3 +125,35 @@ def test_watch_writes_the_recovery_points_its_schedule_asks_for(
         time.sleep(1)  # more cycles may pass; the next point is not due for a day
     assert len(list(points.glob("*.json"))) == 1
     assert "recovery point" in (tmp_path / "watch.log").read_text().lower()
+
+
+def test_sighup_reloads_the_config_once_the_transfer_in_flight_has_finished(
+    tmp_path: Path, small_studies: Path
+) -> None:
+    config = write_config(tmp_path, stable_after="0s")
+    # 8 KiB/s: the study's copy (about 20 KiB) is still in flight when the signal comes.
+    config.write_text(
+        config.read_text().replace('"file://backup"}', '"file://backup"}\n    bandwidth: 8k')
+    )
+    log = tmp_path / "watch.log"
+    first, second = study_folders(small_studies)[:2]
+    with watching(tmp_path) as process:
+        shutil.copytree(first, tmp_path / "inbox" / "first")
+        wait_for(lambda: '"action_started"' in log.read_text(), "the copy to start")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in log.read_text(), "the reload")
+        text = log.read_text()
+        assert text.index('"action_done"') < text.index("SIGHUP: reading the configuration")
+        assert len(manifests(tmp_path)) == 1 and process.poll() is None
+        # An invalid edit that no file watch could see (same size, same mtime): only the
+        # signal reads it, and the last good config keeps running.
+        before = config.stat()
+        config.write_text(config.read_text().replace("stable_after: 0s", "stable_after: 0x"))
+        os.utime(config, ns=(before.st_atime_ns, before.st_mtime_ns))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "still running the last good one" in log.read_text(), "the refusal")
+        assert "stable_after: '0x' is not a duration" in log.read_text()
+        shutil.copytree(second, tmp_path / "inbox" / "second")
+        wait_for(lambda: len(manifests(tmp_path)) == 2, "a copy under the last good config")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
