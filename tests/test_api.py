@@ -568,7 +568,7 @@ def test_reconcile_requests_are_taken_one_at_a_time() -> None:
 def served(site: Site) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`reconciler serve` as a real process on a free loopback port; yields its URL."""
     port = free_port()
-    site.config.write_text(site.config.read_text().replace("listen: 0", f"listen: {port}"))
+    site.config.write_text(site.config.read_text().replace("listen: 8484", f"listen: {port}"))
     log = site.folder / "serve.log"
     with log.open("w") as output:
         process = subprocess.Popen(

@@ -223,7 +223,9 @@ def test_an_instance_that_cannot_be_encoded_fails_and_its_study_is_not_recorded(
     inbox = tmp_path / "inbox"
     shutil.copytree(small_studies, inbox)
     ct = next(p for p in sorted(inbox.rglob("*.dcm")) if pydicom.dcmread(p).Modality == "CT")
-    ct.write_bytes(ct.read_bytes()[:-700])  # pixel data cut short: it cannot be decoded
+    damaged = pydicom.dcmread(ct)
+    damaged.Rows *= 2  # whole as a file, but its pixel data is half what it says: undecodable
+    damaged.save_as(ct)
     [action] = [a for a in plan_copies(tmp_path, inbox) if a.study.modalities == "CT"]
     settings = {"compression": "jpeg2000-lossless"}
     store = open_store(object_settings("folder", request, tmp_path, **settings))
