@@ -21,7 +21,7 @@ from reconciler.config.load import LoadedConfig
 from reconciler.config.model import Config
 from reconciler.destinations.base import Destination, DestinationUnavailable
 from reconciler.destinations.factory import open_destination
-from reconciler.destinations.identity import KnownIdentity
+from reconciler.destinations.identity import KnownIdentity, Marker
 from reconciler.filesystems import sources_on_same_filesystem
 from reconciler.observation import Observation
 from reconciler.plan import LOCAL, Fingerprint, Plan
@@ -97,6 +97,12 @@ class Workspace:
                     _object_store(opened).identity.known = self._identities[name]
                 self._destinations[name] = opened
             return self._destinations[name]
+
+    def initialise(self, name: str, force: bool = False) -> tuple[Marker, bool]:
+        """``reconciler init``: the destination's identity marker, written if it had none."""
+        marker, created = self.object_store(name).identity.initialise(force)
+        self.remember_identities()
+        return marker, created
 
     def remember_identities(self) -> None:
         """Record the identity markers this run confirmed (see destinations/identity.py)."""

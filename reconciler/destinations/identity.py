@@ -106,6 +106,13 @@ class Guard:
                 self.known = KnownIdentity(self.marker.destination_id, self.known.holds_copies)
             return self.marker
 
+    def initialise(self, force: bool) -> tuple[Marker, bool]:
+        """``reconciler init``: see ``initialise``; the marker is then this run's."""
+        with self._lock:
+            self.marker, created = initialise(self, self.known, force)
+            self.known = KnownIdentity(self.marker.destination_id, self.known.holds_copies)
+            return self.marker, created
+
     def read(self) -> Marker | None:
         try:
             data = self.fs.cat_file(f"{self.root}/{MARKER_KEY}")
