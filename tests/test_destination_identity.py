@@ -71,7 +71,7 @@ def test_a_folder_whose_parent_is_missing_is_unknown_and_never_created(
 def test_a_root_under_a_regular_file_is_unknown(tmp_path: Path) -> None:
     (tmp_path / "mnt").write_text("not a folder")
     store = folder_store(tmp_path / "mnt" / "dicom")
-    with pytest.raises(DestinationUnavailable, match="lies under .*mnt, which is not a folder"):
+    with pytest.raises(DestinationUnavailable, match=r"lies under .*mnt, which is not a folder"):
         store.observe({})
     store.close()
 
