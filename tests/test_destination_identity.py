@@ -79,13 +79,15 @@ def test_a_root_under_a_regular_file_is_unknown(tmp_path: Path) -> None:
 def test_first_use_writes_a_marker_once(tmp_path: Path, copy_actions: list[Action]) -> None:
     store = folder_store(tmp_path / "backup")
     assert store.observe({}) == {}
+    assert not (tmp_path / "backup").exists()  # reading changes nothing
+    store.send(copy_actions[1], lambda _: None)
     marker = json.loads((tmp_path / "backup" / MARKER_KEY).read_text())
     assert marker["format_version"] == 1 and len(marker["destination_id"]) == 32
     store.send(copy_actions[0], lambda _: None)
     store.close()
     again = folder_store(tmp_path / "backup")  # a later run reads the same marker
     assert again.identity.confirm().destination_id == marker["destination_id"]
-    assert set(again.observe({})) == {copy_actions[0].study_uid}
+    assert set(again.observe({})) == {copy_actions[0].study_uid, copy_actions[1].study_uid}
     again.close()
 
 

@@ -96,14 +96,32 @@ class Guard:
     def where(self) -> str:
         return f"destination {self.name} ({self.root or '/'})"
 
-    def confirm(self, again: bool = False) -> Marker:
-        """The marker (``again``: read again now, before a deletion that relies on it)."""
+    def confirm(self) -> Marker:
+        """Before a write: the marker, written now on first use."""
+        marker = self._confirm(write=True, again=False)
+        assert marker is not None
+        return marker
+
+    def confirm_readable(self) -> Marker | None:
+        """Before reading holdings: the marker, or None on a first use (nothing is written:
+        a plan changes nothing; the folder, if there is none yet, reads as empty)."""
+        return self._confirm(write=False, again=False)
+
+    def recheck(self) -> None:
+        """Read the marker again now, before a deletion that relies on this destination."""
+        if self._confirm(write=False, again=True) is None:
+            raise IdentityError(f"{self.where} has no identity marker ({MARKER_KEY})")
+
+    def _confirm(self, write: bool, again: bool) -> Marker | None:
         with self._lock:
             if self.marker is None or again:
                 self.marker = None
-                self.marker = confirm(self, self.known)
-                # From now on this is the destination: a marker gone later is no first use.
-                self.known = KnownIdentity(self.marker.destination_id, self.known.holds_copies)
+                self.marker = confirm(self, self.known, write)
+                if self.marker is not None:
+                    # This is the destination now: a marker gone later is no first use.
+                    self.known = KnownIdentity(
+                        self.marker.destination_id, self.known.holds_copies
+                    )
             return self.marker
 
     def initialise(self, force: bool) -> tuple[Marker, bool]:
@@ -134,11 +152,12 @@ class Guard:
         return marker
 
 
-def confirm(guard: Guard, known: KnownIdentity) -> Marker:
-    """The destination's marker, written now if the first-use rule allows it; raises
-    IdentityError when the destination is not provably the one the state knows."""
-    if guard.is_folder:
-        _check_folder(guard, known)
+def confirm(guard: Guard, known: KnownIdentity, write: bool) -> Marker | None:
+    """The destination's marker, written now (``write``) if the first-use rule allows it,
+    else None on a first use; raises IdentityError when the destination is not provably the
+    one the state knows."""
+    if guard.is_folder and not _check_folder(guard, known, write):
+        return None  # first use, and no folder yet: nothing there
     marker = guard.read()
     if marker is None:
         if known.destination_id is not None or known.holds_copies:
@@ -147,7 +166,7 @@ def confirm(guard: Guard, known: KnownIdentity) -> Marker:
                 "records copies there: not mounted, emptied or replaced? If it is the right "
                 f"place, run `reconciler init {guard.name}`"
             )
-        return guard.write_new()
+        return guard.write_new() if write else None
     if known.destination_id is not None and marker.destination_id != known.destination_id:
         raise IdentityError(
             f"{guard.where} is destination {marker.destination_id}, but the state knows "
@@ -186,7 +205,7 @@ def recheck(destination: object) -> None:
     IdentityError if it is no longer the destination the run confirmed."""
     guard = getattr(destination, "identity", None)
     if isinstance(guard, Guard):
-        guard.confirm(again=True)
+        guard.recheck()
 
 
 def folder_problem(root: Path) -> str | None:
@@ -201,18 +220,22 @@ def folder_problem(root: Path) -> str | None:
     return f"{root} does not exist"
 
 
-def _check_folder(guard: Guard, known: KnownIdentity) -> None:
+def _check_folder(guard: Guard, known: KnownIdentity, write: bool) -> bool:
+    """Whether the root folder is there (made now if ``write`` and the first-use rule
+    allows it); raises IdentityError if it is not and may not be."""
     root = Path(guard.root)
     problem = folder_problem(root)
     if problem is None:
-        return
+        return True
     first_use = known.destination_id is None and not known.holds_copies
     if first_use and not root.exists() and root.parent.is_dir():
+        if not write:
+            return False
         try:
             root.mkdir()
         except OSError as exc:
             raise IdentityError(f"{guard.where} cannot be created: {exc}") from exc
-        return
+        return True
     raise IdentityError(
         f"{guard.where}: {problem}; nothing is read or written there (not mounted? If it is "
         f"new, `reconciler init {guard.name}` creates it)"

@@ -128,7 +128,7 @@ class ObjectStoreDestination:
     def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
         # One listing shows everything: cheaper than asking study by study.
         try:
-            self.identity.confirm()
+            self.identity.confirm_readable()
             listing, stamps = self._list_objects()
             manifests = self._read_manifests(stamps)
             archived = archive.observe(self)
