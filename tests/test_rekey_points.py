@@ -192,7 +192,8 @@ def test_rekey_moves_what_only_older_points_refer_to_so_the_old_key_can_go(
     oldest = point_ids(site)[0]
     target = site / "oldest"
     code, out = run(capsys, "recover", "restore", oldest, "-c", config, "--to", str(target))
-    assert code == 0 and hashes(target) == json.loads((site / "first-hashes.json").read_text())
+    first = json.loads((site / "first-hashes.json").read_text())
+    assert code == 0 and hashes(target) == first, out
 
 
 @pytest.mark.parametrize("interrupted_after", [7, 100])
