@@ -27,6 +27,7 @@ _ENCRYPTION_TRANSFORM = re.compile(rf"^{ENCRYPTION}:([0-9a-f]{{16}})$")
 PLAIN_SUFFIX = ".dcm"
 ENCRYPTED_SUFFIX = ".dcm.enc"  # not a DICOM file: no viewer or indexer should try to open it
 VERSION_DIGITS = 16
+_VERSION = re.compile(rf"^[0-9a-f]{{{VERSION_DIGITS}}}$")
 
 
 class ManifestError(ValueError):
@@ -38,14 +39,16 @@ def is_uid(text: str) -> bool:
     return len(text) <= 64 and bool(UID_PATTERN.match(text))
 
 
-def object_name(sop_instance_uid: str, encrypted: bool, stored_sha256: str | None = None) -> str:
+def object_name(sop_instance_uid: str, encrypted: bool, content_sha256: str | None = None) -> str:
     """An instance's object name, relative to its study prefix.
 
     An instance's first content is stored as ``<sop>.dcm``. A later, different content gets
-    ``<sop>.<first 16 hex digits of the stored SHA-256>.dcm`` (pass ``stored_sha256``), so an
-    object that a recovery point refers to is never overwritten by a newer version.
+    ``<sop>.<first 16 hex digits of content_sha256>.dcm``, so an object that a recovery point
+    refers to is never overwritten by a newer version. The digest is of what the object holds
+    for good: the stored bytes, or for an encrypted object its sealed body
+    (``encryption.sealed_sha256``), which a rekey leaves as it is.
     """
-    version = f".{stored_sha256[:VERSION_DIGITS]}" if stored_sha256 else ""
+    version = f".{content_sha256[:VERSION_DIGITS]}" if content_sha256 else ""
     return sop_instance_uid + version + (ENCRYPTED_SUFFIX if encrypted else PLAIN_SUFFIX)
 
 
@@ -138,15 +141,25 @@ def _check_entry(entry: ManifestEntry) -> None:
     encrypted = entry.key_id is not None
     if not (SHA256_PATTERN.match(entry.sha256) and SHA256_PATTERN.match(entry.stored_sha256)):
         raise ManifestError(f"bad checksum in entry {entry.sop_instance_uid}")
-    names = {
-        object_name(entry.sop_instance_uid, encrypted),
-        object_name(entry.sop_instance_uid, encrypted, entry.stored_sha256),
-    }
-    if not is_uid(entry.sop_instance_uid) or entry.object not in names:
+    if not is_uid(entry.sop_instance_uid) or not _named_right(entry, encrypted):
         raise ManifestError(f"bad instance entry {entry.sop_instance_uid!r}")
     if entry.size < 0 or entry.stored_size < 0:
         raise ManifestError(f"bad size in entry {entry.sop_instance_uid}")
     _check_transforms(entry)
+
+
+def _named_right(entry: ManifestEntry, encrypted: bool) -> bool:
+    if entry.object in (
+        object_name(entry.sop_instance_uid, encrypted),
+        object_name(entry.sop_instance_uid, encrypted, entry.stored_sha256),
+    ):
+        return True
+    # An encrypted version's name outlives rekeys, which change its stored SHA-256: it was
+    # named by its sealed body, or (before that) by the stored SHA-256 it had when written.
+    version = entry.object.removeprefix(f"{entry.sop_instance_uid}.").removesuffix(
+        ENCRYPTED_SUFFIX
+    )
+    return encrypted and entry.object.endswith(ENCRYPTED_SUFFIX) and bool(_VERSION.match(version))
 
 
 def _check_transforms(entry: ManifestEntry) -> None:

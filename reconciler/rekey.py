@@ -8,9 +8,14 @@ SHA-256 of each.
 
 Idempotent and resumable: instances already under the current key are left alone; an object
 rekeyed by an interrupted run, whose manifest still names the old key, is recognised by its
-header and authenticated by decrypting it before its new hash is recorded. Pinned manifests of
-recovery points keep the old key ids and hashes; restore and verify recognise a rekeyed object
-by its header (``stored_copy.check_stored``).
+header and authenticated by decrypting it before its new hash is recorded.
+
+Objects that only recovery points still refer to (older contents of changed instances) are
+moved too, so every kept point opens under the new key alone. Their pinned manifests are
+immutable and keep the old key ids and hashes; restore and verify recognise a rekeyed object
+by its header (``stored_copy.check_stored``). Object names never change: an encrypted version
+is named by its sealed body, which a rekey leaves as it is (``manifest.object_name``). What
+cannot be moved is reported with the points that still need the old key for it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from reconciler.manifest import (
     associated_data,
     encryption_transform,
 )
+from reconciler.pinned_objects import PinnedObjects, pinned_objects
 from reconciler.recovery import STUDIES, is_study_manifest_key
 from reconciler.transforms.encryption import (
     HEADER_SIZE,
@@ -54,6 +60,7 @@ class RekeyReport:
     key_id: str  # the current master key's id
     studies: int = 0  # manifests rewritten
     rewrapped: int = 0
+    only_in_points: int = 0  # of those rewrapped: objects only recovery points refer to
     already_current: int = 0
     problems: dict[str, str] = field(default_factory=dict)  # "study" or "study/sop" -> why
 
@@ -67,6 +74,8 @@ def rekey_store(
 ) -> RekeyReport:
     """Move every encrypted object of ``store`` under ``keyring.current``."""
     report = RekeyReport(store.name, keyring.current.key_id)
+    pinned = pinned_objects(store)
+    listed: set[str] = set()  # objects that study manifests list
     with ThreadPoolExecutor(store.settings.concurrency) as pool:
         for key in sorted(k for k in store.list_keys(STUDIES) if is_study_manifest_key(k)):
             study_uid = key.split("/")[1]
@@ -75,8 +84,72 @@ def rekey_store(
             except (ManifestError, FileNotFoundError) as exc:
                 report.problems[study_uid] = f"manifest not read, nothing rekeyed: {exc}"
                 continue
-            _rekey_study(store, manifest, keyring, pool, report, progress)
+            listed.update(f"{STUDIES}/{study_uid}/{e.object}" for e in manifest.instances)
+            _rekey_study(store, manifest, keyring, pool, report, progress, pinned)
+        _rekey_superseded(store, pinned, listed, keyring, pool, report, progress)
+    for key, why in pinned.unreadable.items():
+        report.problems[key] = f"unreadable, so what it refers to may need the old key: {why}"
     return report
+
+
+def _rekey_superseded(
+    store: ObjectStoreDestination,
+    pinned: PinnedObjects,
+    listed: set[str],
+    keyring: Keyring,
+    pool: ThreadPoolExecutor,
+    report: RekeyReport,
+    progress: Progress,
+) -> None:
+    """The objects only pinned manifests list: moved, with no manifest to rewrite."""
+    keys = sorted(
+        key
+        for key, refs in pinned.entries.items()
+        if key not in listed and any(e.key_id is not None for _, e in refs)
+    )
+    outcomes = pool.map(lambda k: _rekey_object(store, k, pinned.entries[k], keyring), keys)
+    for key, outcome in zip(keys, outcomes, strict=True):
+        progress(1)
+        if isinstance(outcome, RekeyError):
+            uid, entry = pinned.entries[key][0]
+            where = f"{uid}/{entry.sop_instance_uid} ({key.rsplit('/', 1)[1]})"
+            report.problems[where] = f"{outcome}{_needed_by(pinned, key)}"
+        elif outcome:
+            report.rewrapped += 1
+            report.only_in_points += 1
+        else:
+            report.already_current += 1
+
+
+def _rekey_object(
+    store: ObjectStoreDestination,
+    key: str,
+    refs: list[tuple[str, ManifestEntry]],
+    keyring: Keyring,
+) -> bool | RekeyError:
+    """Whether the object was moved (False: already under the current key), or why not."""
+    uid, entry = refs[0]
+    try:
+        blob = store.read_key(key)
+        sealed_under = key_id_of(blob)
+        if sealed_under == keyring.current.key_id:
+            return False
+        digest = hashlib.sha256(blob).hexdigest()
+        if not any((e.key_id, e.stored_sha256) == (sealed_under, digest) for _, e in refs):
+            # Rekeyed before, so no pinned hash is its own: decrypting proves it whole.
+            decrypt(blob, keyring, associated_data(uid, entry.sop_instance_uid))
+        store.replace_header(key, blob, rewrap_header(blob[:HEADER_SIZE], keyring, keyring.current))
+    except FileNotFoundError:
+        return RekeyError("object is missing")
+    except DecryptionError as exc:
+        return RekeyError(f"{exc}; left as it is")
+    return True
+
+
+def _needed_by(pinned: PinnedObjects, key: str) -> str:
+    """Which recovery points still need the old key for an object that could not be moved."""
+    points = sorted(pinned.points.get(key, ()))
+    return f"; recovery points {', '.join(points)} need the old key for it" if points else ""
 
 
 def _rekey_study(
@@ -86,6 +159,7 @@ def _rekey_study(
     pool: ThreadPoolExecutor,
     report: RekeyReport,
     progress: Progress,
+    pinned: PinnedObjects,
 ) -> None:
     uid = manifest.study_instance_uid
     encrypted = [e for e in manifest.instances if e.key_id is not None]
@@ -98,7 +172,8 @@ def _rekey_study(
     for entry, outcome in zip(stale, outcomes, strict=True):
         progress(1)
         if isinstance(outcome, RekeyError):
-            report.problems[f"{uid}/{entry.sop_instance_uid}"] = str(outcome)
+            needed = _needed_by(pinned, f"{STUDIES}/{uid}/{entry.object}")
+            report.problems[f"{uid}/{entry.sop_instance_uid}"] = f"{outcome}{needed}"
         else:
             moved[entry.sop_instance_uid] = outcome
     if moved:

@@ -92,6 +92,29 @@ def test_a_later_version_of_an_instance_is_named_after_its_stored_content() -> N
     assert read.object == object_name(SOP, False, later.stored_sha256)
 
 
+def test_an_encrypted_version_keeps_its_name_when_a_rekey_changes_its_stored_sha256() -> None:
+    rekeyed = transformed(object=f"{SOP}.0123456789abcdef.dcm.enc")
+    assert not rekeyed.stored_sha256.startswith("0123456789abcdef")
+    [read] = Manifest.from_json(document(rekeyed), "1.2.9").instances
+    assert read.object == rekeyed.object
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        transformed(object=f"{SOP}.0123456789ABCDEF.dcm.enc"),
+        transformed(object=f"{SOP}.0123456789abcde.dcm.enc"),
+        transformed(object=f"{SOP}.0123456789abcdef.dcm"),
+        transformed(object="1.2.3.0123456789abcdef.dcm.enc"),
+    ],
+)
+def test_an_encrypted_version_still_needs_its_own_uid_and_16_hex_digits(
+    bad: ManifestEntry,
+) -> None:
+    with pytest.raises(ManifestError, match="bad instance entry"):
+        Manifest.from_json(document(bad), "1.2.9")
+
+
 @pytest.mark.parametrize(
     "transforms",
     [

@@ -57,7 +57,7 @@ from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action, InstanceRef
 from reconciler.recovery import PINNED, STUDIES
 from reconciler.retry import PermanentError, with_retries
-from reconciler.transforms.encryption import DecryptionError, decrypt, encrypt
+from reconciler.transforms.encryption import DecryptionError, decrypt, encrypt, sealed_sha256
 from reconciler.transforms.pool import CompressionPool
 from reconciler.transforms.settings import Codec, codec_for
 
@@ -196,6 +196,7 @@ class ObjectStoreDestination:
             self.fs.makedirs(folder, exist_ok=True)
             self._sweep_temporaries(Path(folder))
         previous = self._committed(action.study_uid)
+        taken = self._uncommitted_names(action, previous)
         futures = {
             ref.sop_instance_uid: self._pool.submit(
                 self._send_instance,
@@ -203,6 +204,7 @@ class ObjectStoreDestination:
                 ref,
                 previous.get(ref.sop_instance_uid),
                 progress,
+                taken,
             )
             for ref in action.instances
         }
@@ -252,18 +254,32 @@ class ObjectStoreDestination:
             return {}
         return {e.sop_instance_uid: e for e in previous.instances}
 
+    def _uncommitted_names(
+        self, action: Action, previous: Mapping[str, ManifestEntry]
+    ) -> frozenset[str]:
+        """Object names already in the study folder, when an instance has no committed entry
+        and recovery points exist: an unreadable manifest's objects may be what they refer to.
+        Without points, what a crashed send left there is overwritten as before."""
+        if all(ref.sop_instance_uid in previous for ref in action.instances):
+            return frozenset()
+        if not self.list_keys(PINNED):
+            return frozenset()
+        listing = self.list_keys(f"{STUDIES}/{action.study_uid}")
+        return frozenset(key.rsplit("/", 1)[1] for key in listing)
+
     def _send_instance(
         self,
         study_uid: str,
         ref: InstanceRef,
         previous: ManifestEntry | None,
         progress: ProgressCallback,
+        taken: Collection[str],
     ) -> ManifestEntry:
         codec = codec_for(ref.modality or None, self.settings.compression)
         if codec == "keep" and self.keyring is None:
-            entry = self._send_as_is(study_uid, ref, previous)
+            entry = self._send_as_is(study_uid, ref, previous, taken)
         else:
-            entry = self._send_transformed(study_uid, ref, previous, codec)
+            entry = self._send_transformed(study_uid, ref, previous, codec, taken)
         progress(ref.size)
         return entry
 
@@ -272,23 +288,34 @@ class ObjectStoreDestination:
         study_uid: str,
         ref: InstanceRef,
         previous: ManifestEntry | None,
-        stored_sha256: str,
+        content_sha256: str,
+        taken: Collection[str],
     ) -> str:
         """Where the instance goes: a new content never overwrites an older one's object,
-        which a recovery point may refer to; the same content (a repair) goes back in place."""
+        which a recovery point may refer to; the same content (a repair) goes back in place.
+        ``taken``: names in the folder that no committed entry explains (first names only)."""
         encrypted = self.keyring is not None
-        if previous is None:
-            name = object_name(ref.sop_instance_uid, encrypted)
-        elif previous.sha256 == ref.sha256 and (previous.key_id is not None) == encrypted:
+        first = object_name(ref.sop_instance_uid, encrypted)
+        if previous is None and first not in taken:
+            name = first
+        elif (
+            previous is not None
+            and previous.sha256 == ref.sha256
+            and (previous.key_id is not None) == encrypted
+        ):
             name = previous.object
         else:
-            name = object_name(ref.sop_instance_uid, encrypted, stored_sha256)
+            name = object_name(ref.sop_instance_uid, encrypted, content_sha256)
         return f"{self._study_dir(study_uid)}/{name}"
 
     def _send_as_is(
-        self, study_uid: str, ref: InstanceRef, previous: ManifestEntry | None
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        taken: Collection[str],
     ) -> ManifestEntry:
-        target = self._target(study_uid, ref, previous, ref.sha256)
+        target = self._target(study_uid, ref, previous, ref.sha256, taken)
         if self.throttle is not None:
             self.throttle.take(ref.size)
         if ref.size <= IN_MEMORY_LIMIT:
@@ -300,7 +327,12 @@ class ObjectStoreDestination:
         return _entry(ref, target, ref.size, ref.sha256, ref.transfer_syntax, ())
 
     def _send_transformed(
-        self, study_uid: str, ref: InstanceRef, previous: ManifestEntry | None, codec: Codec
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        codec: Codec,
+        taken: Collection[str],
     ) -> ManifestEntry:
         """Re-encoded (verified lossless, else the instance fails) and/or encrypted, in memory."""
         data, syntax, transforms = read_unchanged(ref), ref.transfer_syntax, []
@@ -321,7 +353,9 @@ class ObjectStoreDestination:
             data = encrypt(data, self.keyring, aad)
             transforms.append(encryption_transform(self.keyring.current.key_id))
         digest = hashlib.sha256(data).hexdigest()
-        target = self._target(study_uid, ref, previous, digest)
+        # An encrypted version is named by its sealed body, which a rekey does not change.
+        version = sealed_sha256(data) if self.keyring is not None else digest
+        target = self._target(study_uid, ref, previous, version, taken)
         if self.throttle is not None:
             self.throttle.take(len(data))
         with_retries(lambda: self._write(target, data), self.settings.retry)

@@ -234,3 +234,12 @@ def rewrap_header(header: bytes, keyring: Keyring, new_key: MasterKey) -> bytes:
 def rewrap(blob: bytes, keyring: Keyring, new_key: MasterKey) -> bytes:
     """``blob`` moved under ``new_key``: only the header changes, the ciphertext is kept as is."""
     return rewrap_header(blob[:HEADER_SIZE], keyring, new_key) + blob[HEADER_SIZE:]
+
+
+def sealed_sha256(blob: bytes) -> str:
+    """SHA-256 of an object's sealed body (ciphertext and tag): what names a version of it.
+
+    A rekey rewrites the header alone, so this stays the object's while its whole SHA-256
+    changes; the body is unique to each encryption (a fresh data key every time).
+    """
+    return hashlib.sha256(blob[HEADER_SIZE:]).hexdigest()
