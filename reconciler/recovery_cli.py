@@ -240,7 +240,9 @@ def create_points(
             tool_version=__version__,
             now=now,
             corrupt=corrupt,
-            patient_ids=patient_ids,
+            # Points are plain JSON: at an encrypted destination they name no patient, and
+            # `restore --patient` reads the IDs from the encrypted headers instead.
+            patient_ids={} if store.keyring is not None else patient_ids,
         )
         outcome.update(
             point=result.point.summary(),
