@@ -44,12 +44,7 @@ def of_kind(document: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 
 def files_under(folder: Path) -> set[str]:
-    """Every file but the destination's identity marker, which stays once every copy went."""
-    return {
-        str(p.relative_to(folder))
-        for p in folder.rglob("*")
-        if p.is_file() and p.name != "reconciler-destination.json"
-    }
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from reconciler.config.model import DestinationConfig, DicomTarget, DicomWebTarget, ObjectTarget
 from reconciler.destinations.base import Destination
-from reconciler.filesystems import folder_of
 
 Resolve = Callable[[Path], Path]
 
@@ -55,8 +54,8 @@ def _dicomweb(target: DicomWebTarget, resolve: Resolve) -> DicomWebTarget:
 
 
 def _object(target: ObjectTarget, resolve: Resolve) -> ObjectTarget:
-    folder = folder_of(target.url, resolve)
-    if folder is None:
+    if not target.url.startswith("file://") or target.url.startswith("file:///"):
         return target
-    # Not as_uri(): fsspec does not unquote it, so a space would become "%20" in the path.
-    return target.model_copy(update={"url": f"file://{folder}"})
+    # A relative folder is relative to the config, like every other path in it.
+    folder = resolve(Path(target.url.removeprefix("file://")))
+    return target.model_copy(update={"url": folder.as_uri()})
