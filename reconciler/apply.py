@@ -13,9 +13,11 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from reconciler.destinations import identity
 from reconciler.destinations.base import (
     Archiver,
     Destination,
+    DestinationUnavailable,
     Pruner,
     SendResult,
     VerifyResult,
@@ -127,7 +129,7 @@ def apply_plan(
             if action.kind == "prune":
                 finished = _run_prune(action, entry, store, destinations, emit_safely)
             else:
-                finished = _run_local(action, entry, store, trash)
+                finished = _run_local(action, entry, store, trash, destinations)
             emit_safely(finished)
             done, failed = (done + 1, failed) if finished.ok else (done, failed + 1)
         outcome = "failed" if failed else "interrupted" if skipped else "ok"
@@ -238,7 +240,11 @@ def _record(
 
 
 def _run_local(
-    action: Action, entry: int, store: StateStore, trash: Trash | None
+    action: Action,
+    entry: int,
+    store: StateStore,
+    trash: Trash | None,
+    destinations: Callable[[str], Destination],
 ) -> ActionFinished:
     def failed(message: str) -> ActionFinished:
         store.journal_finish(entry, "failed", message)
@@ -257,8 +263,11 @@ def _run_local(
                 "the verified copies this deletion relied on are no longer recent enough; "
                 "it is planned again with fresh observations"
             )
+        for evidence in action.evidence:
+            # The copy was seen, maybe minutes ago: is its destination still the same one?
+            identity.recheck(destinations(evidence.destination))
         moved = trash.put(action.study_uid, action.study, action.instances, now)
-    except (TrashError, OSError) as exc:
+    except (TrashError, OSError, DestinationUnavailable) as exc:
         return failed(str(exc))
     store.forget_files(action.study_uid, moved)
     # Our own deletion is no shrink: even if this run dies now, the next must not read it so.

@@ -132,11 +132,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("-o", "--out", type=Path, help="write the report to this file")
 
     # Imported here: recovery_cli and rekey_cli use this module's helpers.
+    from reconciler.init_cli import register as register_init
     from reconciler.recovery_cli import register as register_recovery
     from reconciler.rekey_cli import register as register_rekey
 
     register_recovery(commands)  # recover create|list|verify|restore|forget, state rebuild
     register_rekey(commands)  # rekey: encrypted objects under the current key
+    register_init(commands)  # init: object destinations' identity markers
 
     demo = commands.add_parser(
         "demo", help="generate sample studies and back them up to a folder, end to end"

@@ -7,6 +7,8 @@ rule below holds; otherwise it is listed as kept, with the rule that stopped it:
 - every destination its policies want holds a copy verified within ``verified_within``;
 - at least ``require_verified_copies`` destinations hold such a copy;
 - de-identified copies (``anonymize:``) are derived data: they neither count nor are waited for;
+- a folder copy on the filesystem of a source the study is in counts only when the destination
+  says ``same_filesystem_counts: true`` (one disk failing would take both);
 - the catalog did not shrink sharply since the last apply;
 - the run's deletions stay within both caps (else none of them happen).
 """
@@ -65,6 +67,8 @@ class LocalFacts:
     previous_studies: int | None = None  # catalog size after the last apply
     holds: Mapping[str, Hold] = field(default_factory=dict)
     trash: tuple[TrashBatch, ...] = ()
+    # Destination -> the sources whose folders are on its filesystem (folder destinations).
+    same_filesystem: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def decide(
         return kept("its files changed recently; it is not complete")
     if facts.conflicted:
         return kept("files with different content share a SOP Instance UID")
-    evidence, missing = _verified_copies(config, facts.study, observations, now)
+    evidence, missing = _verified_copies(config, facts.study, observations, now, local)
     unverified_wanted = [
         d for d in facts.wanted if d in missing and config.destinations[d].anonymize is None
     ]
@@ -176,12 +180,24 @@ def _origin(policy: Policy, study: CatalogStudy) -> datetime | None:
 
 
 def _verified_copies(
-    config: Config, study: CatalogStudy, observations: Mapping[str, Observation], now: datetime
+    config: Config,
+    study: CatalogStudy,
+    observations: Mapping[str, Observation],
+    now: datetime,
+    local: LocalFacts,
 ) -> tuple[list[Evidence], dict[str, str]]:
     """Destinations holding a qualifying copy, and for the others why theirs does not count."""
     evidence: list[Evidence] = []
     missing: dict[str, str] = {}
+    sources = {i.source for i in study.instances}
     for name, settings in sorted(config.destinations.items()):
+        shared = sorted(sources & local.same_filesystem.get(name, frozenset()))
+        if shared and not settings.same_filesystem_counts:
+            missing[name] = (
+                f"on the same filesystem as source {', '.join(shared)}, so not a copy "
+                "elsewhere (same_filesystem_counts: true to count it)"
+            )
+            continue
         found = copy_evidence(
             name,
             settings,

@@ -584,6 +584,23 @@ class StateStore:
 
     # --- observations --------------------------------------------------------------------
 
+    def destination_identity(self, destination: str) -> tuple[str | None, bool]:
+        """The identity marker's id a run confirmed there, and whether copies are recorded."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"destination_id:{destination}",)
+        ).fetchone()
+        held = self._db.execute(
+            "SELECT 1 FROM observed_studies WHERE destination = ? LIMIT 1", (destination,)
+        ).fetchone()
+        return (row[0] if row else None), held is not None
+
+    def remember_destination_id(self, destination: str, destination_id: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                (f"destination_id:{destination}", destination_id),
+            )
+
     def observation_serials(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT destination, serial FROM observations"))
 

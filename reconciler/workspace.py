@@ -21,6 +21,8 @@ from reconciler.config.load import LoadedConfig
 from reconciler.config.model import Config
 from reconciler.destinations.base import Destination, DestinationUnavailable
 from reconciler.destinations.factory import open_destination
+from reconciler.destinations.identity import KnownIdentity, Marker
+from reconciler.filesystems import sources_on_same_filesystem
 from reconciler.observation import Observation
 from reconciler.plan import LOCAL, Fingerprint, Plan
 from reconciler.planner import make_plan
@@ -64,6 +66,12 @@ class Workspace:
         )
         self._destinations: dict[str, Destination] = {}
         self._opening = threading.Lock()
+        # Read here, in the thread that owns the store: apply's threads open destinations.
+        self._identities = {
+            name: KnownIdentity(*self.store.destination_identity(name))
+            for name, settings in self.config.destinations.items()
+            if settings.object is not None
+        }
 
     def close(self) -> None:
         for destination in self._destinations.values():
@@ -82,22 +90,35 @@ class Workspace:
         # Locked: apply's study threads ask at once, and a second instance would go unclosed.
         with self._opening:
             if name not in self._destinations:
-                self._destinations[name] = open_destination(
+                opened = open_destination(
                     name, self.config.destinations[name], self.config.site, self.loaded.resolve_path
                 )
+                if name in self._identities:
+                    _object_store(opened).identity.known = self._identities[name]
+                self._destinations[name] = opened
             return self._destinations[name]
+
+    def initialise(self, name: str, force: bool = False) -> tuple[Marker, bool]:
+        """``reconciler init``: the destination's identity marker, written if it had none."""
+        marker, created = self.object_store(name).identity.initialise(force)
+        self.remember_identities()
+        return marker, created
+
+    def remember_identities(self) -> None:
+        """Record the identity markers this run confirmed (see destinations/identity.py)."""
+        for name, destination in list(self._destinations.items()):
+            if name not in self._identities:
+                continue
+            marker = _object_store(destination).identity.marker
+            known = self._identities[name].destination_id
+            if marker is not None and marker.destination_id != known:
+                self.store.remember_destination_id(name, marker.destination_id)
+                self._identities[name] = KnownIdentity(marker.destination_id, True)
 
     def object_store(self, name: str) -> ObjectStoreDestination:
         """An object destination's store itself, for work on its keys (recovery points, rekey):
         beneath any de-identification, which maps studies, not keys."""
-        from reconciler.destinations.object_store import ObjectStoreDestination
-        from reconciler.destinations.staging import StagingDestination
-
-        destination = self.destination(name)
-        if isinstance(destination, StagingDestination):
-            destination = destination.inner
-        assert isinstance(destination, ObjectStoreDestination), f"{name} is no object store"
-        return destination
+        return _object_store(self.destination(name))
 
     # --- the flow ---------------------------------------------------------------------------
 
@@ -149,6 +170,7 @@ class Workspace:
         except DestinationUnavailable as exc:
             failed = Observation(name, now, 0, ok=False, error=str(exc))
             return self.store.save_observation(failed)
+        self.remember_identities()
         return self.store.save_observation(Observation(name, now, 0, ok=True, studies=studies))
 
     def fingerprint(self) -> Fingerprint:
@@ -190,6 +212,9 @@ class Workspace:
             previous_studies=None if self.accept_shrink else self.store.studies_after_last_apply(),
             holds={uid: Hold(until, why) for uid, (until, why) in self.store.holds().items()},
             trash=tuple(self.trash.batches()),
+            same_filesystem=sources_on_same_filesystem(
+                self.config.destinations, self.trash.roots, self.loaded.resolve_path
+            ),
         )
 
     def apply(
@@ -202,16 +227,19 @@ class Workspace:
             shares = ShareExecutor(
                 self.config, self.loaded.resolve_path, self.store, self.destination
             )
-        return apply_plan(
-            plan,
-            self.destination,
-            self.store,
-            emit,
-            self.config.apply.parallel_studies,
-            stop,
-            self.trash,
-            shares,
-        )
+        try:
+            return apply_plan(
+                plan,
+                self.destination,
+                self.store,
+                emit,
+                self.config.apply.parallel_studies,
+                stop,
+                self.trash,
+                shares,
+            )
+        finally:
+            self.remember_identities()
 
     def status(self, now: datetime | None = None) -> dict[str, Any]:
         """What the state knows, with no scan and no network: safe to run beside an apply."""
@@ -306,6 +334,17 @@ class Workspace:
             raise StalePlanError(
                 "the saved plan is stale: " + "; ".join(reasons) + ". Run `reconciler plan` again."
             )
+
+
+def _object_store(destination: Destination) -> ObjectStoreDestination:
+    """An object destination's store itself, beneath any de-identification staging."""
+    from reconciler.destinations.object_store import ObjectStoreDestination
+    from reconciler.destinations.staging import StagingDestination
+
+    if isinstance(destination, StagingDestination):
+        destination = destination.inner
+    assert isinstance(destination, ObjectStoreDestination), f"{destination.name} is no object store"
+    return destination
 
 
 def _with_overrides(config: Config, overrides: RetentionOverrides) -> Config:

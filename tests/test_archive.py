@@ -111,7 +111,8 @@ def test_the_mailer_flow_archive_after_30_days_then_free_the_disk(
 ) -> None:
     config = write_config(
         tmp_path,
-        'object: {url: "file://cold"}',
+        # The cold archive stands for another disk than the source's (both under tmp_path).
+        'object: {url: "file://cold"}\nsame_filesystem_counts: true',
         ", keep_local: 0s}\nretention: {require_verified_copies: 1",
     )
     assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0

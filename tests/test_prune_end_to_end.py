@@ -44,7 +44,12 @@ def of_kind(document: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 
 def files_under(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    """Every file but the destination's identity marker, which stays once every copy went."""
+    return {
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != "reconciler-destination.json"
+    }
 
 
 @pytest.fixture

@@ -36,7 +36,12 @@ def write_config(folder: Path, destinations: dict[str, str], retention: str = ""
     return config
 
 
-FOLDERS = {"near": 'object: {url: "file://near"}', "far": 'object: {url: "file://far"}'}
+# Both folders stand for disks other than the source's (all three share tmp_path's).
+SEPARATE_DISK = "\nsame_filesystem_counts: true"
+FOLDERS = {
+    "near": 'object: {url: "file://near"}' + SEPARATE_DISK,
+    "far": 'object: {url: "file://far"}' + SEPARATE_DISK,
+}
 
 
 def dicom_files(folder: Path) -> dict[str, str]:
@@ -146,7 +151,7 @@ def test_a_missing_copy_is_repaired_and_blocks_the_deletion(
 def test_a_corrupt_copy_found_by_checksum_verification_blocks_the_deletion(
     tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    checked = {**FOLDERS, "near": 'object: {url: "file://near"}\nverify: checksum'}
+    checked = {**FOLDERS, "near": FOLDERS["near"] + "\nverify: checksum"}
     config = write_config(tmp_path, checked, "{require_verified_copies: 1}")
     run(capsys, "apply", "-c", str(config), "--auto-approve")
     victim = sorted((tmp_path / "near" / "studies").rglob("*.dcm"))[0]

@@ -148,6 +148,12 @@ class ObjectTarget(StrictModel):
         protocol = value.split("://", 1)[0] if "://" in value else ""
         if protocol not in {"file", "s3"}:
             raise ValueError("the url must start with file:// or s3://")
+        if not value.split("://", 1)[1].strip("/"):
+            # Else fsspec would take the current directory (or the whole disk, for "/").
+            raise ValueError(
+                "the url names no folder: write file:///mnt/backup (absolute) or file://backup "
+                "(relative to the config)"
+            )
         return check_s3_url(value.rstrip("/")) if protocol == "s3" else value.rstrip("/")
 
 
@@ -365,6 +371,11 @@ class DestinationConfig(StrictModel):
         None,
         description="Object stores: remove our copies that are too old or no longer wanted "
         "here (off by default).",
+    )
+    same_filesystem_counts: bool = Field(
+        False,
+        description="Folder destinations: a copy on the same filesystem as the source it "
+        "protects counts toward retention's require_verified_copies.",
     )
     anonymize: AnonymizeSettings | None = Field(
         None,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from reconciler.config.model import DestinationConfig, DicomTarget, DicomWebTarget, ObjectTarget
 from reconciler.destinations.base import Destination
+from reconciler.filesystems import folder_of
 
 Resolve = Callable[[Path], Path]
 
@@ -54,8 +55,8 @@ def _dicomweb(target: DicomWebTarget, resolve: Resolve) -> DicomWebTarget:
 
 
 def _object(target: ObjectTarget, resolve: Resolve) -> ObjectTarget:
-    if not target.url.startswith("file://") or target.url.startswith("file:///"):
+    folder = folder_of(target.url, resolve)
+    if folder is None:
         return target
-    # A relative folder is relative to the config, like every other path in it.
-    folder = resolve(Path(target.url.removeprefix("file://")))
-    return target.model_copy(update={"url": folder.as_uri()})
+    # Not as_uri(): fsspec does not unquote it, so a space would become "%20" in the path.
+    return target.model_copy(update={"url": f"file://{folder}"})

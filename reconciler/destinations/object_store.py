@@ -36,7 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 from reconciler import __version__
 from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, ObjectTarget
-from reconciler.destinations import archive, pruning
+from reconciler.destinations import archive, identity, pruning
 from reconciler.destinations.base import (
     DestinationUnavailable,
     ProgressCallback,
@@ -103,6 +103,8 @@ class ObjectStoreDestination:
         # Manifests read by earlier observations, by path, with the stamp they were listed
         # with: a watch loop re-reads only those that changed since.
         self._manifests: dict[str, tuple[Hashable, Manifest | None]] = {}
+        # Nothing is read as holdings or written before the identity marker is confirmed.
+        self.identity = identity.Guard(name, self.fs, self.root, self._local, self._write)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -126,6 +128,7 @@ class ObjectStoreDestination:
     def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
         # One listing shows everything: cheaper than asking study by study.
         try:
+            self.identity.confirm_readable()
             listing, stamps = self._list_objects()
             manifests = self._read_manifests(stamps)
             archived = archive.observe(self)
@@ -188,6 +191,7 @@ class ObjectStoreDestination:
 
     def send(self, action: Action, progress: ProgressCallback) -> SendResult:
         folder = self._study_dir(action.study_uid)
+        self.identity.confirm()
         if self._local:
             self.fs.makedirs(folder, exist_ok=True)
             self._sweep_temporaries(Path(folder))
@@ -476,6 +480,7 @@ class ObjectStoreDestination:
 
     def write_key(self, key: str, data: bytes) -> None:
         path = self._path(key)
+        self.identity.confirm()
         if self._local:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with_retries(lambda: self._write(path, data), self.settings.retry)
@@ -485,6 +490,7 @@ class ObjectStoreDestination:
     def upload_key(self, key: str, handle: IO[bytes]) -> None:
         """A large object from a file object: whole or not at all, like ``write_key``."""
         path = self._path(key)
+        self.identity.confirm()
         if not self._local:
             with self.fs.open(path, "wb") as out:  # a multipart upload completes on close
                 shutil.copyfileobj(handle, out)
