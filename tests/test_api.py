@@ -67,6 +67,7 @@ def write_site(folder: Path, small_studies: Path, api: str) -> Path:
         "site: api-site\n"
         "sources:\n  inbox: {path: inbox, stable_after: 0s}\n"
         "destinations:\n  backup:\n    object: {url: 'file://backup'}\n"
+        "    same_filesystem_counts: true\n"  # it stands for another disk than the inbox's
         "  pacs:\n    dicom: {host: 127.0.0.1, port: 1, ae_title: NOWHERE}\n"
         "    verify: none\n"
         "policies:\n  - {name: all, copy_to: [backup]}\n"

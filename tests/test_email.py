@@ -112,7 +112,10 @@ def test_a_persisting_failure_is_mailed_once_over_tls_with_a_login(
     pki: Certificates,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "blocked").write_text("a file where the folder should be: every copy fails")
+    # A file where its studies folder should be: every copy fails (a root that is a
+    # file would make the destination unknown, and nothing be tried).
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "studies").write_text("every copy fails")
     with smtp_server(pki, security) as mailbox:
         extra = notifications(
             email_target("oncall", mailbox.port, "failure", **logged_in(pki, security)),

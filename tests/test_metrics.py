@@ -60,8 +60,10 @@ def test_watch_serves_what_it_sent_failed_and_still_has_pending(
 ) -> None:
     config = write_config(tmp_path, stable_after="0s")  # one cycle copies everything
     port = free_port()
-    # A second destination that can never be written: its root is a regular file.
-    (tmp_path / "blocked").write_text("not a folder")
+    # A second destination that can never be written: a file where its studies folder
+    # should be (a root that is a file would make it unknown, and nothing be tried).
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "studies").write_text("not a folder")
     config.write_text(
         config.read_text()
         .replace("policies:", '  blocked:\n    object: {url: "file://blocked"}\npolicies:')

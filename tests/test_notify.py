@@ -67,6 +67,7 @@ def write_config(folder: Path, destination: str, policy: str, extra: str) -> Pat
         "site: notified\n"
         "sources:\n  inbox: {path: inbox, stable_after: 0s}\n"
         f"destinations:\n  {destination}:\n    object: {{url: 'file://{destination}'}}\n"
+        "    same_filesystem_counts: true\n"  # it stands for another disk than the inbox's
         f"policies:\n  - {{name: all, copy_to: [{destination}]{policy}}}\n" + extra
     )
     return config
@@ -92,7 +93,10 @@ def inbox(tmp_path: Path, small_studies: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_a_failure_is_notified_once_when_it_has_persisted_failures_after_runs(
     tmp_path: Path, inbox: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "blocked").write_text("a file where the folder should be: every copy fails")
+    # A file where its studies folder should be: every copy fails (a root that is a
+    # file would make the destination unknown, and nothing be tried).
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "studies").write_text("every copy fails")
     extra = hooks(receiver, failures_after=2, ops="failure", cleanup="deletion")
     config = str(write_config(tmp_path, "blocked", "", extra))
 
@@ -131,7 +135,10 @@ def test_a_webhook_that_refuses_is_a_warning_that_names_no_secret(
     tmp_path: Path, inbox: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
     receiver.status = 500
-    (tmp_path / "blocked").write_text("not a folder")
+    # A file where its studies folder should be: every copy fails (a root that is a
+    # file would make the destination unknown, and nothing be tried).
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "studies").write_text("not a folder")
     config = str(write_config(tmp_path, "blocked", "", hooks(receiver, 1, ops="failure")))
     code, out = run(capsys, "apply", "-c", config, "--auto-approve")
     assert code == 1 and len(receiver.posts) == 1
@@ -174,7 +181,10 @@ def test_watch_that_makes_no_progress_is_notified_stalled_once(
     monkeypatch.setenv("HOOK_TOKEN", TOKEN)
     config = write_watch_config(tmp_path, stable_after="0s")
     shutil.copytree(next(p for p in small_studies.glob("*/*") if p.is_dir()), tmp_path / "inbox/a")
-    (tmp_path / "backup").write_text("not a folder: the watch can never make progress")
+    # A file where its studies folder should be: every copy fails (a root that is a
+    # file would make the destination unknown, and nothing be tried).
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "studies").write_text("not a folder: the watch can never make progress")
     port = free_port()
     config.write_text(
         config.read_text()

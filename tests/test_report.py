@@ -135,7 +135,9 @@ def test_local_deletions_by_retention_are_counted(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copytree(small_studies, tmp_path / "inbox")
-    config = write_config(tmp_path, folder_destination(tmp_path)[0])
+    # The backup folder stands for another disk than the inbox's.
+    block = folder_destination(tmp_path)[0] + "\n    same_filesystem_counts: true"
+    config = write_config(tmp_path, block)
     config.write_text(
         config.read_text().replace("copy_to: [backup]", "copy_to: [backup]\n    keep_local: 0s")
         + "retention: {require_verified_copies: 1}\n"
