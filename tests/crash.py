@@ -664,7 +664,10 @@ def make_site(
     readers: dict[str, Reader] = {}
     for name in SCENARIOS[scenario]:
         if name in ("near", "far"):
-            blocks[name] = f'{{object: {{url: "file://{root / name}"}}}}'
+            # The folders stand for other disks: their copies count for retention.
+            blocks[name] = (
+                f'{{object: {{url: "file://{root / name}"}}, same_filesystem_counts: true}}'
+            )
             readers[name] = FolderReader(name, root / name)
         elif name == "cloud":
             if peers.s3 is None:

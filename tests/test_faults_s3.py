@@ -153,6 +153,8 @@ def test_persistent_500_fails_the_copy_after_the_configured_retries(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = write_config(tmp_path, s3_bucket, proxy, concurrency=1)
+    assert run(capsys, "init", "-c", config)[0] == 0  # the marker is there before the fault
+    proxy.requests.clear()
     proxy.arm("internal", method="PUT")
     code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
     assert code == 1
@@ -257,3 +259,21 @@ def test_cut_short_reads_during_verification_do_not_mark_copies_corrupt(
     # A verification that could not read is no evidence of damage: nothing is copied again.
     code, out = run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")
     assert code == 0, out
+
+
+def test_a_marker_that_cannot_be_written_fails_the_copy_saying_so(
+    tmp_path: Path,
+    one_study: Path,
+    s3_bucket: str,
+    s3_env: dict[str, str],
+    proxy: FaultProxy,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, s3_bucket, proxy, concurrency=1)
+    proxy.arm("internal", method="PUT")
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
+    assert code == 1
+    [failed] = [e for e in events(out) if e["type"] == "action_failed"]
+    assert "identity marker cannot be written" in str(failed["message"]), failed
+    assert "internal error" in str(failed["message"])
+    assert stored(direct(s3_env), s3_bucket) == ([], [])

@@ -148,13 +148,15 @@ class ObjectTarget(StrictModel):
         protocol = value.split("://", 1)[0] if "://" in value else ""
         if protocol not in {"file", "s3"}:
             raise ValueError("the url must start with file:// or s3://")
+        if protocol == "s3":
+            return check_s3_url(value.rstrip("/"))
         if not value.split("://", 1)[1].strip("/"):
             # Else fsspec would take the current directory (or the whole disk, for "/").
             raise ValueError(
                 "the url names no folder: write file:///mnt/backup (absolute) or file://backup "
                 "(relative to the config)"
             )
-        return check_s3_url(value.rstrip("/")) if protocol == "s3" else value.rstrip("/")
+        return value.rstrip("/")
 
 
 class RetrySettings(StrictModel):

@@ -21,12 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reconciler.destinations.base import DestinationUnavailable
-
-if TYPE_CHECKING:
-    from fsspec import AbstractFileSystem
 
 MARKER_KEY = "reconciler-destination.json"
 MARKER_FORMAT = "dicom-reconciler/destination"
@@ -76,18 +72,19 @@ class Marker:
 
 class Guard:
     """One object store's identity, confirmed once per run before anything is read as its
-    holdings or written there. ``write`` stores a small object whole or not at all."""
+    holdings or written there. ``read`` and ``write`` fetch and store a small object whole
+    or not at all, retried like every other request to the store."""
 
     def __init__(
         self,
         name: str,
-        fs: AbstractFileSystem,
         root: str,
         is_folder: bool,
+        read: Callable[[str], bytes],
         write: Callable[[str, bytes], None],
     ) -> None:
-        self.name, self.fs, self.root, self.is_folder = name, fs, root, is_folder
-        self._write = write
+        self.name, self.root, self.is_folder = name, root, is_folder
+        self._read, self._write = read, write
         self.known = KnownIdentity()  # set from the state by the workspace
         self.marker: Marker | None = None  # the one this run confirmed
         self._lock = threading.Lock()  # apply's study threads all confirm at once
@@ -133,7 +130,7 @@ class Guard:
 
     def read(self) -> Marker | None:
         try:
-            data = self.fs.cat_file(f"{self.root}/{MARKER_KEY}")
+            data = self._read(f"{self.root}/{MARKER_KEY}")
         except FileNotFoundError:
             return None
         except NotADirectoryError as exc:
@@ -142,7 +139,10 @@ class Guard:
 
     def write_new(self) -> Marker:
         marker = Marker.new()
-        self._write(f"{self.root}/{MARKER_KEY}", marker.to_json())
+        try:
+            self._write(f"{self.root}/{MARKER_KEY}", marker.to_json())
+        except OSError as exc:
+            raise IdentityError(f"{self.where}: its identity marker cannot be written: {exc}") from exc
         if self.is_folder:
             fd = os.open(self.root, os.O_RDONLY)  # the new name too must survive a power loss
             try:

@@ -104,7 +104,13 @@ class ObjectStoreDestination:
         # with: a watch loop re-reads only those that changed since.
         self._manifests: dict[str, tuple[Hashable, Manifest | None]] = {}
         # Nothing is read as holdings or written before the identity marker is confirmed.
-        self.identity = identity.Guard(name, self.fs, self.root, self._local, self._write)
+        self.identity = identity.Guard(
+            name,
+            self.root,
+            self._local,
+            lambda path: with_retries(lambda: self.fs.cat_file(path), self.settings.retry),
+            lambda path, data: with_retries(lambda: self._write(path, data), self.settings.retry),
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
