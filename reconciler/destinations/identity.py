@@ -116,9 +116,7 @@ class Guard:
                 self.marker = confirm(self, self.known, write)
                 if self.marker is not None:
                     # This is the destination now: a marker gone later is no first use.
-                    self.known = KnownIdentity(
-                        self.marker.destination_id, self.known.holds_copies
-                    )
+                    self.known = KnownIdentity(self.marker.destination_id, self.known.holds_copies)
             return self.marker
 
     def initialise(self, force: bool) -> tuple[Marker, bool]:
@@ -142,7 +140,9 @@ class Guard:
         try:
             self._write(f"{self.root}/{MARKER_KEY}", marker.to_json())
         except OSError as exc:
-            raise IdentityError(f"{self.where}: its identity marker cannot be written: {exc}") from exc
+            raise IdentityError(
+                f"{self.where}: its identity marker cannot be written: {exc}"
+            ) from exc
         if self.is_folder:
             fd = os.open(self.root, os.O_RDONLY)  # the new name too must survive a power loss
             try:
