@@ -381,27 +381,14 @@ def test_watch_serves_the_api_and_a_reconcile_request_runs_a_cycle(site: Site) -
 
 
 def test_serve_answers_lookups_until_sigterm(site: Site) -> None:
-    port = free_port()
-    site.config.write_text(site.config.read_text().replace("listen: 8484", f"listen: {port}"))
-    log = site.folder / "serve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "serve", "-c", str(site.config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for(lambda: "API at" in log.read_text(), "serve to start")
-            proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
-            found = proxy.FindStudies({"token": TOKEN, "StudyInstanceUID": site.studies[0].uid})
-            with pytest.raises(xmlrpc.client.Fault) as no_loop:
-                proxy.Reconcile({"token": TOKEN})
-        finally:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0
+    with served(site) as (url, _):
+        proxy = xmlrpc.client.ServerProxy(f"{url}/RPC2")
+        found = proxy.FindStudies({"token": TOKEN, "StudyInstanceUID": site.studies[0].uid})
+        with pytest.raises(xmlrpc.client.Fault) as no_loop:
+            proxy.Reconcile({"token": TOKEN})
     assert found["elements"][0]["local"]["instances"] == 6
     assert no_loop.value.faultCode == 409
-    assert TOKEN not in log.read_text()
+    assert TOKEN not in (site.folder / "serve.log").read_text()
 
 
 def test_a_version_2_state_learns_its_studies_labels_on_opening(site: Site) -> None:
