@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint schema soak
+.PHONY: demo test lint schema soak wheel-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(VENV)/.installed-test
 	.ci/install-peers
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/python -m pytest -q
+	VENV=$(VENV) .ci/wheel-check
+
+# The built wheel, installed in a clean venv, runs the demo and finds its shipped presets.
+wheel-check: $(VENV)/.installed
+	VENV=$(VENV) .ci/wheel-check
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check reconciler tests

@@ -381,8 +381,9 @@ class DestinationConfig(StrictModel):
     )
     anonymize: AnonymizeSettings | None = Field(
         None,
-        description="Send de-identified copies (DICOM PS3.15 profile, policies/README.md): "
-        "they never count as copies of the study for retention or prune.",
+        description="Send de-identified copies (DICOM PS3.15 profile, "
+        "reconciler/policies/README.md): they never count as copies of the study for "
+        "retention or prune.",
     )
 
     @field_validator("bandwidth")

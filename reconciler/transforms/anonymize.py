@@ -49,7 +49,7 @@ from ruamel.yaml import YAML, YAMLError
 from reconciler.transforms.settings import AnonymizationProfile
 
 TABLE_FILE = Path(__file__).with_name("ps3.15-e1-1.json")
-PRESETS = Path(__file__).resolve().parents[2] / "policies"
+PRESETS = Path(__file__).resolve().parents[1] / "policies"  # shipped in the package
 PSEUDONYM = re.compile(r"ANON-[0-9a-f]{10}")
 METHOD = "dicom-reconciler PS3.15 de-identifier v1"
 DICOM_ROOT = "1.2.840.10008."

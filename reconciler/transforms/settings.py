@@ -10,8 +10,9 @@ In a destination's YAML::
       key: ${file:/etc/reconciler/backup.key}        # 64 hex digits or base64 of 32 bytes
       old_keys: [${env:OLD_BACKUP_KEY}]              # still decrypt; `rekey` moves them to key
 
-    anonymize:                                      # de-identified copies (policies/README.md)
-      profile: teaching-file                        # a preset, policies/teaching-file.yaml,
+    anonymize:                                      # de-identified copies (presets guide:
+                                                    # reconciler/policies/README.md)
+      profile: teaching-file                        # a preset, reconciler/policies/*.yaml,
                                                     # or a profile inline: {clean_descriptors: true}
       secret: ${file:/etc/reconciler/anonymize.key} # HMAC key of UIDs, pseudonyms, date shifts
 
@@ -196,8 +197,8 @@ class AnonymizeSettings(_Strict):
     """De-identified copies: what goes is a profile's output, never the study itself."""
 
     profile: str | AnonymizationProfile = Field(
-        description="A preset in policies/ by name (ps3.15-basic, ps3.15-basic-retain-dates, "
-        "teaching-file) or a profile given inline."
+        description="A preset in reconciler/policies/ by name (ps3.15-basic, "
+        "ps3.15-basic-retain-dates, teaching-file) or a profile given inline."
     )
     secret: SecretStr = Field(
         description="Site secret, at least 16 characters, as ${file:P} or ${env:X}: the HMAC key "
