@@ -16,6 +16,9 @@ class DestinationUnavailable(Exception):
 
 @dataclass
 class SendResult:
+    # What the destination confirmed it keeps, even when the copy as a whole failed (a peer
+    # that stored some instances before it went away keeps those; objects written without
+    # their study's manifest count for nothing).
     sent: int = 0
     bytes: int = 0
     failures: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why
