@@ -8,10 +8,16 @@ from typing import Protocol, runtime_checkable
 
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action
+from reconciler.retry import PermanentError
 
 
 class DestinationUnavailable(Exception):
     """The destination could not be observed; its holdings are unknown, not empty."""
+
+
+class DestinationRefused(DestinationUnavailable, PermanentError):
+    """The destination refuses us as a whole (our credentials): no retry in this run can mend
+    it. The message names the destination and the cause, never a secret."""
 
 
 @dataclass
