@@ -18,6 +18,7 @@ from reconciler.destinations.base import (
     Archiver,
     Destination,
     DestinationUnavailable,
+    ProgressCallback,
     Pruner,
     SendResult,
     VerifyResult,
@@ -29,6 +30,7 @@ from reconciler.events import (
     Event,
     RunFinished,
     RunStarted,
+    stamp,
 )
 from reconciler.plan import LOCAL, Action, Plan, human_bytes, summary_counts
 from reconciler.retention import CATALOG_SHRANK
@@ -63,13 +65,13 @@ def apply_plan(
     """
     stop = stop or threading.Event()
     emit_lock = threading.Lock()
+    counts = summary_counts(plan.actions)
+    run_id = store.start_run("apply")
 
     def emit_safely(event: Event) -> None:
         with emit_lock:
-            emit(event)
+            emit(stamp(event, run_id))
 
-    counts = summary_counts(plan.actions)
-    run_id = store.start_run("apply")
     started = time.monotonic()
     emit_safely(RunStarted(len(plan.actions), counts["copy_bytes"] + counts["archive_bytes"]))
     done = failed = skipped = instances = transferred = 0
@@ -113,6 +115,9 @@ def apply_plan(
                     transferred += action.bytes
             else:
                 failed += 1
+                kept_instances, kept_bytes = _kept_by_failed_copy(future)
+                instances += kept_instances
+                transferred += kept_bytes
         transfers_failed = failed
         for action in removals:
             entry = _journal_start(store, run_id, action)
@@ -188,10 +193,7 @@ def _run_action(
     if (why := _not_starting(action, stop)) is not None:
         return why
     emit(ActionStarted(action))
-
-    def progress(size: int) -> None:
-        emit(ActionProgress(action, size))
-
+    progress = _progress(action, emit)
     if shares is not None and job is not None:
         return shares.store_zip(job, progress)
     destination = destinations(action.destination)
@@ -202,6 +204,29 @@ def _run_action(
             raise TypeError(f"{action.destination} cannot hold archive bundles")
         return destination.archive(action, progress)
     return destination.verify(action, progress)
+
+
+def _progress(action: Action, emit: Emit) -> ProgressCallback:
+    """Progress events for ``action`` that also carry its running total of bytes; a
+    destination may report from several sending threads at once."""
+    lock = threading.Lock()
+    done = 0
+
+    def progress(size: int) -> None:
+        nonlocal done
+        with lock:  # held while emitting, so the totals are emitted in order
+            done += size
+            emit(ActionProgress(action, size, done))
+
+    return progress
+
+
+def _kept_by_failed_copy(future: Future[Result]) -> tuple[int, int]:
+    """Instances and bytes a failed copy still left at its destination, as the destination
+    confirmed them (a peer that stored some instances before it went away keeps those)."""
+    if future.exception() is None and isinstance(result := future.result(), SendResult):
+        return result.sent, result.bytes
+    return 0, 0
 
 
 def _record(
@@ -287,7 +312,7 @@ def _run_prune(
         destination = destinations(action.destination)
         if not isinstance(destination, Pruner):
             raise TypeError(f"{action.destination} cannot remove copies")
-        freed = destination.prune(action, lambda size: emit(ActionProgress(action, size)))
+        freed = destination.prune(action, _progress(action, emit))
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         store.journal_finish(entry, "failed", message)

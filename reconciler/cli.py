@@ -25,6 +25,7 @@ from reconciler import __version__
 from reconciler.catalog.scan import ScanResult
 from reconciler.config.durations import parse_duration
 from reconciler.config.load import ConfigError, format_config, load_config
+from reconciler.events import RunFinished, event_dict
 from reconciler.notify import notify_after_run, notify_blocked
 from reconciler.plan import Plan, human_bytes, render_text
 from reconciler.retention import TrashBatch
@@ -219,7 +220,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 _confirm(args.json)
         if not plan.has_changes:
             if args.json:
-                print(json.dumps({"type": "summary", "outcome": "ok", "actions_done": 0}))
+                print(json.dumps(event_dict(RunFinished({"outcome": "ok", "actions_done": 0}))))
             return EXIT_ERROR if plan.has_errors else _scheduled_points(workspace, args.json)
         summary = workspace.apply(plan, JsonLinesView() if args.json else HumanView())
         notify_after_run(loaded, workspace.store, _warn)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -50,6 +53,45 @@ def test_failed_instance_fails_its_action_and_it_is_planned_again(workspace: Wor
         apply_plan(again, workspace.destination, workspace.store, lambda _: None)["outcome"] == "ok"
     )
     assert workspace.store.failing_actions() == []
+
+
+def test_apply_json_events_carry_their_time_the_run_and_running_byte_totals(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = str(write_config(tmp_path, folder_destination(tmp_path)[0]))
+    before = datetime.now(UTC) - timedelta(milliseconds=1)  # times are kept to the millisecond
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
+    after = datetime.now(UTC)
+    assert code == 0, out
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    with Workspace(load_config(config)) as opened:
+        [run_record] = opened.store.recent_runs()
+    times = [datetime.fromisoformat(e["time"]) for e in events]
+    assert all(t.utcoffset() == timedelta(0) and before <= t <= after for t in times), times
+    assert times == sorted(times)
+    assert {e["run_id"] for e in events} == {run_record["id"]}
+
+    done: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for event in events:
+        if event["type"] == "progress":
+            done[event["study_uid"], event["destination"]].append(event["bytes_done"])
+    copies = [e for e in events if e["type"] == "action_done" and e["kind"] == "copy"]
+    assert len(copies) == 3 and len(done) == 3
+    for copy in copies:
+        totals = done[copy["study_uid"], copy["destination"]]
+        assert len(totals) == copy["instances"] == 6
+        assert totals == sorted(set(totals)) and totals[-1] == copy["bytes"], totals
+    summary = events[-1]
+    assert summary["type"] == "summary"
+    assert summary["bytes_copied"] == sum(c["bytes"] for c in copies)
+
+    # With nothing to do there is no run, but the one summary line still says when it was.
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
+    assert code == 0, out
+    [nothing] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert (nothing["type"], nothing["actions_done"], nothing["run_id"]) == ("summary", 0, None)
+    assert datetime.fromisoformat(nothing["time"]) >= after - timedelta(milliseconds=1)
 
 
 def test_verification_that_finds_corruption_leads_to_a_repair(

@@ -15,7 +15,7 @@ from peers import DicomPeer, free_port, start_orthanc
 from test_cli_end_to_end import run
 
 from reconciler.config.model import DestinationConfig
-from reconciler.destinations.base import DestinationUnavailable
+from reconciler.destinations.base import DestinationRefused, DestinationUnavailable
 from reconciler.destinations.dicomweb import DicomWebDestination
 from reconciler.plan import Action
 
@@ -76,12 +76,17 @@ def test_wrong_password_is_refused_without_revealing_it(
     web_peer: DicomPeer, copy_actions: list[Action]
 ) -> None:
     destination = web_destination(web_peer, password="not-the-password")
-    with pytest.raises(DestinationUnavailable, match="HTTP 401") as raised:
+    # Refused is unavailable (unknown, never empty), and named as what it is.
+    refused = r"refuses our credentials: .* answered HTTP 401"
+    with pytest.raises(DestinationRefused, match=refused) as raised:
         destination.observe(expected(copy_actions))
+    assert isinstance(raised.value, DestinationUnavailable)
+    assert destination.name in str(raised.value)
     assert "not-the-password" not in str(raised.value)
-    result = destination.send(copy_actions[0], lambda _: None)
-    assert result.committed is None
-    assert set(result.failures.values()) == {"STOW-RS answered HTTP 401"}
+    # No instance is tried one by one: the copy stops at the first refusal.
+    with pytest.raises(DestinationRefused, match="HTTP 401") as raised:
+        destination.send(copy_actions[0], lambda _: None)
+    assert "not-the-password" not in str(raised.value)
     assert orthanc_get_as_admin(web_peer) == []
 
 

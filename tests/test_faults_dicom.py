@@ -81,10 +81,16 @@ def write_config(
     return str(config)
 
 
+def apply_events(
+    capsys: pytest.CaptureFixture[str], config: str
+) -> tuple[int, list[dict[str, object]]]:
+    code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
+    return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 def apply_json(capsys: pytest.CaptureFixture[str], config: str) -> tuple[int, dict[str, object]]:
     """Exit code and the one action_failed event of an apply (an empty dict if none)."""
-    code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    code, events = apply_events(capsys, config)
     failed = [e for e in events if e["type"] == "action_failed"]
     assert len(failed) <= 1, failed
     return code, failed[0] if failed else {}
@@ -184,10 +190,19 @@ def test_a_peer_aborting_every_association_fails_the_study(
     config = write_config(tmp_path, port, attempts=2)
     assert plan_code(capsys, config)[0] == 2
     pacs.abort_at = 2  # every association stores one instance, then breaks
-    code, failed = apply_json(capsys, config)
+    code, events = apply_events(capsys, config)
     assert code == 1
     # Each of the two attempts got one more instance of each batch (of 3) through.
     assert len(pacs.received) == 4
+    [failed] = [e for e in events if e["type"] == "action_failed"]
+    # The peer keeps what it confirmed: the summary counts it, not "0 instances copied".
+    sizes = {
+        str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID): path.stat().st_size
+        for path in inbox.rglob("*.dcm")
+    }
+    summary = events[-1]
+    assert summary["type"] == "summary" and summary["instances_copied"] == 4
+    assert summary["bytes_copied"] == sum(sizes[uid] for uid in pacs.received)
     failures = failures_of(failed)
     assert set(failures) == set(sop_uids(inbox)) - set(pacs.received)
     assert set(failures.values()) == {

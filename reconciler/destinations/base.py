@@ -8,14 +8,23 @@ from typing import Protocol, runtime_checkable
 
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action
+from reconciler.retry import PermanentError
 
 
 class DestinationUnavailable(Exception):
     """The destination could not be observed; its holdings are unknown, not empty."""
 
 
+class DestinationRefused(DestinationUnavailable, PermanentError):
+    """The destination refuses us as a whole (our credentials): no retry in this run can mend
+    it. The message names the destination and the cause, never a secret."""
+
+
 @dataclass
 class SendResult:
+    # What the destination confirmed it keeps, even when the copy as a whole failed (a peer
+    # that stored some instances before it went away keeps those; objects written without
+    # their study's manifest count for nothing).
     sent: int = 0
     bytes: int = 0
     failures: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why

@@ -16,6 +16,7 @@ import requests
 from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, DicomWebTarget
 from reconciler.destinations.base import (
+    DestinationRefused,
     DestinationUnavailable,
     ProgressCallback,
     SendResult,
@@ -30,6 +31,7 @@ SOP_INSTANCE_UID = "00080018"
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
+REFUSED_HTTP = {401, 403}  # our credentials: nothing sent or asked can succeed until fixed
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
 
 
@@ -64,6 +66,11 @@ class DicomWebDestination:
             )
         except requests.RequestException as exc:
             raise TransientHttpError(f"{type(exc).__name__} talking to {self.target.url}") from exc
+        if response.status_code in REFUSED_HTTP:
+            raise DestinationRefused(
+                f"{self.name} refuses our credentials: {self.target.url} answered "
+                f"HTTP {response.status_code}"
+            )
         if response.status_code in RETRYABLE_HTTP:
             raise TransientHttpError(f"{self.target.url} answered HTTP {response.status_code}")
         return response

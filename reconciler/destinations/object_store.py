@@ -219,8 +219,6 @@ class ObjectStoreDestination:
         for sop_uid, future in futures.items():
             try:
                 entries.append(future.result())
-                result.sent += 1
-                result.bytes += entries[-1].stored_size
             except CancelledError:
                 result.failures[sop_uid] = "not sent: another instance of the study failed"
             except Exception as exc:
@@ -239,6 +237,8 @@ class ObjectStoreDestination:
             result.failures = {e.sop_instance_uid: why for e in entries}
             return result
         self._drop_superseded(action.study_uid, previous, entries)
+        # Counted only now: without the manifest the objects are no copy (see SendResult).
+        result.sent, result.bytes = len(entries), sum(e.stored_size for e in entries)
         result.committed = {
             e.sop_instance_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
         }
