@@ -83,3 +83,22 @@ def test_commitment_the_peer_rejects_is_unknown_and_nothing_is_sent_again(
     assert observation is not None and len(observation.studies) == 3
     assert all(s.verified_at is None for s in observation.studies.values())
     assert all(s.unconfirmed for s in observation.studies.values())
+
+
+def test_commitment_report_that_never_comes_is_unknown_and_nothing_is_sent_again(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    ours, elsewhere = free_port(), free_port()
+    # Orthanc knows our AE title but at a port nothing listens on: its report never reaches us.
+    with start_orthanc(tmp_path / "orthanc", calling_port=elsewhere, stop_grace=0.5) as peer:
+        config = pacs_config(
+            tmp_path, peer, "commitment", commitment_port=ours, commitment_timeout="1s"
+        )
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+        assert code == 1, out
+        assert "storage commitment unknown" in out and "no N-EVENT-REPORT" in out, out
+        assert not any(word in out for word in COMMITMENT_WORDS_THAT_LIE), out
+        code, out = run(capsys, "plan", "-c", config, "--refresh")
+        assert "+ copy" not in out and "~ copy" not in out, out
+        assert out.count("storage commitment unknown") == 3, out
