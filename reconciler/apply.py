@@ -108,8 +108,8 @@ def apply_plan(
             else:
                 finished = _record(future, action, entry, store)
             emit_safely(finished)
-            if finished.ok:
-                done += 1
+            if finished.ok or (finished.unknown and action.kind == "copy"):
+                done, failed = (done + 1, failed) if finished.ok else (done, failed + 1)
                 if action.kind in ("copy", "archive"):
                     instances += len(action.instances)
                     transferred += action.bytes
@@ -247,10 +247,14 @@ def _record(
             store.journal_finish(entry, "failed", message)
             return ActionFinished(action, False, message, result.failures)
         store.record_study_stored(action.destination, action.study_uid, result.committed)
+        if result.unconfirmed is not None:  # stored, so not sent again; not counted committed
+            return _unconfirmed(store, entry, action, result.unconfirmed, f"sent {result.sent}")
         if result.verified and not action.repair:
             store.record_verification(action.destination, action.study_uid, datetime.now(UTC), ())
         store.journal_finish(entry, "done", None)
         return ActionFinished(action, True, f"copied {result.sent} instances")
+    if result.unknown is not None:
+        return _unconfirmed(store, entry, action, result.unknown, f"checked {result.checked}")
     store.record_verification(
         action.destination, action.study_uid, datetime.now(UTC), result.corrupt
     )
@@ -262,6 +266,16 @@ def _record(
         return ActionFinished(action, False, message, result.corrupt)
     store.journal_finish(entry, "done", None)
     return ActionFinished(action, True, f"verified {result.checked} instances")
+
+
+def _unconfirmed(
+    store: StateStore, entry: int, action: Action, why: str, done: str
+) -> ActionFinished:
+    """A storage commitment that got no answer: recorded, loud, and nothing found bad."""
+    store.record_unconfirmed(action.destination, action.study_uid, why)
+    message = f"{done} instances; storage commitment unknown: {why}"
+    store.journal_finish(entry, "failed", message)
+    return ActionFinished(action, False, message, unknown=True)
 
 
 def _run_local(

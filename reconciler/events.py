@@ -47,6 +47,9 @@ class ActionFinished(Stamped):
     ok: bool
     message: str
     failures: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why
+    # Neither done nor failed: what was asked of the peer got no answer (counted as failed,
+    # so the run is loud, but nothing was found wrong).
+    unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,9 @@ def _fields(event: Event) -> dict[str, Any]:
             kind = "action_done" if ok else "action_failed"
             if action.study.deidentified_uid:  # keyed by local SOP Instance UIDs: not shown
                 failures = {f"instance {n}": why for n, why in enumerate(failures.values(), 1)}
-            return {"type": kind, **_logged_head(action), "message": message, "failures": failures}
+            unknown = {"unknown": True} if event.unknown else {}
+            head = {"type": kind, **_logged_head(action), **unknown}
+            return {**head, "message": message, "failures": failures}
         case RunFinished(summary=summary):
             return {"type": "summary", **summary}
     raise TypeError(f"unknown event {event!r}")

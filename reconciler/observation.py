@@ -21,6 +21,9 @@ class ObservedStudy:
     instances: Mapping[str, ObservedInstance]  # by SOP Instance UID: committed and present
     verified_at: datetime | None = None  # last deep (checksum) verification that passed
     corrupt: frozenset[str] = frozenset()  # SOP Instance UIDs the last verification found bad
+    # Why the last storage commitment asked for answered neither way (the copy was sent, but
+    # is not known to be committed); None when none is pending.
+    unconfirmed: str | None = None
     # When an observation of the destination last listed the study; None while it is known
     # only from our own copy, which is not evidence enough to delete anything.
     seen_at: datetime | None = None

@@ -89,9 +89,7 @@ def make_plan(
             settled=ready_at <= now,
             conflicted=bool(conflicts),
         )
-        local_studies[study.uid] = prune.LocalStudy(
-            study, label, frozenset(wanted), facts.settled
-        )
+        local_studies[study.uid] = prune.LocalStudy(study, label, frozenset(wanted), facts.settled)
         match retention.decide(config, facts, observations, now, local):
             case Action() as deletion:
                 deletions.append(deletion)
@@ -368,7 +366,9 @@ def _action_for(
         last = observed.verified_at
         if in_verify_subset or last is None or now - last >= settings.verify_every:
             when = (
-                f"never verified by {method}"
+                f"sent, storage commitment unknown ({observed.unconfirmed}); asked again"
+                if observed.unconfirmed
+                else f"never verified by {method}"
                 if last is None
                 else f"last verified {format_duration(now - last)} ago"
             )

@@ -252,6 +252,8 @@ def copy_evidence(
         return "its copy differs from the local files (SHA-256)"
     if held.corrupt:
         return f"{len(held.corrupt)} instances failed checksum verification"
+    if held.unconfirmed:
+        return f"sent, but its storage commitment is unknown ({held.unconfirmed})"
     at = held.seen_at
     if settings.verification in DEEP_EVIDENCE and held.verified_at:
         deep = DEEP_EVIDENCE[settings.verification]

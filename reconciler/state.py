@@ -68,6 +68,10 @@ CREATE TABLE IF NOT EXISTS verifications (
     ok INTEGER NOT NULL, corrupt TEXT NOT NULL,
     PRIMARY KEY (destination, study_uid)
 );
+CREATE TABLE IF NOT EXISTS unconfirmed (
+    destination TEXT NOT NULL, study_uid TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (destination, study_uid)
+);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, command TEXT NOT NULL, started_at TEXT NOT NULL,
     finished_at TEXT, outcome TEXT, summary TEXT
@@ -682,7 +686,7 @@ class StateStore:
     def record_study_removed(self, destination: str, study_uid: str) -> None:
         """After a prune: the destination no longer holds the study."""
         with self.transaction() as db:
-            for table in ("observed_studies", "verifications"):
+            for table in ("observed_studies", "verifications", "unconfirmed"):
                 db.execute(
                     f"DELETE FROM {table} WHERE destination = ? AND study_uid = ?",
                     (destination, study_uid),
@@ -715,6 +719,11 @@ class StateStore:
                 where,
             )
         }
+        unconfirmed = dict(
+            self._db.execute(
+                f"SELECT study_uid, reason FROM unconfirmed WHERE destination = ?{only}", where
+            )
+        )
         studies = {}
         rows = self._db.execute(
             "SELECT study_uid, instances, seen_at, site, written_at, in_recovery_point "
@@ -730,6 +739,7 @@ class StateStore:
                     _parse_instances(instances, local_study.instances if local_study else ()),
                     verified_at=verified_at if ok else None,
                     corrupt=corrupt,
+                    unconfirmed=unconfirmed.get(uid),
                     seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
                     site=site,
                     written_at=datetime.fromisoformat(written_at) if written_at else None,
@@ -750,8 +760,24 @@ class StateStore:
         corrupt = sorted(corrupt)
         with self.transaction() as db:
             db.execute(
+                "DELETE FROM unconfirmed WHERE destination = ? AND study_uid = ?",
+                (destination, study_uid),
+            )
+            db.execute(
                 "INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?)",
                 (destination, study_uid, at.isoformat(), int(not corrupt), json.dumps(corrupt)),
+            )
+            db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+
+    def record_unconfirmed(self, destination: str, study_uid: str, reason: str) -> None:
+        """A storage commitment asked for got no answer either way; a verification that
+        concludes (``record_verification``) clears it."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO unconfirmed VALUES (?, ?, ?)",
+                (destination, study_uid, reason),
             )
             db.execute(
                 "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)

@@ -74,7 +74,7 @@ def _finished_line(event: ActionFinished) -> str:
     head = f"{action.kind} {action.study.of(action.study_uid)} -> {action.destination}"
     if event.ok:
         return f"  done    {head}: {event.message}"
-    lines = [f"  FAILED  {head}: {event.message}"]
+    lines = [f"  {'UNKNOWN' if event.unknown else 'FAILED '} {head}: {event.message}"]
     # Failures are keyed by local SOP Instance UIDs, which a de-identified copy must not show.
     hidden = bool(action.study.deidentified_uid)
     for n, (uid, why) in enumerate(list(event.failures.items())[:5], start=1):

@@ -267,6 +267,11 @@ class Workspace:
                 "pending_copies": sum(1 for a in pending if a.kind == "copy"),
                 "pending_bytes": sum(a.bytes for a in pending if a.kind == "copy"),
                 "pending_verifications": sum(1 for a in pending if a.kind == "verify"),
+                "unconfirmed": sum(
+                    1
+                    for s in (observation.studies if observation else {}).values()
+                    if s.unconfirmed
+                ),
                 "prunes_due": sum(1 for a in pending if a.kind == "prune"),
                 "deferred": [
                     {"kind": d.kind, "study_uid": d.study_uid, "reason": d.reason}
@@ -364,6 +369,8 @@ def _destination_summary(status: Mapping[str, Any]) -> str:
     if not status["reachable"]:
         return f"unreachable at last look ({status['error']})"
     text = f"{status['studies_held']} studies held, {status['pending_copies']} copies pending"
+    if status["unconfirmed"]:
+        text += f", {status['unconfirmed']} copies sent, storage commitment unknown"
     if status["prunes_due"]:
         text += f", {status['prunes_due']} prunes due"
     if status["deferred"]:

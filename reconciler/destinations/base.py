@@ -33,12 +33,16 @@ class SendResult:
     # Whether the copy was verified as it was made (stored bytes hashed, or the peer's
     # storage commitment), so no separate verification is due yet.
     verified: bool = False
+    # Stored, but whether the peer took responsibility is unknown (storage commitment
+    # unanswered): why. Such a copy is kept and not sent again, yet never counted verified.
+    unconfirmed: str | None = None
 
 
 @dataclass
 class VerifyResult:
     checked: int = 0
     corrupt: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> what is wrong
+    unknown: str | None = None  # why the check concluded neither way (nothing was found bad)
 
 
 ProgressCallback = Callable[[int], None]  # bytes just transferred

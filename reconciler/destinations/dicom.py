@@ -20,7 +20,6 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
 from reconciler.bandwidth import throttle_for
-from reconciler.config.durations import format_duration
 from reconciler.config.model import DestinationConfig, DicomTarget
 from reconciler.destinations.base import (
     DestinationUnavailable,
@@ -28,7 +27,11 @@ from reconciler.destinations.base import (
     SendResult,
     VerifyResult,
 )
-from reconciler.destinations.dicom_commitment import CommitmentListener, request_commitment
+from reconciler.destinations.dicom_commitment import (
+    CommitmentListener,
+    CommitmentUnknown,
+    commitment_failures,
+)
 from reconciler.destinations.dicom_store import (
     AssociationLost,
     Associations,
@@ -119,8 +122,11 @@ class DicomDestination:
                     break
                 self.sleep(delay)
         if not result.failures and self.settings.verification == "commitment":
-            result.failures.update(self._commitment_failures(action.instances))
-            result.verified = not result.failures
+            try:
+                result.failures.update(self._commitment_failures(action.instances))
+                result.verified = not result.failures
+            except CommitmentUnknown as exc:  # stored, so kept; but not committed
+                result.unconfirmed = str(exc)
         if not result.failures:
             result.committed = {
                 r.sop_instance_uid: ObservedInstance(None, r.size) for r in action.instances
@@ -166,32 +172,18 @@ class DicomDestination:
             return self._listener
 
     def _commitment_failures(self, refs: Sequence[InstanceRef]) -> dict[str, str]:
-        """Ask the peer to commit ``refs``; the instances it did not commit, and why."""
-        listener = self._commitment_listener()
-        try:
-            transaction_uid = request_commitment(self.target, refs)
-        except (AssociationLost, ContextsRefused) as exc:
-            return _uncommitted(refs, f"storage commitment could not be requested: {exc}")
-        timeout = self.target.commitment_timeout
-        report = listener.wait(transaction_uid, timeout.total_seconds())
-        if report is None:
-            return _uncommitted(
-                refs, f"no storage commitment report within {format_duration(timeout)}"
-            )
-        failures = {
-            uid: f"the peer did not commit it (failure reason 0x{reason:04X})"
-            for uid, reason in report.failed.items()
-        }
-        for ref in refs:
-            if ref.sop_instance_uid not in report.committed | failures.keys():
-                failures[ref.sop_instance_uid] = "missing from the storage commitment report"
-        return failures
+        """Ask the peer to commit ``refs``; the instances it did not commit, and why.
+        Raises CommitmentUnknown when it answers neither way."""
+        return commitment_failures(self.target, self._commitment_listener(), refs)
 
     # --- verify ----------------------------------------------------------------------------
 
     def verify(self, action: Action, progress: ProgressCallback) -> VerifyResult:
         if self.settings.verification == "commitment":
-            failures = self._commitment_failures(action.instances)
+            try:
+                failures = self._commitment_failures(action.instances)
+            except CommitmentUnknown as exc:
+                return VerifyResult(checked=len(action.instances), unknown=str(exc))
             return VerifyResult(checked=len(action.instances), corrupt=failures)
         held = self.observe({action.study_uid: [r.sop_instance_uid for r in action.instances]})
         found = held.get(action.study_uid)
@@ -204,10 +196,6 @@ class DicomDestination:
                 if r.sop_instance_uid not in present
             },
         )
-
-
-def _uncommitted(refs: Sequence[InstanceRef], why: str) -> dict[str, str]:
-    return {r.sop_instance_uid: why for r in refs}
 
 
 def _batches(instances: Sequence[InstanceRef], workers: int) -> list[list[InstanceRef]]:

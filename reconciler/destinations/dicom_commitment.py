@@ -1,5 +1,9 @@
 """Storage Commitment (push model): ask a peer to take responsibility for instances, and hear
 its answer, which arrives later as an N-EVENT-REPORT on an association the peer opens to us.
+
+A request the peer does not take (rejected, unanswered, no association) or a report that never
+comes leaves the commitment *unknown*: the instances were stored, so they are not sent again,
+and nothing is counted as committed either.
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModelInstance,
 )
 
+from reconciler.config.durations import format_duration
 from reconciler.config.model import DicomTarget
-from reconciler.destinations.dicom_store import AssociationLost, association, peer_name
+from reconciler.destinations.dicom_store import (
+    AssociationLost,
+    ContextsRefused,
+    association,
+    peer_name,
+)
 from reconciler.plan import InstanceRef
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 REQUEST_COMMITMENT = 1  # N-ACTION type: "Request Storage Commitment"
+
+
+class CommitmentUnknown(Exception):
+    """The peer did not take the commitment request, or its report did not come: why."""
 
 
 @dataclass
@@ -68,8 +82,37 @@ class CommitmentListener:
             return self._reports.pop(transaction_uid, None)
 
 
+def commitment_failures(
+    target: DicomTarget, listener: CommitmentListener, refs: Sequence[InstanceRef]
+) -> dict[str, str]:
+    """Ask the peer to commit ``refs``: the instances it says it did not commit, and why.
+    Raises CommitmentUnknown when it gives no answer either way."""
+    try:
+        transaction_uid = request_commitment(target, refs)
+    except ContextsRefused as exc:
+        raise CommitmentUnknown(f"{exc}: it does not offer storage commitment") from exc
+    except AssociationLost as exc:
+        raise CommitmentUnknown(f"the N-ACTION could not be sent: {exc}") from exc
+    timeout = target.commitment_timeout
+    report = listener.wait(transaction_uid, timeout.total_seconds())
+    if report is None:
+        raise CommitmentUnknown(
+            f"{peer_name(target)} accepted the N-ACTION but no N-EVENT-REPORT reached us "
+            f"(port {target.commitment_port}) within {format_duration(timeout)}"
+        )
+    failures = {
+        uid: f"the peer did not commit it (failure reason 0x{reason:04X})"
+        for uid, reason in report.failed.items()
+    }
+    for ref in refs:
+        if ref.sop_instance_uid not in report.committed | failures.keys():
+            failures[ref.sop_instance_uid] = "missing from the storage commitment report"
+    return failures
+
+
 def request_commitment(target: DicomTarget, refs: Sequence[InstanceRef]) -> str:
-    """Send the N-ACTION for ``refs``; returns the transaction UID the report will carry."""
+    """Send the N-ACTION for ``refs``; returns the transaction UID the report will carry.
+    Raises CommitmentUnknown when the peer does not take it."""
     transaction_uid = str(generate_uid())
     request = Dataset()
     request.TransactionUID = transaction_uid
@@ -83,10 +126,14 @@ def request_commitment(target: DicomTarget, refs: Sequence[InstanceRef]) -> str:
             StorageCommitmentPushModelInstance,
         )
     if "Status" not in status:
-        raise AssociationLost("no response to the storage commitment request")
+        # Orthanc, for one, gives no valid answer to an AE title it does not know.
+        raise CommitmentUnknown(
+            f"{peer_name(target)} did not answer the N-ACTION (is our AE title "
+            f"{target.calling_ae_title} known to it, with port {target.commitment_port}?)"
+        )
     if int(status.Status) != 0x0000:
-        raise AssociationLost(
-            f"{peer_name(target)} refused storage commitment (status 0x{int(status.Status):04X})"
+        raise CommitmentUnknown(
+            f"{peer_name(target)} rejected the N-ACTION (status 0x{int(status.Status):04X})"
         )
     return transaction_uid
 

@@ -1,0 +1,104 @@
+"""What a DICOM destination reports safe must be safe: storage commitment that gets no answer,
+repairs under commitment, partial studies under count verification, rejected associations.
+All against real peers on loopback (Orthanc, DCMTK)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+from peers import DicomPeer, free_port, start_orthanc
+from test_cli_end_to_end import run
+
+from reconciler.state import StateStore
+
+COMMITMENT_WORDS_THAT_LIE = ("checksum", "failed to copy")
+
+
+def pacs_config(tmp_path: Path, peer: DicomPeer, verify: str, **dicom: object) -> str:
+    """A config copying the inbox to ``peer``; ``dicom``: more settings of its dicom block."""
+    settings = {"host": peer.host, "port": peer.port, "ae_title": peer.ae_title, **dicom}
+    document = {
+        "site": "trust",
+        "sources": {"inbox": {"path": "inbox", "stable_after": "0s"}},
+        "destinations": {"pacs": {"dicom": settings, "verify": verify}},
+        "policies": [{"name": "all", "copy_to": ["pacs"]}],
+    }
+    config = tmp_path / "reconciler.yaml"
+    config.write_text(json.dumps(document, indent=2))  # JSON is YAML
+    return str(config)
+
+
+def orthanc_instances(peer: DicomPeer) -> list[str]:
+    with urllib.request.urlopen(f"{peer.rest_url}/instances", timeout=10) as response:
+        return list(json.load(response))
+
+
+def journal_kinds(tmp_path: Path) -> list[tuple[str, str]]:
+    store = StateStore(tmp_path / ".reconciler" / "state.db")
+    try:
+        runs = store.recent_runs()
+        last = max(int(str(r["id"])) for r in runs)
+        return [(e["kind"], e["status"]) for e in store.run_journal(last)]
+    finally:
+        store.close()
+
+
+def test_commitment_the_peer_rejects_is_unknown_and_nothing_is_sent_again(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    port = free_port()
+    # Orthanc knows another AE, not ours: it stores what we send but rejects the N-ACTION.
+    with start_orthanc(
+        tmp_path / "orthanc", calling_ae_title="SOMEONE-ELSE", calling_port=port, stop_grace=0.5
+    ) as peer:
+        config = pacs_config(
+            tmp_path, peer, "commitment", commitment_port=port, commitment_timeout="2s"
+        )
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+        assert code == 1, out  # unknown is loud
+        assert "storage commitment unknown" in out and "N-ACTION" in out, out
+        assert not any(word in out for word in COMMITMENT_WORDS_THAT_LIE), out
+        held = orthanc_instances(peer)
+        assert len(held) == 18
+        code, out = run(capsys, "plan", "-c", config, "--refresh")
+        assert code == 0, out
+        assert "+ copy" not in out and "~ copy" not in out, out
+        assert out.count("storage commitment unknown") == 3, out
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+        assert code == 1, out
+        assert "storage commitment unknown" in out, out
+        assert not any(word in out for word in COMMITMENT_WORDS_THAT_LIE), out
+        assert sorted(orthanc_instances(peer)) == sorted(held)
+        assert {kind for kind, _ in journal_kinds(tmp_path)} == {"verify"}
+        code, out = run(capsys, "status", "-c", config)
+        assert "3 copies sent, storage commitment unknown" in out, out
+    store = StateStore(tmp_path / ".reconciler" / "state.db")
+    observation = store.load_observation("pacs")
+    store.close()
+    assert observation is not None and len(observation.studies) == 3
+    assert all(s.verified_at is None for s in observation.studies.values())
+    assert all(s.unconfirmed for s in observation.studies.values())
+
+
+def test_commitment_report_that_never_comes_is_unknown_and_nothing_is_sent_again(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    ours, elsewhere = free_port(), free_port()
+    # Orthanc knows our AE title but at a port nothing listens on: its report never reaches us.
+    with start_orthanc(tmp_path / "orthanc", calling_port=elsewhere, stop_grace=0.5) as peer:
+        config = pacs_config(
+            tmp_path, peer, "commitment", commitment_port=ours, commitment_timeout="1s"
+        )
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+        assert code == 1, out
+        assert "storage commitment unknown" in out and "no N-EVENT-REPORT" in out, out
+        assert not any(word in out for word in COMMITMENT_WORDS_THAT_LIE), out
+        code, out = run(capsys, "plan", "-c", config, "--refresh")
+        assert "+ copy" not in out and "~ copy" not in out, out
+        assert out.count("storage commitment unknown") == 3, out
