@@ -30,7 +30,9 @@ def inbox(tmp_path: Path, small_studies: Path) -> Path:
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    with small_disk(tmp_path / "disk", "512k") as mounted:
+    # Room for a first apply's state with its write-ahead log, which SQLite folds back into
+    # the database only when there is room for both; the tests then fill what is left.
+    with small_disk(tmp_path / "disk", "1m") as mounted:
         yield mounted
 
 
