@@ -198,7 +198,13 @@ def test_storage_commitment_is_requested_for_copies_never_committed() -> None:
     cfg = config(
         destinations={
             "cloud": {
-                "dicom": {"host": "pacs", "port": 104, "ae_title": "PACS", "commitment_port": 1104},
+                "dicom": {
+                    "host": "pacs",
+                    "port": 104,
+                    "ae_title": "PACS",
+                    "commitment_port": 1104,
+                    "commitment_address": "10.0.0.5",
+                },
                 "verify": "commitment",
             }
         }

@@ -260,7 +260,7 @@ def test_verify_none_never_counts() -> None:
 def test_storage_commitment_is_evidence_of_its_own() -> None:
     rows = study("1.1", 2)
     pacs = {**DESTINATIONS["pacs"], "verify": "commitment"}
-    pacs["dicom"] = {**pacs["dicom"], "commitment_port": 11113}
+    pacs["dicom"] = {**pacs["dicom"], "commitment_port": 11113, "commitment_address": "10.0.0.5"}
     observations = both_copies(rows, seen_at=NOW - timedelta(days=3))  # C-FIND long ago...
     observations["pacs"] = observed(
         "pacs", held(rows, seen_at=NOW - timedelta(days=3), verified_at=SEEN)

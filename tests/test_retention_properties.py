@@ -39,7 +39,13 @@ def situations(draw: st.DrawFn) -> dict[str, Any]:
             "cloud": {"object": {"url": "s3://bkt/p"}},
             "nas": {"object": {"url": "file:///nas"}},
             "pacs": {
-                "dicom": {"host": "h", "port": 104, "ae_title": "P", "commitment_port": 4242},
+                "dicom": {
+                    "host": "h",
+                    "port": 104,
+                    "ae_title": "P",
+                    "commitment_port": 4242,
+                    "commitment_address": "10.0.0.5",
+                },
                 "verify": pacs_verify,
             },
         },

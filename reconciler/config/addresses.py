@@ -6,6 +6,7 @@ validation error and not a destination that fails on every run.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -63,3 +64,18 @@ AeTitle = Annotated[
     AfterValidator(_ae_title),
 ]
 HostName = Annotated[str, AfterValidator(_host)]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface (by name or address)."""
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_address(host: str) -> str:
+    """The loopback address of ``host``'s family: a listener only the same machine reaches."""
+    return "::1" if ":" in host else "127.0.0.1"

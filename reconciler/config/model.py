@@ -27,7 +27,14 @@ from pydantic import (
 )
 
 from reconciler.bandwidth import Timetable
-from reconciler.config.addresses import AeTitle, HostName, check_listen, check_s3_url
+from reconciler.config.addresses import (
+    AeTitle,
+    HostName,
+    check_listen,
+    check_s3_url,
+    is_loopback,
+    loopback_address,
+)
 from reconciler.config.durations import Duration
 from reconciler.transforms.settings import (
     AnonymizeSettings,
@@ -217,9 +224,32 @@ class DicomTarget(StrictModel):
         description="Port where we receive storage commitment reports (verify: commitment); "
         "the peer must know calling_ae_title at this machine and port.",
     )
+    commitment_address: HostName | None = Field(
+        None,
+        description="The address of ours the commitment listener binds, the one the peer "
+        "reaches us at; needed unless the peer is on loopback (then the loopback address).",
+    )
     commitment_timeout: Duration = Field(
         timedelta(minutes=2), description="How long to wait for a commitment report."
     )
+
+    @model_validator(mode="after")
+    def _listener_has_an_address(self) -> DicomTarget:
+        # Never every interface: reports are accepted from anyone who reaches the port.
+        if self.commitment_port is not None and self.listener_address is None:
+            raise ValueError(
+                "commitment_port needs commitment_address: the address of this machine "
+                f"that {self.host} reaches us at (the commitment listener binds only it)"
+            )
+        return self
+
+    @property
+    def listener_address(self) -> str | None:
+        """What the commitment listener binds: the configured address, else loopback for a
+        peer on loopback; None if neither applies."""
+        if self.commitment_address is not None:
+            return self.commitment_address
+        return loopback_address(self.host) if is_loopback(self.host) else None
 
 
 class DicomWebTarget(StrictModel):

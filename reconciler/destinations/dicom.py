@@ -165,10 +165,10 @@ class DicomDestination:
     def _commitment_listener(self) -> CommitmentListener:
         with self._lock:
             if self._listener is None:
-                assert self.target.commitment_port is not None  # the config requires it
-                self._listener = CommitmentListener(
-                    self.target.calling_ae_title, self.target.commitment_port
-                )
+                address = self.target.listener_address
+                port = self.target.commitment_port
+                assert address is not None and port is not None  # the config requires them
+                self._listener = CommitmentListener(self.target.calling_ae_title, address, port)
             return self._listener
 
     def _commitment_failures(self, refs: Sequence[InstanceRef]) -> dict[str, str]:

@@ -47,15 +47,21 @@ class CommitmentReport:
 class CommitmentListener:
     """Our end for the peer's reports: one server per destination, shared by every request."""
 
-    def __init__(self, ae_title: str, port: int) -> None:
+    def __init__(self, ae_title: str, address: str, port: int) -> None:
         ae = AE(ae_title=ae_title)
         # The peer is the commitment SCP; on its association we take the SCU role.
         ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         self._reports: dict[str, CommitmentReport] = {}
         self._arrived = threading.Condition()
         self._server = ae.start_server(
-            ("", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)]
+            (address, port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)]
         )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where it listens (the bound address and port)."""
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
 
     def close(self) -> None:
         self._server.shutdown()
