@@ -127,11 +127,24 @@ class DicomDestination:
                 result.verified = not result.failures
             except CommitmentUnknown as exc:  # stored, so kept; but not committed
                 result.unconfirmed = str(exc)
+        if not result.failures and self.settings.verification == "count":
+            result.verified = self._lists_every(action.study_uid, sizes.keys())
         if not result.failures:
             result.committed = {
                 r.sop_instance_uid: ObservedInstance(None, r.size) for r in action.instances
             }
         return result
+
+    def _lists_every(self, study_uid: str, sop_uids: Collection[str]) -> bool:
+        """The instance-level C-FIND ``verify: count`` relies on, made right after sending: so
+        one apply converges. A peer that cannot be asked now leaves the copy to be verified
+        by a later run (the C-STOREs themselves succeeded)."""
+        context = [(StudyRootQueryRetrieveInformationModelFind, EXPLICIT_VR_LITTLE_ENDIAN)]
+        try:
+            with association(self.target, context) as assoc:
+                return set(sop_uids) <= _listed(assoc, study_uid).keys()
+        except (ContextsRefused, AssociationLost):
+            return False
 
     def _send_round(
         self,
@@ -207,12 +220,16 @@ def _batches(instances: Sequence[InstanceRef], workers: int) -> list[list[Instan
 def _counted(
     assoc: Association, study_uid: str, sop_uids: Collection[str]
 ) -> dict[str, ObservedInstance]:
-    """The OsiriX-style quick check: the peer holds at least as many instances as we do."""
+    """The OsiriX-style quick check: the peer holds at least as many instances as we do. A
+    study it holds only part of is listed instance by instance, so that only what is missing
+    is sent again (and the plan says how much is there)."""
     query = _query("STUDY", StudyInstanceUID=study_uid, NumberOfStudyRelatedInstances="")
     matches = _find(assoc, query)
     count = max((int(m.get("NumberOfStudyRelatedInstances") or 0) for m in matches), default=0)
-    if count < len(sop_uids):
+    if count == 0:
         return {}
+    if count < len(sop_uids):
+        return _listed(assoc, study_uid)
     return {uid: ObservedInstance(None, 0) for uid in sop_uids}
 
 
