@@ -95,7 +95,7 @@ def test_commitment_the_peer_rejects_is_unknown_and_nothing_is_sent_again(
     assert all(s.unconfirmed for s in observation.studies.values())
 
 
-def test_commitment_report_that_never_comes_is_unknown_and_nothing_is_sent_again(
+def test_commitment_report_that_never_comes_is_unknown_until_one_comes(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copytree(small_studies, tmp_path / "inbox")
@@ -112,6 +112,24 @@ def test_commitment_report_that_never_comes_is_unknown_and_nothing_is_sent_again
         code, out = run(capsys, "plan", "-c", config, "--refresh")
         assert "+ copy" not in out and "~ copy" not in out, out
         assert out.count("storage commitment unknown") == 3, out
+        held = orthanc_instances(peer)
+        # Our listener moved to where the peer sends: the next apply settles what was unknown.
+        config = pacs_config(
+            tmp_path, peer, "commitment", commitment_port=elsewhere, commitment_timeout="20s"
+        )
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+        assert code == 0, out
+        assert out.count("verified 6 instances") == 3 and "UNKNOWN" not in out, out
+        assert sorted(orthanc_instances(peer)) == sorted(held)
+        code, out = run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")
+        assert code == 0, out
+        code, out = run(capsys, "status", "-c", config)
+        assert "storage commitment unknown" not in out, out
+    store = StateStore(tmp_path / ".reconciler" / "state.db")
+    observation = store.load_observation("pacs")
+    store.close()
+    assert observation is not None and len(observation.studies) == 3
+    assert all(s.verified_at and not s.unconfirmed for s in observation.studies.values())
 
 
 def test_commitment_the_peer_rejects_is_a_metric_of_its_own(
