@@ -67,6 +67,13 @@ class WatchMetrics:
             ["destination", "kind"],
             registry=self.registry,
         )
+        self.unknown = Counter(
+            "reconciler_unknown_outcomes",
+            "Copies and verifications whose outcome is unknown (a storage commitment the peer "
+            "did not answer), by kind; also counted in reconciler_failures.",
+            ["destination", "kind"],
+            registry=self.registry,
+        )
         self.blocked = Gauge(
             "reconciler_blocked_studies",
             "Studies the last plan held back (in part) until a conflict is resolved.",
@@ -99,6 +106,8 @@ class WatchMetrics:
         action = event.action
         if not event.ok:
             self.failures.labels(action.destination, action.kind).inc()
+            if event.unknown:
+                self.unknown.labels(action.destination, action.kind).inc()
         elif action.kind == "copy":
             self.bytes_sent.labels(action.destination).inc(action.bytes)
             self.instances_sent.labels(action.destination).inc(len(action.instances))

@@ -364,7 +364,8 @@ def _action_for(
         method = method or SUBSET_VERIFICATION.get(settings.verification)
     if method and observed is not None:
         last = observed.verified_at
-        if in_verify_subset or last is None or now - last >= settings.verify_every:
+        due = last is None or now - last >= settings.verify_every
+        if in_verify_subset or observed.unconfirmed or due:  # unknown is asked every run
             when = (
                 f"sent, storage commitment unknown ({observed.unconfirmed}); asked again"
                 if observed.unconfirmed

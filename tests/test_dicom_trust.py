@@ -12,14 +12,23 @@ from pathlib import Path
 import pytest
 from peers import DicomPeer, free_port, start_orthanc
 from test_cli_end_to_end import run
+from test_metrics import value, wait_for_value
+from test_watch import watching
 
 from reconciler.state import StateStore
 
 COMMITMENT_WORDS_THAT_LIE = ("checksum", "failed to copy")
 
 
-def pacs_config(tmp_path: Path, peer: DicomPeer, verify: str, **dicom: object) -> str:
-    """A config copying the inbox to ``peer``; ``dicom``: more settings of its dicom block."""
+def pacs_config(
+    tmp_path: Path,
+    peer: DicomPeer,
+    verify: str,
+    more: dict[str, object] | None = None,
+    **dicom: object,
+) -> str:
+    """A config copying the inbox to ``peer``; ``more``: more top-level settings; ``dicom``:
+    more settings of its dicom block."""
     settings = {"host": peer.host, "port": peer.port, "ae_title": peer.ae_title, **dicom}
     document = {
         "site": "trust",
@@ -27,6 +36,7 @@ def pacs_config(tmp_path: Path, peer: DicomPeer, verify: str, **dicom: object) -
         "destinations": {"pacs": {"dicom": settings, "verify": verify}},
         "policies": [{"name": "all", "copy_to": ["pacs"]}],
     }
+    document.update(more or {})
     config = tmp_path / "reconciler.yaml"
     config.write_text(json.dumps(document, indent=2))  # JSON is YAML
     return str(config)
@@ -85,7 +95,7 @@ def test_commitment_the_peer_rejects_is_unknown_and_nothing_is_sent_again(
     assert all(s.unconfirmed for s in observation.studies.values())
 
 
-def test_commitment_report_that_never_comes_is_unknown_and_nothing_is_sent_again(
+def test_commitment_report_that_never_comes_is_unknown_until_one_comes(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copytree(small_studies, tmp_path / "inbox")
@@ -102,3 +112,44 @@ def test_commitment_report_that_never_comes_is_unknown_and_nothing_is_sent_again
         code, out = run(capsys, "plan", "-c", config, "--refresh")
         assert "+ copy" not in out and "~ copy" not in out, out
         assert out.count("storage commitment unknown") == 3, out
+        held = orthanc_instances(peer)
+        # Our listener moved to where the peer sends: the next apply settles what was unknown.
+        config = pacs_config(
+            tmp_path, peer, "commitment", commitment_port=elsewhere, commitment_timeout="20s"
+        )
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+        assert code == 0, out
+        assert out.count("verified 6 instances") == 3 and "UNKNOWN" not in out, out
+        assert sorted(orthanc_instances(peer)) == sorted(held)
+        code, out = run(capsys, "plan", "-c", config, "--refresh", "--detailed-exitcode")
+        assert code == 0, out
+        code, out = run(capsys, "status", "-c", config)
+        assert "storage commitment unknown" not in out, out
+    store = StateStore(tmp_path / ".reconciler" / "state.db")
+    observation = store.load_observation("pacs")
+    store.close()
+    assert observation is not None and len(observation.studies) == 3
+    assert all(s.verified_at and not s.unconfirmed for s in observation.studies.values())
+
+
+def test_commitment_the_peer_rejects_is_a_metric_of_its_own(
+    tmp_path: Path, small_studies: Path
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    port, metrics_port = free_port(), free_port()
+    with start_orthanc(
+        tmp_path / "orthanc", calling_ae_title="SOMEONE-ELSE", calling_port=port, stop_grace=0.5
+    ) as peer:
+        pacs_config(
+            tmp_path,
+            peer,
+            "commitment",
+            {"watch": {"metrics": {"listen": metrics_port}}},
+            commitment_port=port,
+            commitment_timeout="2s",
+        )
+        with watching(tmp_path):
+            samples = wait_for_value(metrics_port, "reconciler_reconcile_duration_seconds_count", 1)
+    unknown = {k[1]: v for k, v in samples.items() if k[0] == "reconciler_unknown_outcomes_total"}
+    assert unknown == {(("destination", "pacs"), ("kind", "copy")): 3}
+    assert value(samples, "reconciler_last_success_timestamp_seconds") == 0  # unknown is loud

@@ -216,3 +216,13 @@ def test_storage_commitment_is_requested_for_copies_never_committed() -> None:
     ]
     committed = held(ct, verified_at=NOW - timedelta(days=1))
     assert make_plan(cfg, catalog(ct), {"cloud": observed("cloud", committed)}, NOW).actions == ()
+    # Committed yesterday, but a commitment asked since got no answer: asked again now.
+    unknown = held(ct, verified_at=NOW - timedelta(days=1), unconfirmed="no N-EVENT-REPORT")
+    plan = make_plan(cfg, catalog(ct), {"cloud": observed("cloud", unknown)}, NOW)
+    assert [(a.kind, a.reason) for a in plan.actions] == [
+        (
+            "verify",
+            "policy everything: sent, storage commitment unknown (no N-EVENT-REPORT); "
+            "asked again (every 30d)",
+        )
+    ]

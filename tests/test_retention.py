@@ -281,6 +281,27 @@ def test_storage_commitment_is_evidence_of_its_own() -> None:
     ]
 
 
+def test_a_copy_whose_storage_commitment_is_unknown_never_counts() -> None:
+    rows = study("1.1", 2)
+    pacs = {**DESTINATIONS["pacs"], "verify": "commitment"}
+    pacs["dicom"] = {**pacs["dicom"], "commitment_port": 11113}
+    observations = both_copies(rows)
+    # Listed by a fresh C-FIND, yet the peer never answered the commitment asked of it.
+    observations["pacs"] = observed(
+        "pacs", held(rows, seen_at=SEEN, unconfirmed="PACS rejected the N-ACTION")
+    )
+    plan = make_plan(
+        retention_config(
+            destinations={**DESTINATIONS, "pacs": pacs}, policy={"copy_to": ["cloud", "pacs"]}
+        ),
+        arrived(catalog(rows)),
+        observations,
+        NOW,
+    )
+    assert deletions(plan) == []
+    assert "pacs: sent, but its storage commitment is unknown" in kept(plan)["1.1"]
+
+
 def test_protected_studies_are_never_deleted() -> None:
     rows = study("1.1", 2) + study("1.2", 2, patient_id="VIP")
     plan = make_plan(
