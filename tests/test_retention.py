@@ -284,7 +284,7 @@ def test_storage_commitment_is_evidence_of_its_own() -> None:
 def test_a_copy_whose_storage_commitment_is_unknown_never_counts() -> None:
     rows = study("1.1", 2)
     pacs = {**DESTINATIONS["pacs"], "verify": "commitment"}
-    pacs["dicom"] = {**pacs["dicom"], "commitment_port": 11113}
+    pacs["dicom"] = {**pacs["dicom"], "commitment_port": 11113, "commitment_address": "10.0.0.5"}
     observations = both_copies(rows)
     # Listed by a fresh C-FIND, yet the peer never answered the commitment asked of it.
     observations["pacs"] = observed(
