@@ -246,11 +246,12 @@ def _record(
             message = _failure_summary(len(action.instances), result.failures, "failed to copy")
             store.journal_finish(entry, "failed", message)
             return ActionFinished(action, False, message, result.failures)
+        checked_before = store.last_verification(action.destination, action.study_uid)
         store.record_study_stored(action.destination, action.study_uid, result.committed)
         if result.unconfirmed is not None:  # stored, so not sent again; not counted committed
             return _unconfirmed(store, entry, action, result.unconfirmed, f"sent {result.sent}")
-        if result.verified and not action.repair:
-            store.record_verification(action.destination, action.study_uid, datetime.now(UTC), ())
+        if result.verified:
+            _record_verified_copy(store, action, checked_before)
         store.journal_finish(entry, "done", None)
         return ActionFinished(action, True, f"copied {result.sent} instances")
     if result.unknown is not None:
@@ -266,6 +267,22 @@ def _record(
         return ActionFinished(action, False, message, result.corrupt)
     store.journal_finish(entry, "done", None)
     return ActionFinished(action, True, f"verified {result.checked} instances")
+
+
+def _record_verified_copy(
+    store: StateStore, action: Action, checked_before: tuple[datetime, frozenset[str]] | None
+) -> None:
+    """A copy verified as it was made (e.g. storage commitment) verifies the study, or, for
+    a repair, what it sent: the study then counts verified as of the last check of the rest,
+    if one concluded and everything it found bad was among what the repair sent."""
+    if not action.repair:
+        store.record_verification(action.destination, action.study_uid, datetime.now(UTC), ())
+        return
+    if checked_before is None:
+        return  # the rest was never checked: a verification stays due
+    at, bad = checked_before
+    if bad <= {r.sop_instance_uid for r in action.instances}:
+        store.record_verification(action.destination, action.study_uid, at, ())
 
 
 def _unconfirmed(

@@ -754,6 +754,17 @@ class StateStore:
             error=head[3],
         )
 
+    def last_verification(
+        self, destination: str, study_uid: str
+    ) -> tuple[datetime, frozenset[str]] | None:
+        """When a verification of the study there last concluded, and what it found bad."""
+        row = self._db.execute(
+            "SELECT verified_at, corrupt FROM verifications "
+            "WHERE destination = ? AND study_uid = ?",
+            (destination, study_uid),
+        ).fetchone()
+        return (datetime.fromisoformat(row[0]), frozenset(json.loads(row[1]))) if row else None
+
     def record_verification(
         self, destination: str, study_uid: str, at: datetime, corrupt: Iterable[str]
     ) -> None:

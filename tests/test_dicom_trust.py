@@ -153,3 +153,33 @@ def test_commitment_the_peer_rejects_is_a_metric_of_its_own(
     unknown = {k[1]: v for k, v in samples.items() if k[0] == "reconciler_unknown_outcomes_total"}
     assert unknown == {(("destination", "pacs"), ("kind", "copy")): 3}
     assert value(samples, "reconciler_last_success_timestamp_seconds") == 0  # unknown is loud
+
+
+def test_a_repair_under_commitment_converges_in_one_apply(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = sorted(p for p in small_studies.iterdir() if p.is_dir())[0]
+    shutil.copytree(first, tmp_path / "inbox" / first.name)
+    port = free_port()
+    with start_orthanc(tmp_path / "orthanc", calling_port=port, stop_grace=0.5) as peer:
+        config = pacs_config(tmp_path, peer, "commitment", commitment_port=port)
+        assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+        for orthanc_id in orthanc_instances(peer)[:2]:  # the PACS loses two instances
+            request = urllib.request.Request(
+                f"{peer.rest_url}/instances/{orthanc_id}", method="DELETE"
+            )
+            urllib.request.urlopen(request, timeout=10).close()
+        # A verification due now: the peer's report names the two it no longer holds.
+        document = json.loads(Path(config).read_text())
+        document["destinations"]["pacs"]["verify_every"] = "0s"
+        Path(config).write_text(json.dumps(document))
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")
+        assert code == 1 and "2 of 6 instances failed verification" in out, out
+        del document["destinations"]["pacs"]["verify_every"]
+        Path(config).write_text(json.dumps(document))
+
+        code, out = run(capsys, "apply", "-c", config, "--auto-approve")  # the repair
+        assert code == 0 and "copied 2 instances" in out, out
+        assert len(orthanc_instances(peer)) == 6
+        code, out = run(capsys, "plan", "-c", config, "--detailed-exitcode")
+        assert code == 0, out
