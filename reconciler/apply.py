@@ -17,6 +17,7 @@ from reconciler.destinations import identity
 from reconciler.destinations.base import (
     Archiver,
     Destination,
+    DestinationRefused,
     DestinationUnavailable,
     ProgressCallback,
     Pruner,
@@ -238,7 +239,10 @@ def _record(
     try:
         result = future.result()
     except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
+        # A refusal names the destination and its cause itself; anything else, its kind too.
+        message = (
+            str(exc) if isinstance(exc, DestinationRefused) else f"{type(exc).__name__}: {exc}"
+        )
         store.journal_finish(entry, "failed", message)
         return ActionFinished(action, False, message)
     if isinstance(result, SendResult):

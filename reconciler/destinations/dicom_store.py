@@ -27,6 +27,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext, build_context, build_role
 
 from reconciler.config.model import DicomTarget
+from reconciler.destinations.base import DestinationRefused
 from reconciler.destinations.dicom_stream import Ended, StoreAssociation, file_data_set
 from reconciler.destinations.source_files import read_unchanged
 from reconciler.plan import InstanceRef
@@ -42,6 +43,14 @@ Context = tuple[str, str]  # SOP class UID, transfer syntax UID
 
 class AssociationLost(Exception):
     """No association, or it ended mid-work: worth another attempt after a pause."""
+
+
+class AssociationRefused(DestinationRefused):
+    """The peer rejects our associations permanently (it does not know our AE title, or its
+    own): no retry in this run mends it."""
+
+
+REJECTED_PERMANENT = 0x01
 
 
 class ContextsRefused(Exception):
@@ -125,8 +134,16 @@ def open_association(
     if assoc.rejected_contexts and not assoc.accepted_contexts:
         raise ContextsRefused(f"{peer_name(target)} accepts none of the proposed contexts")
     if assoc.is_rejected:
+        answer = assoc.acceptor.primitive
+        why = answer.reason_str if answer is not None else "no reason given"
+        if answer is not None and answer.result == REJECTED_PERMANENT:
+            raise AssociationRefused(
+                f"{peer_name(target)} rejected the association permanently: {why} (we call "
+                f"as {target.calling_ae_title}; check the AE titles it accepts)"
+            )
         raise AssociationLost(
-            f"{peer_name(target)} rejected the association (check the AE titles it accepts)"
+            f"{peer_name(target)} rejected the association ({why}; check the AE titles it "
+            "accepts)"
         )
     # pynetdicom reports a refused connection (and a failed TLS handshake) as an abort too.
     causes = "connection refused, TLS handshake failed" if target.tls else "connection refused"
