@@ -76,6 +76,7 @@ def apply_plan(
     started = time.monotonic()
     emit_safely(RunStarted(len(plan.actions), counts["copy_bytes"] + counts["archive_bytes"]))
     done = failed = skipped = instances = transferred = 0
+    refused: dict[str, str] = {}  # destinations that refused us in this run, and why
     outcome = "interrupted"
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
     try:
@@ -94,7 +95,9 @@ def apply_plan(
                     emit_safely(job)
                     done += 1
                     continue
-            future = pool.submit(_run_action, action, destinations, emit_safely, stop, shares, job)
+            future = pool.submit(
+                _run_action, action, destinations, emit_safely, stop, refused, shares, job
+            )
             futures[future] = (action, entry)
             if job is not None:
                 jobs[future] = job
@@ -188,11 +191,29 @@ def _run_action(
     destinations: Callable[[str], Destination],
     emit: Emit,
     stop: threading.Event,
+    refused: dict[str, str],
     shares: ShareExecutor | None = None,
     job: ShareJob | None = None,
 ) -> Result:
     if (why := _not_starting(action, stop)) is not None:
         return why
+    if (cause := refused.get(action.destination)) is not None:
+        return f"{action.destination} refused us earlier in this run: {cause}"
+    try:
+        return _run_started(action, destinations, emit, shares, job)
+    except DestinationRefused as exc:
+        # Said once, by the action it ended; the others there are skipped, planned again.
+        refused.setdefault(action.destination, str(exc))
+        raise
+
+
+def _run_started(
+    action: Action,
+    destinations: Callable[[str], Destination],
+    emit: Emit,
+    shares: ShareExecutor | None,
+    job: ShareJob | None,
+) -> Result:
     emit(ActionStarted(action))
     progress = _progress(action, emit)
     if shares is not None and job is not None:

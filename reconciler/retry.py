@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -13,6 +14,13 @@ T = TypeVar("T")
 
 class PermanentError(Exception):
     """A failure that another attempt cannot fix (e.g. the source file changed)."""
+
+
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: not freed within a run
+
+
+def is_no_room(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_ROOM
 
 
 def backoff_delays(settings: RetrySettings) -> list[float]:
@@ -34,6 +42,8 @@ def with_retries(
             return operation()
         except (PermanentError, PermissionError, FileNotFoundError):
             raise
-        except Exception:  # any other failure of a remote store may be transient
+        except Exception as exc:  # any other failure of a remote store may be transient
+            if is_no_room(exc):
+                raise
             sleep(delay)
     return operation()

@@ -20,6 +20,11 @@ class DestinationRefused(DestinationUnavailable, PermanentError):
     it. The message names the destination and the cause, never a secret."""
 
 
+class DestinationFull(DestinationRefused):
+    """The destination has no room left (disk full, quota reached): nothing more is sent
+    there in this run, since no retry within it frees space."""
+
+
 @dataclass
 class SendResult:
     # What the destination confirmed it keeps, even when the copy as a whole failed (a peer

@@ -38,6 +38,7 @@ from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, ObjectTarget
 from reconciler.destinations import archive, identity, pruning
 from reconciler.destinations.base import (
+    DestinationFull,
     DestinationUnavailable,
     ProgressCallback,
     SendResult,
@@ -56,7 +57,7 @@ from reconciler.manifest import (
 from reconciler.observation import ObservedInstance, ObservedStudy
 from reconciler.plan import Action, InstanceRef
 from reconciler.recovery import PINNED, STUDIES
-from reconciler.retry import PermanentError, with_retries
+from reconciler.retry import PermanentError, is_no_room, with_retries
 from reconciler.transforms.encryption import DecryptionError, decrypt, encrypt, sealed_sha256
 from reconciler.transforms.pool import CompressionPool
 from reconciler.transforms.settings import Codec, codec_for
@@ -216,6 +217,7 @@ class ObjectStoreDestination:
         }
         result = SendResult()
         entries = []
+        failed: list[Exception] = []
         for sop_uid, future in futures.items():
             try:
                 entries.append(future.result())
@@ -223,10 +225,13 @@ class ObjectStoreDestination:
                 result.failures[sop_uid] = "not sent: another instance of the study failed"
             except Exception as exc:
                 result.failures[sop_uid] = _describe(exc)
+                failed.append(exc)
                 # One failure means no manifest, so the study's transfers not yet started
                 # would be wasted (each retrying on its own against a failing store): skip them.
                 for other in futures.values():
                     other.cancel()
+        if no_room := next((e for e in failed if is_no_room(e)), None):
+            raise DestinationFull(f"{self.name} is full: {_describe(no_room)}") from no_room
         if result.failures:
             return result  # no manifest: the study is not recorded as stored
         try:
