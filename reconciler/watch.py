@@ -70,6 +70,9 @@ def watch(
             if url:
                 say(f"API at {url}")
             due = datetime.now(UTC)
+            # Every destination is asked at start (and after a reload), even with nothing
+            # expected there: one that refuses us or is gone is known now, not when studies come.
+            check_all = True
             for changes in watchfiles.watch(
                 *_watched_paths(loaded),
                 stop_event=stop,
@@ -86,12 +89,15 @@ def watch(
                     )
                     api.loaded = loaded
                     due = datetime.now(UTC)
+                    check_all = True
                 if changes or requests.asked.is_set() or datetime.now(UTC) >= due:
                     started = time.monotonic()
                     try:
                         with requests.running():
-                            plan = _cycle(workspace, emit, say, stop, metrics, health, stall)
-                        due = _next_cycle(workspace, plan)
+                            plan = _cycle(
+                                workspace, emit, say, stop, metrics, health, stall, check_all
+                            )
+                        due, check_all = _next_cycle(workspace, plan), False
                     except (sqlite3.Error, OSError) as exc:
                         # A full disk under the state, most often. What was recorded stays
                         # (each write is a transaction); a service retries rather than exits.
@@ -172,9 +178,10 @@ def _cycle(
     metrics: WatchMetrics,
     health: Health,
     stall: Stall,
+    refresh: bool,
 ) -> Plan:
     started = time.monotonic()
-    plan, scanned = workspace.plan()
+    plan, scanned = workspace.plan(refresh=refresh)
     metrics.record_plan(plan, workspace.config.destinations)
     notify_blocked(workspace.loaded, workspace.store, plan, say)
     for path, reason in scanned.rejected:

@@ -83,6 +83,9 @@ def test_wrong_password_is_refused_without_revealing_it(
     assert isinstance(raised.value, DestinationUnavailable)
     assert destination.name in str(raised.value)
     assert "not-the-password" not in str(raised.value)
+    # Even with nothing expected there, the service is asked: a refusal is never "holds nothing".
+    with pytest.raises(DestinationRefused, match=refused):
+        destination.observe({})
     # No instance is tried one by one: the copy stops at the first refusal.
     with pytest.raises(DestinationRefused, match="HTTP 401") as raised:
         destination.send(copy_actions[0], lambda _: None)

@@ -80,6 +80,8 @@ class DicomWebDestination:
     def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
         studies = {}
         try:
+            if not expected:
+                self._probe()
             for study_uid in expected:
                 held = self._instances(study_uid)
                 if held:
@@ -87,6 +89,15 @@ class DicomWebDestination:
         except TransientHttpError as exc:
             raise DestinationUnavailable(str(exc)) from exc
         return studies
+
+    def _probe(self) -> None:
+        """One cheap search, so that with nothing expected there a service that refuses us or
+        is down is still known as such, never as holding nothing."""
+        response = self._request(
+            "GET", "/studies", params={"limit": "1"}, headers={"Accept": "application/dicom+json"}
+        )
+        if response.status_code not in (200, 204):
+            raise DestinationUnavailable(f"QIDO-RS search answered HTTP {response.status_code}")
 
     def _instances(self, study_uid: str) -> dict[str, ObservedInstance]:
         response = self._request(
