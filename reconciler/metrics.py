@@ -27,7 +27,7 @@ from reconciler.config.model import MetricsSettings
 from reconciler.events import ActionFinished, Event
 from reconciler.health import Health
 from reconciler.http_service import listen, serving_app
-from reconciler.plan import Plan
+from reconciler.plan import UNREACHABLE, Plan
 
 Emit = Callable[[Event], None]
 
@@ -74,6 +74,13 @@ class WatchMetrics:
             ["destination", "kind"],
             registry=self.registry,
         )
+        self.reachable = Gauge(
+            "reconciler_destination_reachable",
+            "1 if the last plan could read the destination's holdings, 0 if they are unknown "
+            "(unreachable, refusing us, its identity not the state's).",
+            ["destination"],
+            registry=self.registry,
+        )
         self.blocked = Gauge(
             "reconciler_blocked_studies",
             "Studies the last plan held back (in part) until a conflict is resolved.",
@@ -115,7 +122,10 @@ class WatchMetrics:
 
     def record_plan(self, plan: Plan, destinations: Iterable[str]) -> None:
         self.pending.clear()  # a destination removed from the config leaves no stale series
+        self.reachable.clear()
+        unknown = {p.destination for p in plan.problems if p.code == UNREACHABLE}
         for name in destinations:
+            self.reachable.labels(name).set(0 if name in unknown else 1)
             copies = [a for a in plan.actions if a.destination == name and a.kind == "copy"]
             self.pending.labels(name).set(len({a.study_uid for a in copies}))
             # Series exist from the start, so rate() and alerts see zeros, not gaps.

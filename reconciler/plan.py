@@ -123,6 +123,9 @@ class Retained:
     destination: str = LOCAL  # where it stays: local storage, or the destination not pruned
 
 
+UNREACHABLE = "unreachable"  # a destination's holdings could not be read: unknown
+
+
 @dataclass(frozen=True)
 class Problem:
     message: str

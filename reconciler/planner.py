@@ -20,6 +20,7 @@ from reconciler.config.model import Config
 from reconciler.deidentified_label import label_at
 from reconciler.observation import Observation, ObservedStudy
 from reconciler.plan import (
+    UNREACHABLE,
     Action,
     Deferred,
     Fingerprint,
@@ -216,6 +217,7 @@ def _unobservable_destinations(
                 Problem(
                     f"could not be observed ({why}); nothing is planned for it until it answers",
                     destination=name,
+                    code=UNREACHABLE,
                 )
             )
     return problems

@@ -172,3 +172,20 @@ def test_watch_serves_the_health_probes_beside_metrics_and_api(
     assert failed == [(503, {"status": "not-ready", "checks": not_ready})] * 2
     assert alive == (200, {"status": "alive"})
     assert ready == [(200, {"status": "ready", "checks": {**not_ready, "last_cycle": "ok"}})] * 2
+
+
+def test_a_destination_that_cannot_be_observed_is_a_metric() -> None:
+    from factories import NOW, catalog, config, observed, study, unreachable
+
+    from reconciler.metrics import WatchMetrics
+    from reconciler.planner import make_plan
+
+    studies = catalog(study("1.2.3", 2))
+    metrics = WatchMetrics()
+    metrics.record_plan(
+        make_plan(config(), studies, {"cloud": unreachable("cloud")}, NOW), ["cloud"]
+    )
+    reachable = "reconciler_destination_reachable"
+    assert metrics.registry.get_sample_value(reachable, {"destination": "cloud"}) == 0
+    metrics.record_plan(make_plan(config(), studies, {"cloud": observed("cloud")}, NOW), ["cloud"])
+    assert metrics.registry.get_sample_value(reachable, {"destination": "cloud"}) == 1
