@@ -611,6 +611,7 @@ class StateStore:
             previous is not None
             and previous.ok == observation.ok
             and _holdings(previous) == _holdings(observation)
+            and previous.partial == observation.partial
         )
         serial = (
             previous.serial if previous and unchanged else (previous.serial + 1 if previous else 1)
@@ -627,6 +628,14 @@ class StateStore:
                 ),
             )
             seen = observation.observed_at.isoformat()
+            if observation.ok:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    (
+                        f"partial_copies:{observation.destination}",
+                        json.dumps(sorted(observation.partial)),
+                    ),
+                )
             if observation.ok and not unchanged:
                 db.execute(
                     "DELETE FROM observed_studies WHERE destination = ?", (observation.destination,)
@@ -735,6 +744,9 @@ class StateStore:
                     written_at=datetime.fromisoformat(written_at) if written_at else None,
                     in_recovery_point=bool(pinned),
                 )
+        partial = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"partial_copies:{destination}",)
+        ).fetchone()
         return Observation(
             destination=destination,
             observed_at=datetime.fromisoformat(head[0]),
@@ -742,6 +754,7 @@ class StateStore:
             ok=bool(head[2]),
             studies=studies,
             error=head[3],
+            partial=frozenset(json.loads(partial[0])) if partial else frozenset(),
         )
 
     def record_verification(

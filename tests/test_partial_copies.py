@@ -53,10 +53,10 @@ def test_a_partial_copy_whose_study_is_still_at_the_source_is_completed_not_list
     _leave_partial_copy(study)
 
     code, out = run(capsys, "plan", "-c", str(config), "--refresh")
-    assert "partial copy" not in out and study.name in out, out
+    assert code == 0 and "partial copy" not in out and study.name in out, out
     assert run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh")[0] == 0
     assert (study / "manifest.json").exists()
-    code, out = run(capsys, "status", "-c", str(config), "--json")
+    _, out = run(capsys, "status", "-c", str(config), "--json")
     assert json.loads(out)["partial_copies"] == []
 
 
