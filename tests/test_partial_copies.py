@@ -8,13 +8,18 @@ does, `plan` and `status` name it as a partial copy that cannot be completed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import s3fs
 from test_cli_end_to_end import run, s3_destination
 from test_retention_end_to_end import FOLDERS, write_config
+from test_watch import wait_for
 
 
 def _leave_partial_copy(study: Path) -> None:
@@ -74,6 +79,35 @@ def test_a_partial_copy_whose_study_left_the_source_is_listed_by_plan_and_status
     # Complete copies are never named partial; the partial objects are left alone for now.
     assert all((s / "manifest.json").exists() for s in studies[1:])
     assert any(studies[0].glob("*.dcm"))
+
+
+def _uncommitted(studies: Path) -> list[str]:
+    return sorted(
+        s.name for s in studies.glob("*") if any(s.iterdir()) and not (s / "manifest.json").exists()
+    )
+
+
+def test_a_copy_killed_with_sigkill_whose_study_then_left_the_source_is_listed(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    # Slow enough that the kill lands inside a study's copy, before its manifest.
+    config = write_config(tmp_path, {"near": FOLDERS["near"] + "\nbandwidth: 8k"})
+    studies = tmp_path / "near" / "studies"
+    command = [sys.executable, "-m", "reconciler", "apply", "-c", str(config), "--auto-approve"]
+    apply = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        wait_for(lambda: bool(_uncommitted(studies)), "a study's first objects")
+    finally:
+        os.killpg(apply.pid, signal.SIGKILL)
+        apply.wait()
+    killed = _uncommitted(studies)
+    assert killed
+    _empty_source(tmp_path)
+
+    _assert_listed(capsys, config, "near", killed)
 
 
 def test_a_partial_copy_at_s3_whose_study_left_the_source_is_listed(
