@@ -679,6 +679,7 @@ class StateStore:
                 "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL, NULL, NULL, 0)",
                 (destination, study_uid, _instances_json({**held, **instances})),
             )
+            self._forget_partial_copy(destination, study_uid)
             db.execute(
                 "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
             )
@@ -687,6 +688,14 @@ class StateStore:
                 "DELETE FROM verifications WHERE destination = ? AND study_uid = ? AND ok = 0",
                 (destination, study_uid),
             )
+
+    def _forget_partial_copy(self, destination: str, study_uid: str) -> None:
+        """A copy just committed is no partial copy, even before the next observation."""
+        key = f"partial_copies:{destination}"
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            left = sorted(set(json.loads(row[0])) - {study_uid})
+            self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(left), key))
 
     def record_study_removed(self, destination: str, study_uid: str) -> None:
         """After a prune: the destination no longer holds the study."""

@@ -61,6 +61,10 @@ def test_a_partial_copy_whose_study_is_still_at_the_source_is_completed_not_list
     assert code == 0 and "partial copy" not in out and study.name in out, out
     assert run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh")[0] == 0
     assert (study / "manifest.json").exists()
+    # Completed: it is no partial copy even before the destination is observed again.
+    _empty_source(tmp_path)
+    code, out = run(capsys, "plan", "-c", str(config))
+    assert code == 0 and "partial copy" not in out, out
     _, out = run(capsys, "status", "-c", str(config), "--json")
     assert json.loads(out)["partial_copies"] == []
 
