@@ -21,6 +21,8 @@ from test_cli_end_to_end import run, s3_destination
 from test_retention_end_to_end import FOLDERS, write_config
 from test_watch import wait_for
 
+from reconciler.destinations.identity import MARKER_KEY
+
 
 def _leave_partial_copy(study: Path) -> None:
     """As a copy killed before its commit leaves it: objects, a temporary, no manifest."""
@@ -83,6 +85,22 @@ def test_a_partial_copy_whose_study_left_the_source_is_listed_by_plan_and_status
     # Complete copies are never named partial; the partial objects are left alone for now.
     assert all((s / "manifest.json").exists() for s in studies[1:])
     assert any(studies[0].glob("*.dcm"))
+
+
+def test_nothing_is_called_partial_at_a_destination_whose_identity_is_unknown(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = write_config(tmp_path, {"near": FOLDERS["near"]})
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    _leave_partial_copy(next((tmp_path / "near" / "studies").iterdir()))
+    _empty_source(tmp_path)
+    (tmp_path / "near" / MARKER_KEY).unlink()  # as a swapped or wiped disk shows itself
+
+    code, out = run(capsys, "plan", "-c", str(config), "--refresh")
+    assert code == 1 and "could not be observed" in out and "partial copy" not in out, out
+    _, out = run(capsys, "status", "-c", str(config), "--json")
+    assert json.loads(out)["partial_copies"] == []
 
 
 def _uncommitted(studies: Path) -> list[str]:
