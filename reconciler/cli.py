@@ -319,6 +319,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"Blocked studies ({len(status['blocked'])}):")
         for blocked in status["blocked"]:
             print(f"  {blocked['study_uid']}: {blocked['reason']}")
+    if status["partial_copies"]:
+        print(f"Partial copies that cannot be completed ({len(status['partial_copies'])}):")
+        for partial in status["partial_copies"]:
+            print(f"  {partial['study_uid']} at {partial['destination']}: no committed manifest")
     if status["failing"]:
         print("Failing:")
         for failing in status["failing"]:

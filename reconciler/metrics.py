@@ -7,6 +7,7 @@ several watch loops (or tests) in one process never share or collide on series.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from reconciler import partial_copies
 from reconciler.config.model import MetricsSettings
 from reconciler.events import ActionFinished, Event
 from reconciler.health import Health
@@ -86,6 +88,12 @@ class WatchMetrics:
             "Studies the last plan held back (in part) until a conflict is resolved.",
             registry=self.registry,
         )
+        self.partial = Gauge(
+            "reconciler_partial_copies",
+            "Copies killed midway (objects, no manifest) that no source can complete any more.",
+            ["destination"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "reconciler_reconcile_duration_seconds",
             "One watch cycle: scan, observe, plan and apply.",
@@ -124,10 +132,15 @@ class WatchMetrics:
         self.pending.clear()  # a destination removed from the config leaves no stale series
         self.reachable.clear()
         unknown = {p.destination for p in plan.problems if p.code == UNREACHABLE}
+        self.partial.clear()
+        partial = collections.Counter(
+            p.destination for p in plan.problems if p.code == partial_copies.CODE
+        )
         for name in destinations:
             self.reachable.labels(name).set(0 if name in unknown else 1)
             copies = [a for a in plan.actions if a.destination == name and a.kind == "copy"]
             self.pending.labels(name).set(len({a.study_uid for a in copies}))
+            self.partial.labels(name).set(partial[name])
             # Series exist from the start, so rate() and alerts see zeros, not gaps.
             self.bytes_sent.labels(name)
             self.instances_sent.labels(name)

@@ -44,3 +44,5 @@ class Observation:
     ok: bool
     studies: Mapping[str, ObservedStudy] = field(default_factory=dict)
     error: str | None = None
+    # Studies with objects but no committed manifest (copies killed midway), by UID.
+    partial: frozenset[str] = frozenset()

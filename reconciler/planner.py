@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 
-from reconciler import prune, retention
+from reconciler import partial_copies, prune, retention
 from reconciler.catalog.model import Catalog, CatalogInstance, CatalogStudy
 from reconciler.config.durations import format_duration
 from reconciler.config.model import Config
@@ -132,6 +132,7 @@ def make_plan(
                 actions.append(action)
     actions.extend(sharing.leftovers(catalog))
     problems.extend(sharing.problems)
+    problems.extend(partial_copies.problems(catalog, observations))
     pruning = prune.prunes(
         config, local_studies, frozenset(d.study_uid for d in deletions), observations, now
     )

@@ -615,6 +615,7 @@ class StateStore:
             previous is not None
             and previous.ok == observation.ok
             and _holdings(previous) == _holdings(observation)
+            and previous.partial == observation.partial
         )
         serial = (
             previous.serial if previous and unchanged else (previous.serial + 1 if previous else 1)
@@ -631,6 +632,14 @@ class StateStore:
                 ),
             )
             seen = observation.observed_at.isoformat()
+            if observation.ok:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    (
+                        f"partial_copies:{observation.destination}",
+                        json.dumps(sorted(observation.partial)),
+                    ),
+                )
             if observation.ok and not unchanged:
                 db.execute(
                     "DELETE FROM observed_studies WHERE destination = ?", (observation.destination,)
@@ -674,6 +683,7 @@ class StateStore:
                 "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL, NULL, NULL, 0)",
                 (destination, study_uid, _instances_json({**held, **instances})),
             )
+            self._forget_partial_copy(destination, study_uid)
             db.execute(
                 "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
             )
@@ -682,6 +692,14 @@ class StateStore:
                 "DELETE FROM verifications WHERE destination = ? AND study_uid = ? AND ok = 0",
                 (destination, study_uid),
             )
+
+    def _forget_partial_copy(self, destination: str, study_uid: str) -> None:
+        """A copy just committed is no partial copy, even before the next observation."""
+        key = f"partial_copies:{destination}"
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            left = sorted(set(json.loads(row[0])) - {study_uid})
+            self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(left), key))
 
     def record_study_removed(self, destination: str, study_uid: str) -> None:
         """After a prune: the destination no longer holds the study."""
@@ -745,6 +763,9 @@ class StateStore:
                     written_at=datetime.fromisoformat(written_at) if written_at else None,
                     in_recovery_point=bool(pinned),
                 )
+        partial = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"partial_copies:{destination}",)
+        ).fetchone()
         return Observation(
             destination=destination,
             observed_at=datetime.fromisoformat(head[0]),
@@ -752,6 +773,7 @@ class StateStore:
             ok=bool(head[2]),
             studies=studies,
             error=head[3],
+            partial=frozenset(json.loads(partial[0])) if partial else frozenset(),
         )
 
     def last_verification(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from reconciler import partial_copies
 from reconciler.apply import Emit, apply_plan
 from reconciler.bulk import building
 from reconciler.catalog.model import Catalog
@@ -165,13 +166,20 @@ class Workspace:
     def _observe(
         self, name: str, expected: Mapping[str, Collection[str]], now: datetime
     ) -> Observation:
+        destination = self.destination(name)
         try:
-            studies = self.destination(name).observe(expected)
+            studies = destination.observe(expected)
         except DestinationUnavailable as exc:
             failed = Observation(name, now, 0, ok=False, error=str(exc))
             return self.store.save_observation(failed)
         self.remember_identities()
-        return self.store.save_observation(Observation(name, now, 0, ok=True, studies=studies))
+        partial = (
+            destination.partial_copies
+            if isinstance(destination, partial_copies.ReportsPartialCopies)
+            else frozenset()
+        )
+        observed = Observation(name, now, 0, ok=True, studies=studies, partial=partial)
+        return self.store.save_observation(observed)
 
     def fingerprint(self) -> Fingerprint:
         return Fingerprint(
@@ -291,6 +299,11 @@ class Workspace:
                 {"study_uid": p.study_uid, "reason": p.message}
                 for p in plan.problems
                 if p.code == "blocked"
+            ],
+            "partial_copies": [
+                {"destination": p.destination, "study_uid": p.study_uid, "reason": p.message}
+                for p in plan.problems
+                if p.code == partial_copies.CODE
             ],
             "failing": self.store.failing_actions(),
             "shares_pending": [

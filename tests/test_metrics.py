@@ -133,6 +133,26 @@ def test_blocked_studies_are_a_metric() -> None:
     assert metrics.registry.get_sample_value("reconciler_blocked_studies") == 0
 
 
+def test_partial_copies_that_cannot_be_completed_are_a_metric_per_destination() -> None:
+    from dataclasses import replace
+
+    from factories import NOW, catalog, config, observed, study
+
+    from reconciler.metrics import WatchMetrics
+    from reconciler.planner import make_plan
+
+    ct = study("1.2.3", 2)
+    cloud = replace(observed("cloud"), partial=frozenset({"1.2.3", "9.9.9"}))
+    metrics = WatchMetrics()
+    metrics.record_plan(make_plan(config(), catalog(ct), {"cloud": cloud}, NOW), ["cloud"])
+    # 1.2.3 is still at the source (its next copy completes it); 9.9.9 is at none.
+    got = metrics.registry.get_sample_value("reconciler_partial_copies", {"destination": "cloud"})
+    assert got == 1
+    metrics.record_plan(make_plan(config(), catalog(ct), {"cloud": observed("cloud")}, NOW), [])
+    got = metrics.registry.get_sample_value("reconciler_partial_copies", {"destination": "cloud"})
+    assert got is None
+
+
 def probe(url: str) -> tuple[int, dict[str, object]]:
     """Status and JSON body of a probe, asked without a token."""
     try:

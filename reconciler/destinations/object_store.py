@@ -33,7 +33,7 @@ from typing import IO, Any, BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from reconciler import __version__
+from reconciler import __version__, partial_copies
 from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, ObjectTarget
 from reconciler.destinations import archive, identity, pruning
@@ -104,6 +104,7 @@ class ObjectStoreDestination:
         # Manifests read by earlier observations, by path, with the stamp they were listed
         # with: a watch loop re-reads only those that changed since.
         self._manifests: dict[str, tuple[Hashable, Manifest | None]] = {}
+        self.partial_copies: frozenset[str] = frozenset()  # as of the last observation
         # Nothing is read as holdings or written before the identity marker is confirmed.
         self.identity = identity.Guard(
             name,
@@ -143,6 +144,9 @@ class ObjectStoreDestination:
             pinned = pruning.studies_in_points(self) if self.settings.prune else frozenset()
         except Exception as exc:
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self.partial_copies = partial_copies.uncommitted_studies(
+            listing, f"{self.root}/studies", MANIFEST_NAME
+        )
         studies = {}
         for study_uid, manifest in manifests.items():
             folder = self._study_dir(study_uid)
