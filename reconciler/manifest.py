@@ -156,9 +156,7 @@ def _named_right(entry: ManifestEntry, encrypted: bool) -> bool:
         return True
     # An encrypted version's name outlives rekeys, which change its stored SHA-256: it was
     # named by its sealed body, or (before that) by the stored SHA-256 it had when written.
-    version = entry.object.removeprefix(f"{entry.sop_instance_uid}.").removesuffix(
-        ENCRYPTED_SUFFIX
-    )
+    version = entry.object.removeprefix(f"{entry.sop_instance_uid}.").removesuffix(ENCRYPTED_SUFFIX)
     return encrypted and entry.object.endswith(ENCRYPTED_SUFFIX) and bool(_VERSION.match(version))
 
 

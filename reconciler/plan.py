@@ -443,7 +443,5 @@ def summary_line(plan: Plan) -> str:
     if counts["purges"]:
         parts.append(_plural(counts["purges"], "trash purge"))
     if counts["prunes"]:
-        parts.append(
-            f"{_plural(counts['prunes'], 'prune')} ({human_bytes(counts['prune_bytes'])})"
-        )
+        parts.append(f"{_plural(counts['prunes'], 'prune')} ({human_bytes(counts['prune_bytes'])})")
     return "Plan: " + ", ".join(parts) + "." + kept

@@ -142,8 +142,7 @@ def open_association(
                 f"as {target.calling_ae_title}; check the AE titles it accepts)"
             )
         raise AssociationLost(
-            f"{peer_name(target)} rejected the association ({why}; check the AE titles it "
-            "accepts)"
+            f"{peer_name(target)} rejected the association ({why}; check the AE titles it accepts)"
         )
     # pynetdicom reports a refused connection (and a failed TLS handshake) as an abort too.
     causes = "connection refused, TLS handshake failed" if target.tls else "connection refused"
