@@ -34,6 +34,7 @@ wheel-check: $(VENV)/.installed
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check reconciler tests
+	$(BIN)/ruff format --check reconciler tests
 
 schema: $(VENV)/.installed
 	$(BIN)/reconciler schema > schemas/config.schema.json
