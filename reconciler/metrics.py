@@ -24,12 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from reconciler import partial_copies
 from reconciler.config.model import MetricsSettings
 from reconciler.events import ActionFinished, Event
 from reconciler.health import Health
 from reconciler.http_service import listen, serving_app
-from reconciler.plan import UNREACHABLE, Plan
+from reconciler.plan import BLOCKED, PARTIAL_COPY, UNREACHABLE, Plan
 
 Emit = Callable[[Event], None]
 
@@ -134,7 +133,7 @@ class WatchMetrics:
         unknown = {p.destination for p in plan.problems if p.code == UNREACHABLE}
         self.partial.clear()
         partial = collections.Counter(
-            p.destination for p in plan.problems if p.code == partial_copies.CODE
+            p.destination for p in plan.problems if p.code == PARTIAL_COPY
         )
         for name in destinations:
             self.reachable.labels(name).set(0 if name in unknown else 1)
@@ -144,7 +143,7 @@ class WatchMetrics:
             # Series exist from the start, so rate() and alerts see zeros, not gaps.
             self.bytes_sent.labels(name)
             self.instances_sent.labels(name)
-        self.blocked.set(len({p.study_uid for p in plan.problems if p.code == "blocked"}))
+        self.blocked.set(len({p.study_uid for p in plan.problems if p.code == BLOCKED}))
         for problem in plan.problems:
             if problem.severity == "error" and problem.destination:
                 self.failures.labels(problem.destination, "observe").inc()

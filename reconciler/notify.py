@@ -31,7 +31,7 @@ from reconciler.config.durations import format_duration
 from reconciler.config.load import LoadedConfig
 from reconciler.config.model import NotificationEvent, NotificationSettings, WebhookSettings
 from reconciler.email_notify import send_email
-from reconciler.plan import LOCAL, Plan
+from reconciler.plan import BLOCKED, LOCAL, Plan
 from reconciler.state import StateStore
 
 Say = Callable[[str], None]
@@ -55,7 +55,7 @@ def notify_after_run(loaded: LoadedConfig, store: StateStore, say: Say) -> None:
 
 def notify_blocked(loaded: LoadedConfig, store: StateStore, plan: Plan, say: Say) -> None:
     """Studies newly blocked by conflicting files; one resolved and blocked again is news again."""
-    blocked = {p.study_uid: p.message for p in plan.problems if p.code == "blocked" and p.study_uid}
+    blocked = {p.study_uid: p.message for p in plan.problems if p.code == BLOCKED and p.study_uid}
     notified = store.blocked_notified()
     new = {uid: why for uid, why in blocked.items() if uid not in notified}
     if new and loaded.config.notifications.any_target:

@@ -13,9 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from reconciler.catalog.model import Catalog
 from reconciler.observation import Observation
-from reconciler.plan import Problem
-
-CODE = "partial-copy"
+from reconciler.plan import PARTIAL_COPY, Problem
 
 
 @runtime_checkable
@@ -56,7 +54,7 @@ def problems(catalog: Catalog, observations: Mapping[str, Observation]) -> list[
                     "committed manifest, and no source holds the study any more)",
                     destination=name,
                     severity="warning",
-                    code=CODE,
+                    code=PARTIAL_COPY,
                     study_uid=study_uid,
                 )
             )

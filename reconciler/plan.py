@@ -123,7 +123,10 @@ class Retained:
     destination: str = LOCAL  # where it stays: local storage, or the destination not pruned
 
 
+# Codes of the problems callers act on (metrics, status, notifications).
 UNREACHABLE = "unreachable"  # a destination's holdings could not be read: unknown
+BLOCKED = "blocked"  # files conflicting under one SOP Instance UID hold a study back
+PARTIAL_COPY = "partial-copy"  # objects but no manifest, and no source left to complete them
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ class Problem:
     destination: str | None = None
     severity: Literal["error", "warning"] = "error"
     code: str | None = None  # for problems callers act on, e.g. "delete-cap"
-    study_uid: str | None = None  # the study a "blocked" problem holds back
+    study_uid: str | None = None  # the study a BLOCKED or PARTIAL_COPY problem names
 
 
 @dataclass(frozen=True)

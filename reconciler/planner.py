@@ -20,6 +20,7 @@ from reconciler.config.model import Config
 from reconciler.deidentified_label import label_at
 from reconciler.observation import Observation, ObservedStudy
 from reconciler.plan import (
+    BLOCKED,
     UNREACHABLE,
     Action,
     Deferred,
@@ -252,7 +253,7 @@ def _distinct_instances(study: CatalogStudy) -> tuple[list[CatalogInstance], lis
                 Problem(
                     f"study {study.uid}: SOP Instance UID {sop_uid} is carried by files with "
                     f"different content ({paths}); it is not copied until only one remains",
-                    code="blocked",
+                    code=BLOCKED,
                     study_uid=study.uid,
                 )
             )

@@ -25,7 +25,7 @@ from reconciler.destinations.factory import open_destination
 from reconciler.destinations.identity import KnownIdentity, Marker
 from reconciler.filesystems import sources_on_same_filesystem
 from reconciler.observation import Observation
-from reconciler.plan import LOCAL, Fingerprint, Plan
+from reconciler.plan import BLOCKED, LOCAL, PARTIAL_COPY, Fingerprint, Plan
 from reconciler.planner import make_plan
 from reconciler.retention import Hold, LocalFacts
 from reconciler.state import StateStore
@@ -298,12 +298,12 @@ class Workspace:
             "blocked": [
                 {"study_uid": p.study_uid, "reason": p.message}
                 for p in plan.problems
-                if p.code == "blocked"
+                if p.code == BLOCKED
             ],
             "partial_copies": [
                 {"destination": p.destination, "study_uid": p.study_uid, "reason": p.message}
                 for p in plan.problems
-                if p.code == partial_copies.CODE
+                if p.code == PARTIAL_COPY
             ],
             "failing": self.store.failing_actions(),
             "shares_pending": [
