@@ -112,13 +112,11 @@ def apply_plan(
             else:
                 finished = _record(future, action, entry, store)
             emit_safely(finished)
-            if finished.ok or (finished.unknown and action.kind == "copy"):
-                done, failed = (done + 1, failed) if finished.ok else (done, failed + 1)
-                if action.kind in ("copy", "archive"):
-                    instances += len(action.instances)
-                    transferred += action.bytes
-            else:
-                failed += 1
+            done, failed = (done + 1, failed) if finished.ok else (done, failed + 1)
+            if action.kind in ("copy", "archive") and (finished.ok or finished.unknown):
+                instances += len(action.instances)  # an unknown commitment: stored all the same
+                transferred += action.bytes
+            elif not finished.ok:
                 kept_instances, kept_bytes = _kept_by_failed_copy(future)
                 instances += kept_instances
                 transferred += kept_bytes
@@ -271,7 +269,12 @@ def _record(
             message = _failure_summary(len(action.instances), result.failures, "failed to copy")
             store.journal_finish(entry, "failed", message)
             return ActionFinished(action, False, message, result.failures)
-        checked_before = store.last_verification(action.destination, action.study_uid)
+        # Read before the copy is recorded, which clears a failed verification of the study.
+        checked_before = (
+            store.last_verification(action.destination, action.study_uid)
+            if result.verified and action.repair
+            else None
+        )
         store.record_study_stored(action.destination, action.study_uid, result.committed)
         if result.unconfirmed is not None:  # stored, so not sent again; not counted committed
             return _unconfirmed(store, entry, action, result.unconfirmed, f"sent {result.sent}")

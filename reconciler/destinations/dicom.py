@@ -51,6 +51,8 @@ from reconciler.retry import backoff_delays
 BATCH_LIMIT = 50
 PENDING_STATUSES = {0xFF00, 0xFF01}
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+# What observing (and checking a copy just sent) asks: Study Root C-FIND.
+FIND_CONTEXT = [(StudyRootQueryRetrieveInformationModelFind, EXPLICIT_VR_LITTLE_ENDIAN)]
 
 
 class DicomDestination:
@@ -87,9 +89,8 @@ class DicomDestination:
 
     def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
         counting = self.settings.verification == "count"
-        context = [(StudyRootQueryRetrieveInformationModelFind, EXPLICIT_VR_LITTLE_ENDIAN)]
         try:
-            with association(self.target, context) as assoc:
+            with association(self.target, FIND_CONTEXT) as assoc:
                 studies = {}
                 for study_uid, sop_uids in expected.items():
                     held = (
@@ -139,9 +140,8 @@ class DicomDestination:
         """The instance-level C-FIND ``verify: count`` relies on, made right after sending: so
         one apply converges. A peer that cannot be asked now leaves the copy to be verified
         by a later run (the C-STOREs themselves succeeded)."""
-        context = [(StudyRootQueryRetrieveInformationModelFind, EXPLICIT_VR_LITTLE_ENDIAN)]
         try:
-            with association(self.target, context) as assoc:
+            with association(self.target, FIND_CONTEXT) as assoc:
                 return set(sop_uids) <= _listed(assoc, study_uid).keys()
         except (ContextsRefused, AssociationLost):
             return False

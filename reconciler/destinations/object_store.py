@@ -129,7 +129,7 @@ class ObjectStoreDestination:
                 continue
 
     def _study_dir(self, study_uid: str) -> str:
-        return f"{self.root}/studies/{study_uid}"
+        return self._path(f"{STUDIES}/{study_uid}")
 
     # --- observe ---------------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ class ObjectStoreDestination:
         except Exception as exc:
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self.partial_copies = partial_copies.uncommitted_studies(
-            listing, f"{self.root}/studies", MANIFEST_NAME
+            listing, self._path(STUDIES), MANIFEST_NAME
         )
         studies = {}
         for study_uid, manifest in manifests.items():
