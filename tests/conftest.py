@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests_config import one_policy_config
@@ -73,18 +74,23 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def s3_bucket(s3_env: dict[str, str], request: pytest.FixtureRequest) -> str:
-    """A new, empty bucket for one test."""
+def s3_fs(s3_env: dict[str, str]) -> Any:
+    """The moto server read directly, as a test checks what a run left there."""
     import s3fs
 
-    name = f"test-{uuid.uuid4().hex[:20]}"
-    fs = s3fs.S3FileSystem(
+    return s3fs.S3FileSystem(
         endpoint_url=s3_env["S3_ENDPOINT"],
         key=s3_env["AWS_ACCESS_KEY_ID"],
         secret=s3_env["AWS_SECRET_ACCESS_KEY"],
         skip_instance_cache=True,
     )
-    fs.mkdir(name)
+
+
+@pytest.fixture
+def s3_bucket(s3_fs: Any, request: pytest.FixtureRequest) -> str:
+    """A new, empty bucket for one test."""
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    s3_fs.mkdir(name)
     return name
 
 

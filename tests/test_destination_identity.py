@@ -180,22 +180,14 @@ def test_an_emptied_bucket_is_unknown(
     tmp_path: Path,
     inbox: Path,
     s3_bucket: str,
-    s3_env: dict[str, str],
+    s3_fs: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import s3fs
-
     config = write_config(tmp_path, s3_destination(s3_bucket))
     code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
     assert code == 0, out
-    fs = s3fs.S3FileSystem(
-        endpoint_url=s3_env["S3_ENDPOINT"],
-        key=s3_env["AWS_ACCESS_KEY_ID"],
-        secret=s3_env["AWS_SECRET_ACCESS_KEY"],
-        skip_instance_cache=True,
-    )
-    assert fs.exists(f"{s3_bucket}/hospital/{MARKER_KEY}")
-    fs.rm(f"{s3_bucket}/hospital", recursive=True)
+    assert s3_fs.exists(f"{s3_bucket}/hospital/{MARKER_KEY}")
+    s3_fs.rm(f"{s3_bucket}/hospital", recursive=True)
 
     document = plan_json(capsys, config, "--refresh")
     assert document["code"] == 1 and document["actions"] == []

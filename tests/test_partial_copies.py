@@ -14,14 +14,24 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-import s3fs
 from test_cli_end_to_end import run, s3_destination
 from test_retention_end_to_end import FOLDERS, write_config
 from test_watch import wait_for
 
 from reconciler.destinations.identity import MARKER_KEY
+
+
+def _copied_to_near(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[Path, list[Path]]:
+    """The small studies applied to the folder destination: the config and its study folders."""
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = write_config(tmp_path, {"near": FOLDERS["near"]})
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    return config, sorted((tmp_path / "near" / "studies").iterdir())
 
 
 def _leave_partial_copy(study: Path) -> None:
@@ -53,10 +63,7 @@ def _assert_listed(
 def test_a_partial_copy_whose_study_is_still_at_the_source_is_completed_not_listed(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    config = write_config(tmp_path, {"near": FOLDERS["near"]})
-    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
-    study = next((tmp_path / "near" / "studies").iterdir())
+    config, (study, *_) = _copied_to_near(tmp_path, small_studies, capsys)
     _leave_partial_copy(study)
 
     code, out = run(capsys, "plan", "-c", str(config), "--refresh")
@@ -74,10 +81,7 @@ def test_a_partial_copy_whose_study_is_still_at_the_source_is_completed_not_list
 def test_a_partial_copy_whose_study_left_the_source_is_listed_by_plan_and_status(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    config = write_config(tmp_path, {"near": FOLDERS["near"]})
-    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
-    studies = sorted((tmp_path / "near" / "studies").iterdir())
+    config, studies = _copied_to_near(tmp_path, small_studies, capsys)
     _leave_partial_copy(studies[0])
     _empty_source(tmp_path)
 
@@ -90,10 +94,8 @@ def test_a_partial_copy_whose_study_left_the_source_is_listed_by_plan_and_status
 def test_nothing_is_called_partial_at_a_destination_whose_identity_is_unknown(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    config = write_config(tmp_path, {"near": FOLDERS["near"]})
-    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
-    _leave_partial_copy(next((tmp_path / "near" / "studies").iterdir()))
+    config, (study, *_) = _copied_to_near(tmp_path, small_studies, capsys)
+    _leave_partial_copy(study)
     _empty_source(tmp_path)
     (tmp_path / "near" / MARKER_KEY).unlink()  # as a swapped or wiped disk shows itself
 
@@ -136,20 +138,14 @@ def test_a_partial_copy_at_s3_whose_study_left_the_source_is_listed(
     tmp_path: Path,
     small_studies: Path,
     s3_bucket: str,
-    s3_env: dict[str, str],
+    s3_fs: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     shutil.copytree(small_studies, tmp_path / "inbox")
     config = write_config(tmp_path, {"cloud": s3_destination(s3_bucket)})
     assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
-    fs = s3fs.S3FileSystem(
-        endpoint_url=s3_env["S3_ENDPOINT"],
-        key=s3_env["AWS_ACCESS_KEY_ID"],
-        secret=s3_env["AWS_SECRET_ACCESS_KEY"],
-        skip_instance_cache=True,
-    )
-    manifests = sorted(fs.glob(f"{s3_bucket}/hospital/studies/*/manifest.json"))
-    fs.rm(manifests[0])  # an upload killed before its commit: objects, no manifest
+    manifests = sorted(s3_fs.glob(f"{s3_bucket}/hospital/studies/*/manifest.json"))
+    s3_fs.rm(manifests[0])  # an upload killed before its commit: objects, no manifest
     _empty_source(tmp_path)
 
     _assert_listed(capsys, config, "cloud", [manifests[0].rsplit("/", 2)[-2]])
@@ -159,10 +155,7 @@ def test_a_partial_copy_at_s3_whose_study_left_the_source_is_listed(
 def test_a_partial_copy_whose_study_left_the_source_is_swept(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    config = write_config(tmp_path, {"near": FOLDERS["near"]})
-    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
-    study = next((tmp_path / "near" / "studies").iterdir())
+    config, (study, *_) = _copied_to_near(tmp_path, small_studies, capsys)
     _leave_partial_copy(study)
     _empty_source(tmp_path)
 

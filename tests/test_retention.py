@@ -257,10 +257,19 @@ def test_verify_none_never_counts() -> None:
     assert deletions(plan) == []
 
 
+COMMITTING_PACS = {
+    **DESTINATIONS["pacs"],
+    "verify": "commitment",
+    "dicom": {
+        **DESTINATIONS["pacs"]["dicom"],
+        "commitment_port": 11113,
+        "commitment_address": "10.0.0.5",
+    },
+}
+
+
 def test_storage_commitment_is_evidence_of_its_own() -> None:
     rows = study("1.1", 2)
-    pacs = {**DESTINATIONS["pacs"], "verify": "commitment"}
-    pacs["dicom"] = {**pacs["dicom"], "commitment_port": 11113, "commitment_address": "10.0.0.5"}
     observations = both_copies(rows, seen_at=NOW - timedelta(days=3))  # C-FIND long ago...
     observations["pacs"] = observed(
         "pacs", held(rows, seen_at=NOW - timedelta(days=3), verified_at=SEEN)
@@ -268,7 +277,8 @@ def test_storage_commitment_is_evidence_of_its_own() -> None:
     observations["cloud"] = observed("cloud", held(rows, seen_at=SEEN))
     plan = make_plan(
         retention_config(
-            destinations={**DESTINATIONS, "pacs": pacs}, policy={"copy_to": ["cloud", "pacs"]}
+            destinations={**DESTINATIONS, "pacs": COMMITTING_PACS},
+            policy={"copy_to": ["cloud", "pacs"]},
         ),
         arrived(catalog(rows)),
         observations,
@@ -283,8 +293,6 @@ def test_storage_commitment_is_evidence_of_its_own() -> None:
 
 def test_a_copy_whose_storage_commitment_is_unknown_never_counts() -> None:
     rows = study("1.1", 2)
-    pacs = {**DESTINATIONS["pacs"], "verify": "commitment"}
-    pacs["dicom"] = {**pacs["dicom"], "commitment_port": 11113, "commitment_address": "10.0.0.5"}
     observations = both_copies(rows)
     # Listed by a fresh C-FIND, yet the peer never answered the commitment asked of it.
     observations["pacs"] = observed(
@@ -292,7 +300,8 @@ def test_a_copy_whose_storage_commitment_is_unknown_never_counts() -> None:
     )
     plan = make_plan(
         retention_config(
-            destinations={**DESTINATIONS, "pacs": pacs}, policy={"copy_to": ["cloud", "pacs"]}
+            destinations={**DESTINATIONS, "pacs": COMMITTING_PACS},
+            policy={"copy_to": ["cloud", "pacs"]},
         ),
         arrived(catalog(rows)),
         observations,
