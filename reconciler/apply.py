@@ -133,8 +133,8 @@ def apply_plan(
                 skipped += 1
                 continue
             emit_safely(ActionStarted(action))
-            if action.kind == "prune":
-                finished = _run_prune(action, entry, store, destinations, emit_safely)
+            if action.kind in ("prune", "sweep"):
+                finished = _run_removal(action, entry, store, destinations, emit_safely)
             else:
                 finished = _run_local(action, entry, store, trash, destinations)
             emit_safely(finished)
@@ -161,7 +161,7 @@ def apply_plan(
 
 
 def _is_removal(action: Action) -> bool:
-    return action.destination == LOCAL or action.kind == "prune"
+    return action.destination == LOCAL or action.kind in ("prune", "sweep")
 
 
 def _journal_start(store: StateStore, run_id: int, action: Action) -> int:
@@ -360,25 +360,32 @@ def _run_local(
     return ActionFinished(action, True, f"moved {len(moved)} files to the trash")
 
 
-def _run_prune(
+def _run_removal(
     action: Action,
     entry: int,
     store: StateStore,
     destinations: Callable[[str], Destination],
     emit: Emit,
 ) -> ActionFinished:
+    """A prune (our copy of a study) or a sweep (a partial copy) at a destination."""
     try:
         destination = destinations(action.destination)
         if not isinstance(destination, Pruner):
             raise TypeError(f"{action.destination} cannot remove copies")
-        freed = destination.prune(action, _progress(action, emit))
+        remove = destination.prune if action.kind == "prune" else destination.sweep
+        freed = remove(action, _progress(action, emit))
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         store.journal_finish(entry, "failed", message)
         return ActionFinished(action, False, message)
-    store.record_study_removed(action.destination, action.study_uid)
+    if action.kind == "prune":
+        store.record_study_removed(action.destination, action.study_uid)
+        done = f"removed its copy ({human_bytes(freed)})"
+    else:
+        store.record_partial_copy_swept(action.destination, action.study_uid)
+        done = f"removed the partial copy ({human_bytes(freed)})"
     store.journal_finish(entry, "done", None)
-    return ActionFinished(action, True, f"removed its copy ({human_bytes(freed)})")
+    return ActionFinished(action, True, done)
 
 
 def _failure_summary(total: int, failures: dict[str, str], what: str) -> str:

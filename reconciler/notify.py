@@ -20,6 +20,7 @@ header, never written anywhere.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,7 @@ from reconciler.config.durations import format_duration
 from reconciler.config.load import LoadedConfig
 from reconciler.config.model import NotificationEvent, NotificationSettings, WebhookSettings
 from reconciler.email_notify import send_email
-from reconciler.plan import BLOCKED, LOCAL, Plan
+from reconciler.plan import BLOCKED, Plan
 from reconciler.state import StateStore
 
 Say = Callable[[str], None]
@@ -91,19 +92,25 @@ def run_notices(store: StateStore, settings: NotificationSettings, run_id: int) 
         {
             "study_uid": e["study_uid"],
             "where": e["destination"],
+            "kind": e["kind"],
             "instances": e["instances"],
             "bytes": e["bytes"],
         }
         for e in store.run_journal(run_id)
-        if e["kind"] in ("delete", "prune") and e["status"] == "done"
+        if e["kind"] in _REMOVED and e["status"] == "done"
     ]
     if removed:
-        local = sum(1 for r in removed if r["where"] == LOCAL)
-        parts = [f"{local} studies deleted locally"] if local else []
-        if len(removed) > local:
-            parts.append(f"{len(removed) - local} copies pruned at destinations")
+        counts = Counter(r["kind"] for r in removed)
+        parts = [f"{counts[kind]} {what}" for kind, what in _REMOVED.items() if counts[kind]]
         notices.append(Notice("deletion", ", ".join(parts), removed))
     return notices
+
+
+_REMOVED = {  # what a deletion notice tells, by the kind of the journal's entries
+    "delete": "studies deleted locally",
+    "prune": "copies pruned at destinations",
+    "sweep": "partial copies swept at destinations",
+}
 
 
 class Stall:

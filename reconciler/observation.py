@@ -35,6 +35,20 @@ class ObservedStudy:
 
 
 @dataclass(frozen=True)
+class PartialCopy:
+    """A study's objects at an object store with no committed manifest (a copy killed
+    midway): each object's key under the destination's root with its size, and when an
+    observation first found the study so."""
+
+    objects: Mapping[str, int]
+    since: datetime
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.objects.values())
+
+
+@dataclass(frozen=True)
 class Observation:
     """One destination's holdings. ``ok`` False means unknown: never read as "absent"."""
 
@@ -45,4 +59,4 @@ class Observation:
     studies: Mapping[str, ObservedStudy] = field(default_factory=dict)
     error: str | None = None
     # Studies with objects but no committed manifest (copies killed midway), by UID.
-    partial: frozenset[str] = frozenset()
+    partial: Mapping[str, PartialCopy] = field(default_factory=dict)

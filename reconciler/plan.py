@@ -17,8 +17,9 @@ PLAN_FORMAT_VERSION = 2
 # delete: local files go to the trash; purge: trashed files older than trash_for are removed.
 # archive: one tar+zstd bundle per study at an archive_to destination.
 # prune: our copy of a study is removed from a destination (its destination retention).
+# sweep: the objects of a partial copy no source can complete are removed (partial_copies.py).
 # share: one encrypted ZIP of a study put at a destination, and its link mailed (sharing.py).
-ActionKind = Literal["copy", "archive", "verify", "delete", "purge", "prune", "share"]
+ActionKind = Literal["copy", "archive", "verify", "delete", "purge", "prune", "sweep", "share"]
 LOCAL = "local"  # the destination field of local actions (delete, purge)
 
 
@@ -321,6 +322,8 @@ def summary_counts(actions: Iterable[Action]) -> dict[str, int]:
         "purges": sum(1 for a in actions if a.kind == "purge"),
         "prunes": sum(1 for a in actions if a.kind == "prune"),
         "prune_bytes": sum(a.bytes for a in actions if a.kind == "prune"),
+        "sweeps": sum(1 for a in actions if a.kind == "sweep"),
+        "sweep_bytes": sum(a.bytes for a in actions if a.kind == "sweep"),
         "shares": sum(1 for a in actions if a.kind == "share"),
     }
 
@@ -403,6 +406,9 @@ def _render_action(action: Action) -> list[str]:
         head = f"  - delete {study}, {size} from local storage (to the trash){policies}"
     elif action.kind == "prune":
         head = f"  - prune  {study}, {size} from {action.destination}"
+    elif action.kind == "sweep":
+        where = action.destination
+        head = f"  - sweep  partial copy of study {action.study_uid}, {size} at {where}"
     elif action.kind == "share":
         what = "mail only, the ZIP is stored" if action.repair else f"{size} in an encrypted ZIP"
         head = (
@@ -447,4 +453,9 @@ def summary_line(plan: Plan) -> str:
         parts.append(_plural(counts["purges"], "trash purge"))
     if counts["prunes"]:
         parts.append(f"{_plural(counts['prunes'], 'prune')} ({human_bytes(counts['prune_bytes'])})")
+    if counts["sweeps"]:
+        parts.append(
+            f"{_plural(counts['sweeps'], 'partial-copy sweep')} "
+            f"({human_bytes(counts['sweep_bytes'])})"
+        )
     return "Plan: " + ", ".join(parts) + "." + kept

@@ -133,17 +133,22 @@ def make_plan(
                 actions.append(action)
     actions.extend(sharing.leftovers(catalog))
     problems.extend(sharing.problems)
-    problems.extend(partial_copies.problems(catalog, observations))
+    sweeps, partial = partial_copies.decide(config, catalog, observations, now)
+    problems.extend(partial)
     pruning = prune.prunes(
         config, local_studies, frozenset(d.study_uid for d in deletions), observations, now
     )
     retained.extend(pruning.kept)
     destructive, retained, guarded = retention.guard(
-        config.retention, [*deletions, *pruning.actions], retained, len(catalog.studies), local
+        config.retention,
+        [*deletions, *pruning.actions, *sweeps],
+        retained,
+        len(catalog.studies),
+        local,
     )
     problems.extend(guarded)
-    # Deletions and prunes come after every copy in the plan; apply runs them only if those
-    # succeeded.
+    # Deletions, prunes and sweeps come after every copy in the plan; apply runs them only if
+    # those succeeded.
     actions.extend(destructive)
     actions.extend(retention.purges(config.retention, local.trash, now))
     allowed, deferred = _within_windows(config, actions, now)

@@ -295,7 +295,7 @@ def guard(
     local: LocalFacts,
 ) -> tuple[list[Action], list[Retained], list[Problem]]:
     """Run-wide rules: a sharp shrink of the catalog and the caps stop every removal (local
-    deletions and prunes at destinations alike)."""
+    deletions, prunes and partial-copy sweeps at destinations alike)."""
     if not removals:
         return removals, retained, []
     previous = local.previous_studies
@@ -338,9 +338,12 @@ def guard(
 
 def _removals(actions: list[Action]) -> str:
     kinds = {a.kind for a in actions}
-    return {frozenset({"delete"}): "deletions", frozenset({"prune"}): "prunes"}.get(
-        frozenset(kinds), "deletions and prunes"
-    )
+    named = [
+        n
+        for k, n in (("delete", "deletions"), ("prune", "prunes"), ("sweep", "sweeps"))
+        if k in kinds
+    ]
+    return " and ".join(named)
 
 
 def _withheld(removals: list[Action], why: str) -> list[Retained]:

@@ -12,7 +12,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from itertools import chain, repeat
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from reconciler.bulk import building
 from reconciler.catalog.model import Catalog, CatalogInstance, CatalogStudy
-from reconciler.observation import Observation, ObservedInstance, ObservedStudy
+from reconciler.observation import Observation, ObservedInstance, ObservedStudy, PartialCopy
 from reconciler.plan import StudyLabel
 
 SCHEMA_VERSION = 6
@@ -611,6 +611,14 @@ class StateStore:
     def save_observation(self, observation: Observation) -> Observation:
         """Replace a destination's cached holdings; the serial moves only if they changed."""
         previous = self.load_observation(observation.destination)
+        if previous is not None and observation.ok:
+            # A partial copy is dated from the first observation that found it.
+            earlier = previous.partial
+            partial = {
+                uid: replace(found, since=earlier[uid].since) if uid in earlier else found
+                for uid, found in observation.partial.items()
+            }
+            observation = replace(observation, partial=partial)
         unchanged = (
             previous is not None
             and previous.ok == observation.ok
@@ -637,7 +645,7 @@ class StateStore:
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                     (
                         f"partial_copies:{observation.destination}",
-                        json.dumps(sorted(observation.partial)),
+                        _partial_json(observation.partial),
                     ),
                 )
             if observation.ok and not unchanged:
@@ -693,13 +701,22 @@ class StateStore:
                 (destination, study_uid),
             )
 
+    def record_partial_copy_swept(self, destination: str, study_uid: str) -> None:
+        with self.transaction():
+            self._forget_partial_copy(destination, study_uid)
+            self._db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+
     def _forget_partial_copy(self, destination: str, study_uid: str) -> None:
-        """A copy just committed is no partial copy, even before the next observation."""
+        """A copy just committed (or swept) is no partial copy, even before the next
+        observation."""
         key = f"partial_copies:{destination}"
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is not None:
-            left = sorted(set(json.loads(row[0])) - {study_uid})
-            self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(left), key))
+            left = _parse_partial(row[0], _EPOCH)
+            left.pop(study_uid, None)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (_partial_json(left), key))
 
     def record_study_removed(self, destination: str, study_uid: str) -> None:
         """After a prune: the destination no longer holds the study."""
@@ -773,7 +790,7 @@ class StateStore:
             ok=bool(head[2]),
             studies=studies,
             error=head[3],
-            partial=frozenset(json.loads(partial[0])) if partial else frozenset(),
+            partial=_parse_partial(partial[0], datetime.fromisoformat(head[0])) if partial else {},
         )
 
     def last_verification(
@@ -991,6 +1008,29 @@ def _unpack(
 def _instance_row(instance: CatalogInstance) -> tuple[object, ...]:
     values = [getattr(instance, c) for c in _INSTANCE_COLUMNS[:-1]]
     return (*values, json.dumps(dict(instance.extra), sort_keys=True))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _partial_json(partial: Mapping[str, PartialCopy]) -> str:
+    dated = {
+        uid: {"since": copy.since.isoformat(), "objects": dict(copy.objects)}
+        for uid, copy in partial.items()
+    }
+    return json.dumps(dated, sort_keys=True)
+
+
+def _parse_partial(text: str, observed_at: datetime) -> dict[str, PartialCopy]:
+    """States written before partial copies were dated hold a list of UIDs: those are dated
+    from the observation that found them, and their objects are listed again next time."""
+    document = json.loads(text)
+    if isinstance(document, list):
+        return {uid: PartialCopy({}, observed_at) for uid in document}
+    return {
+        uid: PartialCopy(p["objects"], datetime.fromisoformat(p["since"]))
+        for uid, p in document.items()
+    }
 
 
 def _instances_json(instances: Mapping[str, ObservedInstance]) -> str:

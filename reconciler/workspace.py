@@ -24,7 +24,7 @@ from reconciler.destinations.base import Destination, DestinationUnavailable
 from reconciler.destinations.factory import open_destination
 from reconciler.destinations.identity import KnownIdentity, Marker
 from reconciler.filesystems import sources_on_same_filesystem
-from reconciler.observation import Observation
+from reconciler.observation import Observation, PartialCopy
 from reconciler.plan import BLOCKED, LOCAL, PARTIAL_COPY, Fingerprint, Plan
 from reconciler.planner import make_plan
 from reconciler.retention import Hold, LocalFacts
@@ -173,11 +173,13 @@ class Workspace:
             failed = Observation(name, now, 0, ok=False, error=str(exc))
             return self.store.save_observation(failed)
         self.remember_identities()
-        partial = (
+        found = (
             destination.partial_copies
             if isinstance(destination, partial_copies.ReportsPartialCopies)
-            else frozenset()
+            else {}
         )
+        # Dated now; the state keeps the date of the first observation that found each.
+        partial = {uid: PartialCopy(objects, now) for uid, objects in found.items()}
         observed = Observation(name, now, 0, ok=True, studies=studies, partial=partial)
         return self.store.save_observation(observed)
 

@@ -139,10 +139,12 @@ def test_partial_copies_that_cannot_be_completed_are_a_metric_per_destination() 
     from factories import NOW, catalog, config, observed, study
 
     from reconciler.metrics import WatchMetrics
+    from reconciler.observation import PartialCopy
     from reconciler.planner import make_plan
 
     ct = study("1.2.3", 2)
-    cloud = replace(observed("cloud"), partial=frozenset({"1.2.3", "9.9.9"}))
+    left = {uid: PartialCopy({f"studies/{uid}/a.dcm": 10}, NOW) for uid in ("1.2.3", "9.9.9")}
+    cloud = replace(observed("cloud"), partial=left)
     metrics = WatchMetrics()
     metrics.record_plan(make_plan(config(), catalog(ct), {"cloud": cloud}, NOW), ["cloud"])
     # 1.2.3 is still at the source (its next copy completes it); 9.9.9 is at none.

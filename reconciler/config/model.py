@@ -541,6 +541,13 @@ class RetentionSettings(StrictModel):
         default_factory=list,
         description="Studies matched by any of these selectors are never deleted.",
     )
+    sweep_partial_after: Duration = Field(
+        timedelta(days=1),
+        description="A partial copy at an object destination (objects but no committed "
+        "manifest, left by a copy killed midway) whose study no source holds any more is "
+        "removed once observations have found it so for this long. Sweeps count against "
+        "max_deletes_per_run and stop with the catalog-shrink guard.",
+    )
     trash_for: Duration = Field(
         timedelta(days=7),
         description="Deleted files wait this long in the source's .reconciler-trash folder "

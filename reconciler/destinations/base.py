@@ -80,8 +80,14 @@ class Archiver(Protocol):
 
 @runtime_checkable
 class Pruner(Protocol):
-    """Destinations that can remove our copy of a study (object stores, for ``prune:``)."""
+    """Destinations that can remove our copy of a study (object stores, for ``prune:``) and
+    the objects of a partial copy (``sweep``)."""
 
     def prune(self, action: Action, progress: ProgressCallback) -> int:
         """Remove it; returns the bytes freed. Raises if the copy is no longer ours to remove."""
+        ...
+
+    def sweep(self, action: Action, progress: ProgressCallback) -> int:
+        """Remove the listed objects; returns the bytes freed. Raises if the study's folder
+        is no longer what the plan saw (a manifest, or objects written since)."""
         ...

@@ -104,7 +104,8 @@ class ObjectStoreDestination:
         # Manifests read by earlier observations, by path, with the stamp they were listed
         # with: a watch loop re-reads only those that changed since.
         self._manifests: dict[str, tuple[Hashable, Manifest | None]] = {}
-        self.partial_copies: frozenset[str] = frozenset()  # as of the last observation
+        # Studies' objects with no committed manifest, as of the last observation.
+        self.partial_copies: dict[str, dict[str, int]] = {}
         # Nothing is read as holdings or written before the identity marker is confirmed.
         self.identity = identity.Guard(
             name,
@@ -145,7 +146,7 @@ class ObjectStoreDestination:
         except Exception as exc:
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self.partial_copies = partial_copies.uncommitted_studies(
-            listing, self._path(STUDIES), MANIFEST_NAME
+            listing, self.root, STUDIES, MANIFEST_NAME
         )
         studies = {}
         for study_uid, manifest in manifests.items():
@@ -534,6 +535,7 @@ class ObjectStoreDestination:
 
     def prune(self, action: Action, progress: ProgressCallback) -> int:
         """Remove our copy of the study; returns the bytes freed."""
+        identity.recheck(self)  # the copy was seen, maybe minutes ago: is this still the disk?
         if self._pinned is None:
             # Read once per run, and just before the first removal: a point made since the
             # plan was computed still protects what it refers to.
@@ -544,6 +546,19 @@ class ObjectStoreDestination:
                 os.rmdir(self._study_dir(action.study_uid))
         progress(pruned.bytes)
         return pruned.bytes
+
+    def sweep(self, action: Action, progress: ProgressCallback) -> int:
+        """Remove the objects of a partial copy the plan listed; returns the bytes freed."""
+        identity.recheck(self)
+        if self._pinned is None:
+            self._pinned = pruning.studies_in_points(self)
+        objects = {i.path: i.size for i in action.instances}
+        freed = pruning.remove_partial_copy(self, action.study_uid, objects, self._pinned)
+        if self._local:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._study_dir(action.study_uid))
+        progress(freed)
+        return freed
 
     def replace_header(self, key: str, content: bytes, header: bytes) -> None:
         """Replace the first ``len(header)`` bytes of the object whose bytes are ``content``.

@@ -1,4 +1,5 @@
-"""Removing our copies of a study from an object destination (``prune:``).
+"""Removing our copies of a study from an object destination (``prune:``), and partial
+copies no source can complete (``sweep``).
 
 The planner decided from an observation; this checks again at the destination, just before
 removing anything, what it decided on: the copy's manifest was written by this site, and no
@@ -9,7 +10,7 @@ next run prunes what remains instead of losing track of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,6 +66,28 @@ def remove_study(keys: Keys, study_uid: str, pinned: Collection[str]) -> Pruned:
         pruned.objects += len(objects) + 1
         pruned.bytes += sum(objects.values())
     return pruned
+
+
+def remove_partial_copy(
+    keys: Keys, study_uid: str, planned: Mapping[str, int], pinned: Collection[str]
+) -> int:
+    """Remove the objects of the study's partial copy that the plan listed, after checking
+    again that it is one: still no manifest, nothing written there since the plan, and no
+    recovery point referring to the study. Returns the bytes removed."""
+    if study_uid in pinned:
+        raise PruneRefused(f"a recovery point at {keys.name} refers to study {study_uid}")
+    listing = keys.list_keys(f"{STUDIES}/{study_uid}")
+    if f"{STUDIES}/{study_uid}/{MANIFEST_NAME}" in listing:
+        raise PruneRefused(f"study {study_uid} at {keys.name} has a committed manifest now")
+    unplanned = sorted(set(listing) - set(planned))
+    if unplanned:
+        raise PruneRefused(
+            f"{len(unplanned)} objects of study {study_uid} at {keys.name} were written since "
+            f"the plan (first: {unplanned[0]}): another copy may be under way"
+        )
+    there = [k for k in planned if k in listing]
+    keys.delete_keys(there)
+    return sum(listing[k] for k in there)
 
 
 Group = tuple[dict[str, int], str]  # objects with their sizes, then the commit marker
