@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint schema soak wheel-check
+.PHONY: demo test lint schema soak wheel-check docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,16 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/python -m pytest -q
 	VENV=$(VENV) .ci/wheel-check
+	$(MAKE) docs
 
 # The built wheel, installed in a clean venv, runs the demo and finds its shipped presets.
 wheel-check: $(VENV)/.installed
 	VENV=$(VENV) .ci/wheel-check
+
+# The documentation site (docs/, mkdocs.yml), built strict: a broken link or anchor fails it.
+docs: | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[docs]'
+	$(BIN)/mkdocs build --strict -d $(VENV)/site
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check reconciler tests

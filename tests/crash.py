@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 
 import pydicom
 
-TRASH_DIR = ".reconciler-trash"  # the documented trash folder (README "Freeing local disk")
+TRASH_DIR = ".reconciler-trash"  # documented in docs/configuration.md, "Freeing local disk"
 REQUIRED_COPIES = 2
 # A hang guard for runs that are not killed, not a timing assertion: a run that takes this long
 # is killed and reported as hung.

@@ -48,7 +48,7 @@ from reconciler.workspace import Workspace
 
 SOAK = int(os.environ.get("RECONCILER_SOAK", "0") or 0)
 SOAK_SEED = int(os.environ.get("RECONCILER_SOAK_SEED", "2024") or 0)
-# The soak's mix: folders are cheap, S3 and the DICOM peer slower (see the README's figures).
+# The soak's mix: folders are cheap, S3 and the DICOM peer slower (see docs/measured.md).
 SOAK_SCENARIOS = {"folders": 0.5, "s3": 0.2, "dicom": 0.2, "all": 0.1}
 SOAK_RETENTION = 0.8  # the share of trials whose policy deletes local files (keep_local: 0s)
 # The share of those whose trash is purged at the next run (trash_for: 0s).

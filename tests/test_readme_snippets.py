@@ -1,5 +1,8 @@
 """Every ```yaml block of the documentation is a valid config, or a valid part of one.
 
+The README stays a front door (under 250 lines), and every relative link of the documentation
+names a file of the repository: none is missing, none leads outside it.
+
 The rule: a block with a top-level ``site:`` is a whole config and is validated as it is. Any
 other block is a fragment: it is validated on top of the README's first whole config (the
 reference example), its sections replacing that config's, except that its sources and
@@ -27,6 +30,13 @@ _BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _FILE_REFERENCE = re.compile(r"\$\{file:([^}]*)\}")
 _ENV_REFERENCE = re.compile(r"\$\{env:([^}]*)\}")
 _BY_NAME = ("sources", "destinations")
+_README_LINES = 250
+# [text](target) and [text]: target, outside code spans and fenced blocks.
+_INLINE_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_REFERENCE_LINK = re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.MULTILINE)
+_FENCE = re.compile(r"^(```+|~~~+).*?^\1", re.MULTILINE | re.DOTALL)
+_CODE_SPAN = re.compile(r"(`+).+?\1", re.DOTALL)
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
 def _blocks() -> list[tuple[str, str]]:
@@ -92,3 +102,49 @@ def test_every_yaml_block_validates(
         (config / "00-reference-example.yaml").write_text(stream.getvalue())
 
     load_config(config)  # raises ConfigError, naming the line in the snippet, if not valid
+
+
+def test_the_readme_is_a_front_door() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines < _README_LINES, f"README.md has {lines} lines: move detail to docs/"
+
+
+def _relative_links(document: Path) -> list[str]:
+    text = _CODE_SPAN.sub("", _FENCE.sub("", document.read_text(encoding="utf-8")))
+    targets = _INLINE_LINK.findall(text) + _REFERENCE_LINK.findall(text)
+    return [t for t in targets if not _SCHEME.match(t) and not t.startswith("//")]
+
+
+def _anchors(document: Path) -> set[str]:
+    """The headings' anchors, as GitHub and MkDocs make them: lower case, words joined by -."""
+    text = _FENCE.sub("", document.read_text(encoding="utf-8"))
+    headings = re.findall(r"^#+\s+(.+?)\s*#*$", text, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).strip().replace(" ", "-") for h in headings}
+
+
+def test_the_link_finder_sees_links() -> None:
+    assert "docs/index.md" in _relative_links(ROOT / "README.md")
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_names_a_file_of_the_repository(document: Path) -> None:
+    root = ROOT.resolve()
+    wrong = []
+    for link in _relative_links(document):
+        path = link.split("#", 1)[0].split("?", 1)[0]
+        if not path:
+            target = document  # an anchor of the same page
+        elif path.startswith("/"):
+            target = root / path.lstrip("/")
+        else:
+            target = document.parent / path
+        target = target.resolve()
+        if not target.is_relative_to(root):
+            wrong.append(f"{link}: outside the repository")
+        elif not target.exists():
+            wrong.append(f"{link}: no such file")
+        elif (
+            target.suffix == ".md" and "#" in link and link.split("#", 1)[1] not in _anchors(target)
+        ):
+            wrong.append(f"{link}: no such heading")
+    assert not wrong, f"{document.relative_to(ROOT)}: {wrong}"
