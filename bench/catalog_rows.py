@@ -22,9 +22,9 @@ from pathlib import Path
 
 from harness import CLI, FIGURES, Table, bench_env, figures, measure, write_config
 
-from reconciler.catalog.model import CatalogInstance
-from reconciler.observation import Observation, ObservedInstance, ObservedStudy
-from reconciler.state import StateStore
+from reconciler.model.catalog import CatalogInstance
+from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
+from reconciler.state.store import StateStore
 
 TARGET_SECONDS, TARGET_MIB = 5.0, 1024
 BATCH = 50_000

@@ -1,6 +1,6 @@
 """The study sets the benchmarks share: realistic generated studies, and many tiny files fast.
 
-``generate_set`` writes reconciler.synth's studies (real images; what transfers are timed on).
+``generate_set`` writes reconciler.demo.synth's studies (real images; what transfers are timed on).
 ``generate_tiny`` writes valid Part-10 files of a few hundred bytes by patching the UIDs of one
 template, about 20,000 a second: scanning and planning cost per file, not per byte.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from reconciler.synth import generate
+from reconciler.demo.synth import generate
 
 _ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root: fine for test data
 # Fixed-width placeholders: each file's UIDs take their place byte for byte.

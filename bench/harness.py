@@ -48,7 +48,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 _SCAN = """\
 import sys
 from reconciler.config.load import load_config
-from reconciler.workspace import Workspace
+from reconciler.engine.workspace import Workspace
 with Workspace(load_config(sys.argv[1]), "scan") as workspace:
     result = workspace.scan()
 print(result.files, result.read)

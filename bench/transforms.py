@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reconciler.synth import generate
+from reconciler.demo.synth import generate
 from reconciler.transforms.anonymize import anonymize, check_anonymized, load_preset
 from reconciler.transforms.compression import compress
 from reconciler.transforms.encryption import Keyring, MasterKey, decrypt, encrypt

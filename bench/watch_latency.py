@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness import CLI, Table, bench_env
 
-from reconciler.synth import generate
+from reconciler.demo.synth import generate
 
 POLL = 0.01  # seconds between looks for the manifest
 

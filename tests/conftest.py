@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from tests_config import one_policy_config
 
-from reconciler.catalog.scan import SourceFolder, scan_sources
-from reconciler.observation import Observation
-from reconciler.plan import Action
-from reconciler.planner import make_plan
-from reconciler.state import StateStore
+from reconciler.model.observation import Observation
+from reconciler.model.plan import Action
+from reconciler.planning.planner import make_plan
+from reconciler.sources.scan import SourceFolder, scan_sources
+from reconciler.state.store import StateStore
 
 # The real DICOM peers (DCMTK, Orthanc) as fixtures: dcmqrscp_peer, storescp_peer, orthanc_peer.
 pytest_plugins = ["peers"]
@@ -97,7 +97,7 @@ def s3_bucket(s3_fs: Any, request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def small_studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three generated studies (CT, MR, CR) of 2 series x 3 small images, made once."""
-    from reconciler.synth import generate
+    from reconciler.demo.synth import generate
 
     folder = tmp_path_factory.mktemp("studies")
     generate(folder, studies=3, series_per_study=2, instances_per_series=3, matrix=32)

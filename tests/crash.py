@@ -653,7 +653,7 @@ def make_site(
     """Generated studies in ``root/inbox`` and a config copying them to the scenario's
     destinations; with ``retention``, local files may go once two verified copies exist, and
     with ``purge`` too, leave the trash at the next run (trash_for: 0s)."""
-    from reconciler.synth import generate
+    from reconciler.demo.synth import generate
 
     root.mkdir(parents=True)
     inbox = root / "inbox"

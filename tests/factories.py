@@ -6,9 +6,9 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.catalog.model import Catalog, CatalogInstance
 from reconciler.config.model import Config
-from reconciler.observation import Observation, ObservedInstance, ObservedStudy
+from reconciler.model.catalog import Catalog, CatalogInstance
+from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 LONG_AGO_NS = int(datetime(2026, 5, 1, tzinfo=UTC).timestamp() * 1e9)

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from reconciler.synth import generate
+from reconciler.demo.synth import generate
 from reconciler.transforms.anonymize import (
     TABLE_FILE,
     AnonymizationCheckFailed,

@@ -29,11 +29,11 @@ from test_cli_end_to_end import run
 from test_metrics import free_port, wait_for_value
 from test_watch import wait_for, watching
 
-from reconciler.api.operations import Operations
-from reconciler.api.server import serving
 from reconciler.config.load import load_config
-from reconciler.state import StateStore
-from reconciler.watch import Requests
+from reconciler.service.api.operations import Operations
+from reconciler.service.api.server import serving
+from reconciler.service.watch import Requests
+from reconciler.state.store import StateStore
 
 TOKEN = "api-token-never-shown-0123456789"
 

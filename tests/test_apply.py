@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from test_cli_end_to_end import folder_destination, run, write_config
 
-from reconciler.apply import apply_plan
 from reconciler.config.load import load_config
-from reconciler.events import ActionFinished, Event, RunFinished
-from reconciler.workspace import Workspace
+from reconciler.engine.apply import apply_plan
+from reconciler.engine.events import ActionFinished, Event, RunFinished
+from reconciler.engine.workspace import Workspace
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ HOLD_LOCK = """
 import sys, time
 from pathlib import Path
 from reconciler.config.load import load_config
-from reconciler.workspace import Workspace
+from reconciler.engine.workspace import Workspace
 workspace = Workspace(load_config(Path(sys.argv[1])), "apply")
 print("locked", flush=True)
 time.sleep(60)

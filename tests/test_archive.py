@@ -16,8 +16,8 @@ import zstandard
 from test_cli_end_to_end import run, s3_destination
 
 from reconciler.config.load import ConfigError, load_config
-from reconciler.trash import TRASH_DIR
-from reconciler.workspace import Workspace
+from reconciler.engine.trash import TRASH_DIR
+from reconciler.engine.workspace import Workspace
 
 
 def write_config(folder: Path, archive_block: str, extra: str = "") -> Path:

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 from test_dicom_destination import dicom_destination
 from test_dicomweb_destination import web_destination, web_peer  # noqa: F401 (fixture)
 
-from reconciler.bandwidth import Throttle, Timetable, throttle_for
 from reconciler.config.model import DestinationConfig
-from reconciler.destinations.object_store import ObjectStoreDestination
-from reconciler.plan import Action
+from reconciler.destinations.bandwidth import Throttle, Timetable, throttle_for
+from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.model.plan import Action
 
 MIB = 2**20
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from factories import NOW, catalog, config, held, observed, study
 
-from reconciler.observation import Observation
-from reconciler.planner import make_plan
-from reconciler.state import StateStore
+from reconciler.model.observation import Observation
+from reconciler.planning.planner import make_plan
+from reconciler.state.store import StateStore
 
 
 @pytest.fixture

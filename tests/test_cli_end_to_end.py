@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 
 
 def folder_destination(tmp_path: Path) -> tuple[str, Path]:
@@ -95,7 +95,7 @@ def test_plan_apply_converge_then_repair_one_deleted_instance(
 
     # Someone removes one stored instance behind our back.
     from reconciler.config.load import load_config
-    from reconciler.workspace import Workspace
+    from reconciler.engine.workspace import Workspace
 
     with Workspace(load_config(Path(config))) as workspace:
         dest = workspace.destination("backup")

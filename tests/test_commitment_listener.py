@@ -12,7 +12,7 @@ from peers import free_port
 
 from reconciler.config.load import ConfigError, load_config
 from reconciler.config.model import DestinationConfig
-from reconciler.destinations.dicom import DicomDestination
+from reconciler.destinations.dicom.target import DicomDestination
 
 
 def config_text(host: str, extra: str = "") -> str:

@@ -26,7 +26,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from reconciler.synth import generate
+from reconciler.demo.synth import generate
 from reconciler.transforms.compression import (
     CompressionError,
     LosslessCheckFailed,

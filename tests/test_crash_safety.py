@@ -43,8 +43,8 @@ from test_cli_end_to_end import run
 from test_retention_end_to_end import FOLDERS, write_config
 
 from reconciler.config.load import load_config
-from reconciler.events import ActionFinished, Event
-from reconciler.workspace import Workspace
+from reconciler.engine.events import ActionFinished, Event
+from reconciler.engine.workspace import Workspace
 
 SOAK = int(os.environ.get("RECONCILER_SOAK", "0") or 0)
 SOAK_SEED = int(os.environ.get("RECONCILER_SOAK_SEED", "2024") or 0)

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.catalog.scan import SourceFolder, scan_sources
+from reconciler.cli.views import HumanView, JsonLinesView
 from reconciler.config.model import Config
-from reconciler.events import ActionFinished
-from reconciler.observation import Observation
-from reconciler.plan import Action, Plan, render_text
-from reconciler.planner import make_plan
-from reconciler.state import StateStore
-from reconciler.synth import GeneratedStudy, generate
+from reconciler.demo.synth import GeneratedStudy, generate
+from reconciler.engine.events import ActionFinished
+from reconciler.model.observation import Observation
+from reconciler.model.plan import Action, Plan, render_text
+from reconciler.planning.planner import make_plan
+from reconciler.sources.scan import SourceFolder, scan_sources
+from reconciler.state.store import StateStore
 from reconciler.transforms.anonymize import new_uid
-from reconciler.views import HumanView, JsonLinesView
 
 SECRET = "a-site-secret-of-32-characters!!"
 DESCRIPTION = "Knee MRI DOE^JANE"

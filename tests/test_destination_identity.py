@@ -16,8 +16,8 @@ from test_retention_end_to_end import write_config as write_retention_config
 from reconciler.config.load import ConfigError, load_config
 from reconciler.config.model import DestinationConfig
 from reconciler.destinations.base import DestinationUnavailable
-from reconciler.destinations.object_store import ObjectStoreDestination
-from reconciler.plan import Action
+from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.model.plan import Action
 
 MARKER_KEY = "reconciler-destination.json"  # the documented name
 

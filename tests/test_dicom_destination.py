@@ -37,16 +37,12 @@ from test_transformed_copies import plan_copies
 from reconciler.config.load import load_config
 from reconciler.config.model import DestinationConfig, RetrySettings
 from reconciler.destinations.base import DestinationUnavailable
-from reconciler.destinations.dicom import DicomDestination
-from reconciler.destinations.dicom_stream import (
-    WHOLE_FILE_LIMIT,
-    _command_set,
-    _data_set_offset,
-)
-from reconciler.plan import Action, InstanceRef
-from reconciler.state import StateStore
+from reconciler.destinations.dicom.stream import WHOLE_FILE_LIMIT, _command_set, _data_set_offset
+from reconciler.destinations.dicom.target import DicomDestination
+from reconciler.engine.workspace import Workspace
+from reconciler.model.plan import Action, InstanceRef
+from reconciler.state.store import StateStore
 from reconciler.transforms.compression import compress
-from reconciler.workspace import Workspace
 
 # A peer that sends A-ASSOCIATE-RJ and closes at once is sometimes seen as an abort.
 REFUSED = "rejected the association|did not accept an association"

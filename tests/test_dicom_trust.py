@@ -15,7 +15,7 @@ from test_cli_end_to_end import run
 from test_metrics import value, wait_for_value
 from test_watch import watching
 
-from reconciler.state import StateStore
+from reconciler.state.store import StateStore
 
 COMMITMENT_WORDS_THAT_LIE = ("checksum", "failed to copy")
 

@@ -17,7 +17,7 @@ from test_cli_end_to_end import run
 from reconciler.config.model import DestinationConfig
 from reconciler.destinations.base import DestinationRefused, DestinationUnavailable
 from reconciler.destinations.dicomweb import DicomWebDestination
-from reconciler.plan import Action
+from reconciler.model.plan import Action
 
 PASSWORD = "stow-secret-4c1d"
 

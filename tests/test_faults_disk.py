@@ -19,7 +19,7 @@ from faults import small_disk
 from test_cli_end_to_end import run
 from test_watch import wait_for, watching
 
-from reconciler.manifest import Manifest
+from reconciler.destinations.object_store.manifest import Manifest
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import s3fs
 from faults import FaultProxy, Mode, fault_proxy
 from test_cli_end_to_end import run
 
-from reconciler.manifest import Manifest
+from reconciler.destinations.object_store.manifest import Manifest
 
 ATTEMPTS = 3  # the retry: attempts the tests configure
 INSTANCES = 6  # in the one study the tests copy

@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reconciler.manifest import Manifest, ManifestEntry, ManifestError, object_name
+from reconciler.destinations.object_store.manifest import (
+    Manifest,
+    ManifestEntry,
+    ManifestError,
+    object_name,
+)
 
 SOP = "1.2.3.4"
 KEY_ID = "0123456789abcdef"

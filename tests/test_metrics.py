@@ -120,8 +120,8 @@ def test_a_metrics_port_already_taken_stops_watch_with_a_clear_error(tmp_path: P
 def test_blocked_studies_are_a_metric() -> None:
     from factories import NOW, catalog, config, instance, observed, study
 
-    from reconciler.metrics import WatchMetrics
-    from reconciler.planner import make_plan
+    from reconciler.planning.planner import make_plan
+    from reconciler.service.metrics import WatchMetrics
 
     ct = study("1.2.3", 2)
     twin = instance("1.2.3", ct[0].sop_uid, path="/srv/inbox/other.dcm", sha256="f" * 64)
@@ -138,9 +138,9 @@ def test_partial_copies_that_cannot_be_completed_are_a_metric_per_destination() 
 
     from factories import NOW, catalog, config, observed, study
 
-    from reconciler.metrics import WatchMetrics
-    from reconciler.observation import PartialCopy
-    from reconciler.planner import make_plan
+    from reconciler.model.observation import PartialCopy
+    from reconciler.planning.planner import make_plan
+    from reconciler.service.metrics import WatchMetrics
 
     ct = study("1.2.3", 2)
     left = {uid: PartialCopy({f"studies/{uid}/a.dcm": 10}, NOW) for uid in ("1.2.3", "9.9.9")}
@@ -199,8 +199,8 @@ def test_watch_serves_the_health_probes_beside_metrics_and_api(
 def test_a_destination_that_cannot_be_observed_is_a_metric() -> None:
     from factories import NOW, catalog, config, observed, study, unreachable
 
-    from reconciler.metrics import WatchMetrics
-    from reconciler.planner import make_plan
+    from reconciler.planning.planner import make_plan
+    from reconciler.service.metrics import WatchMetrics
 
     studies = catalog(study("1.2.3", 2))
     metrics = WatchMetrics()

@@ -19,9 +19,9 @@ from test_watch import watching
 from test_watch import write_config as write_watch_config
 
 from reconciler.config.model import NotificationSettings
-from reconciler.notify import Stall, run_notices
-from reconciler.plan import LOCAL
-from reconciler.state import StateStore
+from reconciler.model.plan import LOCAL
+from reconciler.service.notify import Stall, run_notices
+from reconciler.state.store import StateStore
 
 TOKEN = "hook-token-never-shown"
 

@@ -10,8 +10,8 @@ import pytest
 
 from reconciler.config.model import DestinationConfig
 from reconciler.destinations.base import DestinationUnavailable
-from reconciler.destinations.object_store import ObjectStoreDestination
-from reconciler.plan import Action
+from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.model.plan import Action
 
 
 @pytest.fixture(params=["folder", "s3"])

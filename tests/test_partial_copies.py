@@ -284,7 +284,7 @@ def _left_at_cloud(since_hours: float) -> Any:
 
     from factories import NOW, observed
 
-    from reconciler.observation import PartialCopy
+    from reconciler.model.observation import PartialCopy
 
     objects = {"studies/9.9.9/a.dcm": 1000, "studies/9.9.9/b.dcm.tmp-01": 20}
     left = {"9.9.9": PartialCopy(objects, NOW - timedelta(hours=since_hours))}
@@ -294,7 +294,7 @@ def _left_at_cloud(since_hours: float) -> Any:
 def test_the_planner_sweeps_a_partial_copy_only_once_it_was_found_so_for_long_enough() -> None:
     from factories import NOW, catalog, config, study
 
-    from reconciler.planner import make_plan
+    from reconciler.planning.planner import make_plan
 
     local = catalog(study("1.2.3", 2))
     plan = make_plan(config(), local, _left_at_cloud(23), NOW)
@@ -311,7 +311,7 @@ def test_the_planner_sweeps_a_partial_copy_only_once_it_was_found_so_for_long_en
 def test_sweeps_are_withheld_by_the_deletion_cap() -> None:
     from factories import NOW, catalog, config, study
 
-    from reconciler.planner import make_plan
+    from reconciler.planning.planner import make_plan
 
     capped = config(retention={"max_deletes_per_run": 0})
     plan = make_plan(capped, catalog(study("1.2.3", 2)), _left_at_cloud(48), NOW)
@@ -327,8 +327,8 @@ def test_a_state_that_listed_partial_copies_without_their_objects_sweeps_nothing
     """States written before partial copies were dated held only their UIDs."""
     from factories import NOW, catalog, config, observed, study
 
-    from reconciler.planner import make_plan
-    from reconciler.state import StateStore
+    from reconciler.planning.planner import make_plan
+    from reconciler.state.store import StateStore
 
     store = StateStore(tmp_path / "state.db")
     store.save_observation(observed("cloud"))

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from factories import NOW, catalog, config, held, instance, observed, study, unreachable
 
-from reconciler.observation import ObservedInstance, ObservedStudy
-from reconciler.planner import make_plan
+from reconciler.model.observation import ObservedInstance, ObservedStudy
+from reconciler.planning.planner import make_plan
 
 
 def test_absent_study_is_copied_whole_with_a_reason() -> None:

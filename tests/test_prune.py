@@ -8,10 +8,10 @@ from typing import Any
 
 from factories import NOW, catalog, config, held, observed, study, unreachable
 
-from reconciler.observation import Observation
-from reconciler.plan import Plan, render_text
-from reconciler.planner import make_plan
-from reconciler.retention import DELETE_CAP
+from reconciler.model.observation import Observation
+from reconciler.model.plan import Plan, render_text
+from reconciler.planning.planner import make_plan
+from reconciler.planning.retention import DELETE_CAP
 
 SEEN = NOW - timedelta(hours=2)
 WRITTEN = NOW - timedelta(days=400)

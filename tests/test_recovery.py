@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.manifest import ManifestEntry
-from reconciler.recovery import (
+from reconciler.destinations.object_store.manifest import ManifestEntry
+from reconciler.recovery.points import (
     KeepPolicy,
     PointStudy,
     RecoveryError,

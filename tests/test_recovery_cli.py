@@ -22,10 +22,12 @@ from pydicom import dcmread
 from pydicom.uid import RLELossless, generate_uid
 from test_cli_end_to_end import s3_destination
 
-from reconciler.cli import main
+from reconciler.cli.main import main
+from reconciler.cli.recovery import create_points
 from reconciler.config.load import load_config
-from reconciler.destinations.object_store import ObjectStoreDestination
-from reconciler.recovery import (
+from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.engine.workspace import Workspace
+from reconciler.recovery.points import (
     PINNED,
     STUDIES,
     RecoveryPoint,
@@ -34,8 +36,6 @@ from reconciler.recovery import (
     pinned_key,
     restore_to_folder,
 )
-from reconciler.recovery_cli import create_points
-from reconciler.workspace import Workspace
 
 s3_block = s3_destination  # the same S3 block the CLI end-to-end tests use
 
@@ -426,7 +426,7 @@ def test_patient_selection_reads_headers_when_the_point_does_not_know(
         }
     )
     patient = sorted(p.name for p in inbox.iterdir())[1]
-    from reconciler.recovery import Selection
+    from reconciler.recovery.points import Selection
 
     report = restore_to_folder(
         store, anonymous, tmp_path / "t", Selection(patients=frozenset({patient}))

@@ -23,9 +23,9 @@ import pydicom
 import pytest
 from test_recovery_cli import hashes, run, run_json
 
-from reconciler.cli import main
-from reconciler.destinations.object_store import ObjectStoreDestination
-from reconciler.synth import generate
+from reconciler.cli.main import main
+from reconciler.demo.synth import generate
+from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.transforms.encryption import Keyring
 
 K1 = "11" * 32

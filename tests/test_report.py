@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from test_cli_end_to_end import folder_destination, run, write_config
 
-from reconciler.apply import apply_plan
 from reconciler.config.load import load_config
-from reconciler.plan import Plan
-from reconciler.report import build_report, parse_since
-from reconciler.workspace import Workspace
+from reconciler.engine.apply import apply_plan
+from reconciler.engine.workspace import Workspace
+from reconciler.model.plan import Plan
+from reconciler.service.report import build_report, parse_since
 
 HOSTILE_UID = "1.2.3<script>alert(1)</script>"
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from factories import NOW, catalog, config, held, observed, study, unreachable
 
-from reconciler.catalog.model import Catalog
-from reconciler.observation import Observation, ObservedInstance, ObservedStudy
-from reconciler.plan import LOCAL, Plan, Retained, StudyLabel, render_text
-from reconciler.planner import make_plan
-from reconciler.retention import CATALOG_SHRANK, DELETE_CAP, Hold, LocalFacts, TrashBatch
+from reconciler.model.catalog import Catalog
+from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
+from reconciler.model.plan import LOCAL, Plan, Retained, StudyLabel, render_text
+from reconciler.planning.planner import make_plan
+from reconciler.planning.retention import CATALOG_SHRANK, DELETE_CAP, Hold, LocalFacts, TrashBatch
 
 ARRIVED = NOW - timedelta(days=40)
 SEEN = NOW - timedelta(hours=2)

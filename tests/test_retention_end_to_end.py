@@ -16,8 +16,8 @@ from peers import DicomPeer
 from test_cli_end_to_end import run, s3_destination
 
 from reconciler.config.load import load_config
-from reconciler.trash import TRASH_DIR
-from reconciler.workspace import Workspace
+from reconciler.engine.trash import TRASH_DIR
+from reconciler.engine.workspace import Workspace
 
 
 def write_config(folder: Path, destinations: dict[str, str], retention: str = "") -> Path:
@@ -191,7 +191,7 @@ def test_a_failed_copy_in_the_same_apply_holds_back_every_deletion(
     run(capsys, "apply", "-c", str(config), "--auto-approve")
     run(capsys, "plan", "-c", str(config), "--refresh")
     late = tmp_path / "late"
-    from reconciler.synth import generate
+    from reconciler.demo.synth import generate
 
     generate(late, studies=1, series_per_study=1, instances_per_series=2, matrix=16, seed=7)
     shutil.copytree(late, inbox / "late")

@@ -15,11 +15,11 @@ from factories import NOW, catalog, config, study
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.catalog.model import Catalog, CatalogInstance
 from reconciler.config.model import PruneSettings
-from reconciler.observation import Observation, ObservedInstance, ObservedStudy
-from reconciler.planner import make_plan
-from reconciler.retention import LocalFacts
+from reconciler.model.catalog import Catalog, CatalogInstance
+from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
+from reconciler.planning.planner import make_plan
+from reconciler.planning.retention import LocalFacts
 
 NAMES = ("cloud", "nas", "pacs")
 FRESH = timedelta(days=1)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.catalog import scan
-from reconciler.catalog.scan import SourceFolder, scan_sources
-from reconciler.state import StateStore
+from reconciler.sources import scan
+from reconciler.sources.scan import SourceFolder, scan_sources
+from reconciler.state.store import StateStore
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from factories import catalog, config, observed, study
 from pydantic import ValidationError
 
 from reconciler.config.model import Config, Schedule
-from reconciler.plan import Plan, render_text
-from reconciler.planner import make_plan
-from reconciler.schedule import combine, gate
+from reconciler.model.plan import Plan, render_text
+from reconciler.planning.planner import make_plan
+from reconciler.planning.schedule import combine, gate
 
 # Tuesday 2026-06-02; Paris is UTC+2 in June.
 TUESDAY_9_PARIS = datetime(2026, 6, 2, 7, 0, tzinfo=UTC)
@@ -146,7 +146,7 @@ def test_a_policy_window_holds_back_its_copies_everywhere() -> None:
 
 def test_apply_starts_nothing_whose_window_has_closed(tmp_path: Path, small_studies: Path) -> None:
     from reconciler.config.load import load_config
-    from reconciler.workspace import Workspace
+    from reconciler.engine.workspace import Workspace
 
     shutil.copytree(small_studies, tmp_path / "inbox")
     (tmp_path / "reconciler.yaml").write_text(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reconciler.schema import config_schema
+from reconciler.config.schema import config_schema
 
 SCHEMA_FILE = Path(__file__).parent.parent / "schemas" / "config.schema.json"
 

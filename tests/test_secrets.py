@@ -14,9 +14,9 @@ from certificates import make_certificates
 from test_cli_end_to_end import run, s3_destination, write_config
 from test_email import smtp_server
 
-from reconciler.api.operations import Operations
-from reconciler.api.server import serving
 from reconciler.config.load import load_config
+from reconciler.service.api.operations import Operations
+from reconciler.service.api.server import serving
 
 
 def test_s3_credentials_appear_in_no_output_state_or_object(
@@ -181,8 +181,8 @@ def test_a_share_password_in_any_kept_text_value_never_reaches_the_state(
 ) -> None:
     import pydicom
 
-    from reconciler.catalog.scan import SourceFolder, scan_sources
-    from reconciler.state import StateStore
+    from reconciler.sources.scan import SourceFolder, scan_sources
+    from reconciler.state.store import StateStore
 
     shutil.copytree(small_studies, tmp_path / "inbox")
     path = sorted((tmp_path / "inbox").rglob("*.dcm"))[0]

@@ -31,8 +31,8 @@ from test_email import Mailbox, logged_in, pki, smtp_server
 from test_metrics import free_port
 
 from reconciler.config.load import load_config
-from reconciler.state import StateStore
-from reconciler.synth import GeneratedStudy, generate
+from reconciler.demo.synth import GeneratedStudy, generate
+from reconciler.state.store import StateStore
 
 __all__ = ["pki"]  # a fixture, used by name
 

@@ -18,18 +18,18 @@ from hypothesis import strategies as st
 from pydicom.multival import MultiValue
 
 from reconciler.config.load import ConfigError, load_config
-from reconciler.plan import InstanceRef, Plan, StudyLabel
-from reconciler.planner import make_plan
-from reconciler.retry import PermanentError
-from reconciler.sharing import (
+from reconciler.demo.synth import generate
+from reconciler.destinations.retry import PermanentError
+from reconciler.model.plan import InstanceRef, Plan, StudyLabel
+from reconciler.planning.planner import make_plan
+from reconciler.planning.sharing import (
     ShareRequest,
     ShareRequestError,
     description_text,
     parse_request,
     redact,
 )
-from reconciler.state import ShareRecord, StateStore
-from reconciler.synth import generate
+from reconciler.state.store import ShareRecord, StateStore
 from reconciler.transforms.share_bundle import write_share_zip
 
 # --- reading a request -------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from peers import DicomPeer, orthanc_get, start_orthanc
 from test_cli_end_to_end import s3_destination
 from test_recovery_cli import run, run_json
 
-from reconciler.manifest import MANIFEST_NAME
-from reconciler.synth import generate
+from reconciler.demo.synth import generate
+from reconciler.destinations.object_store.manifest import MANIFEST_NAME
 from reconciler.transforms.anonymize import check_anonymized, new_uid
 from reconciler.transforms.settings import AnonymizeSettings
 

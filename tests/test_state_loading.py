@@ -14,9 +14,9 @@ from factories import LONG_AGO_NS, NOW, instance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.catalog.model import Catalog, CatalogInstance
-from reconciler.observation import Observation, ObservedInstance, ObservedStudy
-from reconciler.state import _INSTANCE_COLUMNS, SCHEMA_VERSION, StateStore
+from reconciler.model.catalog import Catalog, CatalogInstance
+from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
+from reconciler.state.store import _INSTANCE_COLUMNS, SCHEMA_VERSION, StateStore
 
 PATHS = [f"/srv/inbox/f{n}.dcm" for n in range(6)]
 STUDIES = ["1.1", "1.2", "1.3"]

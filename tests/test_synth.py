@@ -16,7 +16,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from reconciler.synth import GeneratedStudy, generate, main
+from reconciler.demo.synth import GeneratedStudy, generate, main
 
 SMALL = {"studies": 3, "series_per_study": 2, "instances_per_series": 3, "matrix": 32}
 SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage, "CR": ComputedRadiographyImageStorage}

@@ -17,15 +17,15 @@ import pydicom
 import pytest
 from tests_config import one_policy_config
 
-from reconciler.catalog.scan import SourceFolder, scan_sources
 from reconciler.config.load import ConfigError, load_config
 from reconciler.config.model import DestinationConfig
-from reconciler.destinations.object_store import ObjectStoreDestination
-from reconciler.manifest import associated_data
-from reconciler.observation import Observation
-from reconciler.plan import Action
-from reconciler.planner import make_plan
-from reconciler.state import StateStore
+from reconciler.destinations.object_store.manifest import associated_data
+from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.model.observation import Observation
+from reconciler.model.plan import Action
+from reconciler.planning.planner import make_plan
+from reconciler.sources.scan import SourceFolder, scan_sources
+from reconciler.state.store import StateStore
 from reconciler.transforms.encryption import Keyring, decrypt
 
 KEY = "11" * 32

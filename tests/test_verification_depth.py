@@ -11,8 +11,8 @@ import pytest
 from factories import NOW, catalog, config, held, observed, study
 from test_cli_end_to_end import run
 
-from reconciler.planner import in_subset, make_plan
-from reconciler.retention import copy_evidence
+from reconciler.planning.planner import in_subset, make_plan
+from reconciler.planning.retention import copy_evidence
 
 PACS = {"dicom": {"host": "pacs", "port": 104, "ae_title": "PACS"}, "verify": "count"}
 

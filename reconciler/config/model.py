@@ -26,7 +26,6 @@ from pydantic import (
     model_validator,
 )
 
-from reconciler.bandwidth import Timetable
 from reconciler.config.addresses import (
     AeTitle,
     HostName,
@@ -36,6 +35,7 @@ from reconciler.config.addresses import (
     loopback_address,
 )
 from reconciler.config.durations import Duration
+from reconciler.destinations.bandwidth import Timetable
 from reconciler.transforms.settings import (
     AnonymizeSettings,
     CompressionSetting,

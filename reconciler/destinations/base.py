@@ -6,9 +6,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from reconciler.observation import ObservedInstance, ObservedStudy
-from reconciler.plan import Action
-from reconciler.retry import PermanentError
+from reconciler.destinations.retry import PermanentError
+from reconciler.model.observation import ObservedInstance, ObservedStudy
+from reconciler.model.plan import Action
 
 
 class DestinationUnavailable(Exception):

@@ -13,8 +13,8 @@ from typing import Any
 
 import requests
 
-from reconciler.bandwidth import throttle_for
 from reconciler.config.model import DestinationConfig, DicomWebTarget
+from reconciler.destinations.bandwidth import throttle_for
 from reconciler.destinations.base import (
     DestinationRefused,
     DestinationUnavailable,
@@ -22,10 +22,10 @@ from reconciler.destinations.base import (
     SendResult,
     VerifyResult,
 )
+from reconciler.destinations.retry import PermanentError, with_retries
 from reconciler.destinations.source_files import read_unchanged
-from reconciler.observation import ObservedInstance, ObservedStudy
-from reconciler.plan import Action, InstanceRef
-from reconciler.retry import PermanentError, with_retries
+from reconciler.model.observation import ObservedInstance, ObservedStudy
+from reconciler.model.plan import Action, InstanceRef
 
 SOP_INSTANCE_UID = "00080018"
 FAILED_SOP_SEQUENCE = "00081198"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reconciler.config.model import DestinationConfig, DicomTarget, DicomWebTarget, ObjectTarget
 from reconciler.destinations.base import Destination
-from reconciler.filesystems import folder_of
+from reconciler.engine.filesystems import folder_of
 
 Resolve = Callable[[Path], Path]
 
@@ -29,7 +29,7 @@ def _open_kind(name: str, settings: DestinationConfig, site: str, resolve: Resol
     # Each kind's module is imported when one is opened: a plan that reads only cached
     # observations starts without pynetdicom, requests or s3fs.
     if settings.dicom is not None:
-        from reconciler.destinations.dicom import DicomDestination
+        from reconciler.destinations.dicom.target import DicomDestination
 
         return DicomDestination(name, _dicom(settings.dicom, resolve), settings)
     if settings.dicomweb is not None:
@@ -37,7 +37,7 @@ def _open_kind(name: str, settings: DestinationConfig, site: str, resolve: Resol
 
         return DicomWebDestination(name, _dicomweb(settings.dicomweb, resolve), settings)
     assert settings.object is not None  # the model requires exactly one kind
-    from reconciler.destinations.object_store import ObjectStoreDestination
+    from reconciler.destinations.object_store.store import ObjectStoreDestination
 
     return ObjectStoreDestination(name, _object(settings.object, resolve), settings, site)
 

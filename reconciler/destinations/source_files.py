@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from reconciler.plan import InstanceRef
-from reconciler.retry import PermanentError
+from reconciler.destinations.retry import PermanentError
+from reconciler.model.plan import InstanceRef
 
 
 def read_unchanged(ref: InstanceRef) -> bytes:

@@ -23,10 +23,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from reconciler.destinations.base import Destination, ProgressCallback, SendResult, VerifyResult
+from reconciler.destinations.retry import PermanentError
 from reconciler.destinations.source_files import read_unchanged
-from reconciler.observation import ObservedInstance, ObservedStudy
-from reconciler.plan import Action, InstanceRef
-from reconciler.retry import PermanentError
+from reconciler.model.observation import ObservedInstance, ObservedStudy
+from reconciler.model.plan import Action, InstanceRef
 from reconciler.transforms.anonymize import (
     AnonymizationError,
     anonymize,

@@ -16,9 +16,9 @@ import io
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING
 
-from reconciler.plan import InstanceRef
-from reconciler.retry import PermanentError
-from reconciler.sharing import (
+from reconciler.destinations.retry import PermanentError
+from reconciler.model.plan import InstanceRef
+from reconciler.planning.sharing import (
     ShareRequest,
     ShareRequestError,
     description_text,

@@ -1,0 +1,1 @@
+"""`reconciler demo` and the synthetic studies it (and the tests) generate."""

@@ -1,0 +1,641 @@
+"""Object-store destinations through fsspec: local folders (file://) and S3 (s3://).
+
+Layout under the configured prefix::
+
+    studies/<StudyInstanceUID>/<SOPInstanceUID>.dcm       or .dcm.enc when encrypted
+    studies/<StudyInstanceUID>/manifest.json              written last: the commit marker
+
+An instance counts as present only when the manifest lists it and its object exists with the
+size the manifest records; deep verification re-reads objects and compares SHA-256.
+
+Copies may be re-encoded losslessly (``compression``, in worker processes) and then sealed
+(``encryption``, AES-256-GCM bound to the study and SOP Instance UIDs). The manifest keeps the
+source's SHA-256 and size, which is what observation reports, so a change of these settings
+re-sends nothing: only copies made from then on use the new settings (``rekey`` moves existing
+objects to a new master key).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Collection, Hashable, Mapping
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from reconciler import __version__
+from reconciler.config.model import DestinationConfig, ObjectTarget
+from reconciler.destinations import identity
+from reconciler.destinations.bandwidth import throttle_for
+from reconciler.destinations.base import (
+    DestinationFull,
+    DestinationUnavailable,
+    ProgressCallback,
+    SendResult,
+    VerifyResult,
+)
+from reconciler.destinations.object_store import archive, pruning
+from reconciler.destinations.object_store.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+    ManifestError,
+    associated_data,
+    encryption_transform,
+    object_name,
+)
+from reconciler.destinations.retry import PermanentError, is_no_room, with_retries
+from reconciler.destinations.source_files import check_unchanged, read_unchanged
+from reconciler.model.observation import ObservedInstance, ObservedStudy
+from reconciler.model.plan import Action, InstanceRef
+from reconciler.planning import partial_copies
+from reconciler.recovery.points import PINNED, STUDIES
+from reconciler.transforms.encryption import DecryptionError, decrypt, encrypt, sealed_sha256
+from reconciler.transforms.pool import CompressionPool
+from reconciler.transforms.settings import Codec, codec_for
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIX = f"/{MANIFEST_NAME}"
+# Larger files are streamed from disk instead of being held in memory while uploaded.
+IN_MEMORY_LIMIT = 64 * 1024 * 1024
+
+
+def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """botocore's default CRC checksums upset S3-compatible servers that are not AWS."""
+    if "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
+        return options
+    config_kwargs = {
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+        **options.get("config_kwargs", {}),
+    }
+    return {**options, "config_kwargs": config_kwargs}
+
+
+class ObjectStoreDestination:
+    def __init__(
+        self, name: str, target: ObjectTarget, settings: DestinationConfig, site: str
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.site = site
+        options = dict(target.options)
+        if target.url.startswith("s3://"):
+            options = _s3_defaults(options)
+        self.fs, root = fsspec.core.url_to_fs(target.url, **options)
+        self.root = root.rstrip("/")
+        self._local = isinstance(self.fs, LocalFileSystem)
+        self._opened_at = time.time()
+        self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"dest-{name}")
+        self.throttle = throttle_for(settings.bandwidth, settings.timezone)
+        self.keyring = settings.encryption.keyring() if settings.encryption else None
+        # Shared by every transfer thread; its processes start only if something is encoded.
+        self._codecs = CompressionPool()
+        self._pinned: frozenset[str] | None = None  # studies recovery points refer to
+        # Manifests read by earlier observations, by path, with the stamp they were listed
+        # with: a watch loop re-reads only those that changed since.
+        self._manifests: dict[str, tuple[Hashable, Manifest | None]] = {}
+        # Studies' objects with no committed manifest, as of the last observation.
+        self.partial_copies: dict[str, dict[str, int]] = {}
+        # Nothing is read as holdings or written before the identity marker is confirmed.
+        self.identity = identity.Guard(
+            name,
+            self.root,
+            self._local,
+            lambda path: with_retries(lambda: self.fs.cat_file(path), self.settings.retry),
+            lambda path, data: with_retries(lambda: self._write(path, data), self.settings.retry),
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._codecs.close()
+
+    def _sweep_temporaries(self, folder: Path) -> None:
+        """Remove what writes killed midway left in a folder (never a committed object): only
+        temporaries older than this run, so another writer's work in progress is left alone."""
+        for path in folder.glob("*.tmp-*"):
+            try:
+                if path.stat().st_mtime < self._opened_at:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+
+    def _study_dir(self, study_uid: str) -> str:
+        return self._path(f"{STUDIES}/{study_uid}")
+
+    # --- observe ---------------------------------------------------------------------------
+
+    def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
+        # One listing shows everything: cheaper than asking study by study.
+        try:
+            self.identity.confirm_readable()
+            listing, stamps = self._list_objects()
+            manifests = self._read_manifests(stamps)
+            archived = archive.observe(self)
+            # Only pruning needs to know what recovery points refer to: reading them costs.
+            pinned = pruning.studies_in_points(self) if self.settings.prune else frozenset()
+        except Exception as exc:
+            raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self.partial_copies = partial_copies.uncommitted_studies(
+            listing, self.root, STUDIES, MANIFEST_NAME
+        )
+        studies = {}
+        for study_uid, manifest in manifests.items():
+            folder = self._study_dir(study_uid)
+            present = {
+                e.sop_instance_uid: ObservedInstance(e.sha256, e.size)
+                for e in manifest.instances
+                if listing.get(f"{folder}/{e.object}") == e.stored_size
+            }
+            studies[study_uid] = ObservedStudy(
+                study_uid,
+                present,
+                site=manifest.site,
+                written_at=manifest.written_at,
+                in_recovery_point=study_uid in pinned,
+            )
+        return {**archived, **studies}
+
+    def _list_objects(self) -> tuple[dict[str, int], dict[str, Hashable]]:
+        """Every object under studies/ with its size (one recursive listing), and a stamp of
+        each manifest that changes whenever the manifest is rewritten."""
+        top = f"{self.root}/studies"
+        if self._local and not self.fs.exists(top):
+            return {}, {}
+        found = self.fs.find(top, detail=True)
+        sizes = {path.rstrip("/"): int(info.get("size") or 0) for path, info in found.items()}
+        stamps = {
+            path: _stamp(info) for path, info in found.items() if path.endswith(MANIFEST_SUFFIX)
+        }
+        return sizes, stamps
+
+    def _read_manifests(self, stamps: Mapping[str, Hashable]) -> dict[str, Manifest]:
+        known = self._manifests
+        changed = [path for path, stamp in stamps.items() if known.get(path, (None,))[0] != stamp]
+        contents = self.fs.cat(changed, on_error="return") if changed else {}
+        fresh = {path: known[path] for path in stamps if path not in contents}
+        for path, data in contents.items():
+            study_uid = path.rsplit("/", 2)[-2]
+            if isinstance(data, BaseException):
+                raise data
+            try:
+                fresh[path] = (stamps[path], Manifest.from_json(data, study_uid))
+            except ManifestError as exc:
+                log.warning("%s: study %s counts as absent: %s", self.name, study_uid, exc)
+                fresh[path] = (stamps[path], None)
+        self._manifests = fresh  # manifests gone from the listing are forgotten
+        return {
+            path.rsplit("/", 2)[-2]: manifest
+            for path, (_, manifest) in fresh.items()
+            if manifest is not None
+        }
+
+    # --- send ------------------------------------------------------------------------------
+
+    def send(self, action: Action, progress: ProgressCallback) -> SendResult:
+        folder = self._study_dir(action.study_uid)
+        self.identity.confirm()
+        if self._local:
+            self.fs.makedirs(folder, exist_ok=True)
+            self._sweep_temporaries(Path(folder))
+        previous = self._committed(action.study_uid)
+        taken = self._uncommitted_names(action, previous)
+        futures = {
+            ref.sop_instance_uid: self._pool.submit(
+                self._send_instance,
+                action.study_uid,
+                ref,
+                previous.get(ref.sop_instance_uid),
+                progress,
+                taken,
+            )
+            for ref in action.instances
+        }
+        result = SendResult()
+        entries = []
+        failed: list[Exception] = []
+        for sop_uid, future in futures.items():
+            try:
+                entries.append(future.result())
+            except CancelledError:
+                result.failures[sop_uid] = "not sent: another instance of the study failed"
+            except Exception as exc:
+                result.failures[sop_uid] = _describe(exc)
+                failed.append(exc)
+                # One failure means no manifest, so the study's transfers not yet started
+                # would be wasted (each retrying on its own against a failing store): skip them.
+                for other in futures.values():
+                    other.cancel()
+        if no_room := next((e for e in failed if is_no_room(e)), None):
+            raise DestinationFull(f"{self.name} is full: {_describe(no_room)}") from no_room
+        if result.failures:
+            return result  # no manifest: the study is not recorded as stored
+        try:
+            manifest = self._commit(action.study_uid, previous, entries)
+        except Exception as exc:
+            # The objects are there, but without the manifest the study is not: say which.
+            why = f"stored, but the study's manifest could not be written: {_describe(exc)}"
+            result.failures = {e.sop_instance_uid: why for e in entries}
+            return result
+        self._drop_superseded(action.study_uid, previous, entries)
+        # Counted only now: without the manifest the objects are no copy (see SendResult).
+        result.sent, result.bytes = len(entries), sum(e.stored_size for e in entries)
+        result.committed = {
+            e.sop_instance_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
+        }
+        result.verified = True  # every stored byte was hashed as it was sent
+        return result
+
+    def _committed(self, study_uid: str) -> dict[str, ManifestEntry]:
+        """The entries of the study's manifest, by SOP Instance UID; {} if it has none."""
+        path = f"{self._study_dir(study_uid)}/{MANIFEST_NAME}"
+        try:
+            data = with_retries(lambda: self.fs.cat_file(path), self.settings.retry)
+            previous = Manifest.from_json(data, study_uid)
+        except FileNotFoundError:
+            return {}
+        except ManifestError as exc:
+            log.warning(
+                "%s: replacing the unreadable manifest of %s: %s", self.name, study_uid, exc
+            )
+            return {}
+        return {e.sop_instance_uid: e for e in previous.instances}
+
+    def _uncommitted_names(
+        self, action: Action, previous: Mapping[str, ManifestEntry]
+    ) -> frozenset[str]:
+        """Object names already in the study folder, when an instance has no committed entry
+        and recovery points exist: an unreadable manifest's objects may be what they refer to.
+        Without points, what a crashed send left there is overwritten as before."""
+        if all(ref.sop_instance_uid in previous for ref in action.instances):
+            return frozenset()
+        if not self.list_keys(PINNED):
+            return frozenset()
+        listing = self.list_keys(f"{STUDIES}/{action.study_uid}")
+        return frozenset(key.rsplit("/", 1)[1] for key in listing)
+
+    def _send_instance(
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        progress: ProgressCallback,
+        taken: Collection[str],
+    ) -> ManifestEntry:
+        codec = codec_for(ref.modality or None, self.settings.compression)
+        if codec == "keep" and self.keyring is None:
+            entry = self._send_as_is(study_uid, ref, previous, taken)
+        else:
+            entry = self._send_transformed(study_uid, ref, previous, codec, taken)
+        progress(ref.size)
+        return entry
+
+    def _target(
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        content_sha256: str,
+        taken: Collection[str],
+    ) -> str:
+        """Where the instance goes: a new content never overwrites an older one's object,
+        which a recovery point may refer to; the same content (a repair) goes back in place.
+        ``taken``: names in the folder that no committed entry explains (first names only)."""
+        encrypted = self.keyring is not None
+        first = object_name(ref.sop_instance_uid, encrypted)
+        if previous is None and first not in taken:
+            name = first
+        elif (
+            previous is not None
+            and previous.sha256 == ref.sha256
+            and (previous.key_id is not None) == encrypted
+        ):
+            name = previous.object
+        else:
+            name = object_name(ref.sop_instance_uid, encrypted, content_sha256)
+        return f"{self._study_dir(study_uid)}/{name}"
+
+    def _send_as_is(
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        taken: Collection[str],
+    ) -> ManifestEntry:
+        target = self._target(study_uid, ref, previous, ref.sha256, taken)
+        if self.throttle is not None:
+            self.throttle.take(ref.size)
+        if ref.size <= IN_MEMORY_LIMIT:
+            data = read_unchanged(ref)
+            with_retries(lambda: self._write(target, data), self.settings.retry)
+        else:
+            with_retries(lambda: self.fs.put_file(ref.path, target), self.settings.retry)
+            check_unchanged(ref)  # the file must not have changed while it streamed
+        return _entry(ref, target, ref.size, ref.sha256, ref.transfer_syntax, ())
+
+    def _send_transformed(
+        self,
+        study_uid: str,
+        ref: InstanceRef,
+        previous: ManifestEntry | None,
+        codec: Codec,
+        taken: Collection[str],
+    ) -> ManifestEntry:
+        """Re-encoded (verified lossless, else the instance fails) and/or encrypted, in memory."""
+        data, syntax, transforms = read_unchanged(ref), ref.transfer_syntax, []
+        if codec != "keep":
+            compressed = self._codecs.submit(data, codec).result()
+            if compressed.kept_because:
+                log.debug(
+                    "%s: %s kept as it is: %s",
+                    self.name,
+                    ref.sop_instance_uid,
+                    compressed.kept_because,
+                )
+            else:
+                data, syntax = compressed.data, compressed.transfer_syntax
+                transforms.append(compressed.codec)
+        if self.keyring is not None:
+            aad = associated_data(study_uid, ref.sop_instance_uid)
+            data = encrypt(data, self.keyring, aad)
+            transforms.append(encryption_transform(self.keyring.current.key_id))
+        digest = hashlib.sha256(data).hexdigest()
+        # An encrypted version is named by its sealed body, which a rekey does not change.
+        version = sealed_sha256(data) if self.keyring is not None else digest
+        target = self._target(study_uid, ref, previous, version, taken)
+        if self.throttle is not None:
+            self.throttle.take(len(data))
+        with_retries(lambda: self._write(target, data), self.settings.retry)
+        return _entry(ref, target, len(data), digest, syntax, tuple(transforms))
+
+    def _write(self, target: str, data: bytes) -> None:
+        if not self._local:
+            self.fs.pipe_file(target, data)  # a single PUT is atomic on object stores
+            return
+        _replace_atomically(target, lambda handle: handle.write(data))
+
+    def _commit(
+        self, study_uid: str, previous: Mapping[str, ManifestEntry], entries: list[ManifestEntry]
+    ) -> Manifest:
+        """Write the study's manifest: the instances already committed plus the new ones."""
+        path = f"{self._study_dir(study_uid)}/{MANIFEST_NAME}"
+        merged = {**previous, **{e.sop_instance_uid: e for e in entries}}
+        manifest = Manifest(
+            site=self.site,
+            study_instance_uid=study_uid,
+            written_at=datetime.now(UTC),
+            tool_version=__version__,
+            instances=tuple(merged[k] for k in sorted(merged)),
+        )
+        data = manifest.to_json()
+        with_retries(lambda: self._write(path, data), self.settings.retry)
+        if self._local:
+            _fsync_dir(Path(path).parent)
+        return manifest
+
+    def _drop_superseded(
+        self, study_uid: str, previous: Mapping[str, ManifestEntry], entries: list[ManifestEntry]
+    ) -> None:
+        """Remove the objects of older contents the new manifest replaced, unless recovery
+        points exist here: then `recover forget` removes them once no point refers to them."""
+        names = {e.object for e in entries}
+        superseded = [
+            f"{STUDIES}/{study_uid}/{old.object}"
+            for e in entries
+            if (old := previous.get(e.sop_instance_uid)) is not None and old.object not in names
+        ]
+        if superseded and not self.list_keys(PINNED):
+            self.delete_keys(superseded)
+
+    # --- verify ----------------------------------------------------------------------------
+
+    def verify(self, action: Action, progress: ProgressCallback) -> VerifyResult:
+        if archive.is_archived(self, action.study_uid):
+            return archive.verify(self, action, progress)
+        folder = self._study_dir(action.study_uid)
+        try:
+            manifest = Manifest.from_json(
+                self.fs.cat_file(f"{folder}/{MANIFEST_NAME}"), action.study_uid
+            )
+        except (FileNotFoundError, ManifestError) as exc:
+            return VerifyResult(
+                corrupt={r.sop_instance_uid: f"no manifest: {exc}" for r in action.instances}
+            )
+
+        def check(entry: ManifestEntry) -> str | None:
+            try:
+                data = with_retries(
+                    lambda: self.fs.cat_file(f"{folder}/{entry.object}"), self.settings.retry
+                )
+            except FileNotFoundError:
+                return "object is missing"
+            progress(len(data))
+            if hashlib.sha256(data).hexdigest() != entry.stored_sha256:
+                return "content does not match its SHA-256"
+            return self._check_opens(action.study_uid, entry, data)
+
+        result = VerifyResult()
+        for entry, problem in zip(
+            manifest.instances, self._pool.map(check, manifest.instances), strict=True
+        ):
+            result.checked += 1
+            if problem:
+                result.corrupt[entry.sop_instance_uid] = problem
+        return result
+
+    def _check_opens(self, study_uid: str, entry: ManifestEntry, data: bytes) -> str | None:
+        """An encrypted object must also decrypt: proof that the configured keys still open it."""
+        if entry.key_id is None or self.keyring is None:
+            return None
+        try:
+            decrypt(data, self.keyring, associated_data(study_uid, entry.sop_instance_uid))
+        except DecryptionError as exc:
+            return f"cannot be decrypted: {exc}"
+        return None
+
+    # --- plain keys under the prefix (recovery points read and write through these) --------
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def list_keys(self, prefix: str) -> dict[str, int]:
+        """Every object under ``prefix`` (relative to the root) with its size; {} if none."""
+        top = self._path(prefix)
+        if self._local and not self.fs.exists(top):
+            return {}
+        try:
+            found = self.fs.find(top, detail=True)
+        except FileNotFoundError:
+            return {}
+        skip = len(self.root) + 1
+        return {p.rstrip("/")[skip:]: int(i.get("size") or 0) for p, i in found.items()}
+
+    def read_key(self, key: str) -> bytes:
+        return with_retries(lambda: self.fs.cat_file(self._path(key)), self.settings.retry)
+
+    def read_keys(self, keys: Collection[str]) -> dict[str, bytes | BaseException]:
+        """Many small objects in one batch (s3fs fetches them concurrently)."""
+        if not keys:
+            return {}
+        contents = self.fs.cat([self._path(k) for k in keys], on_error="return")
+        skip = len(self.root) + 1
+        return {path[skip:]: data for path, data in contents.items()}
+
+    def open_key(self, key: str) -> Any:
+        """A binary file object, for objects too large to hold in memory."""
+        return self.fs.open(self._path(key), "rb")
+
+    def write_key(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        self.identity.confirm()
+        if self._local:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with_retries(lambda: self._write(path, data), self.settings.retry)
+        if self._local:
+            _fsync_dir(Path(path).parent)
+
+    def upload_key(self, key: str, handle: IO[bytes]) -> None:
+        """A large object from a file object: whole or not at all, like ``write_key``."""
+        path = self._path(key)
+        self.identity.confirm()
+        if not self._local:
+            with self.fs.open(path, "wb") as out:  # a multipart upload completes on close
+                shutil.copyfileobj(handle, out)
+            return
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        _replace_atomically(path, lambda out: shutil.copyfileobj(handle, out))
+        _fsync_dir(Path(path).parent)  # the rename too must survive a power loss
+
+    # --- archive bundles (archive_to) -------------------------------------------------------
+
+    def archive(self, action: Action, progress: ProgressCallback) -> SendResult:
+        return archive.store(self, action, progress)
+
+    def delete_key(self, key: str) -> None:
+        with_retries(lambda: self.fs.rm_file(self._path(key)), self.settings.retry)
+
+    def delete_keys(self, keys: Collection[str]) -> None:
+        """Many objects at once (s3fs deletes up to 1000 per request); absent ones are fine."""
+        paths = [self._path(k) for k in keys]
+        if self._local:
+            paths = [p for p in paths if os.path.lexists(p)]
+        if paths:
+            with_retries(lambda: self.fs.rm(paths), self.settings.retry)
+
+    # --- prune (destination retention) ------------------------------------------------------
+
+    def prune(self, action: Action, progress: ProgressCallback) -> int:
+        """Remove our copy of the study; returns the bytes freed."""
+        identity.recheck(self)  # the copy was seen, maybe minutes ago: is this still the disk?
+        if self._pinned is None:
+            # Read once per run, and just before the first removal: a point made since the
+            # plan was computed still protects what it refers to.
+            self._pinned = pruning.studies_in_points(self)
+        pruned = pruning.remove_study(self, action.study_uid, self._pinned)
+        if self._local:
+            with contextlib.suppress(OSError):  # not empty: something not ours is left there
+                os.rmdir(self._study_dir(action.study_uid))
+        progress(pruned.bytes)
+        return pruned.bytes
+
+    def sweep(self, action: Action, progress: ProgressCallback) -> int:
+        """Remove the objects of a partial copy the plan listed; returns the bytes freed."""
+        identity.recheck(self)
+        if self._pinned is None:
+            self._pinned = pruning.studies_in_points(self)
+        objects = {i.path: i.size for i in action.instances}
+        freed = pruning.remove_partial_copy(self, action.study_uid, objects, self._pinned)
+        if self._local:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._study_dir(action.study_uid))
+        progress(freed)
+        return freed
+
+    def replace_header(self, key: str, content: bytes, header: bytes) -> None:
+        """Replace the first ``len(header)`` bytes of the object whose bytes are ``content``.
+
+        In a folder only the header is written, in place (one small write within the first
+        disk sector); S3 objects cannot be rewritten in part, so the whole object is uploaded
+        again (one PUT: atomic).
+        """
+        path = self._path(key)
+        if not self._local:
+            with_retries(
+                lambda: self.fs.pipe_file(path, header + content[len(header) :]),
+                self.settings.retry,
+            )
+            return
+        with open(path, "r+b") as handle:
+            handle.write(header)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _replace_atomically(target: str, fill: Callable[[BinaryIO], object]) -> None:
+    """Write-to-temporary, fsync, rename: a crash never leaves half a file at ``target``. A
+    write that fails (a full disk) removes its temporary, which would only take more space."""
+    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(temporary, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _stamp(info: Mapping[str, Any]) -> Hashable:
+    """What tells a rewritten object from the one listed before: S3's ETag (a hash of the
+    content), or a file's inode and mtime (a manifest is replaced by a rename: new inode)."""
+    etag = info.get("ETag")
+    if etag:
+        return (etag, info.get("size"))
+    return (info.get("ino"), info.get("mtime"), info.get("LastModified"), info.get("size"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _entry(
+    ref: InstanceRef,
+    target: str,
+    stored_size: int,
+    stored_sha256: str,
+    syntax: str,
+    transforms: tuple[str, ...],
+) -> ManifestEntry:
+    return ManifestEntry(
+        sop_instance_uid=ref.sop_instance_uid,
+        sop_class_uid=ref.sop_class_uid,
+        series_instance_uid=ref.series_instance_uid,
+        object=target.rsplit("/", 1)[1],
+        size=ref.size,
+        sha256=ref.sha256,
+        stored_size=stored_size,
+        stored_sha256=stored_sha256,
+        transfer_syntax=syntax,
+        transforms=transforms,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {text}"

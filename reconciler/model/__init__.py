@@ -1,0 +1,1 @@
+"""Plain data the layers pass on: the catalog, observations of destinations, plans."""

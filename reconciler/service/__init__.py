@@ -1,0 +1,2 @@
+"""Running day and night: watch, the integration API, metrics, health, notifications and
+reports."""

@@ -1,0 +1,1 @@
+"""Sources: scanning folders of DICOM files into the catalog, checking their structure."""
