@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	.ci/install-peers
 	$(BIN)/ruff check reconciler tests
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 	VENV=$(VENV) .ci/wheel-check
 	$(MAKE) docs
@@ -41,6 +42,7 @@ docs: | $(BIN)/python
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/ruff format --check reconciler tests
+	$(BIN)/lint-imports
 
 schema: $(VENV)/.installed
 	$(BIN)/reconciler schema > schemas/config.schema.json

@@ -23,19 +23,18 @@ from pydicom.uid import RLELossless, generate_uid
 from test_cli_end_to_end import s3_destination
 
 from reconciler.cli.main import main
-from reconciler.cli.recovery import create_points
 from reconciler.config.load import load_config
+from reconciler.destinations.object_store.layout import PINNED, STUDIES
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.engine.workspace import Workspace
 from reconciler.recovery.points import (
-    PINNED,
-    STUDIES,
     RecoveryPoint,
     list_points,
     load_point,
     pinned_key,
     restore_to_folder,
 )
+from reconciler.service.scheduled_points import create_points
 
 s3_block = s3_destination  # the same S3 block the CLI end-to-end tests use
 

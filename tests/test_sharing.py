@@ -20,17 +20,18 @@ from pydicom.multival import MultiValue
 from reconciler.config.load import ConfigError, load_config
 from reconciler.demo.synth import generate
 from reconciler.destinations.retry import PermanentError
+from reconciler.engine.share_bundle import write_share_zip
 from reconciler.model.plan import InstanceRef, Plan, StudyLabel
-from reconciler.planning.planner import make_plan
-from reconciler.planning.sharing import (
+from reconciler.model.share import (
+    ShareRecord,
     ShareRequest,
     ShareRequestError,
     description_text,
     parse_request,
     redact,
 )
-from reconciler.state.store import ShareRecord, StateStore
-from reconciler.transforms.share_bundle import write_share_zip
+from reconciler.planning.planner import make_plan
+from reconciler.state.store import StateStore
 
 # --- reading a request -------------------------------------------------------------------------
 

@@ -16,10 +16,10 @@ from test_recovery_cli import backup_store as backup
 from test_recovery_cli import run, run_json, s3_block
 
 from reconciler.demo.synth import generate
+from reconciler.destinations.object_store.layout import STUDIES
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.destinations.object_store.stored_copy import PIXEL_IDENTICAL
 from reconciler.model.plan import Action, Plan, StudyLabel
-from reconciler.recovery.points import STUDIES
 from reconciler.transforms.encryption import HEADER_SIZE, Keyring, MasterKey, rewrap_header
 
 KEY = "33" * 32

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from reconciler.cli.main import EXIT_ERROR, EXIT_OK, UsageError
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError
 from reconciler.config.load import load_config
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.engine.workspace import Workspace

@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ByteSize, TypeAdapter, ValidationError
-from tqdm import tqdm
 
 from reconciler import __version__
+from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError, scan_bar, warn
+from reconciler.cli.init import register as register_init
+from reconciler.cli.recovery import register as register_recovery
+from reconciler.cli.recovery import scheduled_points
+from reconciler.cli.rekey import register as register_rekey
 from reconciler.cli.views import HumanView, JsonLinesView
 from reconciler.config.durations import parse_duration
 from reconciler.config.load import ConfigError, format_config, load_config
@@ -33,12 +37,6 @@ from reconciler.planning.retention import TrashBatch
 from reconciler.service.notify import notify_after_run, notify_blocked
 from reconciler.sources.scan import ScanResult
 from reconciler.state.lock import StateBusyError
-
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A command that cannot run as asked; the message tells the user what to do."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,9 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("-o", "--out", type=Path, help="write the report to this file")
 
     # Imported here: recovery_cli and rekey_cli use this module's helpers.
-    from reconciler.cli.init import register as register_init
-    from reconciler.cli.recovery import register as register_recovery
-    from reconciler.cli.rekey import register as register_rekey
 
     register_recovery(commands)  # recover create|list|verify|restore|forget, state rebuild
     register_rekey(commands)  # rekey: encrypted objects under the current key
@@ -183,7 +178,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     with Workspace(load_config(args.config), "plan", _overrides(args)) as workspace:
         plan, scanned = workspace.plan(
             refresh=args.refresh,
-            scan_progress=_scan_bar(args.json),
+            scan_progress=scan_bar(args.json),
             verify_subset=args.verify_subset,
         )
     if args.out:
@@ -209,13 +204,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
         else:
             plan, scanned = workspace.plan(
                 refresh=args.refresh,
-                scan_progress=_scan_bar(args.json),
+                scan_progress=scan_bar(args.json),
                 verify_subset=args.verify_subset,
             )
             if not args.json:
                 _print_scan(scanned)
                 print(render_text(plan))
-            notify_blocked(loaded, workspace.store, plan, _warn)
+            notify_blocked(loaded, workspace.store, plan, warn)
             if plan.has_changes and not args.auto_approve:
                 _confirm(args.json)
         if not plan.has_changes:
@@ -223,7 +218,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 print(json.dumps(event_dict(RunFinished({"outcome": "ok", "actions_done": 0}))))
             return EXIT_ERROR if plan.has_errors else _scheduled_points(workspace, args.json)
         summary = workspace.apply(plan, JsonLinesView() if args.json else HumanView())
-        notify_after_run(loaded, workspace.store, _warn)
+        notify_after_run(loaded, workspace.store, warn)
         if summary["outcome"] != "ok" or plan.has_errors:
             return EXIT_ERROR
         return _scheduled_points(workspace, args.json)
@@ -231,7 +226,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def _scheduled_points(workspace: Workspace, json_mode: bool) -> int:
     """After a clean apply: the recovery point that recovery_points.every says is due."""
-    from reconciler.cli.recovery import scheduled_points
 
     return scheduled_points(workspace, json_mode)
 
@@ -243,12 +237,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     stop, reload = _stop_on_signals(), _reload_on_sighup()
     view = JsonLinesView() if args.json else HumanView()
-    _warn(f"watching {args.config}; stop with Ctrl-C or SIGTERM, reload the config with SIGHUP")
+    warn(f"watching {args.config}; stop with Ctrl-C or SIGTERM, reload the config with SIGHUP")
     try:
-        watch(args.config, view, _warn, stop, reload)
+        watch(args.config, view, warn, stop, reload)
     except (MetricsUnavailable, ApiUnavailable) as exc:
         raise UsageError(str(exc)) from None
-    _warn("stopped")
+    warn("stopped")
     return EXIT_OK
 
 
@@ -262,20 +256,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if loaded.config.api is None:
         raise UsageError("the config has no api: section (listen, token) to serve")
     stop, reload = _stop_on_signals(), _reload_on_sighup()
-    operations = Operations(loaded, None, _warn)
+    operations = Operations(loaded, None, warn)
     try:
-        with serving(loaded.config.api, operations, _warn) as url:
-            _warn(f"API at {url}; stop with Ctrl-C or SIGTERM, reload the config with SIGHUP")
+        with serving(loaded.config.api, operations, warn) as url:
+            warn(f"API at {url}; stop with Ctrl-C or SIGTERM, reload the config with SIGHUP")
             while not stop.wait(1):
                 if reload.is_set():
                     reload.clear()
                     # The address and token stay as they started, as in watch.
-                    if (fresh := read_again(args.config, _warn)) is not None:
+                    if (fresh := read_again(args.config, warn)) is not None:
                         operations.loaded = fresh
-                        _warn("configuration reloaded")
+                        warn("configuration reloaded")
     except ApiUnavailable as exc:
         raise UsageError(str(exc)) from None
-    _warn("stopped")
+    warn("stopped")
     return EXIT_OK
 
 
@@ -464,27 +458,6 @@ def _byte_size(text: str) -> int:
         return int(TypeAdapter(ByteSize).validate_python(text))
     except ValidationError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 500GB or 2TiB") from None
-
-
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
-    if quiet:
-        return None
-    bar: dict[str, tqdm[Any]] = {}
-
-    def progress(done: int, total: int) -> None:
-        if "bar" not in bar:
-            bar["bar"] = tqdm(
-                total=total, unit="file", desc="scan", file=sys.stderr, disable=None, leave=False
-            )
-        bar["bar"].update(done - bar["bar"].n)
-        if done >= total:
-            bar.pop("bar").close()
-
-    return progress
 
 
 def _print_scan(scanned: ScanResult) -> None:

@@ -15,16 +15,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from reconciler import __version__
-from reconciler.cli.main import EXIT_ERROR, EXIT_OK, UsageError, _scan_bar, _warn
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError, scan_bar, warn
 from reconciler.config.load import LoadedConfig, load_config
-from reconciler.config.model import KeepPoints
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.factory import open_destination
 from reconciler.destinations.object_store.store import ObjectStoreDestination
@@ -34,17 +31,13 @@ from reconciler.model.plan import human_bytes
 from reconciler.recovery.archive_restore import restore_archived
 from reconciler.recovery.points import (
     Finding,
-    KeepPolicy,
     RecoveryError,
     RecoveryPoint,
     RestoreReport,
     Selection,
-    create_point,
     forget_points,
-    is_due,
     list_points,
     load_point,
-    new_point_id,
     parse_subset,
     restore_to_destination,
     restore_to_folder,
@@ -52,6 +45,12 @@ from reconciler.recovery.points import (
 )
 from reconciler.recovery.rebuild import StateExistsError, rebuild_state
 from reconciler.service.notify import notify_points
+from reconciler.service.scheduled_points import (
+    create_points,
+    describe_created,
+    keep_policy,
+    write_due_points,
+)
 from reconciler.state.store import StateStore
 
 Handler = Callable[[argparse.Namespace], int]
@@ -207,60 +206,11 @@ def _find_point(
 # --- create and forget ----------------------------------------------------------------------
 
 
-def create_points(
-    workspace: Workspace,
-    names: Sequence[str],
-    if_due: bool,
-    now: datetime | None = None,
-) -> list[dict[str, Any]]:
-    """One point per store (the same id at each); with ``if_due`` only where one is due, and
-    then the keep policy is applied as well. Also called by `apply` on its schedule."""
-    now = now or datetime.now(UTC)
-    settings = workspace.config.recovery_points
-    stores = {n: workspace.object_store(n) for n in names}  # checked by _store_names
-    existing = {n: list_points(s)[0] for n, s in stores.items()}
-    catalog = workspace.store.load_catalog()
-    patient_ids = {uid: study.first.patient_id for uid, study in catalog.studies.items()}
-    point_id = new_point_id(now, {p.id for points in existing.values() for p in points})
-    outcomes = []
-    for name, store in stores.items():
-        outcome: dict[str, Any] = {"destination": name, "point": None}
-        every = settings.every if settings else None
-        if if_due and every is not None and not is_due(existing[name], every, now):
-            outcome["not_due"] = f"the newest point, {existing[name][-1].id}, is recent"
-            outcomes.append(outcome)
-            continue
-        observation = workspace.store.load_observation(name)
-        corrupt = {u: s.corrupt for u, s in observation.studies.items()} if observation else {}
-        result = create_point(
-            store,
-            point_id,
-            site=workspace.config.site,
-            config_sha256=workspace.loaded.sha256,
-            tool_version=__version__,
-            now=now,
-            corrupt=corrupt,
-            # Points are plain JSON: at an encrypted destination they name no patient, and
-            # `restore --patient` reads the IDs from the encrypted headers instead.
-            patient_ids={} if store.keyring is not None else patient_ids,
-        )
-        outcome.update(
-            point=result.point.summary(),
-            manifests_pinned=result.manifests_written,
-            skipped=result.skipped,
-        )
-        if if_due and settings is not None and settings.keep is not None:
-            forgot = forget_points(store, keep_policy(settings.keep))
-            outcome["forgotten"] = forgot.removed
-        outcomes.append(outcome)
-    return outcomes
-
-
 def scheduled_points(workspace: Workspace, json_mode: bool) -> int:
     """Called by `apply` once everything is in place: a point where ``every`` says one is due,
     then the keep policy. A failure is reported and makes the apply exit 1."""
     try:
-        created = write_due_points(workspace, _warn)
+        created = write_due_points(workspace, warn)
     except (RecoveryError, DestinationUnavailable, OSError) as exc:
         print(f"Error: the scheduled recovery point failed: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -273,29 +223,6 @@ def scheduled_points(workspace: Workspace, json_mode: bool) -> int:
     return EXIT_OK
 
 
-def write_due_points(workspace: Workspace, warn: Callable[[str], None]) -> list[dict[str, Any]]:
-    """The points ``recovery_points.every`` says are due (then ``keep``), notified; by apply
-    and by each watch cycle that ended well. Raises what made a point fail."""
-    settings = workspace.config.recovery_points
-    if settings is None or settings.every is None:
-        return []
-    outcomes = create_points(workspace, settings.store_at, if_due=True)
-    created = [o for o in outcomes if o["point"] is not None]
-    notify_points(workspace.loaded, created, warn)
-    return created
-
-
-def keep_policy(keep: KeepPoints) -> KeepPolicy:
-    return KeepPolicy(
-        last=keep.last or 0,
-        daily=keep.daily or 0,
-        weekly=keep.weekly or 0,
-        monthly=keep.monthly or 0,
-        yearly=keep.yearly or 0,
-        within=keep.within,
-    )
-
-
 def cmd_create(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
     settings = loaded.config.recovery_points
@@ -304,32 +231,13 @@ def cmd_create(args: argparse.Namespace) -> int:
     names = _store_names(loaded, args.at)
     with Workspace(loaded, "recover create") as workspace:
         outcomes = create_points(workspace, names, args.if_due)
-    notify_points(loaded, outcomes, _warn)
+    notify_points(loaded, outcomes, warn)
     if args.json:
         print(json.dumps(outcomes, indent=1))
         return EXIT_OK
     for line in describe_created(outcomes):
         print(line)
     return EXIT_OK
-
-
-def describe_created(outcomes: Sequence[dict[str, Any]]) -> list[str]:
-    lines = []
-    for outcome in outcomes:
-        point = outcome["point"]
-        if point is None:
-            lines.append(f"No recovery point at {outcome['destination']}: {outcome['not_due']}.")
-            continue
-        lines.append(
-            f"Recovery point {point['id']} written at {point['destination']}: "
-            f"{point['studies']} studies, {point['instances']} instances, "
-            f"{human_bytes(point['bytes'])} ({outcome['manifests_pinned']} manifests newly pinned)."
-        )
-        for uid, why in outcome["skipped"].items():
-            lines.append(f"  not included: {uid}: {why}")
-        if outcome.get("forgotten"):
-            lines.append(f"  forgotten (recovery_points.keep): {', '.join(outcome['forgotten'])}")
-    return lines
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
@@ -486,11 +394,7 @@ def cmd_restore_archive(args: argparse.Namespace) -> int:
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
     # Here, not at the top: pynetdicom would slow every command's start.
-    from reconciler.destinations.dicom.retrieve import (
-        RetrieveUnavailable,
-        known_study,
-        retrieve_study,
-    )
+    from reconciler.recovery.retrieve import RetrieveUnavailable, known_study, retrieve_study
 
     loaded = load_config(args.config)
     name, settings = args.source, loaded.config.destinations.get(args.source)
@@ -561,7 +465,7 @@ def _restore_to_destination(
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
-    report = rebuild_state(loaded, args.force, _scan_bar(args.json))
+    report = rebuild_state(loaded, args.force, scan_bar(args.json))
     if args.json:
         print(json.dumps({**vars(report), "scanned": vars(report.scanned)}, indent=1))
         return EXIT_OK

@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from reconciler.cli.main import EXIT_ERROR, EXIT_OK, UsageError
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError
 from reconciler.config.load import load_config
 from reconciler.config.model import DestinationConfig
 from reconciler.engine.workspace import Workspace

@@ -34,8 +34,8 @@ from reconciler.config.addresses import (
     is_loopback,
     loopback_address,
 )
+from reconciler.config.bandwidth import Timetable
 from reconciler.config.durations import Duration
-from reconciler.destinations.bandwidth import Timetable
 from reconciler.transforms.settings import (
     AnonymizeSettings,
     CompressionSetting,

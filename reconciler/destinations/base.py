@@ -91,3 +91,11 @@ class Pruner(Protocol):
         """Remove the listed objects; returns the bytes freed. Raises if the study's folder
         is no longer what the plan saw (a manifest, or objects written since)."""
         ...
+
+
+@runtime_checkable
+class ReportsPartialCopies(Protocol):
+    """A destination whose last successful observation also found uncommitted copies: each
+    study's objects by key (relative to the destination's root) with their sizes."""
+
+    partial_copies: Mapping[str, Mapping[str, int]]

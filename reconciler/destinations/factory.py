@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reconciler.config.model import DestinationConfig, DicomTarget, DicomWebTarget, ObjectTarget
 from reconciler.destinations.base import Destination
-from reconciler.engine.filesystems import folder_of
+from reconciler.destinations.filesystems import folder_of
 
 Resolve = Callable[[Path], Path]
 

@@ -38,7 +38,7 @@ from reconciler.model.plan import LOCAL, Action, Plan, human_bytes, summary_coun
 from reconciler.planning.retention import CATALOG_SHRANK
 from reconciler.state.store import StateStore
 
-if TYPE_CHECKING:  # share_apply is imported only by a run that shares (mail, ZIP libraries)
+if TYPE_CHECKING:  # engine.shares is imported only by a run that shares (mail, ZIP libraries)
     from reconciler.engine.shares import ShareExecutor, ShareJob, StoredZip
 
     # What a transfer's worker gives back; a str is why it did not start.

@@ -36,14 +36,15 @@ from typing import IO, Any, Protocol, runtime_checkable
 from reconciler.config.model import Config, ShareSettings, SmtpSettings
 from reconciler.destinations.base import Destination, ProgressCallback
 from reconciler.destinations.object_store.archive import digest
+from reconciler.destinations.object_store.layout import new_share_key, share_token
 from reconciler.destinations.retry import PermanentError
 from reconciler.destinations.source_files import read_unchanged
+from reconciler.engine.email import deliver, why_failed
 from reconciler.engine.events import ActionFinished
+from reconciler.engine.share_bundle import write_share_zip
 from reconciler.model.plan import Action, InstanceRef, StudyLabel
-from reconciler.planning.sharing import ShareRequestError, new_key, parse_request
-from reconciler.service.email import deliver, why_failed
-from reconciler.state.store import ShareRecord, StateStore
-from reconciler.transforms.share_bundle import write_share_zip
+from reconciler.model.share import ShareRecord, ShareRequestError, parse_request
+from reconciler.state.store import StateStore
 
 Resolve = Callable[[Path], Path]
 
@@ -95,7 +96,7 @@ class ShareExecutor:
             action.policies[0],
             action.destination,
             action.study,
-            new_key(),
+            new_share_key(),
         )
         if record.status == "notified":
             return ActionFinished(action, True, f"already shared with {record.recipient}")
@@ -201,7 +202,7 @@ def share_message(
     message["From"] = smtp.from_address
     message["To"] = recipient
     message["Date"] = format_datetime(datetime.now(UTC))
-    token = record.key.removeprefix("shares/").removesuffix(".zip")
+    token = share_token(record.key)
     domain = parseaddr(smtp.from_address)[1].rpartition("@")[2]
     # The same for every attempt: a mail sent again after a crash is one message to clients.
     message["Message-ID"] = f"<{token}.share@{domain}>"

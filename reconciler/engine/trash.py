@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.destinations.object_store.manifest import is_uid
 from reconciler.model.plan import InstanceRef, StudyLabel
+from reconciler.model.uid import is_uid
 from reconciler.planning.retention import TrashBatch
 
 TRASH_DIR = ".reconciler-trash"

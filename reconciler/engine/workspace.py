@@ -15,16 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.config.load import LoadedConfig
 from reconciler.config.model import Config
-from reconciler.destinations.base import Destination, DestinationUnavailable
+from reconciler.destinations.base import Destination, DestinationUnavailable, ReportsPartialCopies
 from reconciler.destinations.factory import open_destination
+from reconciler.destinations.filesystems import sources_on_same_filesystem
 from reconciler.destinations.identity import KnownIdentity, Marker
 from reconciler.engine.apply import Emit, apply_plan
-from reconciler.engine.filesystems import sources_on_same_filesystem
 from reconciler.engine.trash import Trash
 from reconciler.model.catalog import Catalog
 from reconciler.model.observation import Observation, PartialCopy
 from reconciler.model.plan import BLOCKED, LOCAL, PARTIAL_COPY, Fingerprint, Plan
-from reconciler.planning import partial_copies
 from reconciler.planning.planner import make_plan
 from reconciler.planning.retention import Hold, LocalFacts
 from reconciler.sources.scan import ScanResult, SourceFolder, scan_sources
@@ -173,11 +172,7 @@ class Workspace:
             failed = Observation(name, now, 0, ok=False, error=str(exc))
             return self.store.save_observation(failed)
         self.remember_identities()
-        found = (
-            destination.partial_copies
-            if isinstance(destination, partial_copies.ReportsPartialCopies)
-            else {}
-        )
+        found = destination.partial_copies if isinstance(destination, ReportsPartialCopies) else {}
         # Dated now; the state keeps the date of the first observation that found each.
         partial = {uid: PartialCopy(objects, now) for uid, objects in found.items()}
         observed = Observation(name, now, 0, ok=True, studies=studies, partial=partial)

@@ -18,7 +18,7 @@ PLAN_FORMAT_VERSION = 2
 # archive: one tar+zstd bundle per study at an archive_to destination.
 # prune: our copy of a study is removed from a destination (its destination retention).
 # sweep: the objects of a partial copy no source can complete are removed (partial_copies.py).
-# share: one encrypted ZIP of a study put at a destination, and its link mailed (sharing.py).
+# share: one encrypted ZIP of a study put at a destination, its link mailed (planning/sharing).
 ActionKind = Literal["copy", "archive", "verify", "delete", "purge", "prune", "sweep", "share"]
 LOCAL = "local"  # the destination field of local actions (delete, purge)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Protocol, runtime_checkable
 
 from reconciler.config.durations import format_duration
 from reconciler.config.model import Config
@@ -29,37 +28,6 @@ from reconciler.model.plan import (
 
 # A study known only from the objects of its partial copy: its attributes are not known here.
 UNKNOWN_STUDY = StudyLabel(modalities="", study_date="", description="")
-
-
-@runtime_checkable
-class ReportsPartialCopies(Protocol):
-    """A destination whose last successful observation also found uncommitted copies: each
-    study's objects by key (relative to the destination's root) with their sizes."""
-
-    partial_copies: Mapping[str, Mapping[str, int]]
-
-
-def uncommitted_studies(
-    listing: Mapping[str, int], root: str, studies_dir: str, manifest_name: str
-) -> dict[str, dict[str, int]]:
-    """The studies under ``root/studies_dir`` holding objects but no manifest, each with its
-    objects' keys relative to ``root``. A manifest that is there but unreadable is not a
-    partial copy: it may be a complete copy to repair."""
-    top = f"{root.rstrip('/')}/"
-    prefix = f"{top}{studies_dir}/"
-    holding: dict[str, dict[str, int]] = {}
-    committed: set[str] = set()
-    for path, size in listing.items():
-        if not path.startswith(prefix):
-            continue
-        study_uid, _, name = path[len(prefix) :].partition("/")
-        if not name:
-            continue
-        if name == manifest_name:
-            committed.add(study_uid)
-        else:
-            holding.setdefault(study_uid, {})[path[len(top) :]] = size
-    return {uid: objects for uid, objects in holding.items() if uid not in committed}
 
 
 def decide(

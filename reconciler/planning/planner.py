@@ -30,13 +30,13 @@ from reconciler.model.plan import (
     StudyLabel,
     Waiting,
 )
+from reconciler.model.share import ShareRecord
 from reconciler.planning import partial_copies, prune, retention
 from reconciler.planning.deidentified_label import label_at
 from reconciler.planning.retention import LocalFacts, StudyFacts
 from reconciler.planning.schedule import combine, gate
 from reconciler.planning.selection import selects
 from reconciler.planning.sharing import SharePlanner
-from reconciler.state.store import ShareRecord
 
 # Verifications that must be asked for (and are repeated every verify_every), by their name.
 # A count-only PACS gets the OsiriX plugin's "full" check on that schedule: C-FIND by instance.

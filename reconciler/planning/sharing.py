@@ -3,107 +3,26 @@
 A study asks to be shared when its StudyDescription carries one recipient address and a
 password token, e.g. ``Knee MRI bob@example.org pw=s3cret``. A policy with ``share:`` puts one
 AES-encrypted ZIP of each such study it selects on an object destination and mails the
-recipient the link (never the password); ``share_apply.py`` does that, this module decides it.
+recipient the link (never the password); ``engine/shares.py`` does that, this module decides it.
 
 The password must never reach the state, plans, events or logs, so the scan stores the
 description with the token redacted (``pw=***``): the planner sees who asked for a share and
 that a password was given, and the apply reads the password itself from the files.
 
-Grammar, chosen to be forgiving of how descriptions get typed at a modality console:
-
-- the token is ``pw=`` (any case, spaces allowed around ``=``) at the start of a word, and the
-  password is everything after it up to the next whitespace;
-- the recipient is a word that is an e-mail address once surrounding ``<>()[],;:."'`` are
-  stripped; it is compared and mailed in lower case;
-- exactly one of each, or the study is not shared (a warning says why): two addresses or two
-  passwords are ambiguous, and guessing who gets patient data is not ours to do;
-- the shared copy's description is the remaining words joined by single spaces.
-
-Redaction is broader than the grammar: any ``pw=`` is redacted, inside a word too.
+The grammar of a request is in ``reconciler.model.share``.
 """
 
 from __future__ import annotations
 
-import re
-import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from reconciler.config.model import Config, Policy
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.model.plan import Action, InstanceRef, Problem, StudyLabel
+from reconciler.model.share import ShareRecord, ShareRequestError, parse_request
 from reconciler.planning.selection import selects
-from reconciler.state.store import ShareRecord
-
-# \b rather than "after whitespace": "bob@example.org,pw=x" still has its password found.
-_PASSWORD = re.compile(r"(?i)\bpw\s*=\s*(\S*)")
-# Redaction is broader (inside a word too), so whatever the grammar might miss is still hidden;
-# what it keeps before "pw" keeps a redacted text reading as the same request, or as none.
-_REDACT = re.compile(r"(?i)pw\s*=\s*\S*")
-_ADDRESS = re.compile(
-    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}"
-)
-_AROUND_ADDRESS = "<>()[],;:.\"'"
-REDACTED = "pw=***"
-
-
-class ShareRequestError(ValueError):
-    """A description that asks for a share but cannot be read as one; says why, never the
-    password."""
-
-
-@dataclass(frozen=True)
-class ShareRequest:
-    recipient: str
-    password: str = field(repr=False)
-    description: str  # the description without the address and the password token
-
-
-def description_text(value: object) -> str:
-    """A StudyDescription value as written: pydicom splits text at a backslash (DICOM's value
-    separator), which would cut a password holding one in two."""
-    if isinstance(value, Sequence) and not isinstance(value, str):  # pydicom's MultiValue
-        return "\\".join(map(str, value)).strip()
-    return str(value).strip()
-
-
-def redact(description: str) -> str:
-    """The description with every password token replaced by ``pw=***``."""
-    return _REDACT.sub(REDACTED, description)
-
-
-def parse_request(description: str) -> ShareRequest | None:
-    """The share a description asks for; None when it has no password token.
-
-    Raises ShareRequestError when it has one but no single recipient or password.
-    """
-    passwords = _PASSWORD.findall(description)
-    if not passwords:
-        return None
-    if len(passwords) > 1:
-        raise ShareRequestError(f"it carries {len(passwords)} pw= tokens; give exactly one")
-    [password] = passwords
-    if not password:
-        raise ShareRequestError("its pw= token has no password after it")
-    words, recipients = [], []
-    for word in _PASSWORD.sub(" ", description).split():
-        bare = word.strip(_AROUND_ADDRESS)
-        if _ADDRESS.fullmatch(bare):
-            recipients.append(bare.lower())
-        else:
-            words.append(word)
-    if len(set(recipients)) != 1:
-        named = f"{len(set(recipients))} addresses" if recipients else "no address"
-        raise ShareRequestError(f"it has a pw= token but {named}; name exactly one recipient")
-    return ShareRequest(recipients[0], password, " ".join(words))
-
-
-def new_key() -> str:
-    """Where a share's ZIP goes under the destination's prefix: a random name, so that a link
-    cannot be guessed from another, and stable once recorded, so a retried put overwrites."""
-    return f"shares/{secrets.token_urlsafe(18)}.zip"
 
 
 def share_policy(config: Config, study: CatalogStudy, now: datetime) -> Policy | None:

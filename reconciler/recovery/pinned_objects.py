@@ -11,8 +11,9 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from reconciler.destinations.object_store.layout import PINNED, STUDIES
 from reconciler.destinations.object_store.manifest import Manifest, ManifestEntry, ManifestError
-from reconciler.recovery.points import PINNED, STUDIES, ObjectStore, RecoveryError, list_points
+from reconciler.recovery.points import ObjectStore, RecoveryError, list_points
 
 
 @dataclass

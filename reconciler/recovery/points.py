@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from reconciler.destinations.base import Destination, DestinationUnavailable
+from reconciler.destinations.object_store.layout import PINNED, POINTS, STUDIES
 from reconciler.destinations.object_store.manifest import (
     ENCRYPTED_SUFFIX,
     MANIFEST_NAME,
@@ -42,7 +43,6 @@ from reconciler.destinations.object_store.manifest import (
     Manifest,
     ManifestEntry,
     ManifestError,
-    is_uid,
 )
 from reconciler.destinations.object_store.stored_copy import (
     Unrestorable,
@@ -52,13 +52,11 @@ from reconciler.destinations.object_store.stored_copy import (
 )
 from reconciler.model.observation import ObservedInstance
 from reconciler.model.plan import Action, InstanceRef, StudyLabel
+from reconciler.model.uid import is_uid
 from reconciler.transforms.encryption import Keyring
 
 POINT_FORMAT = "dicom-reconciler/recovery-point"
 POINT_VERSION = 1
-STUDIES = "studies"
-PINNED = "manifests"
-POINTS = "recovery-points"
 POINT_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,4})?$")
 # Objects up to this size are fetched in one request; larger ones are streamed in chunks.
 IN_MEMORY_LIMIT = 64 * 1024 * 1024

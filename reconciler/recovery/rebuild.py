@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.config.load import LoadedConfig
+from reconciler.destinations.object_store.layout import STUDIES, new_share_key
 from reconciler.destinations.object_store.manifest import Manifest, ManifestError
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.engine.workspace import Workspace
 from reconciler.model.observation import Observation
 from reconciler.planning.planner import make_plan
-from reconciler.planning.sharing import new_key
-from reconciler.recovery.points import STUDIES, is_study_manifest_key
+from reconciler.recovery.points import is_study_manifest_key
 from reconciler.sources.scan import ScanResult
 from reconciler.state.lock import StateLock
 
@@ -77,7 +77,7 @@ def _assume_shared(workspace: Workspace, now: datetime) -> int:
         if action.kind == "share" and action.recipient is not None:
             label, policy = action.study, action.policies[0]
             uid, recipient = action.study_uid, action.recipient
-            store.share_begin(uid, recipient, policy, action.destination, label, new_key())
+            store.share_begin(uid, recipient, policy, action.destination, label, new_share_key())
             store.share_notified(uid, recipient)
             shared += 1
     return shared

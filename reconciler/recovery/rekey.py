@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from reconciler import __version__
+from reconciler.destinations.object_store.layout import STUDIES
 from reconciler.destinations.object_store.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -37,7 +38,7 @@ from reconciler.destinations.object_store.manifest import (
 )
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.recovery.pinned_objects import PinnedObjects, pinned_objects
-from reconciler.recovery.points import STUDIES, is_study_manifest_key
+from reconciler.recovery.points import is_study_manifest_key
 from reconciler.transforms.encryption import (
     HEADER_SIZE,
     DecryptionError,

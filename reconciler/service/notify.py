@@ -31,8 +31,8 @@ import requests
 from reconciler.config.durations import format_duration
 from reconciler.config.load import LoadedConfig
 from reconciler.config.model import NotificationEvent, NotificationSettings, WebhookSettings
+from reconciler.engine.email import send_email
 from reconciler.model.plan import BLOCKED, Plan
-from reconciler.service.email import send_email
 from reconciler.state.store import StateStore
 
 Say = Callable[[str], None]

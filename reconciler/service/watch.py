@@ -24,7 +24,6 @@ from pathlib import Path
 
 import watchfiles
 
-from reconciler.cli.recovery import describe_created, write_due_points
 from reconciler.config.durations import format_duration
 from reconciler.config.load import ConfigError, LoadedConfig, load_config
 from reconciler.destinations.base import DestinationUnavailable
@@ -37,6 +36,7 @@ from reconciler.service.api.server import serving
 from reconciler.service.health import Health
 from reconciler.service.metrics import WatchMetrics
 from reconciler.service.notify import Stall, deliver, notify_after_run, notify_blocked
+from reconciler.service.scheduled_points import describe_created, write_due_points
 
 TICK_MS = 1000  # how often the loop looks at the clock when no file changes
 RETRY_AFTER = timedelta(seconds=30)  # after a cycle the local disk stopped

@@ -18,10 +18,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.destinations.object_store.manifest import is_uid
 from reconciler.model.catalog import CatalogInstance
 from reconciler.model.plan import Problem
-from reconciler.planning.sharing import description_text, redact
+from reconciler.model.share import description_text, redact
+from reconciler.model.uid import is_uid
 from reconciler.sources.structure import structural_damage
 from reconciler.state.store import FileStamp, StateStore
 

@@ -18,11 +18,12 @@ from functools import partial
 from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy, PartialCopy
 from reconciler.model.plan import StudyLabel
+from reconciler.model.share import ShareRecord, redact
 from reconciler.state.bulk import building
 
 SCHEMA_VERSION = 6
@@ -160,29 +161,6 @@ class FileStamp:
     rejected: bool
 
 
-ShareStatus = Literal["pending", "stored", "notified"]
-
-
-@dataclass(frozen=True)
-class ShareRecord:
-    """One share (sharing.py), by study and recipient: ``pending`` once its object key is
-    chosen, ``stored`` once its ZIP is complete at the destination, ``notified`` once the
-    recipient's mail server accepted the mail. Never its password."""
-
-    study_uid: str
-    recipient: str
-    policy: str
-    destination: str
-    key: str
-    status: ShareStatus
-    label: StudyLabel
-    updated_at: datetime
-    size: int | None = None
-    sha256: str | None = None
-    attempts: int = 0  # failed attempts since the last step forward
-    last_error: str | None = None
-
-
 @dataclass(frozen=True)
 class RejectedFile:
     path: str
@@ -277,7 +255,6 @@ class StateStore:
         """Version 6 records shares (the table is new) and never holds a share's password:
         descriptions catalogued before are redacted as the scan now does, and the space their
         old text took is zeroed (secure_delete, then a checkpoint into the main file)."""
-        from reconciler.planning.sharing import redact
 
         def redact_extra(text: str) -> str:
             extra = json.loads(text)

@@ -31,13 +31,13 @@ from reconciler.destinations.object_store.manifest import (
     Manifest,
     ManifestEntry,
     ManifestError,
-    is_uid,
     object_name,
 )
 from reconciler.destinations.retry import PermanentError
 from reconciler.destinations.source_files import read_unchanged
 from reconciler.model.observation import ObservedInstance, ObservedStudy
 from reconciler.model.plan import Action
+from reconciler.model.uid import is_uid
 
 ARCHIVES = "archives"
 INDEX_FORMAT = "dicom-reconciler/study-archive"

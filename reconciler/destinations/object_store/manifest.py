@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import get_args
 
+from reconciler.model.uid import is_uid
 from reconciler.transforms.settings import Codec
 
 MANIFEST_FORMAT = "dicom-reconciler/study-manifest"
@@ -19,7 +20,6 @@ MANIFEST_NAME = "manifest.json"  # each study's, beside its objects
 # Version 2 adds each instance's transforms; version 1 manifests (none) are still read.
 MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 CODECS = frozenset(get_args(Codec)) - {"keep"}
 ENCRYPTION = "aes-256-gcm"  # recorded as "aes-256-gcm:<master key id>", never the key
@@ -32,11 +32,6 @@ _VERSION = re.compile(rf"^[0-9a-f]{{{VERSION_DIGITS}}}$")
 
 class ManifestError(ValueError):
     """A manifest that cannot be trusted; its study counts as absent."""
-
-
-def is_uid(text: str) -> bool:
-    """A syntactically valid DICOM UID: also what makes it safe as an object name."""
-    return len(text) <= 64 and bool(UID_PATTERN.match(text))
 
 
 def object_name(sop_instance_uid: str, encrypted: bool, content_sha256: str | None = None) -> str:

@@ -20,8 +20,9 @@ from reconciler.destinations.object_store.archive import (
     bundle_name,
     index_name,
 )
+from reconciler.destinations.object_store.layout import STUDIES
 from reconciler.destinations.object_store.manifest import MANIFEST_NAME, Manifest, ManifestError
-from reconciler.recovery.points import STUDIES, RecoveryError, list_points
+from reconciler.recovery.points import RecoveryError, list_points
 
 
 class PruneRefused(Exception):

@@ -44,7 +44,8 @@ from reconciler.destinations.base import (
     SendResult,
     VerifyResult,
 )
-from reconciler.destinations.object_store import archive, pruning
+from reconciler.destinations.object_store import archive, layout, pruning
+from reconciler.destinations.object_store.layout import PINNED, STUDIES
 from reconciler.destinations.object_store.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -58,8 +59,6 @@ from reconciler.destinations.retry import PermanentError, is_no_room, with_retri
 from reconciler.destinations.source_files import check_unchanged, read_unchanged
 from reconciler.model.observation import ObservedInstance, ObservedStudy
 from reconciler.model.plan import Action, InstanceRef
-from reconciler.planning import partial_copies
-from reconciler.recovery.points import PINNED, STUDIES
 from reconciler.transforms.encryption import DecryptionError, decrypt, encrypt, sealed_sha256
 from reconciler.transforms.pool import CompressionPool
 from reconciler.transforms.settings import Codec, codec_for
@@ -147,9 +146,7 @@ class ObjectStoreDestination:
             pinned = pruning.studies_in_points(self) if self.settings.prune else frozenset()
         except Exception as exc:
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        self.partial_copies = partial_copies.uncommitted_studies(
-            listing, self.root, STUDIES, MANIFEST_NAME
-        )
+        self.partial_copies = layout.uncommitted_studies(listing, self.root, STUDIES, MANIFEST_NAME)
         studies = {}
         for study_uid, manifest in manifests.items():
             folder = self._study_dir(study_uid)

@@ -15,10 +15,9 @@ from typing import Any
 from reconciler.config.load import LoadedConfig
 from reconciler.config.model import DestinationConfig, DicomTarget
 from reconciler.destinations.base import DestinationUnavailable
-from reconciler.destinations.dicom.retrieve import RetrieveUnavailable, known_study, retrieve_study
 from reconciler.destinations.factory import open_destination
-from reconciler.destinations.object_store.manifest import is_uid
 from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.model.uid import is_uid
 from reconciler.recovery.points import (
     RecoveryError,
     RestoreReport,
@@ -27,6 +26,7 @@ from reconciler.recovery.points import (
     restore_study_to_folder,
     restore_to_folder,
 )
+from reconciler.recovery.retrieve import RetrieveUnavailable, known_study, retrieve_study
 from reconciler.service.api.lookup import find_studies
 from reconciler.state.store import StateStore
 

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING
 
 from reconciler.destinations.retry import PermanentError
 from reconciler.model.plan import InstanceRef
-from reconciler.planning.sharing import (
+from reconciler.model.share import (
     ShareRequest,
     ShareRequestError,
     description_text,

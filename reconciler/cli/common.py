@@ -1,0 +1,36 @@
+"""What every command module shares: exit codes, the usage error, warnings, the scan bar."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from tqdm import tqdm
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command that cannot run as asked; the message tells the user what to do."""
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
+    if quiet:
+        return None
+    bar: dict[str, tqdm[Any]] = {}
+
+    def progress(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(
+                total=total, unit="file", desc="scan", file=sys.stderr, disable=None, leave=False
+            )
+        bar["bar"].update(done - bar["bar"].n)
+        if done >= total:
+            bar.pop("bar").close()
+
+    return progress
