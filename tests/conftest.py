@@ -116,3 +116,33 @@ def copy_actions(tmp_path: Path, small_studies: Path) -> list[Action]:
     plan = make_plan(one_policy_config(inbox, "file:///unused"), store.load_catalog(), empty, now)
     store.close()
     return list(plan.actions)
+
+
+# Pure tests: plain values and the config, no peer, no generated studies, no subprocess.
+# `pytest -m unit` runs them alone in seconds; everything else talks to real parts.
+_PURE_MODULES = frozenset(
+    {
+        "test_planner",
+        "test_retention",
+        "test_retention_properties",
+        "test_prune",
+        "test_schedule",
+        "test_sharing",
+        "test_manifest",
+        "test_config_load",
+        "test_config_values",
+        "test_config_fuzz",
+        "test_schema",
+        "test_retry",
+        "test_bulk",
+    }
+)
+_NOT_PURE_FIXTURES = frozenset({"small_studies", "copy_actions", "capsys"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__ if isinstance(item, pytest.Function) else ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if module in _PURE_MODULES and not fixtures & _NOT_PURE_FIXTURES:
+            item.add_marker(pytest.mark.unit)
