@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -34,3 +36,14 @@ def scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
             bar.pop("bar").close()
 
     return progress
+
+
+def add_config_option(command: argparse.ArgumentParser) -> None:
+    """``-c/--config``, which every command that reads the config takes."""
+    command.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=Path("reconciler.yaml"),
+        help="config file or folder of *.yaml files (default: ./reconciler.yaml)",
+    )

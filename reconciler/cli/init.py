@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_config_option
 from reconciler.config.load import load_config
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.engine.workspace import Workspace
@@ -19,13 +18,7 @@ def register(commands: Any) -> None:
     )
     sub = commands.add_parser("init", help=description, description=description)
     sub.set_defaults(handler=cmd_init)
-    sub.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=Path("reconciler.yaml"),
-        help="config file or folder of *.yaml files (default: ./reconciler.yaml)",
-    )
+    add_config_option(sub)
     sub.add_argument("names", nargs="*", metavar="NAME", help="default: every object destination")
     sub.add_argument(
         "--force", action="store_true", help="adopt a marker other than the one the state knows"

@@ -21,7 +21,15 @@ from typing import Any
 from pydantic import ByteSize, TypeAdapter, ValidationError
 
 from reconciler import __version__
-from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError, scan_bar, warn
+from reconciler.cli.common import (
+    EXIT_CHANGES,
+    EXIT_ERROR,
+    EXIT_OK,
+    UsageError,
+    add_config_option,
+    scan_bar,
+    warn,
+)
 from reconciler.cli.init import register as register_init
 from reconciler.cli.recovery import register as register_recovery
 from reconciler.cli.recovery import scheduled_points
@@ -69,13 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> Any:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
-        sub.add_argument(
-            "-c",
-            "--config",
-            type=Path,
-            default=Path("reconciler.yaml"),
-            help="config file or folder of *.yaml files (default: ./reconciler.yaml)",
-        )
+        add_config_option(sub)
         return sub
 
     sub = command("validate", cmd_validate, "check the configuration; touches no network or state")

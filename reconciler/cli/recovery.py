@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError, scan_bar, warn
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_config_option, scan_bar, warn
 from reconciler.config.load import LoadedConfig, load_config
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.factory import open_destination
@@ -121,13 +121,7 @@ def register(commands: Any) -> None:
 def _command(actions: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
     sub: argparse.ArgumentParser = actions.add_parser(name, help=help, description=help)
     sub.set_defaults(handler=_reported(handler))
-    sub.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=Path("reconciler.yaml"),
-        help="config file or folder of *.yaml files (default: ./reconciler.yaml)",
-    )
+    add_config_option(sub)
     sub.add_argument("--json", action="store_true", help="print the result as JSON")
     return sub
 

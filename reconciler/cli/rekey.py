@@ -7,12 +7,11 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_config_option
 from reconciler.config.load import load_config
 from reconciler.config.model import DestinationConfig
 from reconciler.engine.workspace import Workspace
@@ -26,13 +25,7 @@ def register(commands: Any) -> None:
     )
     sub = commands.add_parser("rekey", help=description, description=description)
     sub.set_defaults(handler=cmd_rekey)
-    sub.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=Path("reconciler.yaml"),
-        help="config file or folder of *.yaml files (default: ./reconciler.yaml)",
-    )
+    add_config_option(sub)
     sub.add_argument("--at", action="append", metavar="NAME", help="only this destination")
     sub.add_argument("--json", action="store_true", help="print the result as JSON")
 
