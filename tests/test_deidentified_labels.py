@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.cli.render import render_text
 from reconciler.cli.views import HumanView, JsonLinesView
 from reconciler.config.model import Config
 from reconciler.demo.synth import GeneratedStudy, generate
 from reconciler.engine.events import ActionFinished
 from reconciler.model.observation import Observation
-from reconciler.model.plan import Action, Plan, render_text
+from reconciler.model.plan import Action, Plan
 from reconciler.planning.planner import make_plan
 from reconciler.sources.scan import SourceFolder, scan_sources
 from reconciler.state.store import StateStore

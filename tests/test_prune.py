@@ -8,8 +8,9 @@ from typing import Any
 
 from factories import NOW, catalog, config, held, observed, study, unreachable
 
+from reconciler.cli.render import render_text
 from reconciler.model.observation import Observation
-from reconciler.model.plan import Plan, render_text
+from reconciler.model.plan import Plan
 from reconciler.planning.planner import make_plan
 from reconciler.planning.retention import DELETE_CAP
 

@@ -8,9 +8,10 @@ from typing import Any
 
 from factories import NOW, catalog, config, held, observed, study, unreachable
 
+from reconciler.cli.render import render_text
 from reconciler.model.catalog import Catalog
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
-from reconciler.model.plan import LOCAL, Plan, Retained, StudyLabel, render_text
+from reconciler.model.plan import LOCAL, Plan, Retained, StudyLabel
 from reconciler.planning.planner import make_plan
 from reconciler.planning.retention import CATALOG_SHRANK, DELETE_CAP, Hold, LocalFacts, TrashBatch
 

@@ -13,8 +13,9 @@ import pytest
 from factories import catalog, config, observed, study
 from pydantic import ValidationError
 
+from reconciler.cli.render import render_text
 from reconciler.config.model import Config, Schedule
-from reconciler.model.plan import Plan, render_text
+from reconciler.model.plan import Plan
 from reconciler.planning.planner import make_plan
 from reconciler.planning.schedule import combine, gate
 

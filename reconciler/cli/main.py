@@ -34,13 +34,14 @@ from reconciler.cli.init import register as register_init
 from reconciler.cli.recovery import register as register_recovery
 from reconciler.cli.recovery import scheduled_points
 from reconciler.cli.rekey import register as register_rekey
+from reconciler.cli.render import render_text
 from reconciler.cli.views import HumanView, JsonLinesView
 from reconciler.config.durations import parse_duration
 from reconciler.config.load import ConfigError, format_config, load_config
 from reconciler.config.schema import config_schema
 from reconciler.engine.events import RunFinished, event_dict
 from reconciler.engine.workspace import RetentionOverrides, StalePlanError, Workspace
-from reconciler.model.plan import Plan, human_bytes, render_text
+from reconciler.model.plan import Plan, human_bytes
 from reconciler.planning.retention import TrashBatch
 from reconciler.service.notify import notify_after_run, notify_blocked
 from reconciler.sources.scan import ScanResult
