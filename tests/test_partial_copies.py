@@ -340,3 +340,30 @@ def test_a_state_that_listed_partial_copies_without_their_objects_sweeps_nothing
     plan = make_plan(config(), catalog(study("1.2.3", 2)), {"cloud": cached}, NOW + NOW.resolution)
     assert not [a for a in plan.actions if a.kind == "sweep"]
     assert [p.study_uid for p in plan.problems] == ["9.9.9"]
+
+
+def test_an_old_state_rewritten_by_a_committed_copy_keeps_its_partial_copies_dated_now(
+    tmp_path: Path,
+) -> None:
+    """A copy committed while the state still holds the UID-only list rewrites that list: the
+    partial copies left in it keep the date of the observation, so none is swept at once."""
+    from dataclasses import replace
+
+    from factories import NOW, catalog, config, observed, study
+
+    from reconciler.model.observation import PartialCopy
+    from reconciler.planning.planner import make_plan
+    from reconciler.state.store import StateStore
+
+    store = StateStore(tmp_path / "state.db")
+    store.save_observation(observed("cloud"))
+    with store.transaction() as db:
+        value = '["9.9.9", "1.2.3"]'
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('partial_copies:cloud', ?)", (value,))
+    store.record_study_stored("cloud", "1.2.3", {})
+    listed = {"9.9.9": PartialCopy({"studies/9.9.9/a.dcm": 10}, NOW)}
+    seen = store.save_observation(replace(observed("cloud"), partial=listed))
+    store.close()
+    assert seen.partial["9.9.9"].since == NOW
+    plan = make_plan(config(), catalog(study("1.2.3", 2)), {"cloud": seen}, NOW)
+    assert not [a for a in plan.actions if a.kind == "sweep"]

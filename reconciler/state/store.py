@@ -690,8 +690,11 @@ class StateStore:
         observation."""
         key = f"partial_copies:{destination}"
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is not None:
-            left = _parse_partial(row[0], _EPOCH)
+        observed = self._db.execute(
+            "SELECT observed_at FROM observations WHERE destination = ?", (destination,)
+        ).fetchone()
+        if row is not None and observed is not None:
+            left = _parse_partial(row[0], datetime.fromisoformat(observed[0]))
             left.pop(study_uid, None)
             self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (_partial_json(left), key))
 
@@ -985,9 +988,6 @@ def _unpack(
 def _instance_row(instance: CatalogInstance) -> tuple[object, ...]:
     values = [getattr(instance, c) for c in _INSTANCE_COLUMNS[:-1]]
     return (*values, json.dumps(dict(instance.extra), sort_keys=True))
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _partial_json(partial: Mapping[str, PartialCopy]) -> str:
