@@ -207,14 +207,24 @@ def test_an_emptied_source_sweeps_nothing_without_accept_shrink(
     assert any(study.glob("*.dcm"))
 
 
-def test_a_sweep_refuses_objects_written_since_the_plan(
+def _sweep_saved(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+) -> tuple[Path, Path, Path, bytes]:
+    """A partial copy whose study left the source, and a saved plan that sweeps it: the
+    config, the study's folder, the plan and the manifest the copy had when complete."""
     config, (study, *_) = _copied_to_near(tmp_path, small_studies, capsys, SWEEP_AT_ONCE)
+    manifest = (study / "manifest.json").read_bytes()
     _leave_partial_copy(study)
     _remove_from_source(tmp_path, study.name)
     saved = tmp_path / "sweep.plan"
     assert run(capsys, "plan", "-c", str(config), "--refresh", "-o", str(saved))[0] == 0
+    return config, study, saved, manifest
+
+
+def test_a_sweep_refuses_objects_written_since_the_plan(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, study, saved, _ = _sweep_saved(tmp_path, small_studies, capsys)
     (study / "late.dcm").write_bytes(b"another writer's object")  # a copy under way elsewhere
 
     code, out = run(capsys, "apply", "-c", str(config), "--auto-approve", str(saved))
@@ -225,12 +235,7 @@ def test_a_sweep_refuses_objects_written_since_the_plan(
 def test_a_sweep_refuses_a_study_committed_since_the_plan(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, (study, *_) = _copied_to_near(tmp_path, small_studies, capsys, SWEEP_AT_ONCE)
-    manifest = (study / "manifest.json").read_bytes()
-    _leave_partial_copy(study)
-    _remove_from_source(tmp_path, study.name)
-    saved = tmp_path / "sweep.plan"
-    assert run(capsys, "plan", "-c", str(config), "--refresh", "-o", str(saved))[0] == 0
+    config, study, saved, manifest = _sweep_saved(tmp_path, small_studies, capsys)
     (study / "manifest.json").write_bytes(manifest)  # another writer committed the copy
 
     code, out = run(capsys, "apply", "-c", str(config), "--auto-approve", str(saved))
@@ -241,11 +246,7 @@ def test_a_sweep_refuses_a_study_committed_since_the_plan(
 def test_a_sweep_cut_short_converges_on_the_next_run(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, (study, *_) = _copied_to_near(tmp_path, small_studies, capsys, SWEEP_AT_ONCE)
-    _leave_partial_copy(study)
-    _remove_from_source(tmp_path, study.name)
-    saved = tmp_path / "sweep.plan"
-    assert run(capsys, "plan", "-c", str(config), "--refresh", "-o", str(saved))[0] == 0
+    config, study, saved, _ = _sweep_saved(tmp_path, small_studies, capsys)
     for victim in sorted(study.glob("*.dcm"))[:3]:  # as a sweep killed midway leaves it
         victim.unlink()
 
