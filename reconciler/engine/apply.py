@@ -86,15 +86,16 @@ def apply_plan(
         transfers = [a for a in plan.actions if not _is_removal(a)]
         for action in transfers:
             entry = _journal_start(store, run_id, action)
-            job = None
+            job: ShareJob | None = None
             if action.kind == "share":
                 if shares is None:
                     raise TypeError("a plan with shares needs a ShareExecutor to apply it")
-                if isinstance(job := shares.prepare(action), ActionFinished):  # already done
+                if isinstance(prepared := shares.prepare(action), ActionFinished):  # done already
                     store.journal_finish(entry, "done", None)
-                    emit_safely(job)
+                    emit_safely(prepared)
                     done += 1
                     continue
+                job = prepared
             future = pool.submit(
                 _run_action, action, destinations, emit_safely, stop, refused, shares, job
             )
@@ -282,6 +283,8 @@ def _record(
             _record_verified_copy(store, action, checked_before)
         store.journal_finish(entry, "done", None)
         return ActionFinished(action, True, f"copied {result.sent} instances")
+    if not isinstance(result, VerifyResult):  # shares are recorded by their executor
+        raise TypeError(f"{action.kind} of {action.study_uid} returned {type(result).__name__}")
     if result.unknown is not None:
         return _unconfirmed(store, entry, action, result.unknown, f"checked {result.checked}")
     store.record_verification(

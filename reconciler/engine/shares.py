@@ -124,7 +124,7 @@ class ShareExecutor:
                 )
         return StoredZip(size, sha256)
 
-    def finish(self, job: ShareJob, future: Future[StoredZip | None], entry: int) -> ActionFinished:
+    def finish(self, job: ShareJob, future: Future[Any], entry: int) -> ActionFinished:
         """On the calling thread: record the ZIP stored, then mail the recipient."""
         action, record = job.action, job.record
         try:

@@ -151,7 +151,7 @@ class Workspace:
                 observations[name] = cached or self.store.save_observation(
                     Observation(name, now, 0, ok=True)
                 )
-            elif fresh and not refresh:
+            elif cached is not None and fresh and not refresh:
                 observations[name] = cached
             else:
                 if expected is None:

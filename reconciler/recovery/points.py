@@ -19,6 +19,7 @@ restore paths) are plain functions; the rest reads and writes through ``ObjectSt
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import json
@@ -137,7 +138,7 @@ class RecoveryPoint:
             "bytes": self.bytes,
         }
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:  # builtins: the class has a `bytes` property
         document = {
             "format": POINT_FORMAT,
             "format_version": POINT_VERSION,
@@ -148,7 +149,7 @@ class RecoveryPoint:
         return json.dumps(document, indent=1, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes, expected_id: str) -> RecoveryPoint:
+    def from_json(cls, data: builtins.bytes, expected_id: str) -> RecoveryPoint:
         try:
             document = json.loads(data)
             if document.get("format") != POINT_FORMAT:
@@ -782,7 +783,7 @@ def place_restored(
             os.link(temporary, target)  # unlike rename, never replaces a file that appeared
         except FileExistsError:
             return _existing(study_uid, entry, target, decoded_sha256)
-        return "restored", size, note and Finding(study_uid, sop, "transcoded", note)
+        return "restored", size, Finding(study_uid, sop, "transcoded", note) if note else None
     except FileNotFoundError:
         return "problem", 0, Finding(study_uid, sop, "missing", "object is missing")
     except Unrestorable as exc:
@@ -905,15 +906,19 @@ class _Staged:
                 size, digest = _write_original(store, self.uid, entry, sink, self.keyring)
             note = restored_note(entry, digest)
         except FileNotFoundError:
-            return self._problem(path, Finding(self.uid, sop, "missing", "object is missing"))
+            self._problem(path, Finding(self.uid, sop, "missing", "object is missing"))
+            return None
         except Unrestorable as exc:
-            return self._problem(path, Finding.of(self.uid, sop, exc))
+            self._problem(path, Finding.of(self.uid, sop, exc))
+            return None
         if held is not None:  # held under another hash: perhaps this very decoded file
             if held.sha256 == digest:
                 self.report.already_present += 1
-                return self._problem(path, None)
+                self._problem(path, None)
+                return None
             detail = f"{self.report.target} holds other content for this instance; left as it is"
-            return self._problem(path, Finding(self.uid, sop, "conflict", detail))
+            self._problem(path, Finding(self.uid, sop, "conflict", detail))
+            return None
         if note:
             self.notes.append(Finding(self.uid, sop, "transcoded", note))
         from pydicom.uid import ExplicitVRLittleEndian  # here: pydicom slows every start

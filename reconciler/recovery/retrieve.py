@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import StoragePresentationContexts, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore
 
 from reconciler.config.model import DicomTarget
@@ -166,6 +167,7 @@ class _Receiver:
         self._sources = {i.sop_uid: i.sha256 for i in self.study.local}
 
     def store(self, event: evt.Event) -> int:
+        assert isinstance(event.request, C_STORE)  # the only request this handler is bound to
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         data = event.encoded_dataset()
         series_uid = self._series_of(sop_uid, data)

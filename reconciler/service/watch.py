@@ -191,7 +191,7 @@ def _cycle(
     outcome, progressed = "ok", False
     if plan.has_changes and not stop.is_set():
         summary = workspace.apply(plan, emit, stop)
-        outcome, progressed = summary["outcome"], summary["actions_done"] != 0
+        outcome, progressed = str(summary["outcome"]), summary["actions_done"] != 0
         notify_after_run(workspace.loaded, workspace.store, say)
     if outcome == "ok" and not plan.has_errors and not stop.is_set():
         outcome = _due_points(workspace, say)

@@ -53,9 +53,11 @@ class CommitmentListener:
         ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         self._reports: dict[str, CommitmentReport] = {}
         self._arrived = threading.Condition()
-        self._server = ae.start_server(
+        server = ae.start_server(
             (address, port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)]
         )
+        assert server is not None  # pynetdicom returns the server when not blocking
+        self._server = server
 
     @property
     def address(self) -> tuple[str, int]:

@@ -88,7 +88,9 @@ def _uncompressed(ref: InstanceRef) -> Dataset:
 
 def _no_delay(event: evt.Event) -> None:
     # pynetdicom leaves Nagle on; every small C-STORE PDU would then wait ~40 ms for an ACK.
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connection = event.assoc.dul.socket
+    if connection is not None and connection.socket is not None:  # None once it is closed
+        connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @contextmanager

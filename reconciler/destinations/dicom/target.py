@@ -162,15 +162,15 @@ class DicomDestination:
             futures[pool.submit(store_batch, self._associations, batch)] = batch
         unsent, lost = [], None
         for future in as_completed(futures):
-            batch = future.result()
-            for sop_uid in batch.stored:
+            outcome = future.result()
+            for sop_uid in outcome.stored:
                 result.sent += 1
                 result.bytes += sizes[sop_uid]
                 progress(sizes[sop_uid])
-            result.failures.update(batch.failures)
-            if batch.unsent:
-                unsent.append(batch.unsent)
-                lost = batch.lost
+            result.failures.update(outcome.failures)
+            if outcome.unsent:
+                unsent.append(outcome.unsent)
+                lost = outcome.lost
         return unsent, lost
 
     # --- storage commitment ----------------------------------------------------------------

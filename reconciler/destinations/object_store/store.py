@@ -350,7 +350,8 @@ class ObjectStoreDestination:
         taken: Collection[str],
     ) -> ManifestEntry:
         """Re-encoded (verified lossless, else the instance fails) and/or encrypted, in memory."""
-        data, syntax, transforms = read_unchanged(ref), ref.transfer_syntax, []
+        data, syntax = read_unchanged(ref), ref.transfer_syntax
+        transforms: list[str] = []
         if codec != "keep":
             compressed = self._codecs.submit(data, codec).result()
             if compressed.kept_because:

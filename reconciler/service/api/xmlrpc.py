@@ -37,9 +37,10 @@ def call(body: bytes, authorized: Callable[[object], bool], operations: Operatio
         params, method = xmlrpc.client.loads(body)
     except (ExpatError, xmlrpc.client.Error, ValueError, TypeError):
         return fault(400, "not an XML-RPC method call")
-    if method is None or len(params) > 1 or (params and not isinstance(params[0], dict)):
+    argument = params[0] if params else {}
+    if method is None or len(params) > 1 or not isinstance(argument, dict):
         return fault(400, "call a method with one struct, e.g. FindStudies({'PatientID': 'P1'})")
-    struct = dict(params[0]) if params else {}
+    struct = dict(argument)
     if not authorized(struct.pop("token", None)):
         return fault(401, "a valid token is needed: struct member token, or Authorization: Bearer")
     handler = METHODS.get(method.lower())
