@@ -8,19 +8,16 @@ from pathlib import Path
 import pytest
 
 from reconciler.destinations.object_store.manifest import ManifestEntry
-from reconciler.recovery.points import (
-    KeepPolicy,
+from reconciler.destinations.object_store.points import (
     PointStudy,
     RecoveryError,
     RecoveryPoint,
-    UnsafePath,
-    in_subset,
     is_due,
     new_point_id,
-    parse_subset,
-    points_to_keep,
-    restore_path,
 )
+from reconciler.recovery.forget import KeepPolicy, points_to_keep
+from reconciler.recovery.restore import UnsafePath, restore_path
+from reconciler.recovery.verify import in_subset, parse_subset
 
 SHA = "a" * 64
 

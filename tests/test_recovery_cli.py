@@ -25,15 +25,15 @@ from test_cli_end_to_end import s3_destination
 from reconciler.cli.main import main
 from reconciler.config.load import load_config
 from reconciler.destinations.object_store.layout import PINNED, STUDIES
-from reconciler.destinations.object_store.store import ObjectStoreDestination
-from reconciler.engine.workspace import Workspace
-from reconciler.recovery.points import (
+from reconciler.destinations.object_store.points import (
     RecoveryPoint,
     list_points,
     load_point,
     pinned_key,
-    restore_to_folder,
 )
+from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.engine.workspace import Workspace
+from reconciler.recovery.restore import restore_to_folder
 from reconciler.service.scheduled_points import create_points
 
 s3_block = s3_destination  # the same S3 block the CLI end-to-end tests use
@@ -425,7 +425,7 @@ def test_patient_selection_reads_headers_when_the_point_does_not_know(
         }
     )
     patient = sorted(p.name for p in inbox.iterdir())[1]
-    from reconciler.recovery.points import Selection
+    from reconciler.recovery.restore import Selection
 
     report = restore_to_folder(
         store, anonymous, tmp_path / "t", Selection(patients=frozenset({patient}))

@@ -24,26 +24,23 @@ from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_config_op
 from reconciler.config.load import LoadedConfig, load_config
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.factory import open_destination
+from reconciler.destinations.object_store.points import (
+    RecoveryError,
+    RecoveryPoint,
+    list_points,
+    load_point,
+)
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.destinations.object_store.stored_copy import PIXEL_IDENTICAL
 from reconciler.engine.workspace import Workspace
 from reconciler.model.plan import human_bytes
 from reconciler.recovery.archive_restore import restore_archived
-from reconciler.recovery.points import (
-    Finding,
-    RecoveryError,
-    RecoveryPoint,
-    RestoreReport,
-    Selection,
-    forget_points,
-    list_points,
-    load_point,
-    parse_subset,
-    restore_to_destination,
-    restore_to_folder,
-    verify_point,
-)
+from reconciler.recovery.findings import Finding
+from reconciler.recovery.forget import forget_points
 from reconciler.recovery.rebuild import StateExistsError, rebuild_state
+from reconciler.recovery.restore import RestoreReport, Selection, restore_to_folder
+from reconciler.recovery.restore_to_destination import restore_to_destination
+from reconciler.recovery.verify import parse_subset, verify_point
 from reconciler.service.notify import notify_points
 from reconciler.service.scheduled_points import (
     create_points,

@@ -22,7 +22,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
 
@@ -245,7 +245,7 @@ def _walk(root: CommentedMap, path: _Path, *, on_key: bool) -> tuple[int, int, l
     line, column = root.lc.line, root.lc.col
     words: list[str] = []
     for depth, part in enumerate(path):
-        if isinstance(node, dict) and part in node:
+        if isinstance(node, CommentedMap) and part in node:
             child = node[part]
             # Keys merged in with '<<' have no position of their own.
             positions = node.lc.data.get(part, (line, column, line, column))
@@ -253,7 +253,7 @@ def _walk(root: CommentedMap, path: _Path, *, on_key: bool) -> tuple[int, int, l
             at_value = _is_scalar(child) and not (on_key and depth == len(path) - 1)
             line, column = (value_line, value_column) if at_value else (key_line, key_column)
             words.append(str(part))
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
             child = node[part]
             line, column = node.lc.data.get(part, (line, column))[:2]
             words.append(_item_in_words(part, child))

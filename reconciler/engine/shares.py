@@ -31,11 +31,12 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import Any
 
 from reconciler.config.model import Config, ShareSettings, SmtpSettings
 from reconciler.destinations.base import Destination, ProgressCallback
 from reconciler.destinations.object_store.archive import digest
+from reconciler.destinations.object_store.keys import ObjectKeys
 from reconciler.destinations.object_store.layout import new_share_key, share_token
 from reconciler.destinations.retry import PermanentError
 from reconciler.destinations.source_files import read_unchanged
@@ -47,14 +48,6 @@ from reconciler.model.share import ShareRecord, ShareRequestError, parse_request
 from reconciler.state.store import StateStore
 
 Resolve = Callable[[Path], Path]
-
-
-@runtime_checkable
-class ShareHolder(Protocol):
-    """The object-store operations a share needs (ObjectStoreDestination has them)."""
-
-    def upload_key(self, key: str, handle: IO[bytes]) -> None: ...
-    def open_key(self, key: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -108,7 +101,7 @@ class ShareExecutor:
         if record.status == "stored":
             return None
         holder = self.destinations(record.destination)
-        if not isinstance(holder, ShareHolder):
+        if not isinstance(holder, ObjectKeys):
             raise TypeError(f"{record.destination} cannot hold shares")
         with tempfile.TemporaryFile() as handle:
             files = _read(job.action.instances, progress)

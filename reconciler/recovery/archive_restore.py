@@ -23,18 +23,16 @@ import zstandard
 from reconciler.destinations.object_store.archive import (
     ARCHIVES,
     ArchiveIndex,
-    Keys,
     bundle_name,
     digest,
     index_name,
     study_of_index,
 )
+from reconciler.destinations.object_store.keys import ObjectKeys
 from reconciler.destinations.object_store.manifest import ManifestEntry, ManifestError
 from reconciler.destinations.object_store.stored_copy import Unrestorable
-from reconciler.recovery.points import (
-    CHUNK,
-    Finding,
-    Progress,
+from reconciler.recovery.findings import CHUNK, Finding, Progress
+from reconciler.recovery.restore import (
     RestoreReport,
     UnsafePath,
     place_restored,
@@ -46,7 +44,7 @@ SOURCE = "archive bundles"  # what the report names as restored, in place of a p
 
 
 def restore_archived(
-    keys: Keys,
+    keys: ObjectKeys,
     root: Path,
     studies: Collection[str] = (),
     progress: Progress = lambda _: None,
@@ -65,7 +63,7 @@ def restore_archived(
 
 
 def _restore_bundle(
-    keys: Keys, study_uid: str, root: Path, report: RestoreReport, progress: Progress
+    keys: ObjectKeys, study_uid: str, root: Path, report: RestoreReport, progress: Progress
 ) -> None:
     try:
         index = ArchiveIndex.from_json(

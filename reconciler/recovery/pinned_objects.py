@@ -11,9 +11,10 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from reconciler.destinations.object_store.keys import ObjectKeys
 from reconciler.destinations.object_store.layout import PINNED, STUDIES
 from reconciler.destinations.object_store.manifest import Manifest, ManifestEntry, ManifestError
-from reconciler.recovery.points import ObjectStore, RecoveryError, list_points
+from reconciler.destinations.object_store.points import RecoveryError, list_points
 
 
 @dataclass
@@ -25,7 +26,7 @@ class PinnedObjects:
     unreadable: dict[str, str] = field(default_factory=dict)
 
 
-def pinned_objects(store: ObjectStore) -> PinnedObjects:
+def pinned_objects(store: ObjectKeys) -> PinnedObjects:
     """Every object any pinned manifest lists, with the points that refer to it."""
     found = PinnedObjects()
     points, unreadable_points = list_points(store)

@@ -21,7 +21,7 @@ from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.engine.workspace import Workspace
 from reconciler.model.observation import Observation
 from reconciler.planning.planner import make_plan
-from reconciler.recovery.points import is_study_manifest_key
+from reconciler.recovery.create import is_study_manifest_key
 from reconciler.sources.scan import ScanResult
 from reconciler.state.lock import StateLock
 

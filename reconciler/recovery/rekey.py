@@ -37,8 +37,8 @@ from reconciler.destinations.object_store.manifest import (
     encryption_transform,
 )
 from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.recovery.create import is_study_manifest_key
 from reconciler.recovery.pinned_objects import PinnedObjects, pinned_objects
-from reconciler.recovery.points import is_study_manifest_key
 from reconciler.transforms.encryption import (
     HEADER_SIZE,
     DecryptionError,

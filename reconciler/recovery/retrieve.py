@@ -41,11 +41,10 @@ from reconciler.destinations.dicom.store import (
     peer_name,
 )
 from reconciler.destinations.object_store.manifest import ManifestEntry
+from reconciler.destinations.object_store.points import RecoveryError
 from reconciler.model.catalog import CatalogInstance
-from reconciler.recovery.points import (
-    Finding,
-    FindingKind,
-    RecoveryError,
+from reconciler.recovery.findings import Finding, FindingKind
+from reconciler.recovery.restore import (
     RestoreReport,
     UnsafePath,
     place_restored,

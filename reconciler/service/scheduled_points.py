@@ -9,16 +9,11 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.config.model import KeepPoints
+from reconciler.destinations.object_store.points import is_due, list_points, new_point_id
 from reconciler.engine.workspace import Workspace
 from reconciler.model.plan import human_bytes
-from reconciler.recovery.points import (
-    KeepPolicy,
-    create_point,
-    forget_points,
-    is_due,
-    list_points,
-    new_point_id,
-)
+from reconciler.recovery.create import create_point
+from reconciler.recovery.forget import KeepPolicy, forget_points
 from reconciler.service.notify import notify_points
 
 

@@ -27,10 +27,10 @@ import watchfiles
 from reconciler.config.durations import format_duration
 from reconciler.config.load import ConfigError, LoadedConfig, load_config
 from reconciler.destinations.base import DestinationUnavailable
+from reconciler.destinations.object_store.points import RecoveryError
 from reconciler.engine.events import Event
 from reconciler.engine.workspace import Workspace
 from reconciler.model.plan import Plan
-from reconciler.recovery.points import RecoveryError
 from reconciler.service.api.operations import Operations
 from reconciler.service.api.server import serving
 from reconciler.service.health import Health

@@ -18,15 +18,15 @@ import json
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import zstandard
 
 from reconciler import __version__
 from reconciler.destinations.base import ProgressCallback, SendResult, VerifyResult
+from reconciler.destinations.object_store.keys import ObjectKeys
 from reconciler.destinations.object_store.manifest import (
     Manifest,
     ManifestEntry,
@@ -129,10 +129,18 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def digest(handle: IO[bytes]) -> tuple[int, str]:
     """Size and SHA-256 of a file object's remaining content; rewinds it afterwards."""
     start = handle.tell()
-    sha = hashlib.file_digest(handle, "sha256").hexdigest()
+    sha = _sha256(handle)
     size = handle.tell() - start
     handle.seek(start)
     return size, sha
+
+
+def _sha256(handle: IO[bytes]) -> str:
+    # hashlib.file_digest's reading, for any binary file object (it wants readinto).
+    sha = hashlib.sha256()
+    while chunk := handle.read(1024 * 1024):
+        sha.update(chunk)
+    return sha.hexdigest()
 
 
 def check_bundle(data: IO[bytes], index: ArchiveIndex) -> dict[str, str]:
@@ -149,7 +157,7 @@ def check_bundle(data: IO[bytes], index: ArchiveIndex) -> dict[str, str]:
         for member in tar:
             handle = tar.extractfile(member)
             if member.name in expected and handle is not None:
-                seen[member.name] = hashlib.file_digest(handle, "sha256").hexdigest()
+                seen[member.name] = _sha256(handle)
     return {
         e.sop_instance_uid: "missing from the bundle"
         if e.object not in seen
@@ -159,20 +167,7 @@ def check_bundle(data: IO[bytes], index: ArchiveIndex) -> dict[str, str]:
     }
 
 
-class Keys(Protocol):
-    """The object-store operations archives need (ObjectStoreDestination provides them)."""
-
-    site: str
-
-    def list_keys(self, prefix: str) -> dict[str, int]: ...
-    def read_keys(self, keys: Collection[str]) -> dict[str, bytes | BaseException]: ...
-    def read_key(self, key: str) -> bytes: ...
-    def open_key(self, key: str) -> Any: ...
-    def write_key(self, key: str, data: bytes) -> None: ...
-    def upload_key(self, key: str, handle: IO[bytes]) -> None: ...
-
-
-def store(keys: Keys, action: Action, progress: ProgressCallback) -> SendResult:
+def store(keys: ObjectKeys, action: Action, progress: ProgressCallback) -> SendResult:
     """Write the study's bundle, then its index (the commit marker)."""
     result = SendResult()
     with tempfile.TemporaryFile() as bundle:
@@ -193,7 +188,7 @@ def store(keys: Keys, action: Action, progress: ProgressCallback) -> SendResult:
     return result
 
 
-def observe(keys: Keys) -> dict[str, ObservedStudy]:
+def observe(keys: ObjectKeys) -> dict[str, ObservedStudy]:
     """Archived studies whose bundle exists with its recorded size."""
     listing = keys.list_keys(ARCHIVES)
     wanted = {k: uid for k in listing if (uid := study_of_index(k))}
@@ -218,11 +213,11 @@ def observe(keys: Keys) -> dict[str, ObservedStudy]:
     return studies
 
 
-def is_archived(keys: Keys, study_uid: str) -> bool:
+def is_archived(keys: ObjectKeys, study_uid: str) -> bool:
     return bool(keys.list_keys(f"{ARCHIVES}/{index_name(study_uid)}"))
 
 
-def verify(keys: Keys, action: Action, progress: ProgressCallback) -> VerifyResult:
+def verify(keys: ObjectKeys, action: Action, progress: ProgressCallback) -> VerifyResult:
     """Re-read the bundle: its own hash, then every member against the manifest."""
     try:
         index = ArchiveIndex.from_json(

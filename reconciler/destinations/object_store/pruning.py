@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from reconciler.destinations.object_store.archive import (
     ARCHIVES,
@@ -20,23 +19,14 @@ from reconciler.destinations.object_store.archive import (
     bundle_name,
     index_name,
 )
+from reconciler.destinations.object_store.keys import ObjectKeys
 from reconciler.destinations.object_store.layout import STUDIES
 from reconciler.destinations.object_store.manifest import MANIFEST_NAME, Manifest, ManifestError
-from reconciler.recovery.points import RecoveryError, list_points
+from reconciler.destinations.object_store.points import RecoveryError, list_points
 
 
 class PruneRefused(Exception):
     """The destination no longer shows what the plan relied on: nothing was removed."""
-
-
-class Keys(Protocol):
-    site: str
-    name: str
-
-    def list_keys(self, prefix: str) -> dict[str, int]: ...
-    def read_key(self, key: str) -> bytes: ...
-    def read_keys(self, keys: Collection[str]) -> dict[str, bytes | BaseException]: ...
-    def delete_keys(self, keys: Collection[str]) -> None: ...
 
 
 @dataclass
@@ -45,18 +35,18 @@ class Pruned:
     bytes: int = 0
 
 
-def studies_in_points(keys: Keys) -> frozenset[str]:
+def studies_in_points(keys: ObjectKeys) -> frozenset[str]:
     """Study UIDs that recovery points at the destination refer to.
 
     Raises RecoveryError if a point cannot be read: what it refers to is unknown.
     """
-    points, unreadable = list_points(keys)  # type: ignore[arg-type]
+    points, unreadable = list_points(keys)
     if unreadable:
         raise RecoveryError(f"unreadable recovery points: {', '.join(sorted(unreadable))}")
     return frozenset(s.study_instance_uid for p in points for s in p.studies)
 
 
-def remove_study(keys: Keys, study_uid: str, pinned: Collection[str]) -> Pruned:
+def remove_study(keys: ObjectKeys, study_uid: str, pinned: Collection[str]) -> Pruned:
     """Remove this site's copy of the study (plain objects and archive bundle, whichever
     are there); ``pinned`` are the studies recovery points refer to."""
     if study_uid in pinned:
@@ -75,7 +65,7 @@ def remove_study(keys: Keys, study_uid: str, pinned: Collection[str]) -> Pruned:
 
 
 def remove_partial_copy(
-    keys: Keys, study_uid: str, planned: Mapping[str, int], pinned: Collection[str]
+    keys: ObjectKeys, study_uid: str, planned: Mapping[str, int], pinned: Collection[str]
 ) -> int:
     """Remove the objects of the study's partial copy that the plan listed, after checking
     again that it is one: still no manifest, nothing written there since the plan, and no
@@ -99,7 +89,7 @@ def remove_partial_copy(
 Group = tuple[dict[str, int], str]  # objects with their sizes, then the commit marker
 
 
-def _plain_copy(keys: Keys, study_uid: str) -> Group | None:
+def _plain_copy(keys: ObjectKeys, study_uid: str) -> Group | None:
     """The study's objects and its manifest; None if there is no manifest."""
     folder = f"{STUDIES}/{study_uid}"
     marker = f"{folder}/{MANIFEST_NAME}"
@@ -111,7 +101,7 @@ def _plain_copy(keys: Keys, study_uid: str) -> Group | None:
     return {k: listing[k] for k in listed if k in listing}, marker
 
 
-def _bundle(keys: Keys, study_uid: str) -> Group | None:
+def _bundle(keys: ObjectKeys, study_uid: str) -> Group | None:
     """The study's bundle and its index; None if there is no index."""
     marker = f"{ARCHIVES}/{index_name(study_uid)}"
     if not keys.list_keys(marker):
@@ -123,7 +113,7 @@ def _bundle(keys: Keys, study_uid: str) -> Group | None:
     return keys.list_keys(bundle), marker
 
 
-def _ours(keys: Keys, study_uid: str, read: Callable[[], Manifest]) -> Manifest:
+def _ours(keys: ObjectKeys, study_uid: str, read: Callable[[], Manifest]) -> Manifest:
     try:
         manifest = read()
     except ManifestError as exc:

@@ -16,13 +16,12 @@ from reconciler.config.load import LoadedConfig
 from reconciler.config.model import DestinationConfig, DicomTarget
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.factory import open_destination
+from reconciler.destinations.object_store.points import RecoveryError, load_point
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.model.uid import is_uid
-from reconciler.recovery.points import (
-    RecoveryError,
+from reconciler.recovery.restore import (
     RestoreReport,
     Selection,
-    load_point,
     restore_study_to_folder,
     restore_to_folder,
 )
