@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from reconciler.model.catalog import Catalog, CatalogInstance
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
-from reconciler.state.store import _INSTANCE_COLUMNS, SCHEMA_VERSION, StateStore
+from reconciler.state.catalog import _INSTANCE_COLUMNS
+from reconciler.state.database import SCHEMA_VERSION
+from reconciler.state.store import StateStore
 
 PATHS = [f"/srv/inbox/f{n}.dcm" for n in range(6)]
 STUDIES = ["1.1", "1.2", "1.3"]

@@ -23,7 +23,8 @@ from reconciler.model.plan import Problem
 from reconciler.model.share import description_text, redact
 from reconciler.model.uid import is_uid
 from reconciler.sources.structure import structural_damage
-from reconciler.state.store import FileStamp, StateStore
+from reconciler.state.catalog import FileStamp
+from reconciler.state.store import StateStore
 
 if TYPE_CHECKING:
     import pydicom

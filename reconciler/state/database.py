@@ -1,0 +1,232 @@
+"""The state's SQLite database: its schema, the migrations from older schemas, transactions and the
+meta table (state id, catalog serial)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from reconciler.model.share import redact
+
+# A study's labels as its files give them, kept once the files are gone: a lookup by patient
+# or accession still finds the copies of a study that retention deleted locally.
+REMEMBER_STUDY = """
+INSERT OR REPLACE INTO known_studies
+SELECT study_uid, patient_id, accession_number, study_date, study_description,
+    group_concat(DISTINCT modality) FROM instances WHERE study_uid = ? GROUP BY study_uid
+"""
+
+SCHEMA_VERSION = 6
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    path TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, sop_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL, patient_id TEXT NOT NULL,
+    study_date TEXT NOT NULL, modality TEXT NOT NULL, study_description TEXT NOT NULL,
+    accession_number TEXT NOT NULL, extra TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS study_packs (study_uid TEXT PRIMARY KEY, pack TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stale_packs (study_uid TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS rejected (
+    path TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, seen_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS observations (
+    destination TEXT PRIMARY KEY, observed_at TEXT NOT NULL, serial INTEGER NOT NULL,
+    ok INTEGER NOT NULL, error TEXT
+);
+CREATE TABLE IF NOT EXISTS observed_studies (
+    destination TEXT NOT NULL, study_uid TEXT NOT NULL, instances TEXT NOT NULL,
+    seen_at TEXT, site TEXT, written_at TEXT, in_recovery_point INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (destination, study_uid)
+);
+CREATE TABLE IF NOT EXISTS arrivals (study_uid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS known_studies (
+    study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL, accession_number TEXT NOT NULL,
+    study_date TEXT NOT NULL, study_description TEXT NOT NULL, modalities TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS known_studies_by_patient ON known_studies (patient_id);
+CREATE INDEX IF NOT EXISTS known_studies_by_accession ON known_studies (accession_number);
+CREATE TABLE IF NOT EXISTS holds (
+    study_uid TEXT PRIMARY KEY, until TEXT NOT NULL, reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS verifications (
+    destination TEXT NOT NULL, study_uid TEXT NOT NULL, verified_at TEXT NOT NULL,
+    ok INTEGER NOT NULL, corrupt TEXT NOT NULL,
+    PRIMARY KEY (destination, study_uid)
+);
+CREATE TABLE IF NOT EXISTS unconfirmed (
+    destination TEXT NOT NULL, study_uid TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (destination, study_uid)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, command TEXT NOT NULL, started_at TEXT NOT NULL,
+    finished_at TEXT, outcome TEXT, summary TEXT
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL, kind TEXT NOT NULL,
+    study_uid TEXT NOT NULL, destination TEXT NOT NULL, status TEXT NOT NULL,
+    started_at TEXT NOT NULL, finished_at TEXT, instances INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, error TEXT
+);
+CREATE TABLE IF NOT EXISTS shares (
+    study_uid TEXT NOT NULL, recipient TEXT NOT NULL, policy TEXT NOT NULL,
+    destination TEXT NOT NULL, object_key TEXT NOT NULL, status TEXT NOT NULL,
+    label TEXT NOT NULL, updated_at TEXT NOT NULL, size INTEGER, sha256 TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    PRIMARY KEY (study_uid, recipient)
+);
+"""
+
+
+def now_text() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class StateDatabase:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            # Created private before SQLite opens it: the catalog holds patient identifiers.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('state_id', ?)", (uuid.uuid4().hex,)
+            )
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('catalog_serial', '0')")
+        version = int(self._meta("schema_version"))
+        if version == 1:
+            version = self._migrate_from_1()
+        if version == 2:
+            version = self._migrate_from_2()
+        if version == 3:
+            version = self._migrate_from_3()
+        if version == 4:
+            version = self._migrate_from_4()
+        if version == 5:
+            version = self._migrate_from_5()
+        if version != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path} has state schema {version}; "
+                f"this version of reconciler reads {SCHEMA_VERSION}"
+            )
+
+    def _migrate_from_1(self) -> int:
+        """Version 2 adds seen_at (when an observation last listed a copy) and arrivals."""
+        with self.transaction() as db:
+            db.execute("ALTER TABLE observed_studies ADD COLUMN seen_at TEXT")
+            # Studies catalogued before arrivals were recorded count as arriving now: later,
+            # never earlier, so no study becomes due for deletion sooner than it should.
+            db.execute(
+                "INSERT OR IGNORE INTO arrivals SELECT DISTINCT study_uid, ? FROM instances",
+                (now_text(),),
+            )
+            db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        return 2
+
+    def _migrate_from_2(self) -> int:
+        """Version 3 remembers each catalogued study's labels (known_studies)."""
+        with self.transaction() as db:
+            uids = db.execute("SELECT DISTINCT study_uid FROM instances").fetchall()
+            db.executemany(REMEMBER_STUDY, uids)
+            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        return 3
+
+    def _migrate_from_3(self) -> int:
+        """Version 4 adds who wrote each copy, when, and whether a recovery point needs it
+        (what pruning at destinations decides on); unknown until the next observation."""
+        with self.transaction() as db:
+            db.execute("ALTER TABLE observed_studies ADD COLUMN site TEXT")
+            db.execute("ALTER TABLE observed_studies ADD COLUMN written_at TEXT")
+            db.execute(
+                "ALTER TABLE observed_studies "
+                "ADD COLUMN in_recovery_point INTEGER NOT NULL DEFAULT 0"
+            )
+            db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        return 4
+
+    def _migrate_from_4(self) -> int:
+        """Version 5 keeps each study's catalogue rows packed (see ``load_catalog``); the next
+        scan packs the studies catalogued before."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO stale_packs SELECT DISTINCT study_uid FROM instances")
+            db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+        return 5
+
+    def _migrate_from_5(self) -> int:
+        """Version 6 records shares (the table is new) and never holds a share's password:
+        descriptions catalogued before are redacted as the scan now does, and the space their
+        old text took is zeroed (secure_delete, then a checkpoint into the main file)."""
+
+        def redact_extra(text: str) -> str:
+            extra = json.loads(text)
+            if "StudyDescription" in extra:
+                extra["StudyDescription"] = redact(extra["StudyDescription"])
+            return json.dumps(extra, sort_keys=True)
+
+        self._db.create_function("redact", 1, redact, deterministic=True)
+        self._db.create_function("redact_extra", 1, redact_extra, deterministic=True)
+        self._db.execute("PRAGMA secure_delete = ON")
+        # LIKE is case-insensitive: a cheap filter, the regular expression decides.
+        asking = "LIKE '%pw%=%'"
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO stale_packs SELECT DISTINCT study_uid FROM instances "
+                f"WHERE study_description {asking} OR extra {asking}"
+            )
+            db.execute("DELETE FROM study_packs WHERE study_uid IN (SELECT * FROM stale_packs)")
+            db.execute(
+                "UPDATE instances SET study_description = redact(study_description), "
+                f"extra = redact_extra(extra) WHERE study_description {asking} OR extra {asking}"
+            )
+            db.execute(
+                "UPDATE known_studies SET study_description = redact(study_description) "
+                f"WHERE study_description {asking}"
+            )
+            db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.execute("PRAGMA secure_delete = OFF")
+        return 6
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _meta(self, key: str) -> str:
+        return self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    @property
+    def state_id(self) -> str:
+        return self._meta("state_id")
+
+    @property
+    def catalog_serial(self) -> int:
+        return int(self._meta("catalog_serial"))

@@ -1,0 +1,307 @@
+"""What the state remembers of each destination: its identity, the cached observation of its
+holdings (and partial copies), copies recorded stored or removed, and verifications."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from reconciler.model.catalog import Catalog, CatalogInstance
+from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy, PartialCopy
+from reconciler.state.bulk import building
+from reconciler.state.database import StateDatabase
+
+
+class ObservationTables(StateDatabase):
+    def destination_identity(self, destination: str) -> tuple[str | None, bool]:
+        """The identity marker's id a run confirmed there, and whether copies are recorded."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"destination_id:{destination}",)
+        ).fetchone()
+        held = self._db.execute(
+            "SELECT 1 FROM observed_studies WHERE destination = ? LIMIT 1", (destination,)
+        ).fetchone()
+        return (row[0] if row else None), held is not None
+
+    def remember_destination_id(self, destination: str, destination_id: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                (f"destination_id:{destination}", destination_id),
+            )
+
+    def observation_serials(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT destination, serial FROM observations"))
+
+    def save_observation(self, observation: Observation) -> Observation:
+        """Replace a destination's cached holdings; the serial moves only if they changed."""
+        previous = self.load_observation(observation.destination)
+        if previous is not None and observation.ok:
+            # A partial copy is dated from the first observation that found it.
+            earlier = previous.partial
+            partial = {
+                uid: replace(found, since=earlier[uid].since) if uid in earlier else found
+                for uid, found in observation.partial.items()
+            }
+            observation = replace(observation, partial=partial)
+        unchanged = (
+            previous is not None
+            and previous.ok == observation.ok
+            and _holdings(previous) == _holdings(observation)
+            and previous.partial == observation.partial
+        )
+        serial = (
+            previous.serial if previous and unchanged else (previous.serial + 1 if previous else 1)
+        )
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO observations VALUES (?, ?, ?, ?, ?)",
+                (
+                    observation.destination,
+                    observation.observed_at.isoformat(),
+                    serial,
+                    int(observation.ok),
+                    observation.error,
+                ),
+            )
+            seen = observation.observed_at.isoformat()
+            if observation.ok:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    (
+                        f"partial_copies:{observation.destination}",
+                        _partial_json(observation.partial),
+                    ),
+                )
+            if observation.ok and not unchanged:
+                db.execute(
+                    "DELETE FROM observed_studies WHERE destination = ?", (observation.destination,)
+                )
+                db.executemany(
+                    "INSERT INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            observation.destination,
+                            s.uid,
+                            _instances_json(s.instances),
+                            seen,
+                            s.site,
+                            s.written_at.isoformat() if s.written_at else None,
+                            int(s.in_recovery_point),
+                        )
+                        for s in observation.studies.values()
+                    ],
+                )
+            elif observation.ok:
+                # The same holdings seen again: every copy is confirmed as of now.
+                db.execute(
+                    "UPDATE observed_studies SET seen_at = ? WHERE destination = ?",
+                    (seen, observation.destination),
+                )
+        return self.load_observation(observation.destination)  # type: ignore[return-value]
+
+    def record_study_stored(
+        self, destination: str, study_uid: str, instances: Mapping[str, ObservedInstance]
+    ) -> None:
+        """After a committed copy: the cached holdings gain what it stored."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT instances FROM observed_studies WHERE destination = ? AND study_uid = ?",
+                (destination, study_uid),
+            ).fetchone()
+            held = _parse_instances(row[0]) if row else {}
+            # seen_at stays empty: our own copy is not an observation of it. So do its writer
+            # and pins: the next observation reads them from the destination.
+            db.execute(
+                "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL, NULL, NULL, 0)",
+                (destination, study_uid, _instances_json({**held, **instances})),
+            )
+            self._forget_partial_copy(destination, study_uid)
+            db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+            # Repaired objects were just rewritten: a failed verification no longer holds.
+            db.execute(
+                "DELETE FROM verifications WHERE destination = ? AND study_uid = ? AND ok = 0",
+                (destination, study_uid),
+            )
+
+    def record_partial_copy_swept(self, destination: str, study_uid: str) -> None:
+        with self.transaction():
+            self._forget_partial_copy(destination, study_uid)
+            self._db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+
+    def _forget_partial_copy(self, destination: str, study_uid: str) -> None:
+        """A copy just committed (or swept) is no partial copy, even before the next
+        observation."""
+        key = f"partial_copies:{destination}"
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        observed = self._db.execute(
+            "SELECT observed_at FROM observations WHERE destination = ?", (destination,)
+        ).fetchone()
+        if row is not None and observed is not None:
+            left = _parse_partial(row[0], datetime.fromisoformat(observed[0]))
+            left.pop(study_uid, None)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (_partial_json(left), key))
+
+    def record_study_removed(self, destination: str, study_uid: str) -> None:
+        """After a prune: the destination no longer holds the study."""
+        with self.transaction() as db:
+            for table in ("observed_studies", "verifications", "unconfirmed"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE destination = ? AND study_uid = ?",
+                    (destination, study_uid),
+                )
+            db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+
+    def load_observation(
+        self, destination: str, study_uid: str | None = None, local: Catalog | None = None
+    ) -> Observation | None:
+        """The destination's cached holdings; with ``study_uid``, only that study's (cheap).
+        With ``local``, a copy's SOP Instance UIDs, hashes and sizes that equal the catalog's
+        are the catalog's own objects, not copies: a million cached instances take half the
+        memory."""
+        only, where = (
+            (" AND study_uid = ?", (destination, study_uid)) if study_uid else ("", (destination,))
+        )
+        head = self._db.execute(
+            "SELECT observed_at, serial, ok, error FROM observations WHERE destination = ?",
+            (destination,),
+        ).fetchone()
+        if head is None:
+            return None
+        verifications = {
+            uid: (datetime.fromisoformat(at), bool(ok), frozenset(json.loads(corrupt)))
+            for uid, at, ok, corrupt in self._db.execute(
+                "SELECT study_uid, verified_at, ok, corrupt FROM verifications "
+                f"WHERE destination = ?{only}",
+                where,
+            )
+        }
+        unconfirmed = dict(
+            self._db.execute(
+                f"SELECT study_uid, reason FROM unconfirmed WHERE destination = ?{only}", where
+            )
+        )
+        studies = {}
+        rows = self._db.execute(
+            "SELECT study_uid, instances, seen_at, site, written_at, in_recovery_point "
+            f"FROM observed_studies WHERE destination = ?{only}",
+            where,
+        )
+        with building():
+            for uid, instances, seen_at, site, written_at, pinned in rows:
+                verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
+                local_study = local.studies.get(uid) if local else None
+                studies[uid] = ObservedStudy(
+                    uid,
+                    _parse_instances(instances, local_study.instances if local_study else ()),
+                    verified_at=verified_at if ok else None,
+                    corrupt=corrupt,
+                    unconfirmed=unconfirmed.get(uid),
+                    seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
+                    site=site,
+                    written_at=datetime.fromisoformat(written_at) if written_at else None,
+                    in_recovery_point=bool(pinned),
+                )
+        partial = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"partial_copies:{destination}",)
+        ).fetchone()
+        return Observation(
+            destination=destination,
+            observed_at=datetime.fromisoformat(head[0]),
+            serial=head[1],
+            ok=bool(head[2]),
+            studies=studies,
+            error=head[3],
+            partial=_parse_partial(partial[0], datetime.fromisoformat(head[0])) if partial else {},
+        )
+
+    def last_verification(
+        self, destination: str, study_uid: str
+    ) -> tuple[datetime, frozenset[str]] | None:
+        """When a verification of the study there last concluded, and what it found bad."""
+        row = self._db.execute(
+            "SELECT verified_at, corrupt FROM verifications "
+            "WHERE destination = ? AND study_uid = ?",
+            (destination, study_uid),
+        ).fetchone()
+        return (datetime.fromisoformat(row[0]), frozenset(json.loads(row[1]))) if row else None
+
+    def record_verification(
+        self, destination: str, study_uid: str, at: datetime, corrupt: Iterable[str]
+    ) -> None:
+        corrupt = sorted(corrupt)
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM unconfirmed WHERE destination = ? AND study_uid = ?",
+                (destination, study_uid),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?)",
+                (destination, study_uid, at.isoformat(), int(not corrupt), json.dumps(corrupt)),
+            )
+            db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+
+    def record_unconfirmed(self, destination: str, study_uid: str, reason: str) -> None:
+        """A storage commitment asked for got no answer either way; a verification that
+        concludes (``record_verification``) clears it."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO unconfirmed VALUES (?, ?, ?)",
+                (destination, study_uid, reason),
+            )
+            db.execute(
+                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
+            )
+
+
+def _partial_json(partial: Mapping[str, PartialCopy]) -> str:
+    dated = {
+        uid: {"since": copy.since.isoformat(), "objects": dict(copy.objects)}
+        for uid, copy in partial.items()
+    }
+    return json.dumps(dated, sort_keys=True)
+
+
+def _parse_partial(text: str, observed_at: datetime) -> dict[str, PartialCopy]:
+    """States written before partial copies were dated hold a list of UIDs: those are dated
+    from the observation that found them, and their objects are listed again next time."""
+    document = json.loads(text)
+    if isinstance(document, list):
+        return {uid: PartialCopy({}, observed_at) for uid in document}
+    return {
+        uid: PartialCopy(p["objects"], datetime.fromisoformat(p["since"]))
+        for uid, p in document.items()
+    }
+
+
+def _instances_json(instances: Mapping[str, ObservedInstance]) -> str:
+    return json.dumps({sop: [i.sha256, i.size] for sop, i in sorted(instances.items())})
+
+
+def _parse_instances(
+    text: str, local: tuple[CatalogInstance, ...] = ()
+) -> dict[str, ObservedInstance]:
+    held = json.loads(text)
+    if not local:
+        return dict(zip(held, map(ObservedInstance._make, held.values()), strict=True))
+    known: dict[Any, Any] = {v: v for i in local for v in (i.sop_uid, i.sha256, i.size)}
+    copies = ((known.get(sha, sha), known.get(size, size)) for sha, size in held.values())
+    return dict(zip(map(known.get, held, held), map(ObservedInstance._make, copies), strict=True))
+
+
+def _holdings(observation: Observation) -> dict[str, tuple[object, ...]]:
+    return {
+        uid: (_instances_json(s.instances), s.site, s.written_at, s.in_recovery_point)
+        for uid, s in observation.studies.items()
+    }
