@@ -12,7 +12,7 @@ from test_dicom_destination import dicom_destination
 from test_dicomweb_destination import web_destination, web_peer  # noqa: F401 (fixture)
 
 from reconciler.config.bandwidth import Timetable
-from reconciler.config.model import DestinationConfig
+from reconciler.config.destinations import DestinationConfig
 from reconciler.destinations.bandwidth import Throttle, throttle_for
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.model.plan import Action

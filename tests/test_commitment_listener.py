@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from peers import free_port
 
+from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import ConfigError, load_config
-from reconciler.config.model import DestinationConfig
 from reconciler.destinations.dicom.target import DicomDestination
 
 

@@ -13,8 +13,8 @@ from test_cli_end_to_end import run, s3_destination, write_config
 from test_retention_end_to_end import dicom_files
 from test_retention_end_to_end import write_config as write_retention_config
 
+from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import ConfigError, load_config
-from reconciler.config.model import DestinationConfig
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.model.plan import Action

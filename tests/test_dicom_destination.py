@@ -34,8 +34,9 @@ from pynetdicom.dsutils import encode, split_dataset
 from test_cli_end_to_end import run
 from test_transformed_copies import plan_copies
 
+from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import load_config
-from reconciler.config.model import DestinationConfig, RetrySettings
+from reconciler.config.targets import RetrySettings
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.dicom.stream import WHOLE_FILE_LIMIT, _command_set, _data_set_offset
 from reconciler.destinations.dicom.target import DicomDestination

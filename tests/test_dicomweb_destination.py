@@ -14,7 +14,7 @@ import pytest
 from peers import DicomPeer, free_port, start_orthanc
 from test_cli_end_to_end import run
 
-from reconciler.config.model import DestinationConfig
+from reconciler.config.destinations import DestinationConfig
 from reconciler.destinations.base import DestinationRefused, DestinationUnavailable
 from reconciler.destinations.dicomweb import DicomWebDestination
 from reconciler.model.plan import Action

@@ -18,7 +18,7 @@ from test_metrics import free_port, wait_for_value
 from test_watch import watching
 from test_watch import write_config as write_watch_config
 
-from reconciler.config.model import NotificationSettings
+from reconciler.config.notifications import NotificationSettings
 from reconciler.model.plan import LOCAL
 from reconciler.service.notify import Stall, run_notices
 from reconciler.state.store import StateStore

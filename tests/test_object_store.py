@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config.model import DestinationConfig
+from reconciler.config.destinations import DestinationConfig
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.model.plan import Action

@@ -15,7 +15,7 @@ from factories import NOW, catalog, config, study
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.config.model import PruneSettings
+from reconciler.config.destinations import PruneSettings
 from reconciler.model.catalog import Catalog, CatalogInstance
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
 from reconciler.planning.planner import make_plan

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from reconciler.config.model import RetrySettings
+from reconciler.config.targets import RetrySettings
 from reconciler.destinations.retry import with_retries
 
 SETTINGS = RetrySettings.model_validate({"attempts": 5, "initial_delay": "1s"})

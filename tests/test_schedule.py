@@ -14,7 +14,8 @@ from factories import catalog, config, observed, study
 from pydantic import ValidationError
 
 from reconciler.cli.render import render_text
-from reconciler.config.model import Config, Schedule
+from reconciler.config.destinations import Schedule
+from reconciler.config.model import Config
 from reconciler.model.plan import Plan
 from reconciler.planning.planner import make_plan
 from reconciler.planning.schedule import combine, gate

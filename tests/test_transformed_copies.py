@@ -17,8 +17,8 @@ import pydicom
 import pytest
 from tests_config import one_policy_config
 
+from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import ConfigError, load_config
-from reconciler.config.model import DestinationConfig
 from reconciler.destinations.object_store.manifest import associated_data
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.model.observation import Observation

@@ -12,8 +12,8 @@ from typing import Any
 from tqdm import tqdm
 
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_config_option
+from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import load_config
-from reconciler.config.model import DestinationConfig
 from reconciler.engine.workspace import Workspace
 from reconciler.recovery.rekey import RekeyReport, rekey_store
 

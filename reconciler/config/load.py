@@ -27,8 +27,9 @@ from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError, RoundTr
 from ruamel.yaml.error import MarkedYAMLError
 
 from reconciler.config.aliases import BoundedAliasComposer
-from reconciler.config.model import NAME_PATTERN, Config
+from reconciler.config.model import Config
 from reconciler.config.scanning import CommentBlindScanner
+from reconciler.config.strict import NAME_PATTERN
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 DEFAULT_STATE = Path(".reconciler/state.db")

@@ -13,7 +13,8 @@ from typing import Any
 
 import requests
 
-from reconciler.config.model import DestinationConfig, DicomWebTarget
+from reconciler.config.destinations import DestinationConfig
+from reconciler.config.targets import DicomWebTarget
 from reconciler.destinations.bandwidth import throttle_for
 from reconciler.destinations.base import (
     DestinationRefused,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.config.model import DestinationConfig, DicomTarget, DicomWebTarget, ObjectTarget
+from reconciler.config.destinations import DestinationConfig
+from reconciler.config.targets import DicomTarget, DicomWebTarget, ObjectTarget
 from reconciler.destinations.base import Destination
 from reconciler.destinations.filesystems import folder_of
 

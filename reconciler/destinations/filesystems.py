@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from reconciler.config.model import DestinationConfig
+from reconciler.config.destinations import DestinationConfig
 
 Resolve = Callable[[Path], Path]
 

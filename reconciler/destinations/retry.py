@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from reconciler.config.model import RetrySettings
+from reconciler.config.targets import RetrySettings
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
-from reconciler.config.model import EmailSettings, SmtpSettings
+from reconciler.config.notifications import EmailSettings, SmtpSettings
 
 Say = Callable[[str], None]
 Resolve = Callable[[Path], Path]

@@ -33,7 +33,8 @@ from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Any
 
-from reconciler.config.model import Config, ShareSettings, SmtpSettings
+from reconciler.config.model import Config
+from reconciler.config.notifications import ShareSettings, SmtpSettings
 from reconciler.destinations.base import Destination, ProgressCallback
 from reconciler.destinations.object_store.archive import digest
 from reconciler.destinations.object_store.keys import ObjectKeys

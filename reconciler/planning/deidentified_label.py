@@ -7,7 +7,7 @@ holds, the same HMAC the copy is made with) and its modalities, nothing else.
 
 from __future__ import annotations
 
-from reconciler.config.model import DestinationConfig
+from reconciler.config.destinations import DestinationConfig
 from reconciler.model.plan import StudyLabel
 
 

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from reconciler.config.destinations import PruneSettings
 from reconciler.config.durations import format_duration
-from reconciler.config.model import Config, PruneSettings
+from reconciler.config.model import Config
 from reconciler.model.catalog import CatalogStudy
 from reconciler.model.observation import Observation, ObservedStudy
 from reconciler.model.plan import Action, Evidence, InstanceRef, Retained, StudyLabel

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from functools import cached_property
 
+from reconciler.config.destinations import DestinationConfig
 from reconciler.config.durations import format_duration
-from reconciler.config.model import Config, DestinationConfig, Policy, RetentionSettings
+from reconciler.config.model import Config
+from reconciler.config.policies import Policy, RetentionSettings
 from reconciler.model.catalog import CatalogInstance, CatalogStudy
 from reconciler.model.observation import Observation
 from reconciler.model.plan import (

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from reconciler.config.destinations import Schedule, Window
 from reconciler.config.durations import format_duration
-from reconciler.config.model import Schedule, Window
 
 
 @dataclass(frozen=True)

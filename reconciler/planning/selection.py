@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 
-from reconciler.config.model import Match, StudySelector, TextMatch
+from reconciler.config.selectors import Match, StudySelector, TextMatch
 from reconciler.model.catalog import CatalogStudy
 
 

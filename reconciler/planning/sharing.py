@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from reconciler.config.model import Config, Policy
+from reconciler.config.model import Config
+from reconciler.config.policies import Policy
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.model.plan import Action, InstanceRef, Problem, StudyLabel
 from reconciler.model.share import ShareRecord, ShareRequestError, parse_request

@@ -28,7 +28,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore
 
-from reconciler.config.model import DicomTarget
+from reconciler.config.targets import DicomTarget
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.dicom.store import (
     MAX_CONTEXTS,

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from reconciler.config.model import MetricsSettings
+from reconciler.config.service import MetricsSettings
 from reconciler.engine.events import ActionFinished, Event
 from reconciler.model.plan import BLOCKED, PARTIAL_COPY, UNREACHABLE, Plan
 from reconciler.service.health import Health

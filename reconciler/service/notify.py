@@ -30,7 +30,7 @@ import requests
 
 from reconciler.config.durations import format_duration
 from reconciler.config.load import LoadedConfig
-from reconciler.config.model import NotificationEvent, NotificationSettings, WebhookSettings
+from reconciler.config.notifications import NotificationEvent, NotificationSettings, WebhookSettings
 from reconciler.engine.email import send_email
 from reconciler.model.plan import BLOCKED, Plan
 from reconciler.state.store import StateStore

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import __version__
-from reconciler.config.model import KeepPoints
+from reconciler.config.service import KeepPoints
 from reconciler.destinations.object_store.points import is_due, list_points, new_point_id
 from reconciler.engine.workspace import Workspace
 from reconciler.model.plan import human_bytes

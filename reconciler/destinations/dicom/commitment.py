@@ -21,7 +21,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from reconciler.config.durations import format_duration
-from reconciler.config.model import DicomTarget
+from reconciler.config.targets import DicomTarget
 from reconciler.destinations.dicom.store import (
     AssociationLost,
     ContextsRefused,

@@ -26,7 +26,7 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext, build_context, build_role
 
-from reconciler.config.model import DicomTarget
+from reconciler.config.targets import DicomTarget
 from reconciler.destinations.base import DestinationRefused
 from reconciler.destinations.dicom.stream import Ended, StoreAssociation, file_data_set
 from reconciler.destinations.retry import PermanentError

@@ -19,7 +19,8 @@ from pydicom import Dataset
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
-from reconciler.config.model import DestinationConfig, DicomTarget
+from reconciler.config.destinations import DestinationConfig
+from reconciler.config.targets import DicomTarget
 from reconciler.destinations.bandwidth import throttle_for
 from reconciler.destinations.base import (
     DestinationUnavailable,

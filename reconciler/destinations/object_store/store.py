@@ -34,7 +34,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from reconciler import __version__
-from reconciler.config.model import DestinationConfig, ObjectTarget
+from reconciler.config.destinations import DestinationConfig
+from reconciler.config.targets import ObjectTarget
 from reconciler.destinations import identity
 from reconciler.destinations.bandwidth import throttle_for
 from reconciler.destinations.base import (

@@ -12,8 +12,9 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import LoadedConfig
-from reconciler.config.model import DestinationConfig, DicomTarget
+from reconciler.config.targets import DicomTarget
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.factory import open_destination
 from reconciler.destinations.object_store.points import RecoveryError, load_point

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from reconciler.config.model import ApiSettings
+from reconciler.config.service import ApiSettings
 from reconciler.service.api import xmlrpc
 from reconciler.service.api.operations import LOOKUPS, ApiError, Operations, text_fields
 from reconciler.service.health import Health
