@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.config.load import _round_trip_yaml, load_config
+from reconciler.config.load import load_config
+from reconciler.config.yaml_files import round_trip_yaml
 
 CONFIG = """\
 site: bench
@@ -62,7 +63,7 @@ def main() -> None:
         for shape, text in shapes(size).items():
             path = Path(folder) / "reconciler.yaml"
             path.write_text(text)
-            before = seconds(lambda t=text: _round_trip_yaml(comments=True).load(t))
+            before = seconds(lambda t=text: round_trip_yaml(comments=True).load(t))
             after = seconds(lambda p=path: load_config(p))
             print(f"{shape:30} {before:11.2f} {after:10.2f} {before / after:6.1f}x")
 

@@ -15,7 +15,8 @@ import pytest
 import zstandard
 from test_cli_end_to_end import run, s3_destination
 
-from reconciler.config.load import ConfigError, load_config
+from reconciler.config.load import load_config
+from reconciler.config.problems import ConfigError
 from reconciler.engine.trash import TRASH_DIR
 from reconciler.engine.workspace import Workspace
 

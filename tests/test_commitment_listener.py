@@ -11,7 +11,8 @@ import pytest
 from peers import free_port
 
 from reconciler.config.destinations import DestinationConfig
-from reconciler.config.load import ConfigError, load_config
+from reconciler.config.load import load_config
+from reconciler.config.problems import ConfigError
 from reconciler.destinations.dicom.target import DicomDestination
 
 

@@ -12,7 +12,8 @@ import pytest
 from ruamel.yaml import tokens
 
 from reconciler.config.aliases import MAX_ALIASED_VALUES
-from reconciler.config.load import ConfigError, load_config
+from reconciler.config.load import load_config
+from reconciler.config.problems import ConfigError
 
 # Enough for the CLI to start and read a config; far from what expanding the bomb takes.
 MEMORY_LIMIT = 384 * 2**20

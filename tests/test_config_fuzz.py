@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from reconciler.config.load import ConfigError, load_config
+from reconciler.config.load import load_config
+from reconciler.config.problems import ConfigError
 
 # The schema's own words, so generated documents get deep into validation, not just "unknown".
 WORDS = [

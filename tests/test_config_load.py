@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config.load import ConfigError, ConfigProblem, format_config, load_config
+from reconciler.config.load import format_config, load_config
+from reconciler.config.problems import ConfigError, ConfigProblem
 
 VALID = """\
     site: st-elsewhere

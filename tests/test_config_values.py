@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config.load import ConfigError, ConfigProblem, load_config
+from reconciler.config.load import load_config
+from reconciler.config.problems import ConfigError, ConfigProblem
 
 BASE = """\
 site: x

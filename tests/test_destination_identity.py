@@ -14,7 +14,8 @@ from test_retention_end_to_end import dicom_files
 from test_retention_end_to_end import write_config as write_retention_config
 
 from reconciler.config.destinations import DestinationConfig
-from reconciler.config.load import ConfigError, load_config
+from reconciler.config.load import load_config
+from reconciler.config.problems import ConfigError
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.model.plan import Action

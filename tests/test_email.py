@@ -19,7 +19,8 @@ from test_cli_end_to_end import run
 from test_metrics import free_port
 from test_notify import inbox, write_config
 
-from reconciler.config.load import ConfigError, load_config
+from reconciler.config.load import load_config
+from reconciler.config.problems import ConfigError
 
 __all__ = ["inbox"]  # a fixture, used by name
 

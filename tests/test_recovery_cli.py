@@ -540,7 +540,7 @@ def test_store_at_must_name_object_destinations(tmp_path: Path) -> None:
     config = write_config(tmp_path, FOLDER_BLOCK).read_text()
     config = config.replace("store_at: [backup]", "store_at: [backup, nowhere]")
     (tmp_path / "reconciler.yaml").write_text(config)
-    from reconciler.config.load import ConfigError
+    from reconciler.config.problems import ConfigError
 
     with pytest.raises(ConfigError, match="'nowhere' is not an object destination"):
         load_config(tmp_path / "reconciler.yaml")

@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.multival import MultiValue
 
-from reconciler.config.load import ConfigError, load_config
+from reconciler.config.load import load_config
+from reconciler.config.problems import ConfigError
 from reconciler.demo.synth import generate
 from reconciler.destinations.retry import PermanentError
 from reconciler.engine.share_bundle import write_share_zip

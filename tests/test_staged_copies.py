@@ -268,7 +268,8 @@ def transfer_syntax(peer: DicomPeer, instance: str) -> str:
 
 
 def test_anonymizing_destinations_refuse_what_would_misread_them(tmp_path: Path) -> None:
-    from reconciler.config.load import ConfigError, load_config
+    from reconciler.config.load import load_config
+    from reconciler.config.problems import ConfigError
 
     config = write_config(tmp_path, 'object: {url: "file://teaching"}')
     base = config.read_text()

@@ -18,7 +18,8 @@ import pytest
 from tests_config import one_policy_config
 
 from reconciler.config.destinations import DestinationConfig
-from reconciler.config.load import ConfigError, load_config
+from reconciler.config.load import load_config
+from reconciler.config.problems import ConfigError
 from reconciler.destinations.object_store.manifest import associated_data
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.model.observation import Observation

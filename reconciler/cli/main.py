@@ -37,7 +37,8 @@ from reconciler.cli.rekey import register as register_rekey
 from reconciler.cli.render import render_text
 from reconciler.cli.views import HumanView, JsonLinesView
 from reconciler.config.durations import parse_duration
-from reconciler.config.load import ConfigError, format_config, load_config
+from reconciler.config.load import format_config, load_config
+from reconciler.config.problems import ConfigError
 from reconciler.config.schema import config_schema
 from reconciler.engine.events import RunFinished, event_dict
 from reconciler.engine.workspace import RetentionOverrides, StalePlanError, Workspace

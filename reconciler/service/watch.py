@@ -25,7 +25,8 @@ from pathlib import Path
 import watchfiles
 
 from reconciler.config.durations import format_duration
-from reconciler.config.load import ConfigError, LoadedConfig, load_config
+from reconciler.config.load import LoadedConfig, load_config
+from reconciler.config.problems import ConfigError
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.object_store.points import RecoveryError
 from reconciler.engine.events import Event
