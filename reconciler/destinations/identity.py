@@ -14,7 +14,6 @@ takes ``reconciler init NAME``: it creates the folder with its parents, or adopt
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.destinations.base import DestinationUnavailable
+from reconciler.destinations.durable_files import fsync_dir
 
 MARKER_KEY = "reconciler-destination.json"
 MARKER_FORMAT = "dicom-reconciler/destination"
@@ -144,11 +144,7 @@ class Guard:
                 f"{self.where}: its identity marker cannot be written: {exc}"
             ) from exc
         if self.is_folder:
-            fd = os.open(self.root, os.O_RDONLY)  # the new name too must survive a power loss
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.root)  # the new name too must survive a power loss
         return marker
 
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.destinations.durable_files import fsync_dir
 from reconciler.model.plan import InstanceRef, StudyLabel
 from reconciler.model.uid import is_uid
 from reconciler.planning.retention import TrashBatch
@@ -202,7 +203,7 @@ def _write_index(
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, batch / INDEX)
-    _fsync_dir(batch)
+    fsync_dir(batch)
 
 
 def _read_index(folder: Path) -> dict[str, Any] | None:
@@ -274,11 +275,3 @@ def _remove_empty_parents(folder: Path, root: Path) -> None:
         except OSError:
             return  # not empty
         folder = folder.parent
-
-
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

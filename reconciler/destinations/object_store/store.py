@@ -21,17 +21,11 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO
-
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from reconciler import __version__
 from reconciler.config.destinations import DestinationConfig
@@ -45,8 +39,11 @@ from reconciler.destinations.base import (
     SendResult,
     VerifyResult,
 )
+from reconciler.destinations.durable_files import fsync_dir
 from reconciler.destinations.object_store import archive, layout, pruning
+from reconciler.destinations.object_store.key_store import KeyStore
 from reconciler.destinations.object_store.layout import PINNED, STUDIES
+from reconciler.destinations.object_store.listing import ManifestCache, list_objects
 from reconciler.destinations.object_store.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -66,36 +63,18 @@ from reconciler.transforms.settings import Codec, codec_for
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SUFFIX = f"/{MANIFEST_NAME}"
 # Larger files are streamed from disk instead of being held in memory while uploaded.
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
 
 
-def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
-    """botocore's default CRC checksums upset S3-compatible servers that are not AWS."""
-    if "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
-        return options
-    config_kwargs = {
-        "request_checksum_calculation": "when_required",
-        "response_checksum_validation": "when_required",
-        **options.get("config_kwargs", {}),
-    }
-    return {**options, "config_kwargs": config_kwargs}
+class ObjectStoreDestination(KeyStore):
+    """A destination at an object store: studies with their manifests, archive bundles,
+    pruning; its plain keys are a ``KeyStore``'s."""
 
-
-class ObjectStoreDestination:
     def __init__(
         self, name: str, target: ObjectTarget, settings: DestinationConfig, site: str
     ) -> None:
-        self.name = name
-        self.settings = settings
-        self.site = site
-        options = dict(target.options)
-        if target.url.startswith("s3://"):
-            options = _s3_defaults(options)
-        self.fs, root = fsspec.core.url_to_fs(target.url, **options)
-        self.root = root.rstrip("/")
-        self._local = isinstance(self.fs, LocalFileSystem)
+        super().__init__(name, target, settings, site)
         self._opened_at = time.time()
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"dest-{name}")
         self.throttle = throttle_for(settings.bandwidth, settings.timezone)
@@ -103,19 +82,9 @@ class ObjectStoreDestination:
         # Shared by every transfer thread; its processes start only if something is encoded.
         self._codecs = CompressionPool()
         self._pinned: frozenset[str] | None = None  # studies recovery points refer to
-        # Manifests read by earlier observations, by path, with the stamp they were listed
-        # with: a watch loop re-reads only those that changed since.
-        self._manifests: dict[str, tuple[Hashable, Manifest | None]] = {}
+        self._manifests = ManifestCache(name)
         # Studies' objects with no committed manifest, as of the last observation.
         self.partial_copies: dict[str, dict[str, int]] = {}
-        # Nothing is read as holdings or written before the identity marker is confirmed.
-        self.identity = identity.Guard(
-            name,
-            self.root,
-            self._local,
-            lambda path: with_retries(lambda: self.fs.cat_file(path), self.settings.retry),
-            lambda path, data: with_retries(lambda: self._write(path, data), self.settings.retry),
-        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -140,8 +109,8 @@ class ObjectStoreDestination:
         # One listing shows everything: cheaper than asking study by study.
         try:
             self.identity.confirm_readable()
-            listing, stamps = self._list_objects()
-            manifests = self._read_manifests(stamps)
+            listing, stamps = list_objects(self.fs, self.root, self._local)
+            manifests = self._manifests.read(self.fs, stamps)
             archived = archive.observe(self)
             # Only pruning needs to know what recovery points refer to: reading them costs.
             pinned = pruning.studies_in_points(self) if self.settings.prune else frozenset()
@@ -164,40 +133,6 @@ class ObjectStoreDestination:
                 in_recovery_point=study_uid in pinned,
             )
         return {**archived, **studies}
-
-    def _list_objects(self) -> tuple[dict[str, int], dict[str, Hashable]]:
-        """Every object under studies/ with its size (one recursive listing), and a stamp of
-        each manifest that changes whenever the manifest is rewritten."""
-        top = f"{self.root}/studies"
-        if self._local and not self.fs.exists(top):
-            return {}, {}
-        found = self.fs.find(top, detail=True)
-        sizes = {path.rstrip("/"): int(info.get("size") or 0) for path, info in found.items()}
-        stamps = {
-            path: _stamp(info) for path, info in found.items() if path.endswith(MANIFEST_SUFFIX)
-        }
-        return sizes, stamps
-
-    def _read_manifests(self, stamps: Mapping[str, Hashable]) -> dict[str, Manifest]:
-        known = self._manifests
-        changed = [path for path, stamp in stamps.items() if known.get(path, (None,))[0] != stamp]
-        contents = self.fs.cat(changed, on_error="return") if changed else {}
-        fresh = {path: known[path] for path in stamps if path not in contents}
-        for path, data in contents.items():
-            study_uid = path.rsplit("/", 2)[-2]
-            if isinstance(data, BaseException):
-                raise data
-            try:
-                fresh[path] = (stamps[path], Manifest.from_json(data, study_uid))
-            except ManifestError as exc:
-                log.warning("%s: study %s counts as absent: %s", self.name, study_uid, exc)
-                fresh[path] = (stamps[path], None)
-        self._manifests = fresh  # manifests gone from the listing are forgotten
-        return {
-            path.rsplit("/", 2)[-2]: manifest
-            for path, (_, manifest) in fresh.items()
-            if manifest is not None
-        }
 
     # --- send ------------------------------------------------------------------------------
 
@@ -378,12 +313,6 @@ class ObjectStoreDestination:
         with_retries(lambda: self._write(target, data), self.settings.retry)
         return _entry(ref, target, len(data), digest, syntax, tuple(transforms))
 
-    def _write(self, target: str, data: bytes) -> None:
-        if not self._local:
-            self.fs.pipe_file(target, data)  # a single PUT is atomic on object stores
-            return
-        _replace_atomically(target, lambda handle: handle.write(data))
-
     def _commit(
         self, study_uid: str, previous: Mapping[str, ManifestEntry], entries: list[ManifestEntry]
     ) -> Manifest:
@@ -400,7 +329,7 @@ class ObjectStoreDestination:
         data = manifest.to_json()
         with_retries(lambda: self._write(path, data), self.settings.retry)
         if self._local:
-            _fsync_dir(Path(path).parent)
+            fsync_dir(Path(path).parent)
         return manifest
 
     def _drop_superseded(
@@ -463,74 +392,10 @@ class ObjectStoreDestination:
             return f"cannot be decrypted: {exc}"
         return None
 
-    # --- plain keys under the prefix (recovery points read and write through these) --------
-
-    def _path(self, key: str) -> str:
-        return f"{self.root}/{key}"
-
-    def list_keys(self, prefix: str) -> dict[str, int]:
-        """Every object under ``prefix`` (relative to the root) with its size; {} if none."""
-        top = self._path(prefix)
-        if self._local and not self.fs.exists(top):
-            return {}
-        try:
-            found = self.fs.find(top, detail=True)
-        except FileNotFoundError:
-            return {}
-        skip = len(self.root) + 1
-        return {p.rstrip("/")[skip:]: int(i.get("size") or 0) for p, i in found.items()}
-
-    def read_key(self, key: str) -> bytes:
-        return with_retries(lambda: self.fs.cat_file(self._path(key)), self.settings.retry)
-
-    def read_keys(self, keys: Collection[str]) -> dict[str, bytes | BaseException]:
-        """Many small objects in one batch (s3fs fetches them concurrently)."""
-        if not keys:
-            return {}
-        contents = self.fs.cat([self._path(k) for k in keys], on_error="return")
-        skip = len(self.root) + 1
-        return {path[skip:]: data for path, data in contents.items()}
-
-    def open_key(self, key: str) -> Any:
-        """A binary file object, for objects too large to hold in memory."""
-        return self.fs.open(self._path(key), "rb")
-
-    def write_key(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        self.identity.confirm()
-        if self._local:
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with_retries(lambda: self._write(path, data), self.settings.retry)
-        if self._local:
-            _fsync_dir(Path(path).parent)
-
-    def upload_key(self, key: str, handle: IO[bytes]) -> None:
-        """A large object from a file object: whole or not at all, like ``write_key``."""
-        path = self._path(key)
-        self.identity.confirm()
-        if not self._local:
-            with self.fs.open(path, "wb") as out:  # a multipart upload completes on close
-                shutil.copyfileobj(handle, out)
-            return
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        _replace_atomically(path, lambda out: shutil.copyfileobj(handle, out))
-        _fsync_dir(Path(path).parent)  # the rename too must survive a power loss
-
     # --- archive bundles (archive_to) -------------------------------------------------------
 
     def archive(self, action: Action, progress: ProgressCallback) -> SendResult:
         return archive.store(self, action, progress)
-
-    def delete_key(self, key: str) -> None:
-        with_retries(lambda: self.fs.rm_file(self._path(key)), self.settings.retry)
-
-    def delete_keys(self, keys: Collection[str]) -> None:
-        """Many objects at once (s3fs deletes up to 1000 per request); absent ones are fine."""
-        paths = [self._path(k) for k in keys]
-        if self._local:
-            paths = [p for p in paths if os.path.lexists(p)]
-        if paths:
-            with_retries(lambda: self.fs.rm(paths), self.settings.retry)
 
     # --- prune (destination retention) ------------------------------------------------------
 
@@ -560,57 +425,6 @@ class ObjectStoreDestination:
                 os.rmdir(self._study_dir(action.study_uid))
         progress(freed)
         return freed
-
-    def replace_header(self, key: str, content: bytes, header: bytes) -> None:
-        """Replace the first ``len(header)`` bytes of the object whose bytes are ``content``.
-
-        In a folder only the header is written, in place (one small write within the first
-        disk sector); S3 objects cannot be rewritten in part, so the whole object is uploaded
-        again (one PUT: atomic).
-        """
-        path = self._path(key)
-        if not self._local:
-            with_retries(
-                lambda: self.fs.pipe_file(path, header + content[len(header) :]),
-                self.settings.retry,
-            )
-            return
-        with open(path, "r+b") as handle:
-            handle.write(header)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def _replace_atomically(target: str, fill: Callable[[BinaryIO], object]) -> None:
-    """Write-to-temporary, fsync, rename: a crash never leaves half a file at ``target``. A
-    write that fails (a full disk) removes its temporary, which would only take more space."""
-    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
-    try:
-        with open(temporary, "wb") as handle:
-            fill(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _stamp(info: Mapping[str, Any]) -> Hashable:
-    """What tells a rewritten object from the one listed before: S3's ETag (a hash of the
-    content), or a file's inode and mtime (a manifest is replaced by a rename: new inode)."""
-    etag = info.get("ETag")
-    if etag:
-        return (etag, info.get("size"))
-    return (info.get("ino"), info.get("mtime"), info.get("LastModified"), info.get("size"))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _entry(
