@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,16 +32,12 @@ S3_CREDENTIALS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's standalone S3 server on loopback, as s3fs's own tests run it."""
-    port = _free_port()
+    from peers import free_port  # here, not above: peers is loaded as a plugin first
+
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -102,6 +97,13 @@ def small_studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("studies")
     generate(folder, studies=3, series_per_study=2, instances_per_series=3, matrix=32)
     return folder
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, small_studies: Path) -> Path:
+    """A source folder holding a copy of the three small studies."""
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    return tmp_path / "inbox"
 
 
 @pytest.fixture

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import DicomPeer, start_orthanc, start_storescp
+from cli_runs import run
+from peers import DicomPeer, free_port, start_orthanc, start_storescp
 from pydicom import dcmread
-from test_cli_end_to_end import run
-from test_metrics import free_port, wait_for_value
+from test_metrics import wait_for_value
 from test_watch import wait_for, watching
 
 from reconciler.config.load import load_config

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from test_cli_end_to_end import folder_destination, run, write_config
+from cli_runs import folder_destination, run, write_config
 
 from reconciler.config.load import load_config
 from reconciler.engine.apply import apply_plan

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import tarfile
 import textwrap
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from test_cli_end_to_end import run, s3_destination
+from cli_runs import run, s3_destination
 
 from reconciler.config.load import load_config
 from reconciler.config.problems import ConfigError
@@ -45,12 +44,6 @@ def bundle_members(data: bytes) -> dict[str, bytes]:
     plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
     with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
-
-
-@pytest.fixture
-def inbox(tmp_path: Path, small_studies: Path) -> Path:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    return tmp_path / "inbox"
 
 
 @pytest.mark.parametrize("kind", ["folder", "s3"])

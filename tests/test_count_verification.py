@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_runs import run
 from peers import start_orthanc
-from test_cli_end_to_end import run
 from test_dicom_trust import orthanc_instances, pacs_config
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cli_runs import run
 from crash import (
     ORPHAN_GRACE,
     TRASH_DIR,
@@ -39,7 +40,6 @@ from crash import (
     summarize,
 )
 from peers import DicomPeer
-from test_cli_end_to_end import run
 from test_retention_end_to_end import FOLDERS, write_config
 
 from reconciler.config.load import load_config

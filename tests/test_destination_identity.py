@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli_end_to_end import run, s3_destination, write_config
+from cli_runs import run, s3_destination, write_config
 from test_retention_end_to_end import dicom_files
 from test_retention_end_to_end import write_config as write_retention_config
 
@@ -21,12 +21,6 @@ from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.model.plan import Action
 
 MARKER_KEY = "reconciler-destination.json"  # the documented name
-
-
-@pytest.fixture
-def inbox(tmp_path: Path, small_studies: Path) -> Path:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    return tmp_path / "inbox"
 
 
 def plan_json(capsys: pytest.CaptureFixture[str], config: Path, *flags: str) -> dict[str, Any]:

@@ -25,13 +25,13 @@ from pathlib import Path
 import pydicom
 import pytest
 from certificates import Certificates, make_certificates
+from cli_runs import run
 from faulty_pacs import AE_TITLE as FAULTY_AE_TITLE
 from faulty_pacs import faulty_pacs
 from peers import DicomPeer, free_port, orthanc_get, start_orthanc, start_storescp
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
-from test_cli_end_to_end import run
 from test_transformed_copies import plan_copies
 
 from reconciler.config.destinations import DestinationConfig

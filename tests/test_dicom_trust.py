@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_runs import run
 from peers import DicomPeer, free_port, start_orthanc
-from test_cli_end_to_end import run
 from test_metrics import value, wait_for_value
 from test_watch import watching
 

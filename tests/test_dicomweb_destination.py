@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runs import run
 from peers import DicomPeer, free_port, start_orthanc
-from test_cli_end_to_end import run
 
 from reconciler.config.destinations import DestinationConfig
 from reconciler.destinations.base import DestinationRefused, DestinationUnavailable

@@ -15,8 +15,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
 from certificates import Certificates, make_certificates
-from test_cli_end_to_end import run
-from test_metrics import free_port
+from cli_runs import run
+from peers import free_port
 from test_notify import inbox, write_config
 
 from reconciler.config.load import load_config

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from cli_runs import run
 from faulty_pacs import AE_TITLE, FaultyPacs, faulty_pacs
 from peers import free_port
-from test_cli_end_to_end import run
 
 ATTEMPTS = 3  # the retry: attempts the tests configure
 INSTANCES = 6  # in the one study the tests copy

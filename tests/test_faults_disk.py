@@ -15,17 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runs import run
 from faults import small_disk
-from test_cli_end_to_end import run
 from test_watch import wait_for, watching
 
 from reconciler.destinations.object_store.manifest import Manifest
-
-
-@pytest.fixture
-def inbox(tmp_path: Path, small_studies: Path) -> Path:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    return tmp_path / "inbox"
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import s3fs
+from cli_runs import run
 from faults import FaultProxy, Mode, fault_proxy
-from test_cli_end_to_end import run
 
 from reconciler.destinations.object_store.manifest import Manifest
 

@@ -13,16 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from peers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_watch import manifests, study_folders, wait_for, watching, write_config
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> Samples:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli_end_to_end import run
-from test_metrics import free_port, wait_for_value
+from cli_runs import run
+from peers import free_port
+from test_metrics import wait_for_value
 from test_watch import watching
 from test_watch import write_config as write_watch_config
 

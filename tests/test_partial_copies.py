@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli_end_to_end import run, s3_destination
+from cli_runs import run, s3_destination
 from test_retention_end_to_end import FOLDERS, write_config
 from test_watch import wait_for
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli_end_to_end import run, s3_destination
+from cli_runs import run, s3_destination
 
 OLD_FOLDER = 'object: {url: "file://old"}'
 
@@ -50,12 +49,6 @@ def files_under(folder: Path) -> set[str]:
         for p in folder.rglob("*")
         if p.is_file() and p.name != "reconciler-destination.json"
     }
-
-
-@pytest.fixture
-def inbox(tmp_path: Path, small_studies: Path) -> Path:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    return tmp_path / "inbox"
 
 
 @pytest.fixture(params=["folder", "s3"])

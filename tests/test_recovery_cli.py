@@ -17,12 +17,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cli_runs import run, run_json, s3_destination
 from peers import DicomPeer, orthanc_get, start_orthanc
 from pydicom import dcmread
 from pydicom.uid import RLELossless, generate_uid
-from test_cli_end_to_end import s3_destination
 
-from reconciler.cli.main import main
 from reconciler.config.load import load_config
 from reconciler.destinations.object_store.layout import PINNED, STUDIES
 from reconciler.destinations.object_store.points import (
@@ -73,17 +72,6 @@ def write_config(folder: Path, block: str, extra: str = "", verify: str = "prese
     return config
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-    code = main([*argv, "--json"])
-    return code, json.loads(capsys.readouterr().out)
-
-
 def hashes(folder: Path) -> list[str]:
     """The SHA-256 of every .dcm under ``folder``, sorted: layouts and names differ."""
     return sorted(
@@ -105,12 +93,6 @@ def backup_store(config: Path) -> ObjectStoreDestination:
     store = open_destination("backup", settings, loaded.config.site, loaded.resolve_path)
     assert isinstance(store, ObjectStoreDestination)
     return store
-
-
-@pytest.fixture
-def inbox(tmp_path: Path, small_studies: Path) -> Path:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    return tmp_path / "inbox"
 
 
 @pytest.fixture

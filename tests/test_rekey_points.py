@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from test_recovery_cli import hashes, run, run_json
+from cli_runs import run, run_json
+from test_recovery_cli import hashes
 
 from reconciler.cli.main import main
 from reconciler.demo.synth import generate

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_runs import run, s3_destination
 from peers import DicomPeer
-from test_cli_end_to_end import run, s3_destination
 
 from reconciler.config.load import load_config
 from reconciler.engine.trash import TRASH_DIR
@@ -51,12 +51,6 @@ def dicom_files(folder: Path) -> dict[str, str]:
         for p in folder.rglob("*")
         if p.is_file() and TRASH_DIR not in p.parts
     }
-
-
-@pytest.fixture
-def inbox(tmp_path: Path, small_studies: Path) -> Path:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    return tmp_path / "inbox"
 
 
 def plan_json(capsys: pytest.CaptureFixture[str], config: Path, *flags: str) -> dict[str, Any]:

@@ -14,13 +14,6 @@ from reconciler.state.store import StateStore
 
 
 @pytest.fixture
-def inbox(tmp_path: Path, small_studies: Path) -> Path:
-    folder = tmp_path / "inbox"
-    shutil.copytree(small_studies, folder)
-    return folder
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> StateStore:
     state = StateStore(tmp_path / "state" / "state.db")
     yield state

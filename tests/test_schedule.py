@@ -171,7 +171,7 @@ def test_apply_starts_nothing_whose_window_has_closed(tmp_path: Path, small_stud
 def test_a_closed_window_shows_in_plan_and_status_and_apply_copies_nothing(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_cli_end_to_end import run
+    from cli_runs import run
 
     shutil.copytree(small_studies, tmp_path / "inbox")
     config = tmp_path / "reconciler.yaml"

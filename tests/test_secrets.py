@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import s3fs
 from certificates import make_certificates
-from test_cli_end_to_end import run, s3_destination, write_config
+from cli_runs import run, s3_destination, write_config
 from test_email import smtp_server
 
 from reconciler.config.load import load_config

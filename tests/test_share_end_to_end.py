@@ -25,10 +25,10 @@ import pyzipper
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 from certificates import Certificates
-from test_cli_end_to_end import run, s3_destination
+from cli_runs import run, s3_destination
+from peers import free_port
 from test_email import PASSWORD as SMTP_PASSWORD
 from test_email import Mailbox, logged_in, pki, smtp_server
-from test_metrics import free_port
 
 from reconciler.config.load import load_config
 from reconciler.demo.synth import GeneratedStudy, generate

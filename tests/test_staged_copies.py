@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from cli_runs import run, run_json, s3_destination
 from peers import DicomPeer, orthanc_get, start_orthanc
-from test_cli_end_to_end import s3_destination
-from test_recovery_cli import run, run_json
 
 from reconciler.demo.synth import generate
 from reconciler.destinations.object_store.manifest import MANIFEST_NAME

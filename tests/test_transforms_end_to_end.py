@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import textwrap
 from pathlib import Path
 
 import pydicom
 import pytest
+from cli_runs import run, run_json
 from pydicom.uid import ImplicitVRLittleEndian
 from test_recovery_cli import backup_store as backup
-from test_recovery_cli import run, run_json, s3_block
+from test_recovery_cli import s3_block
 
 from reconciler.demo.synth import generate
 from reconciler.destinations.object_store.layout import STUDIES
@@ -95,12 +95,6 @@ def as_implicit_vr(inbox: Path, modality: str) -> int:
             ds.save_as(path, enforce_file_format=True)
             count += 1
     return count
-
-
-@pytest.fixture
-def inbox(tmp_path: Path, small_studies: Path) -> Path:
-    shutil.copytree(small_studies, tmp_path / "inbox")
-    return tmp_path / "inbox"
 
 
 @pytest.mark.parametrize("kind", ["folder", "s3"])

@@ -8,8 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cli_runs import run
 from factories import NOW, catalog, config, held, observed, study
-from test_cli_end_to_end import run
 
 from reconciler.planning.planner import in_subset, make_plan
 from reconciler.planning.retention import copy_evidence

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_cli_end_to_end import run
+from cli_runs import run
 
 CONFIG = """\
 site: watched

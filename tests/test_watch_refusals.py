@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runs import run
 from peers import start_orthanc
-from test_cli_end_to_end import run
 from test_watch import wait_for
 
 CONFIG = """\
