@@ -214,8 +214,8 @@ class ObjectReader:
             try:
                 document = json.loads(self.get(key))
                 entries = list(document["instances"])
-                if document["study_instance_uid"] != study_uid:
-                    raise ValueError(f"names study {document['study_instance_uid']}")
+                if document["study_uid"] != study_uid:
+                    raise ValueError(f"names study {document['study_uid']}")
             except (ValueError, KeyError, TypeError) as exc:
                 held.problems.append(f"{self.name}: unreadable manifest {key}: {exc}")
                 continue
@@ -235,7 +235,7 @@ class ObjectReader:
                 if digest != entry["stored_sha256"] or digest != entry["sha256"]:
                     held.problems.append(f"{where}: SHA-256 differs from the manifest's")
                     continue
-                study[entry["sop_instance_uid"]] = digest
+                study[entry["sop_uid"]] = digest
         return held
 
 

@@ -296,7 +296,7 @@ def test_a_restore_into_a_folder_checks_every_file_against_its_hash(site: Site) 
     assert from_point[1]["restored"] == 6
     assert bad[0] == 200 and not bad[1]["ok"]
     [problem] = bad[1]["problems"]
-    assert (problem["kind"], problem["sop_instance_uid"]) == ("corrupt", damaged.stem)
+    assert (problem["kind"], problem["sop_uid"]) == ("corrupt", damaged.stem)
     assert not list((site.folder / "out/ris/damaged" / study.uid).rglob(f"{damaged.stem}*"))
     assert [status for status, _, _ in outside] == [403, 403, 403]
     assert not (site.folder / "escape").exists()

@@ -53,7 +53,7 @@ def test_plan_apply_converge_then_repair_one_deleted_instance(
     document = json.loads(out)
     [action] = document["actions"]
     assert (action["kind"], action["instances"], action["repair"]) == ("copy", 1, True)
-    assert [i["sop_instance_uid"] for i in action["items"]] == [victim_uid]
+    assert [i["sop_uid"] for i in action["items"]] == [victim_uid]
     assert "1 of 6 instances missing at backup" in action["reason"]
 
     code, out = run(capsys, "apply", "-c", config, "--auto-approve", "--json")

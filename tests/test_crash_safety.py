@@ -216,7 +216,7 @@ def test_a_trash_batch_a_killed_deletion_began_is_swept(
     study_uid = next(p.name for p in (tmp_path / "near" / "studies").iterdir())
     unfinished = tmp_path / "inbox" / TRASH_DIR / f"20000101T000000000000Z-{study_uid}"
     (unfinished / "files").mkdir(parents=True)
-    (unfinished / "index.json.tmp").write_text('{"study_instance_uid": "')
+    (unfinished / "index.json.tmp").write_text('{"study_uid": "')
     kept = tmp_path / "inbox" / TRASH_DIR / "not-a-batch"
     (kept / "files").mkdir(parents=True)
     (kept / "files" / "someone's.dcm").write_bytes(b"not ours to judge")

@@ -86,7 +86,7 @@ def test_apply_logs_of_a_deidentified_copy_show_no_original_identifier(
 ) -> None:
     study, plan = planned
     action = action_to(plan, "teaching")
-    sop_uids = [ref.sop_instance_uid for ref in action.instances]
+    sop_uids = [ref.sop_uid for ref in action.instances]
     failed = ActionFinished(action, False, "1 of 2 failed", {sop_uids[0]: "refused (0xA700)"})
     human, json_lines = io.StringIO(), io.StringIO()
 

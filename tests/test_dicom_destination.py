@@ -74,7 +74,7 @@ def dicom_destination(
 
 
 def expected(actions: list[Action]) -> dict[str, list[str]]:
-    return {a.study_uid: [r.sop_instance_uid for r in a.instances] for a in actions}
+    return {a.study_uid: [r.sop_uid for r in a.instances] for a in actions}
 
 
 def test_sent_studies_are_listed_instance_by_instance(
@@ -100,8 +100,8 @@ def test_partly_sent_study_shows_exactly_what_is_missing(
     action = copy_actions[0]
     destination.send(dataclasses.replace(action, instances=action.instances[:4]), lambda _: None)
     held = destination.observe(expected([action]))[action.study_uid]
-    missing = {r.sop_instance_uid for r in action.instances} - set(held.instances)
-    assert missing == {r.sop_instance_uid for r in action.instances[4:]}
+    missing = {r.sop_uid for r in action.instances} - set(held.instances)
+    assert missing == {r.sop_uid for r in action.instances[4:]}
 
 
 def test_count_verification_uses_the_study_instance_count(
@@ -113,7 +113,7 @@ def test_count_verification_uses_the_study_instance_count(
     destination.send(dataclasses.replace(action, instances=first), lambda _: None)
     # 4 of 6: listed instance by instance, so that only the missing two go again.
     partly = destination.observe(expected([action]))
-    assert set(partly[action.study_uid].instances) == {r.sop_instance_uid for r in first}
+    assert set(partly[action.study_uid].instances) == {r.sop_uid for r in first}
     destination.send(action, lambda _: None)
     held = destination.observe(expected([action]))
     assert set(held[action.study_uid].instances) == set(expected([action])[action.study_uid])
@@ -127,9 +127,9 @@ def test_orthanc_receives_every_instance_unchanged(
     assert destination.send(action, lambda _: None).failures == {}
     instances = orthanc_get(orthanc_peer, "/instances?expand")
     by_uid = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in instances}
-    assert set(by_uid) == {r.sop_instance_uid for r in action.instances}
+    assert set(by_uid) == {r.sop_uid for r in action.instances}
     ref = action.instances[0]
-    url = f"{orthanc_peer.rest_url}/instances/{by_uid[ref.sop_instance_uid]}/file"
+    url = f"{orthanc_peer.rest_url}/instances/{by_uid[ref.sop_uid]}/file"
     with urllib.request.urlopen(url) as response:
         stored = pydicom.dcmread(io.BytesIO(response.read()))
     # Orthanc writes its own file meta; the dataset itself must be exactly ours.
@@ -420,7 +420,7 @@ def test_peer_accepting_only_implicit_vr_gets_the_same_dataset_re_encoded(
     assert len(stored) == len(ct.instances)
     received = pydicom.dcmread(stored[0])
     original = pydicom.dcmread(
-        next(r.path for r in ct.instances if r.sop_instance_uid == received.SOPInstanceUID)
+        next(r.path for r in ct.instances if r.sop_uid == received.SOPInstanceUID)
     )
     assert received.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
     assert received.PixelData == original.PixelData
@@ -467,7 +467,7 @@ def test_storage_commitment_confirms_a_copy_and_refuses_what_the_peer_lacks(
         destination.close()
     assert sent.failures == {} and sent.committed is not None
     assert again.corrupt == {}
-    assert set(never_sent.corrupt) == {r.sop_instance_uid for r in copy_actions[1].instances}
+    assert set(never_sent.corrupt) == {r.sop_uid for r in copy_actions[1].instances}
     assert all("did not commit it (failure reason 0x" in why for why in never_sent.corrupt.values())
 
 
@@ -541,7 +541,7 @@ def enlarged(tmp_path: Path, like: InstanceRef, pixel_bytes: int) -> InstanceRef
     ds.save_as(path, enforce_file_format=True)
     data = path.read_bytes()
     return like._replace(
-        sop_instance_uid=ds.SOPInstanceUID,
+        sop_uid=ds.SOPInstanceUID,
         path=str(path),
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -566,9 +566,9 @@ def assert_received_unchanged(storage: Path, action: Action) -> None:
     received = {
         pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in storage.iterdir()
     }
-    assert set(received) == {r.sop_instance_uid for r in action.instances}
+    assert set(received) == {r.sop_uid for r in action.instances}
     for ref in action.instances:
-        assert data_set_bytes(received[ref.sop_instance_uid]) == data_set_bytes(ref.path)
+        assert data_set_bytes(received[ref.sop_uid]) == data_set_bytes(ref.path)
 
 
 @pytest.mark.parametrize("peer", ["storescp", "storescp --max-pdu 4096", "storescp over TLS"])
@@ -604,7 +604,7 @@ def test_orthanc_stores_large_instances_byte_for_byte(
         for i in orthanc_get(orthanc_peer, "/instances?expand")
     }
     for ref in action.instances[:2]:
-        url = f"{orthanc_peer.rest_url}/instances/{ids[ref.sop_instance_uid]}/file"
+        url = f"{orthanc_peer.rest_url}/instances/{ids[ref.sop_uid]}/file"
         with urllib.request.urlopen(url) as response:
             (tmp_path / "stored.dcm").write_bytes(response.read())
         assert data_set_bytes(tmp_path / "stored.dcm") == data_set_bytes(ref.path)
@@ -623,9 +623,9 @@ def test_files_changed_since_the_scan_fail_alone_on_an_association_that_goes_on(
         destination = dicom_destination(peer, dicom={"max_associations": 1})
         result = destination.send(action, lambda _: None)
         destination.close()
-    assert set(result.failures) == {streamed.sop_instance_uid, whole.sop_instance_uid}
+    assert set(result.failures) == {streamed.sop_uid, whole.sop_uid}
     assert all("changed since it was scanned" in why for why in result.failures.values())
-    assert set(pacs.received) == {r.sop_instance_uid for r in others}
+    assert set(pacs.received) == {r.sop_uid for r in others}
     assert pacs.requested == 1
 
 
@@ -646,7 +646,7 @@ def test_an_idle_association_that_ended_is_replaced_not_failed(
         result = destination.send(copy_actions[1], lambda _: None)
         destination.close()
     assert result.failures == {} and pacs.requested == 2
-    assert set(pacs.received) == {r.sop_instance_uid for a in copy_actions[:2] for r in a.instances}
+    assert set(pacs.received) == {r.sop_uid for a in copy_actions[:2] for r in a.instances}
 
 
 def test_c_store_command_set_is_the_one_pynetdicom_encodes(copy_actions: list[Action]) -> None:
@@ -654,7 +654,7 @@ def test_c_store_command_set_is_the_one_pynetdicom_encodes(copy_actions: list[Ac
     request = C_STORE()
     request.MessageID = 513
     request.AffectedSOPClassUID = ref.sop_class_uid
-    request.AffectedSOPInstanceUID = ref.sop_instance_uid
+    request.AffectedSOPInstanceUID = ref.sop_uid
     request.Priority = 2
     request.DataSet = io.BytesIO(b"a data set follows")
     message = C_STORE_RQ()

@@ -47,7 +47,7 @@ def web_destination(peer: DicomPeer, password: str = PASSWORD) -> DicomWebDestin
 
 
 def expected(actions: list[Action]) -> dict[str, list[str]]:
-    return {a.study_uid: [r.sop_instance_uid for r in a.instances] for a in actions}
+    return {a.study_uid: [r.sop_uid for r in a.instances] for a in actions}
 
 
 def test_stow_sends_and_qido_lists_exactly_what_is_held(
@@ -62,7 +62,7 @@ def test_stow_sends_and_qido_lists_exactly_what_is_held(
     held = destination.observe(expected(copy_actions))
     assert set(held) == {action.study_uid}
     assert set(held[action.study_uid].instances) == {
-        r.sop_instance_uid for r in action.instances[:3]
+        r.sop_uid for r in action.instances[:3]
     }
     progress: list[int] = []
     result = destination.send(action, progress.append)

@@ -234,7 +234,7 @@ def test_failure_statuses_are_reported_per_instance_with_the_peers_comment(
     code, out = plan_code(capsys, config, "--refresh", "--json")
     assert code == 2
     [action] = json.loads(out)["actions"]
-    assert sorted(i["sop_instance_uid"] for i in action["items"]) == [first, second]
+    assert sorted(i["sop_uid"] for i in action["items"]) == [first, second]
     assert_converges(capsys, config, pacs)
 
 

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from reconciler.destinations.object_store.archive import ArchiveIndex
 from reconciler.destinations.object_store.manifest import (
+    MANIFEST_VERSION,
     Manifest,
     ManifestEntry,
     ManifestError,
@@ -23,9 +25,9 @@ ENCRYPTED = ("jpeg2000-lossless", f"aes-256-gcm:{KEY_ID}")
 
 def entry(**changes: object) -> ManifestEntry:
     plain = ManifestEntry(
-        sop_instance_uid=SOP,
+        sop_uid=SOP,
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        series_instance_uid="1.2.3",
+        series_uid="1.2.3",
         object=f"{SOP}.dcm",
         size=10,
         sha256="a" * 64,
@@ -47,10 +49,18 @@ def transformed(**changes: object) -> ManifestEntry:
     return entry(**{**encrypted, **changes})
 
 
-def document(*entries: ManifestEntry, version: int = 2) -> bytes:
+FORMER_NAMES = {"study_uid": "study_instance_uid", "sop_uid": "sop_instance_uid"}
+FORMER_NAMES["series_uid"] = "series_instance_uid"
+
+
+def document(*entries: ManifestEntry, version: int = MANIFEST_VERSION) -> bytes:
+    """A manifest of ``entries`` as that version wrote it (before 3: DICOM's UID names)."""
     manifest = Manifest("site", "1.2.9", datetime(2024, 1, 1, tzinfo=UTC), "0.1", entries)
     data = json.loads(manifest.to_json())
     data["format_version"] = version
+    if version < 3:
+        rename = lambda fields: {FORMER_NAMES.get(k, k): v for k, v in fields.items()}  # noqa: E731
+        data = {**rename(data), "instances": [rename(e) for e in data["instances"]]}
     return json.dumps(data).encode()
 
 
@@ -68,9 +78,31 @@ def test_version_1_manifests_are_read_without_transforms() -> None:
     assert read == entry() and read.transforms == () and read.codec is read.key_id is None
 
 
+def test_version_2_manifests_are_read_with_their_former_uid_names() -> None:
+    data = document(transformed(), version=2)
+    assert b'"sop_instance_uid"' in data and b'"study_instance_uid"' in data
+    read = Manifest.from_json(data, "1.2.9")
+    assert read.instances == (transformed(),) and read.study_uid == "1.2.9"
+    assert Manifest.study_named_in(data) == "1.2.9"
+    written = json.loads(read.to_json())
+    assert written["format_version"] == 3 and written["study_uid"] == "1.2.9"
+    assert set(written["instances"][0]) >= {"sop_uid", "series_uid", "sop_class_uid"}
+
+
+def test_version_1_archive_indexes_are_read_with_their_former_uid_names() -> None:
+    manifest = Manifest.from_json(document(entry()), "1.2.9")
+    index = json.loads(ArchiveIndex(manifest, 10, "c" * 64).to_json())
+    assert index["format_version"] == 2 and index["study_uid"] == "1.2.9"
+    index["format_version"] = 1
+    index["study_instance_uid"] = index.pop("study_uid")
+    index["manifest"] = json.loads(document(entry(), version=2))
+    read = ArchiveIndex.from_json(json.dumps(index).encode(), "1.2.9")
+    assert read == ArchiveIndex(manifest, 10, "c" * 64)
+
+
 def test_an_unknown_version_is_refused() -> None:
-    with pytest.raises(ManifestError, match="format_version 3"):
-        Manifest.from_json(document(entry(), version=3), "1.2.9")
+    with pytest.raises(ManifestError, match="format_version 4"):
+        Manifest.from_json(document(entry(), version=4), "1.2.9")
 
 
 @pytest.mark.parametrize(
@@ -80,7 +112,7 @@ def test_an_unknown_version_is_refused() -> None:
         entry(object=f"{SOP}.dcm.enc"),  # a plain copy under the encrypted name
         transformed(object=f"../../{SOP}.dcm.enc"),
         transformed(object="/etc/passwd"),
-        transformed(sop_instance_uid="../1.2", object="../1.2.dcm.enc"),
+        transformed(sop_uid="../1.2", object="../1.2.dcm.enc"),
         entry(object=f"{SOP}.0123456789abcdef.dcm"),  # a version that is not its content's
         entry(object=f"{SOP}.{'a' * 64}.dcm"),
     ],

@@ -51,13 +51,13 @@ def test_sent_study_is_observed_whole_with_its_manifest(
     held = destination.observe({})
     assert set(held) == {action.study_uid}
     assert {uid: (i.sha256, i.size) for uid, i in held[action.study_uid].instances.items()} == {
-        r.sop_instance_uid: (r.sha256, r.size) for r in action.instances
+        r.sop_uid: (r.sha256, r.size) for r in action.instances
     }
     folder = f"{destination.root}/studies/{action.study_uid}"
-    stored = destination.fs.cat_file(f"{folder}/{action.instances[0].sop_instance_uid}.dcm")
+    stored = destination.fs.cat_file(f"{folder}/{action.instances[0].sop_uid}.dcm")
     assert stored == Path(action.instances[0].path).read_bytes()
     manifest = json.loads(destination.fs.cat_file(f"{folder}/manifest.json"))
-    assert manifest["site"] == "site-a" and manifest["format_version"] == 2
+    assert manifest["site"] == "site-a" and manifest["format_version"] == 3
     assert len(manifest["instances"]) == len(action.instances)
 
 
@@ -69,7 +69,7 @@ def test_partial_transfer_writes_no_manifest(
     broken = dataclasses.replace(action, instances=(action.instances[0], changed))
     result = destination.send(broken, lambda _: None)
     assert result.committed is None
-    assert "changed since it was scanned" in result.failures[changed.sop_instance_uid]
+    assert "changed since it was scanned" in result.failures[changed.sop_uid]
     assert destination.observe({}) == {}  # objects without a manifest are not a copy
 
 
@@ -89,7 +89,7 @@ def test_missing_object_is_observed_as_missing(
 ) -> None:
     action = copy_actions[0]
     destination.send(action, lambda _: None)
-    gone = action.instances[0].sop_instance_uid
+    gone = action.instances[0].sop_uid
     destination.fs.rm_file(f"{destination.root}/studies/{action.study_uid}/{gone}.dcm")
     held = destination.observe({})[action.study_uid]
     assert gone not in held.instances
@@ -103,13 +103,13 @@ def test_checksum_verification_finds_a_silently_corrupted_object(
     destination.send(action, lambda _: None)
     assert destination.verify(action, lambda _: None).corrupt == {}
     victim = action.instances[1]
-    path = f"{destination.root}/studies/{action.study_uid}/{victim.sop_instance_uid}.dcm"
+    path = f"{destination.root}/studies/{action.study_uid}/{victim.sop_uid}.dcm"
     data = bytearray(destination.fs.cat_file(path))
     data[-1] ^= 0xFF  # same size: only a checksum can tell
     destination.fs.pipe_file(path, bytes(data))
     result = destination.verify(action, lambda _: None)
     assert result.checked == len(action.instances)
-    assert result.corrupt == {victim.sop_instance_uid: "content does not match its SHA-256"}
+    assert result.corrupt == {victim.sop_uid: "content does not match its SHA-256"}
 
 
 def test_unreadable_manifest_means_absent(

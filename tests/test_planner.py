@@ -34,7 +34,7 @@ def test_partly_present_study_gets_only_missing_and_changed_instances() -> None:
     holdings["1.2.3"].instances[changed] = ObservedInstance("0" * 64, 1000)  # type: ignore[index]
     plan = make_plan(config(), catalog(ct), {"cloud": observed("cloud", holdings)}, NOW)
     [action] = plan.actions
-    assert {i.sop_instance_uid for i in action.instances} == {
+    assert {i.sop_uid for i in action.instances} == {
         *(i.sop_uid for i in ct[:3]),
         changed,
     }
@@ -138,7 +138,7 @@ def test_conflicting_files_for_one_instance_are_held_back_and_reported() -> None
     twin = instance("1.2.3", ct[0].sop_uid, path="/srv/inbox/other.dcm", sha256="f" * 64)
     plan = make_plan(config(), catalog([*ct, twin]), {"cloud": observed("cloud")}, NOW)
     [action] = plan.actions
-    assert [i.sop_instance_uid for i in action.instances] == [ct[1].sop_uid]
+    assert [i.sop_uid for i in action.instances] == [ct[1].sop_uid]
     [blocked] = [p for p in plan.problems if p.code == "blocked"]
     assert "different content" in blocked.message and blocked.study_uid == "1.2.3"
     assert plan.has_errors  # an alarm: plan exits non-zero; the rest of the study still goes
@@ -182,7 +182,7 @@ def test_instances_that_failed_verification_are_copied_again() -> None:
     }
     plan = make_plan(config(), catalog(ct), {"cloud": observed("cloud", holdings)}, NOW)
     [action] = plan.actions
-    assert [i.sop_instance_uid for i in action.instances] == [ct[1].sop_uid]
+    assert [i.sop_uid for i in action.instances] == [ct[1].sop_uid]
     assert "1 failed checksum verification at cloud" in action.reason
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,9 +30,9 @@ def at(day: int, hour: int = 12) -> datetime:
 
 def entry(**changes: object) -> ManifestEntry:
     fields: dict[str, object] = {
-        "sop_instance_uid": "1.2.3.4",
+        "sop_uid": "1.2.3.4",
         "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
-        "series_instance_uid": "1.2.3",
+        "series_uid": "1.2.3",
         "object": "1.2.3.4.dcm",
         "size": 10,
         "sha256": SHA,
@@ -60,6 +61,18 @@ def point(point_id: str = "20240101T120000Z", study_uid: str = "1.2.3") -> Recov
 def test_point_round_trips_through_json() -> None:
     original = point()
     assert RecoveryPoint.from_json(original.to_json(), original.id) == original
+
+
+def test_version_1_points_are_read_with_their_former_uid_name() -> None:
+    original = point()
+    document = json.loads(original.to_json())
+    assert document["format_version"] == 2 and "study_uid" in document["studies"][0]
+    document["format_version"] = 1
+    document["studies"] = [
+        {("study_instance_uid" if k == "study_uid" else k): v for k, v in s.items()}
+        for s in document["studies"]
+    ]
+    assert RecoveryPoint.from_json(json.dumps(document).encode(), original.id) == original
 
 
 def test_point_with_a_study_uid_that_is_a_path_is_refused() -> None:
@@ -163,4 +176,4 @@ def test_restore_path_is_study_series_sop(tmp_path: Path) -> None:
 )
 def test_restore_path_refuses_anything_but_uids(tmp_path: Path, study: str, series: str) -> None:
     with pytest.raises(UnsafePath):
-        restore_path(tmp_path, study, entry(series_instance_uid=series))
+        restore_path(tmp_path, study, entry(series_uid=series))

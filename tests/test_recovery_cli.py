@@ -208,7 +208,7 @@ def test_verify_finds_tampered_and_missing_objects(
 
     code, report = run_json(capsys, "recover", "verify", "latest", "-c", config)
     assert code == 1  # presence alone finds the missing object, not the same-size tampering
-    assert [(p["kind"], p["sop_instance_uid"]) for p in report["problems"]] == [
+    assert [(p["kind"], p["sop_uid"]) for p in report["problems"]] == [
         ("missing", uid_of(missing))
     ]
     code, out = run(capsys, "recover", "verify", "latest", "-c", config, "--read-data")
@@ -278,7 +278,7 @@ def test_a_manifest_that_would_write_outside_the_target_is_refused(
     store = backup_store(applied)
 
     def escape(document: dict) -> None:  # type: ignore[type-arg]
-        document["instances"][0]["series_instance_uid"] = "../../../escaped"
+        document["instances"][0]["series_uid"] = "../../../escaped"
 
     def bad_object(document: dict) -> None:  # type: ignore[type-arg]
         document["instances"][0]["object"] = "../../../escaped.dcm"
@@ -308,7 +308,7 @@ def test_a_point_naming_a_path_instead_of_a_study_is_refused(
     store = backup_store(applied)
     genuine = json.loads(store.read_key(load_point(store, "latest").key))
     genuine["id"] = "20990101T000000Z"
-    genuine["studies"][0]["study_instance_uid"] = "../../outside"
+    genuine["studies"][0]["study_uid"] = "../../outside"
     store.write_key("recovery-points/20990101T000000Z.json", json.dumps(genuine).encode())
     code, out = run(
         capsys,
@@ -608,7 +608,7 @@ def test_a_symbolic_link_in_the_target_does_not_carry_the_restore_outside(
     applied: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = backup_store(applied)
-    study = load_point(store, "latest").studies[0].study_instance_uid
+    study = load_point(store, "latest").studies[0].study_uid
     target, elsewhere = tmp_path / "target", tmp_path / "elsewhere"
     target.mkdir()
     elsewhere.mkdir()
@@ -731,9 +731,9 @@ def test_retrieve_restores_a_study_from_a_dicom_peer_and_reports_what_it_lacks(
     assert code == 1 and (report["restored"], report["instances"]) == (5, 6), report
     problems = {p["kind"]: p for p in report["problems"]}
     assert problems.keys() == {"missing", "unexpected"}
-    assert problems["missing"]["sop_instance_uid"] == lost_uid
+    assert problems["missing"]["sop_uid"] == lost_uid
     assert problems["missing"]["detail"].startswith("the peer did not send it")
-    assert problems["unexpected"]["sop_instance_uid"] == extra.SOPInstanceUID
+    assert problems["unexpected"]["sop_uid"] == extra.SOPInstanceUID
     restored = {p.stem: dcmread(p) for p in (tmp_path / "out" / uid).glob("*/*.dcm")}
     assert restored.keys() == originals.keys() - {lost_uid}
     assert restored[dataset.SOPInstanceUID].file_meta.TransferSyntaxUID == RLELossless

@@ -39,7 +39,7 @@ def history(tmp_path: Path, small_studies: Path) -> History:
         plan, _ = workspace.plan()
         first, *rest = plan.actions
         # The file "changed" since the scan, under a UID a page must not run as markup.
-        bad = first.instances[0]._replace(sop_instance_uid=HOSTILE_UID, sha256="0")
+        bad = first.instances[0]._replace(sop_uid=HOSTILE_UID, sha256="0")
         broken = dataclasses.replace(first, instances=(bad, *first.instances[1:]))
         plan = dataclasses.replace(plan, actions=(broken, *rest))
         assert quiet_apply(plan, workspace) == "failed"

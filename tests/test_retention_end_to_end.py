@@ -110,6 +110,29 @@ def test_delete_only_after_observed_copies_then_untrash_and_purge(
     assert all(r["reason"].startswith("held until") for r in document["retained"])
 
 
+def test_a_trash_batch_written_before_one_name_per_uid_is_still_restored(
+    tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, FOLDERS)
+    originals = dicom_files(inbox)
+    run(capsys, "apply", "-c", str(config), "--auto-approve")
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve", "--refresh")[0] == 0
+    assert dicom_files(inbox) == {}
+    former = {"study_uid": "study_instance_uid", "sop_uid": "sop_instance_uid"}
+    former["series_uid"] = "series_instance_uid"
+    indexes = list((inbox / TRASH_DIR).rglob("index.json"))
+    assert len(indexes) == 3
+    for index in indexes:  # as the versions before it wrote them: no version, DICOM's names
+        document = json.loads(index.read_text())
+        assert document.pop("format_version") == 2
+        document = {former.get(k, k): v for k, v in document.items()}
+        document["files"] = [{former.get(k, k): v for k, v in f.items()} for f in document["files"]]
+        index.write_text(json.dumps(document))
+    code, out = run(capsys, "untrash", "-c", str(config), "--all")
+    assert code == 0 and out.count("6 files restored") == 3, out
+    assert dicom_files(inbox) == originals
+
+
 def test_the_trash_is_purged_after_trash_for(
     tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

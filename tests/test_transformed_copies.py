@@ -104,15 +104,15 @@ def test_compressed_and_encrypted_copies_are_observed_by_their_source_hashes(
     assert {e["transfer_syntax"] for e in entries} == {J2K_LOSSLESS}
     for entry in entries:
         blob = store.fs.cat_file(f"{store.root}/studies/{action.study_uid}/{entry['object']}")
-        assert entry["object"] == f"{entry['sop_instance_uid']}.dcm.enc"
+        assert entry["object"] == f"{entry['sop_uid']}.dcm.enc"
         assert b"DICM" not in blob and hashlib.sha256(blob).hexdigest() == entry["stored_sha256"]
-        sealed = associated_data(action.study_uid, entry["sop_instance_uid"])
+        sealed = associated_data(action.study_uid, entry["sop_uid"])
         stored = pydicom.dcmread(io.BytesIO(decrypt(blob, Keyring.parse(KEY), sealed)))
         assert stored.file_meta.TransferSyntaxUID == J2K_LOSSLESS
     held = store.observe({})
     for action in copy_actions:
         assert {u: (i.sha256, i.size) for u, i in held[action.study_uid].instances.items()} == {
-            r.sop_instance_uid: (r.sha256, r.size) for r in action.instances
+            r.sop_uid: (r.sha256, r.size) for r in action.instances
         }
         assert store.verify(action, lambda _: None).corrupt == {}
 
@@ -130,7 +130,7 @@ def test_tampering_is_detected_even_with_the_manifest_edited_to_match(
     action = copy_actions[0]
     store.send(action, lambda _: None)
     folder = f"{store.root}/studies/{action.study_uid}"
-    victim = action.instances[2].sop_instance_uid
+    victim = action.instances[2].sop_uid
     blob = bytearray(store.fs.cat_file(f"{folder}/{victim}.dcm.enc"))
     blob[len(blob) // 2] ^= 0x01
     store.fs.pipe_file(f"{folder}/{victim}.dcm.enc", bytes(blob))
@@ -140,7 +140,7 @@ def test_tampering_is_detected_even_with_the_manifest_edited_to_match(
     }
     manifest = manifest_of(store, action)
     for entry in manifest["instances"]:
-        if entry["sop_instance_uid"] == victim:
+        if entry["sop_uid"] == victim:
             entry["stored_sha256"] = hashlib.sha256(blob).hexdigest()
     store.fs.pipe_file(f"{folder}/manifest.json", json.dumps(manifest).encode())
     [why] = store.verify(action, lambda _: None).corrupt.values()
@@ -178,13 +178,13 @@ def test_encryption_alone_keeps_the_syntax_and_decrypts_to_the_source_bytes(
     stores.append(store)
     action = copy_actions[1]
     store.send(action, lambda _: None)
-    refs = {r.sop_instance_uid: r for r in action.instances}
+    refs = {r.sop_uid: r for r in action.instances}
     for entry in manifest_of(store, action)["instances"]:
-        ref = refs[entry["sop_instance_uid"]]
+        ref = refs[entry["sop_uid"]]
         assert entry["transforms"] == [f"aes-256-gcm:{KEY_ID}"]
         assert entry["transfer_syntax"] == ref.transfer_syntax
         blob = (tmp_path / "backup/studies" / action.study_uid / entry["object"]).read_bytes()
-        sealed = associated_data(action.study_uid, ref.sop_instance_uid)
+        sealed = associated_data(action.study_uid, ref.sop_uid)
         assert decrypt(blob, Keyring.parse(KEY), sealed) == Path(ref.path).read_bytes()
 
 
@@ -202,7 +202,7 @@ def test_codecs_follow_the_modality_and_others_are_stored_as_they_are(
         for entry in manifest_of(store, action)["instances"]:
             stored = tmp_path / "backup/studies" / action.study_uid / entry["object"]
             source = next(
-                Path(r.path) for r in action.instances if r.sop_instance_uid in stored.name
+                Path(r.path) for r in action.instances if r.sop_uid in stored.name
             )
             if action.study.modalities == "CT":
                 assert (entry["transforms"], entry["transfer_syntax"]) == (

@@ -118,7 +118,7 @@ def test_compressed_encrypted_copies_converge_verify_and_restore(
     assert len(stored) == 18 and all(k.endswith(".dcm.enc") for k in stored)
     study = next(iter(stored)).split("/")[1]
     manifest = json.loads(store.read_key(f"{STUDIES}/{study}/manifest.json"))
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert {(tuple(e["transforms"]), e["transfer_syntax"]) for e in manifest["instances"]} == {
         (("jpeg2000-lossless", f"aes-256-gcm:{KEY_ID}"), "1.2.840.10008.1.2.4.90")
     }
@@ -132,7 +132,7 @@ def test_compressed_encrypted_copies_converge_verify_and_restore(
     code, report = run_json(capsys, *restore)
     assert code == 0 and report["restored"] == 18 and report["problems"] == [], report
     sources = sources_by_sop(inbox)
-    noted = {n["sop_instance_uid"] for n in report["notes"]}
+    noted = {n["sop_uid"] for n in report["notes"]}
     for path in target.rglob("*.dcm"):
         source = sources[path.stem]
         restored, original = pydicom.dcmread(path), pydicom.dcmread(source)
@@ -144,7 +144,7 @@ def test_compressed_encrypted_copies_converge_verify_and_restore(
     assert len(noted) == 6
     assert all(n["detail"].startswith(PIXEL_IDENTICAL) for n in report["notes"])
     for note in report["notes"]:
-        [path] = target.rglob(f"{note['sop_instance_uid']}.dcm")
+        [path] = target.rglob(f"{note['sop_uid']}.dcm")
         assert f"restored {hashlib.sha256(path.read_bytes()).hexdigest()}" in note["detail"]
 
     code, out = run(capsys, *restore)  # resumed: pixel-identical files count as restored

@@ -330,7 +330,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         total = sum(
             s.bytes
             for s in point.studies
-            if not selection.studies or s.study_instance_uid in selection.studies
+            if not selection.studies or s.study_uid in selection.studies
         )
         with _bytes_bar(args.json, total, "restore") as progress:
             if args.to is not None:

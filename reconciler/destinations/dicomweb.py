@@ -128,14 +128,12 @@ class DicomWebDestination:
             failures = self._store_with_retries(action.study_uid, batch)
             result.failures.update(failures)
             for ref in batch:
-                if ref.sop_instance_uid not in failures:
+                if ref.sop_uid not in failures:
                     result.sent += 1
                     result.bytes += ref.size
                     progress(ref.size)
         if not result.failures:
-            result.committed = {
-                r.sop_instance_uid: ObservedInstance(None, r.size) for r in action.instances
-            }
+            result.committed = {r.sop_uid: ObservedInstance(None, r.size) for r in action.instances}
         return result
 
     def _store_with_retries(self, study_uid: str, batch: Sequence[InstanceRef]) -> dict[str, str]:
@@ -144,7 +142,7 @@ class DicomWebDestination:
             try:
                 parts.append((ref, read_unchanged(ref)))
             except PermanentError as exc:
-                failures[ref.sop_instance_uid] = str(exc)
+                failures[ref.sop_uid] = str(exc)
         if not parts:
             return failures
         if self.throttle is not None:
@@ -155,7 +153,7 @@ class DicomWebDestination:
             )
         except TransientHttpError as exc:
             why = f"{exc} (gave up after retries)"
-            return failures | {ref.sop_instance_uid: why for ref, _ in parts}
+            return failures | {ref.sop_uid: why for ref, _ in parts}
 
     def _store(self, study_uid: str, parts: Sequence[tuple[InstanceRef, bytes]]) -> dict[str, str]:
         """One STOW-RS request; the instances the service refused, and why."""
@@ -188,7 +186,7 @@ class DicomWebDestination:
         if response.status_code in (202, 409) and refused:
             return refused
         why = f"STOW-RS answered HTTP {response.status_code}"
-        return {ref.sop_instance_uid: refused.get(ref.sop_instance_uid, why) for ref, _ in parts}
+        return {ref.sop_uid: refused.get(ref.sop_uid, why) for ref, _ in parts}
 
     # --- verify ----------------------------------------------------------------------------
 
@@ -200,9 +198,9 @@ class DicomWebDestination:
         return VerifyResult(
             checked=len(action.instances),
             corrupt={
-                r.sop_instance_uid: "not found by QIDO-RS"
+                r.sop_uid: "not found by QIDO-RS"
                 for r in action.instances
-                if r.sop_instance_uid not in present
+                if r.sop_uid not in present
             },
         )
 

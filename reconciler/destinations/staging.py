@@ -102,12 +102,12 @@ class StagingDestination:
             return self.inner.verify(action, progress)
         refs = {
             ref._replace(
-                sop_instance_uid=self._uid(ref.sop_instance_uid),
-                series_instance_uid=self._uid(ref.series_instance_uid),
-            ): ref.sop_instance_uid
+                sop_uid=self._uid(ref.sop_uid),
+                series_uid=self._uid(ref.series_uid),
+            ): ref.sop_uid
             for ref in action.instances
         }
-        back = {new.sop_instance_uid: sop for new, sop in refs.items()}
+        back = {new.sop_uid: sop for new, sop in refs.items()}
         result = self.inner.verify(
             replace(action, study_uid=self._uid(action.study_uid), instances=tuple(refs)),
             progress,
@@ -120,7 +120,7 @@ class StagingDestination:
     def send(self, action: Action, progress: ProgressCallback) -> SendResult:
         with tempfile.TemporaryDirectory(prefix="reconciler-staged-") as folder:
             futures = {
-                ref.sop_instance_uid: self._pool().submit(
+                ref.sop_uid: self._pool().submit(
                     prepare,
                     ref,
                     self.profile,
@@ -150,16 +150,14 @@ class StagingDestination:
                 ),
                 _scaled(progress, action.instances, staged.values()),
             )
-        original = {staged[ref.sop_instance_uid].sop_instance_uid: ref for ref in action.instances}
+        original = {staged[ref.sop_uid].sop_uid: ref for ref in action.instances}
         result.failures = {
-            original[sop].sop_instance_uid if sop in original else sop: why
+            original[sop].sop_uid if sop in original else sop: why
             for sop, why in result.failures.items()
         }
         if result.committed is not None:
             result.committed = {
-                ref.sop_instance_uid: ObservedInstance(
-                    None if self.profile else ref.sha256, ref.size
-                )
+                ref.sop_uid: ObservedInstance(None if self.profile else ref.sha256, ref.size)
                 for sop in result.committed
                 if (ref := original.get(sop)) is not None
             }
@@ -185,7 +183,7 @@ def prepare(
 ) -> InstanceRef:
     """``ref``'s file de-identified and/or compressed into ``folder``: the instance to send."""
     data = read_unchanged(ref)
-    sop, series = ref.sop_instance_uid, ref.series_instance_uid
+    sop, series = ref.sop_uid, ref.series_uid
     if profile is not None:
         result = anonymize(data, profile, secret)
         check_anonymized(result.data, profile)  # refuse what the profile should have removed
@@ -197,8 +195,8 @@ def prepare(
     path = Path(folder) / f"{sop}.dcm"
     path.write_bytes(data)
     return ref._replace(
-        sop_instance_uid=sop,
-        series_instance_uid=series,
+        sop_uid=sop,
+        series_uid=series,
         path=str(path),
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),

@@ -312,7 +312,7 @@ def _record_verified_copy(
     if checked_before is None:
         return  # the rest was never checked: a verification stays due
     at, bad = checked_before
-    if bad <= {r.sop_instance_uid for r in action.instances}:
+    if bad <= {r.sop_uid for r in action.instances}:
         store.record_verification(action.destination, action.study_uid, at, ())
 
 

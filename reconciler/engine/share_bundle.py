@@ -34,7 +34,7 @@ _TEXT_VRS = frozenset({"CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 
 
 def member_name(study_uid: str, ref: InstanceRef) -> str:
-    return f"{study_uid}/{ref.series_instance_uid}/{ref.sop_instance_uid}.dcm"
+    return f"{study_uid}/{ref.series_uid}/{ref.sop_uid}.dcm"
 
 
 def write_share_zip(

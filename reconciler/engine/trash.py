@@ -26,11 +26,12 @@ from typing import Any
 
 from reconciler.destinations.durable_files import fsync_dir
 from reconciler.model.plan import InstanceRef, StudyLabel
-from reconciler.model.uid import is_uid
+from reconciler.model.uid import is_uid, with_current_names
 from reconciler.planning.retention import TrashBatch
 
 TRASH_DIR = ".reconciler-trash"
 INDEX = "index.json"
+INDEX_VERSION = 2  # 2: UIDs named study_uid, sop_uid, series_uid; before: no version, DICOM names
 STAMP = "%Y%m%dT%H%M%S%fZ"
 
 
@@ -189,7 +190,8 @@ def _write_index(
     refs: list[InstanceRef],
 ) -> None:
     document = {
-        "study_instance_uid": study_uid,
+        "format_version": INDEX_VERSION,
+        "study_uid": study_uid,
         "study": asdict(label),
         "trashed_at": now.isoformat(),
         "files": [
@@ -211,19 +213,22 @@ def _read_index(folder: Path) -> dict[str, Any] | None:
         document = json.loads((folder / INDEX).read_text())
     except (OSError, ValueError):
         return None  # not a batch (or its index never got written: then nothing moved)
-    if not is_uid(str(document.get("study_instance_uid", ""))):
+    if not isinstance(document, dict):
+        return None
+    document = with_current_names(document)  # indexes without a version: DICOM's UID names
+    if not is_uid(str(document.get("study_uid", ""))):
         return None
     return document
 
 
 def _batch(folder: Path, index: dict[str, Any]) -> TrashBatch:
     files = tuple(
-        InstanceRef(**{**entry, "path": str(folder / "files" / entry["path"])})
+        InstanceRef(**{**with_current_names(entry), "path": str(folder / "files" / entry["path"])})
         for entry in index["files"]
         if _inside(folder / "files", entry["path"]) and (folder / "files" / entry["path"]).exists()
     )
     return TrashBatch(
-        study_uid=index["study_instance_uid"],
+        study_uid=index["study_uid"],
         study=StudyLabel(**index["study"]),
         trashed_at=datetime.fromisoformat(index["trashed_at"]),
         files=files,

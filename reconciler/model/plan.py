@@ -13,7 +13,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
-PLAN_FORMAT_VERSION = 2
+PLAN_FORMAT_VERSION = 3  # 3: instances name their UIDs sop_uid and series_uid
 # delete: local files go to the trash; purge: trashed files older than trash_for are removed.
 # archive: one tar+zstd bundle per study at an archive_to destination.
 # prune: our copy of a study is removed from a destination (its destination retention).
@@ -27,9 +27,9 @@ class InstanceRef(NamedTuple):
     """One file an action works on. A named tuple: a plan copying a million instances makes
     a million of them, and a tuple is built faster than a frozen dataclass."""
 
-    sop_instance_uid: str
+    sop_uid: str
     sop_class_uid: str
-    series_instance_uid: str
+    series_uid: str
     path: str
     size: int
     sha256: str

@@ -417,9 +417,9 @@ def _copy_reason(
 
 def _ref(instance: CatalogInstance) -> InstanceRef:
     return InstanceRef(
-        sop_instance_uid=instance.sop_uid,
+        sop_uid=instance.sop_uid,
         sop_class_uid=instance.sop_class_uid,
-        series_instance_uid=instance.series_uid,
+        series_uid=instance.series_uid,
         path=instance.path,
         size=instance.size,
         sha256=instance.sha256,

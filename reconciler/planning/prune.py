@@ -184,9 +184,9 @@ def _refs(held: ObservedStudy) -> tuple[InstanceRef, ...]:
     """The instances a prune removes, as far as the destination's manifest tells them."""
     return tuple(
         InstanceRef(
-            sop_instance_uid=sop,
+            sop_uid=sop,
             sop_class_uid="",
-            series_instance_uid="",
+            series_uid="",
             path="",
             size=instance.size,
             sha256=instance.sha256 or "",

@@ -88,7 +88,7 @@ def _restore_bundle(
             return
         found = _extract(bundle, study_uid, entries, root, report, progress)
     for name in sorted(entries.keys() - found):
-        sop = entries[name].sop_instance_uid
+        sop = entries[name].sop_uid
         report.problems.append(Finding(study_uid, sop, "missing", "not in the bundle"))
 
 
@@ -115,9 +115,7 @@ def _extract(
             try:
                 target = restore_path(root, study_uid, entry)
             except UnsafePath as exc:
-                report.problems.append(
-                    Finding(study_uid, entry.sop_instance_uid, "unsafe", str(exc))
-                )
+                report.problems.append(Finding(study_uid, entry.sop_uid, "unsafe", str(exc)))
                 continue
             outcome, size, finding = place_restored(
                 study_uid, entry, target, partial(_copy_checked, handle, entry=entry)

@@ -66,7 +66,7 @@ def create_point(
             written += 1
         studies.append(
             PointStudy(
-                study_instance_uid=study_uid,
+                study_uid=study_uid,
                 manifest_sha256=digest,
                 instances=len(manifest.instances),
                 bytes=sum(e.stored_size for e in manifest.instances),
@@ -100,7 +100,7 @@ def _pin(
         e
         for e in manifest.instances
         if listing.get(f"{STUDIES}/{study_uid}/{e.object}") == e.stored_size
-        and e.sop_instance_uid not in corrupt
+        and e.sop_uid not in corrupt
     )
     if not present:
         raise ManifestError("none of its objects is present")

@@ -35,17 +35,17 @@ FindingKind = Literal[
 @dataclass(frozen=True)
 class Finding:
     study_uid: str
-    sop_instance_uid: str | None  # None: the whole study
+    sop_uid: str | None  # None: the whole study
     kind: FindingKind
     detail: str
 
     def __str__(self) -> str:
-        where = self.study_uid + (f"/{self.sop_instance_uid}" if self.sop_instance_uid else "")
+        where = self.study_uid + (f"/{self.sop_uid}" if self.sop_uid else "")
         return f"{self.kind}: {where}: {self.detail}"
 
     @classmethod
-    def of(cls, study_uid: str, sop_instance_uid: str, refused: Unrestorable) -> Finding:
-        return cls(study_uid, sop_instance_uid, refused.kind, refused.detail)
+    def of(cls, study_uid: str, sop_uid: str, refused: Unrestorable) -> Finding:
+        return cls(study_uid, sop_uid, refused.kind, refused.detail)
 
 
 def stored_original(
@@ -66,11 +66,11 @@ def object_key(study_uid: str, entry: ManifestEntry) -> str:
 
 def check_listed(study_uid: str, entry: ManifestEntry, size: int | None) -> Finding | None:
     if size is None:
-        return Finding(study_uid, entry.sop_instance_uid, "missing", "object is missing")
+        return Finding(study_uid, entry.sop_uid, "missing", "object is missing")
     if size != entry.stored_size:
         return Finding(
             study_uid,
-            entry.sop_instance_uid,
+            entry.sop_uid,
             "corrupt",
             f"object has {size} bytes, the manifest says {entry.stored_size}",
         )
@@ -80,7 +80,7 @@ def check_listed(study_uid: str, entry: ManifestEntry, size: int | None) -> Find
 def read_and_check(
     store: ObjectKeys, study_uid: str, entry: ManifestEntry, keyring: Keyring | None
 ) -> tuple[int, list[Finding]]:
-    sop = entry.sop_instance_uid
+    sop = entry.sop_uid
     try:
         if entry.transforms:
             size, original = stored_original(store, study_uid, entry, keyring)

@@ -3,7 +3,6 @@ needs (the point first, then the pinned manifests no remaining point refers to).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -134,9 +133,7 @@ def unreferenced_objects(store: ObjectKeys) -> list[str]:
         if isinstance(data, BaseException) or data is None:
             raise RecoveryError(f"cannot read {key} at {store.name}: {data}")
         try:
-            study_uid = (
-                key.split("/")[1] if key in live else str(json.loads(data)["study_instance_uid"])
-            )
+            study_uid = key.split("/")[1] if key in live else Manifest.study_named_in(data)
             manifest = Manifest.from_json(data, study_uid)
         except (ManifestError, ValueError, KeyError, TypeError) as exc:
             if key in live:

@@ -7,7 +7,6 @@ header is rewritten) and the points that would need the old key if it stayed und
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -46,7 +45,7 @@ def pinned_objects(store: ObjectKeys) -> PinnedObjects:
         except (ManifestError, RecoveryError) as exc:
             found.unreadable[key] = str(exc)
             continue
-        uid = manifest.study_instance_uid
+        uid = manifest.study_uid
         for entry in manifest.instances:
             object_key = f"{STUDIES}/{uid}/{entry.object}"
             entries[object_key].append((uid, entry))
@@ -58,8 +57,4 @@ def pinned_objects(store: ObjectKeys) -> PinnedObjects:
 def _parse(data: bytes | BaseException | None) -> Manifest:
     if isinstance(data, BaseException) or data is None:
         raise RecoveryError(f"cannot read it: {data}")
-    try:
-        study_uid = str(json.loads(data)["study_instance_uid"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ManifestError(f"unreadable pinned manifest: {exc}") from None
-    return Manifest.from_json(data, study_uid)
+    return Manifest.from_json(data, Manifest.study_named_in(data))

@@ -113,7 +113,7 @@ def _rekey_superseded(
         progress(1)
         if isinstance(outcome, RekeyError):
             uid, entry = pinned.entries[key][0]
-            where = f"{uid}/{entry.sop_instance_uid} ({key.rsplit('/', 1)[1]})"
+            where = f"{uid}/{entry.sop_uid} ({key.rsplit('/', 1)[1]})"
             report.problems[where] = f"{outcome}{_needed_by(pinned, key)}"
         elif outcome:
             report.rewrapped += 1
@@ -138,7 +138,7 @@ def _rekey_object(
         digest = hashlib.sha256(blob).hexdigest()
         if not any((e.key_id, e.stored_sha256) == (sealed_under, digest) for _, e in refs):
             # Rekeyed before, so no pinned hash is its own: decrypting proves it whole.
-            decrypt(blob, keyring, associated_data(uid, entry.sop_instance_uid))
+            decrypt(blob, keyring, associated_data(uid, entry.sop_uid))
         store.replace_header(key, blob, rewrap_header(blob[:HEADER_SIZE], keyring, keyring.current))
     except FileNotFoundError:
         return RekeyError("object is missing")
@@ -162,7 +162,7 @@ def _rekey_study(
     progress: Progress,
     pinned: PinnedObjects,
 ) -> None:
-    uid = manifest.study_instance_uid
+    uid = manifest.study_uid
     encrypted = [e for e in manifest.instances if e.key_id is not None]
     stale = [e for e in encrypted if e.key_id != keyring.current.key_id]
     report.already_current += len(encrypted) - len(stale)
@@ -174,11 +174,11 @@ def _rekey_study(
         progress(1)
         if isinstance(outcome, RekeyError):
             needed = _needed_by(pinned, f"{STUDIES}/{uid}/{entry.object}")
-            report.problems[f"{uid}/{entry.sop_instance_uid}"] = f"{outcome}{needed}"
+            report.problems[f"{uid}/{entry.sop_uid}"] = f"{outcome}{needed}"
         else:
-            moved[entry.sop_instance_uid] = outcome
+            moved[entry.sop_uid] = outcome
     if moved:
-        instances = tuple(moved.get(e.sop_instance_uid, e) for e in manifest.instances)
+        instances = tuple(moved.get(e.sop_uid, e) for e in manifest.instances)
         updated = replace(
             manifest, instances=instances, written_at=datetime.now(UTC), tool_version=__version__
         )
@@ -200,7 +200,7 @@ def _rekey_entry(
             blob = _rewrap(store, key, entry, blob, keyring)
         elif sealed_under == keyring.current.key_id:
             # Rekeyed by an interrupted run: prove the object whole before recording its hash.
-            decrypt(blob, keyring, associated_data(study_uid, entry.sop_instance_uid))
+            decrypt(blob, keyring, associated_data(study_uid, entry.sop_uid))
         else:
             raise RekeyError(f"sealed under master key {sealed_under}, not the manifest's")
     except FileNotFoundError:

@@ -86,16 +86,16 @@ def restore_path(root: Path, study_uid: str, entry: ManifestEntry) -> Path:
     Every component must be a DICOM UID (digits and dots only), so no ``..``, separator or
     absolute path from a manifest can reach the file system.
     """
-    parts = (study_uid, entry.series_instance_uid, entry.sop_instance_uid)
+    parts = (study_uid, entry.series_uid, entry.sop_uid)
     bad = [p for p in parts if not is_uid(p)]
     if bad:
         raise UnsafePath(f"refused: {bad[0]!r} is not a UID and would not stay inside the target")
-    return root / study_uid / entry.series_instance_uid / f"{entry.sop_instance_uid}.dcm"
+    return root / study_uid / entry.series_uid / f"{entry.sop_uid}.dcm"
 
 
 def not_in_point(point: RecoveryPoint, selection: Selection) -> list[Finding]:
     """Studies asked for by UID that the point does not hold: said, never silently skipped."""
-    held = {s.study_instance_uid for s in point.studies}
+    held = {s.study_uid for s in point.studies}
     return [
         Finding(uid, None, "missing", f"not in point {point.id}")
         for uid in sorted(selection.studies - held)
@@ -105,11 +105,7 @@ def not_in_point(point: RecoveryPoint, selection: Selection) -> list[Finding]:
 def select_studies(
     store: ObjectKeys, point: RecoveryPoint, selection: Selection, keyring: Keyring | None
 ) -> list[PointStudy]:
-    chosen = [
-        s
-        for s in point.studies
-        if not selection.studies or s.study_instance_uid in selection.studies
-    ]
+    chosen = [s for s in point.studies if not selection.studies or s.study_uid in selection.studies]
     if selection.patients:
         chosen = [s for s in chosen if _patient_id(store, s, keyring) in selection.patients]
     return chosen
@@ -119,7 +115,7 @@ def _patient_id(store: ObjectKeys, study: PointStudy, keyring: Keyring | None) -
     """From the point, or else from the header of the study's first stored object."""
     if study.patient_id is not None:
         return study.patient_id
-    uid = study.study_instance_uid
+    uid = study.study_uid
     try:
         entry = load_pinned(store, study).instances[0]
         with ExitStack() as stack:
@@ -162,9 +158,9 @@ def restore_to_folder(
         try:
             manifest = load_pinned(store, study)
         except RecoveryError as exc:
-            report.problems.append(Finding(study.study_instance_uid, None, "missing", str(exc)))
+            report.problems.append(Finding(study.study_uid, None, "missing", str(exc)))
             continue
-        work.extend(_plan_manifest(study.study_instance_uid, manifest, root, report))
+        work.extend(_plan_manifest(study.study_uid, manifest, root, report))
     _restore_files(store, work, report, progress, workers, keyring)
     return report
 
@@ -210,8 +206,8 @@ def _restore_files(
             for pending in futures:
                 pending.cancel()  # stop promptly; what finished stays for the next run
             raise
-    report.problems.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
-    report.notes.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
+    report.problems.sort(key=lambda p: (p.study_uid, p.sop_uid or ""))
+    report.notes.sort(key=lambda p: (p.study_uid, p.sop_uid or ""))
 
 
 def _plan_manifest(
@@ -223,7 +219,7 @@ def _plan_manifest(
         try:
             target = restore_path(root, uid, entry)
         except UnsafePath as exc:
-            report.problems.append(Finding(uid, entry.sop_instance_uid, "unsafe", str(exc)))
+            report.problems.append(Finding(uid, entry.sop_uid, "unsafe", str(exc)))
             continue
         work.append((uid, entry, target))
     return work
@@ -271,7 +267,7 @@ def place_restored(
     ``write`` raises FileNotFoundError or Unrestorable when the original cannot be had;
     ``decoded_sha256`` is what a lossless transcode restores, also accepted as present.
     """
-    sop = entry.sop_instance_uid
+    sop = entry.sop_uid
     root = target.parents[2]
     # A symbolic link planted in the target must not carry the restore elsewhere either:
     # checked before any folder is made.
@@ -314,4 +310,4 @@ def _existing(
         if digest == entry.sha256 or digest == decoded_sha256():
             return "present", 0, None
     detail = f"a different file is already at {target}; left as it is"
-    return "problem", 0, Finding(study_uid, entry.sop_instance_uid, "conflict", detail)
+    return "problem", 0, Finding(study_uid, entry.sop_uid, "conflict", detail)

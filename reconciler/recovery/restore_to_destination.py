@@ -51,10 +51,10 @@ def restore_to_destination(
     for study in select_studies(store, point, selection, keyring):
         report.studies += 1
         try:
-            manifests[study.study_instance_uid] = load_pinned(store, study)
+            manifests[study.study_uid] = load_pinned(store, study)
         except RecoveryError as exc:
-            report.problems.append(Finding(study.study_instance_uid, None, "missing", str(exc)))
-    expected = {uid: [e.sop_instance_uid for e in m.instances] for uid, m in manifests.items()}
+            report.problems.append(Finding(study.study_uid, None, "missing", str(exc)))
+    expected = {uid: [e.sop_uid for e in m.instances] for uid, m in manifests.items()}
     try:
         held = destination.observe(expected)
     except DestinationUnavailable as exc:
@@ -65,13 +65,13 @@ def restore_to_destination(
         refs = [
             ref
             for entry in manifest.instances
-            if (ref := staged.stage(store, entry, observed.get(entry.sop_instance_uid)))
+            if (ref := staged.stage(store, entry, observed.get(entry.sop_uid)))
         ]
         failed = _send_study(point, uid, refs, destination, report, progress) if refs else set()
-        report.notes.extend(n for n in staged.notes if n.sop_instance_uid not in failed)
+        report.notes.extend(n for n in staged.notes if n.sop_uid not in failed)
         for ref in refs:
             Path(ref.path).unlink(missing_ok=True)
-    report.problems.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
+    report.problems.sort(key=lambda p: (p.study_uid, p.sop_uid or ""))
     return report
 
 
@@ -90,7 +90,7 @@ class _Staged:
     ) -> InstanceRef | None:
         """The staged file to send, or None: already held, in conflict, or not restorable."""
         self.report.instances += 1
-        sop = entry.sop_instance_uid
+        sop = entry.sop_uid
         if held is not None and held.sha256 in (None, entry.sha256):
             self.report.already_present += 1
             return None
@@ -119,9 +119,9 @@ class _Staged:
         from pydicom.uid import ExplicitVRLittleEndian  # here: pydicom slows every start
 
         return InstanceRef(
-            sop_instance_uid=sop,
+            sop_uid=sop,
             sop_class_uid=entry.sop_class_uid,
-            series_instance_uid=entry.series_instance_uid,
+            series_uid=entry.series_uid,
             path=str(path),
             size=size,
             sha256=digest,

@@ -174,9 +174,9 @@ class _Receiver:
             return REFUSED
         digest = hashlib.sha256(data).hexdigest()
         entry = ManifestEntry(
-            sop_instance_uid=sop_uid,
+            sop_uid=sop_uid,
             sop_class_uid=str(event.request.AffectedSOPClassUID),
-            series_instance_uid=series_uid,
+            series_uid=series_uid,
             object="",
             size=len(data),
             sha256=digest,
@@ -236,5 +236,5 @@ class _Receiver:
         for sop_uid in sorted(self.study.sop_uids - self.outcomes.keys()):
             detail = f"the peer did not send it (its C-GET ended with {ended})"
             report.problems.append(Finding(self.study.uid, sop_uid, "missing", detail))
-        report.problems.sort(key=lambda p: p.sop_instance_uid or "")
+        report.problems.sort(key=lambda p: p.sop_uid or "")
         return report

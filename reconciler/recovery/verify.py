@@ -27,10 +27,10 @@ def parse_subset(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def in_subset(sop_instance_uid: str, subset: tuple[int, int]) -> bool:
+def in_subset(sop_uid: str, subset: tuple[int, int]) -> bool:
     """Stable across runs, so subsets 1/t ... t/t together read every instance once."""
     n, t = subset
-    bucket = int.from_bytes(hashlib.sha256(sop_instance_uid.encode()).digest()[:8], "big")
+    bucket = int.from_bytes(hashlib.sha256(sop_uid.encode()).digest()[:8], "big")
     return bucket % t == n - 1
 
 
@@ -71,7 +71,7 @@ def verify_point(
     listing = store.list_keys(STUDIES)
     to_read: list[tuple[str, ManifestEntry]] = []
     for study in point.studies:
-        uid = study.study_instance_uid
+        uid = study.study_uid
         try:
             manifest = load_pinned(store, study)
         except RecoveryError as exc:
@@ -82,7 +82,7 @@ def verify_point(
             problem = check_listed(uid, entry, listing.get(object_key(uid, entry)))
             if problem:
                 report.problems.append(problem)
-            elif read_data and in_subset(entry.sop_instance_uid, read_data):
+            elif read_data and in_subset(entry.sop_uid, read_data):
                 to_read.append((uid, entry))
     report.transcoded = sum(1 for _, entry in to_read if entry.codec is not None)
     with ThreadPoolExecutor(workers) as pool:
@@ -95,5 +95,5 @@ def verify_point(
             report.bytes_read += size
             report.problems.extend(problems)
             progress(size)
-    report.problems.sort(key=lambda p: (p.study_uid, p.sop_instance_uid or ""))
+    report.problems.sort(key=lambda p: (p.study_uid, p.sop_uid or ""))
     return report

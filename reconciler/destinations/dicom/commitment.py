@@ -113,8 +113,8 @@ def commitment_failures(
         for uid, reason in report.failed.items()
     }
     for ref in refs:
-        if ref.sop_instance_uid not in report.committed | failures.keys():
-            failures[ref.sop_instance_uid] = "missing from the storage commitment report"
+        if ref.sop_uid not in report.committed | failures.keys():
+            failures[ref.sop_uid] = "missing from the storage commitment report"
     return failures
 
 
@@ -149,5 +149,5 @@ def request_commitment(target: DicomTarget, refs: Sequence[InstanceRef]) -> str:
 def _reference(ref: InstanceRef) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = ref.sop_class_uid
-    item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    item.ReferencedSOPInstanceUID = ref.sop_uid
     return item

@@ -241,7 +241,7 @@ def store_batch(associations: Associations, refs: Sequence[InstanceRef]) -> Batc
     try:
         assoc = associations.covering({(r.sop_class_uid, r.transfer_syntax) for r in refs})
     except ContextsRefused:
-        result.failures = {r.sop_instance_uid: unsendable(r) for r in refs}
+        result.failures = {r.sop_uid: unsendable(r) for r in refs}
         return result
     except AssociationLost as exc:
         result.unsent, result.lost = list(refs), str(exc)
@@ -254,9 +254,9 @@ def store_batch(associations: Associations, refs: Sequence[InstanceRef]) -> Batc
             result.unsent, result.lost = list(refs[index:]), str(exc)
             return result
         if problem:
-            result.failures[ref.sop_instance_uid] = problem
+            result.failures[ref.sop_uid] = problem
         else:
-            result.stored.append(ref.sop_instance_uid)
+            result.stored.append(ref.sop_uid)
     return result
 
 

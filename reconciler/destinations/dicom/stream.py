@@ -307,7 +307,7 @@ def _command_set(ref: InstanceRef, message_id: int) -> bytes:
             _US.pack(0, 0x0110, 2, message_id),
             _US.pack(0, 0x0700, 2, _PRIORITY_LOW),
             _US.pack(0, 0x0800, 2, _DATA_SET_PRESENT),  # Command Data Set Type
-            _uid(0x1000, ref.sop_instance_uid),  # Affected SOP Instance UID
+            _uid(0x1000, ref.sop_uid),  # Affected SOP Instance UID
         )
     )
     return _ELEMENT.pack(0, 0x0000, 4) + struct.pack("<I", len(body)) + body

@@ -111,7 +111,7 @@ class DicomDestination:
 
     def send(self, action: Action, progress: ProgressCallback) -> SendResult:
         result = SendResult()
-        sizes = {r.sop_instance_uid: r.size for r in action.instances}
+        sizes = {r.sop_uid: r.size for r in action.instances}
         pending = _batches(action.instances, self.target.max_associations)
         delays = iter(backoff_delays(self.settings.retry))
         while pending:
@@ -120,7 +120,7 @@ class DicomDestination:
                 delay = next(delays, None)
                 if delay is None:
                     for ref in (r for batch in pending for r in batch):
-                        result.failures[ref.sop_instance_uid] = f"{lost} (gave up after retries)"
+                        result.failures[ref.sop_uid] = f"{lost} (gave up after retries)"
                     break
                 self.sleep(delay)
         if not result.failures and self.settings.verification == "commitment":
@@ -132,9 +132,7 @@ class DicomDestination:
         if not result.failures and self.settings.verification == "count":
             result.verified = self._lists_every(action.study_uid, sizes.keys())
         if not result.failures:
-            result.committed = {
-                r.sop_instance_uid: ObservedInstance(None, r.size) for r in action.instances
-            }
+            result.committed = {r.sop_uid: ObservedInstance(None, r.size) for r in action.instances}
         return result
 
     def _lists_every(self, study_uid: str, sop_uids: Collection[str]) -> bool:
@@ -199,15 +197,15 @@ class DicomDestination:
             except CommitmentUnknown as exc:
                 return VerifyResult(checked=len(action.instances), unknown=str(exc))
             return VerifyResult(checked=len(action.instances), corrupt=failures)
-        held = self.observe({action.study_uid: [r.sop_instance_uid for r in action.instances]})
+        held = self.observe({action.study_uid: [r.sop_uid for r in action.instances]})
         found = held.get(action.study_uid)
         present = found.instances if found else {}
         return VerifyResult(
             checked=len(action.instances),
             corrupt={
-                r.sop_instance_uid: "not found by C-FIND"
+                r.sop_uid: "not found by C-FIND"
                 for r in action.instances
-                if r.sop_instance_uid not in present
+                if r.sop_uid not in present
             },
         )
 

@@ -41,7 +41,8 @@ from reconciler.model.uid import is_uid
 
 ARCHIVES = "archives"
 INDEX_FORMAT = "dicom-reconciler/study-archive"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # version 1 named the study study_instance_uid; both are read
+READABLE_INDEX_VERSIONS = (1, 2)
 
 
 def bundle_name(study_uid: str) -> str:
@@ -62,8 +63,8 @@ class ArchiveIndex:
         document = {
             "format": INDEX_FORMAT,
             "format_version": INDEX_VERSION,
-            "study_instance_uid": self.manifest.study_instance_uid,
-            "bundle": bundle_name(self.manifest.study_instance_uid),
+            "study_uid": self.manifest.study_uid,
+            "bundle": bundle_name(self.manifest.study_uid),
             "bundle_size": self.bundle_size,
             "bundle_sha256": self.bundle_sha256,
             "manifest": json.loads(self.manifest.to_json()),
@@ -74,9 +75,9 @@ class ArchiveIndex:
     def from_json(cls, data: bytes, study_uid: str) -> ArchiveIndex:
         try:
             document: dict[str, Any] = json.loads(data)
-            if (document.get("format"), document.get("format_version")) != (
-                INDEX_FORMAT,
-                INDEX_VERSION,
+            if (
+                document.get("format") != INDEX_FORMAT
+                or document.get("format_version") not in READABLE_INDEX_VERSIONS
             ):
                 raise ManifestError("not a study archive index")
             manifest = Manifest.from_json(json.dumps(document["manifest"]).encode(), study_uid)
@@ -94,10 +95,10 @@ def write_bundle(
     """
     entries = [
         ManifestEntry(
-            sop_instance_uid=ref.sop_instance_uid,
+            sop_uid=ref.sop_uid,
             sop_class_uid=ref.sop_class_uid,
-            series_instance_uid=ref.series_instance_uid,
-            object=object_name(ref.sop_instance_uid, encrypted=False),
+            series_uid=ref.series_uid,
+            object=object_name(ref.sop_uid, encrypted=False),
             size=ref.size,
             sha256=ref.sha256,
             stored_size=ref.size,
@@ -159,7 +160,7 @@ def check_bundle(data: IO[bytes], index: ArchiveIndex) -> dict[str, str]:
             if member.name in expected and handle is not None:
                 seen[member.name] = _sha256(handle)
     return {
-        e.sop_instance_uid: "missing from the bundle"
+        e.sop_uid: "missing from the bundle"
         if e.object not in seen
         else "content does not match its SHA-256"
         for e in expected.values()
@@ -174,16 +175,14 @@ def store(keys: ObjectKeys, action: Action, progress: ProgressCallback) -> SendR
         try:
             manifest = write_bundle(bundle, action, keys.site, progress)
         except PermanentError as exc:
-            result.failures = {r.sop_instance_uid: str(exc) for r in action.instances}
+            result.failures = {r.sop_uid: str(exc) for r in action.instances}
             return result
         size, sha = digest(bundle)
         keys.upload_key(f"{ARCHIVES}/{bundle_name(action.study_uid)}", bundle)
     index = ArchiveIndex(manifest, size, sha)
     keys.write_key(f"{ARCHIVES}/{index_name(action.study_uid)}", index.to_json())
     result.sent, result.bytes = len(action.instances), action.bytes
-    result.committed = {
-        e.sop_instance_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
-    }
+    result.committed = {e.sop_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances}
     result.verified = True  # every file was hashed as it went into the bundle
     return result
 
@@ -202,10 +201,7 @@ def observe(keys: ObjectKeys) -> dict[str, ObservedStudy]:
         except ManifestError:
             continue  # an unreadable index: the study counts as not archived
         if listing.get(f"{ARCHIVES}/{bundle_name(uid)}") == index.bundle_size:
-            held = {
-                e.sop_instance_uid: ObservedInstance(e.sha256, e.size)
-                for e in index.manifest.instances
-            }
+            held = {e.sop_uid: ObservedInstance(e.sha256, e.size) for e in index.manifest.instances}
             written = index.manifest
             studies[uid] = ObservedStudy(
                 uid, held, site=written.site, written_at=written.written_at
@@ -224,9 +220,7 @@ def verify(keys: ObjectKeys, action: Action, progress: ProgressCallback) -> Veri
             keys.read_key(f"{ARCHIVES}/{index_name(action.study_uid)}"), action.study_uid
         )
     except (FileNotFoundError, ManifestError) as exc:
-        return VerifyResult(
-            corrupt={r.sop_instance_uid: f"no index: {exc}" for r in action.instances}
-        )
+        return VerifyResult(corrupt={r.sop_uid: f"no index: {exc}" for r in action.instances})
     with (
         tempfile.TemporaryFile() as local,
         keys.open_key(f"{ARCHIVES}/{bundle_name(action.study_uid)}") as remote,
@@ -236,7 +230,7 @@ def verify(keys: ObjectKeys, action: Action, progress: ProgressCallback) -> Veri
         problems = check_bundle(local, index)
     progress(index.bundle_size)
     if "*" in problems:
-        problems = {e.sop_instance_uid: problems["*"] for e in index.manifest.instances}
+        problems = {e.sop_uid: problems["*"] for e in index.manifest.instances}
     return VerifyResult(checked=len(index.manifest.instances), corrupt=problems)
 
 

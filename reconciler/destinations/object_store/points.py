@@ -36,10 +36,11 @@ from reconciler.destinations.object_store.manifest import (
     Manifest,
     ManifestError,
 )
-from reconciler.model.uid import is_uid
+from reconciler.model.uid import is_uid, with_current_names
 
 POINT_FORMAT = "dicom-reconciler/recovery-point"
-POINT_VERSION = 1
+POINT_VERSION = 2  # version 1 named each study study_instance_uid; both are read
+READABLE_POINT_VERSIONS = (1, 2)
 
 
 POINT_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,4})?$")
@@ -51,7 +52,7 @@ class RecoveryError(Exception):
 
 @dataclass(frozen=True)
 class PointStudy:
-    study_instance_uid: str
+    study_uid: str
     manifest_sha256: str  # of the pinned manifest's bytes
     instances: int
     bytes: int  # stored bytes
@@ -109,7 +110,7 @@ class RecoveryPoint:
             document = json.loads(data)
             if document.get("format") != POINT_FORMAT:
                 raise RecoveryError("not a recovery point")
-            if document.get("format_version") != POINT_VERSION:
+            if document.get("format_version") not in READABLE_POINT_VERSIONS:
                 raise RecoveryError(f"unsupported format_version {document['format_version']}")
             if document["id"] != expected_id:
                 raise RecoveryError("its id is not its file name")
@@ -120,13 +121,13 @@ class RecoveryPoint:
                 site=str(document["site"]),
                 config_sha256=str(document["config_sha256"]),
                 tool_version=str(document["tool_version"]),
-                studies=tuple(PointStudy(**s) for s in document["studies"]),
+                studies=tuple(PointStudy(**with_current_names(s)) for s in document["studies"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise RecoveryError(f"unreadable recovery point {expected_id}: {exc}") from None
         for study in point.studies:
             # Study UIDs become object keys and restore folders: nothing else may pass.
-            if not is_uid(study.study_instance_uid):
+            if not is_uid(study.study_uid):
                 raise RecoveryError(f"point {expected_id} names a bad study {study!r}")
             if not SHA256_PATTERN.match(study.manifest_sha256):
                 raise RecoveryError(f"point {expected_id} has a bad manifest hash {study!r}")
@@ -190,7 +191,7 @@ def load_pinned(store: ObjectKeys, study: PointStudy) -> Manifest:
     if hashlib.sha256(data).hexdigest() != study.manifest_sha256:
         raise RecoveryError("its pinned manifest does not match its SHA-256")
     try:
-        return Manifest.from_json(data, study.study_instance_uid)
+        return Manifest.from_json(data, study.study_uid)
     except ManifestError as exc:
         raise RecoveryError(f"its pinned manifest is refused: {exc}") from None
 

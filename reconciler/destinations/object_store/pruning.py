@@ -43,7 +43,7 @@ def studies_in_points(keys: ObjectKeys) -> frozenset[str]:
     points, unreadable = list_points(keys)
     if unreadable:
         raise RecoveryError(f"unreadable recovery points: {', '.join(sorted(unreadable))}")
-    return frozenset(s.study_instance_uid for p in points for s in p.studies)
+    return frozenset(s.study_uid for p in points for s in p.studies)
 
 
 def remove_study(keys: ObjectKeys, study_uid: str, pinned: Collection[str]) -> Pruned:

@@ -121,7 +121,7 @@ class ObjectStoreDestination(KeyStore):
         for study_uid, manifest in manifests.items():
             folder = self._study_dir(study_uid)
             present = {
-                e.sop_instance_uid: ObservedInstance(e.sha256, e.size)
+                e.sop_uid: ObservedInstance(e.sha256, e.size)
                 for e in manifest.instances
                 if listing.get(f"{folder}/{e.object}") == e.stored_size
             }
@@ -145,11 +145,11 @@ class ObjectStoreDestination(KeyStore):
         previous = self._committed(action.study_uid)
         taken = self._uncommitted_names(action, previous)
         futures = {
-            ref.sop_instance_uid: self._pool.submit(
+            ref.sop_uid: self._pool.submit(
                 self._send_instance,
                 action.study_uid,
                 ref,
-                previous.get(ref.sop_instance_uid),
+                previous.get(ref.sop_uid),
                 progress,
                 taken,
             )
@@ -179,13 +179,13 @@ class ObjectStoreDestination(KeyStore):
         except Exception as exc:
             # The objects are there, but without the manifest the study is not: say which.
             why = f"stored, but the study's manifest could not be written: {_describe(exc)}"
-            result.failures = {e.sop_instance_uid: why for e in entries}
+            result.failures = {e.sop_uid: why for e in entries}
             return result
         self._drop_superseded(action.study_uid, previous, entries)
         # Counted only now: without the manifest the objects are no copy (see SendResult).
         result.sent, result.bytes = len(entries), sum(e.stored_size for e in entries)
         result.committed = {
-            e.sop_instance_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
+            e.sop_uid: ObservedInstance(e.sha256, e.size) for e in manifest.instances
         }
         result.verified = True  # every stored byte was hashed as it was sent
         return result
@@ -203,7 +203,7 @@ class ObjectStoreDestination(KeyStore):
                 "%s: replacing the unreadable manifest of %s: %s", self.name, study_uid, exc
             )
             return {}
-        return {e.sop_instance_uid: e for e in previous.instances}
+        return {e.sop_uid: e for e in previous.instances}
 
     def _uncommitted_names(
         self, action: Action, previous: Mapping[str, ManifestEntry]
@@ -211,7 +211,7 @@ class ObjectStoreDestination(KeyStore):
         """Object names already in the study folder, when an instance has no committed entry
         and recovery points exist: an unreadable manifest's objects may be what they refer to.
         Without points, what a crashed send left there is overwritten as before."""
-        if all(ref.sop_instance_uid in previous for ref in action.instances):
+        if all(ref.sop_uid in previous for ref in action.instances):
             return frozenset()
         if not self.list_keys(PINNED):
             return frozenset()
@@ -246,7 +246,7 @@ class ObjectStoreDestination(KeyStore):
         which a recovery point may refer to; the same content (a repair) goes back in place.
         ``taken``: names in the folder that no committed entry explains (first names only)."""
         encrypted = self.keyring is not None
-        first = object_name(ref.sop_instance_uid, encrypted)
+        first = object_name(ref.sop_uid, encrypted)
         if previous is None and first not in taken:
             name = first
         elif (
@@ -256,7 +256,7 @@ class ObjectStoreDestination(KeyStore):
         ):
             name = previous.object
         else:
-            name = object_name(ref.sop_instance_uid, encrypted, content_sha256)
+            name = object_name(ref.sop_uid, encrypted, content_sha256)
         return f"{self._study_dir(study_uid)}/{name}"
 
     def _send_as_is(
@@ -294,14 +294,14 @@ class ObjectStoreDestination(KeyStore):
                 log.debug(
                     "%s: %s kept as it is: %s",
                     self.name,
-                    ref.sop_instance_uid,
+                    ref.sop_uid,
                     compressed.kept_because,
                 )
             else:
                 data, syntax = compressed.data, compressed.transfer_syntax
                 transforms.append(compressed.codec)
         if self.keyring is not None:
-            aad = associated_data(study_uid, ref.sop_instance_uid)
+            aad = associated_data(study_uid, ref.sop_uid)
             data = encrypt(data, self.keyring, aad)
             transforms.append(encryption_transform(self.keyring.current.key_id))
         digest = hashlib.sha256(data).hexdigest()
@@ -318,10 +318,10 @@ class ObjectStoreDestination(KeyStore):
     ) -> Manifest:
         """Write the study's manifest: the instances already committed plus the new ones."""
         path = f"{self._study_dir(study_uid)}/{MANIFEST_NAME}"
-        merged = {**previous, **{e.sop_instance_uid: e for e in entries}}
+        merged = {**previous, **{e.sop_uid: e for e in entries}}
         manifest = Manifest(
             site=self.site,
-            study_instance_uid=study_uid,
+            study_uid=study_uid,
             written_at=datetime.now(UTC),
             tool_version=__version__,
             instances=tuple(merged[k] for k in sorted(merged)),
@@ -341,7 +341,7 @@ class ObjectStoreDestination(KeyStore):
         superseded = [
             f"{STUDIES}/{study_uid}/{old.object}"
             for e in entries
-            if (old := previous.get(e.sop_instance_uid)) is not None and old.object not in names
+            if (old := previous.get(e.sop_uid)) is not None and old.object not in names
         ]
         if superseded and not self.list_keys(PINNED):
             self.delete_keys(superseded)
@@ -358,7 +358,7 @@ class ObjectStoreDestination(KeyStore):
             )
         except (FileNotFoundError, ManifestError) as exc:
             return VerifyResult(
-                corrupt={r.sop_instance_uid: f"no manifest: {exc}" for r in action.instances}
+                corrupt={r.sop_uid: f"no manifest: {exc}" for r in action.instances}
             )
 
         def check(entry: ManifestEntry) -> str | None:
@@ -379,7 +379,7 @@ class ObjectStoreDestination(KeyStore):
         ):
             result.checked += 1
             if problem:
-                result.corrupt[entry.sop_instance_uid] = problem
+                result.corrupt[entry.sop_uid] = problem
         return result
 
     def _check_opens(self, study_uid: str, entry: ManifestEntry, data: bytes) -> str | None:
@@ -387,7 +387,7 @@ class ObjectStoreDestination(KeyStore):
         if entry.key_id is None or self.keyring is None:
             return None
         try:
-            decrypt(data, self.keyring, associated_data(study_uid, entry.sop_instance_uid))
+            decrypt(data, self.keyring, associated_data(study_uid, entry.sop_uid))
         except DecryptionError as exc:
             return f"cannot be decrypted: {exc}"
         return None
@@ -436,9 +436,9 @@ def _entry(
     transforms: tuple[str, ...],
 ) -> ManifestEntry:
     return ManifestEntry(
-        sop_instance_uid=ref.sop_instance_uid,
+        sop_uid=ref.sop_uid,
         sop_class_uid=ref.sop_class_uid,
-        series_instance_uid=ref.series_instance_uid,
+        series_uid=ref.series_uid,
         object=target.rsplit("/", 1)[1],
         size=ref.size,
         sha256=ref.sha256,

@@ -89,6 +89,6 @@ def _decrypt(study_uid: str, entry: ManifestEntry, blob: bytes, keyring: Keyring
             "destination's encryption: settings give (key, old_keys)",
         )
     try:
-        return decrypt(blob, keyring, associated_data(study_uid, entry.sop_instance_uid))
+        return decrypt(blob, keyring, associated_data(study_uid, entry.sop_uid))
     except DecryptionError as exc:
         raise Unrestorable("corrupt", f"cannot be decrypted: {exc}") from None

@@ -159,7 +159,7 @@ class Operations:
         self, store: ObjectStoreDestination, point_id: str, study_uid: str, target: Path
     ) -> RestoreReport:
         point = load_point(store, point_id)
-        if study_uid not in {s.study_instance_uid for s in point.studies}:
+        if study_uid not in {s.study_uid for s in point.studies}:
             raise RecoveryError(f"study {study_uid} is not in point {point.id} at {store.name}")
         return restore_to_folder(
             store,
