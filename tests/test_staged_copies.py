@@ -16,7 +16,8 @@ from test_recovery_cli import run, run_json
 
 from reconciler.demo.synth import generate
 from reconciler.destinations.object_store.manifest import MANIFEST_NAME
-from reconciler.transforms.anonymize import check_anonymized, new_uid
+from reconciler.transforms.anonymization_check import check_anonymized
+from reconciler.transforms.pseudonyms import new_uid
 from reconciler.transforms.settings import AnonymizeSettings
 
 SECRET = "teaching-secret-0123456789"
