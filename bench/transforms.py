@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 
 from reconciler.demo.synth import generate
-from reconciler.transforms.anonymize import anonymize, check_anonymized, load_preset
+from reconciler.transforms.anonymization_check import check_anonymized
+from reconciler.transforms.anonymize import anonymize
 from reconciler.transforms.compression import compress
 from reconciler.transforms.encryption import Keyring, MasterKey, decrypt, encrypt
 from reconciler.transforms.pool import CompressionPool
+from reconciler.transforms.presets import load_preset
 from reconciler.transforms.settings import Codec
 
 CODECS: tuple[Codec, ...] = ("jpeg2000-lossless", "rle-lossless", "jpeg-ls-lossless", "deflated")

@@ -17,18 +17,17 @@ from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from reconciler.demo.synth import generate
-from reconciler.transforms.anonymize import (
-    TABLE_FILE,
+from reconciler.transforms.anonymization_check import check_anonymized
+from reconciler.transforms.anonymization_errors import (
     AnonymizationCheckFailed,
     AnonymizationError,
     AnonymizationRefused,
-    anonymize,
-    check_anonymized,
-    load_preset,
-    new_uid,
-    refuse_reason,
 )
-from reconciler.transforms.settings import AnonymizationProfile
+from reconciler.transforms.anonymization_profile import AnonymizationProfile
+from reconciler.transforms.anonymize import anonymize, refuse_reason
+from reconciler.transforms.presets import load_preset
+from reconciler.transforms.ps315_actions import TABLE_FILE
+from reconciler.transforms.pseudonyms import new_uid
 
 SECRET = b"site-secret-for-tests-0123456789"
 OTHER_SECRET = b"another-site-secret-987654321098"

@@ -18,7 +18,7 @@ from reconciler.model.plan import Action, Plan
 from reconciler.planning.planner import make_plan
 from reconciler.sources.scan import SourceFolder, scan_sources
 from reconciler.state.store import StateStore
-from reconciler.transforms.anonymize import new_uid
+from reconciler.transforms.pseudonyms import new_uid
 
 SECRET = "a-site-secret-of-32-characters!!"
 DESCRIPTION = "Knee MRI DOE^JANE"

@@ -15,7 +15,8 @@ from peers import DicomPeer, orthanc_get, start_orthanc
 
 from reconciler.demo.synth import generate
 from reconciler.destinations.object_store.manifest import MANIFEST_NAME
-from reconciler.transforms.anonymize import check_anonymized, new_uid
+from reconciler.transforms.anonymization_check import check_anonymized
+from reconciler.transforms.pseudonyms import new_uid
 from reconciler.transforms.settings import AnonymizeSettings
 
 SECRET = "teaching-secret-0123456789"

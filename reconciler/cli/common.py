@@ -1,8 +1,10 @@
-"""What every command module shares: exit codes, the usage error, warnings, the scan bar."""
+"""What every command module shares: exit codes, the usage error, warnings, the scan bar,
+the `-c` option, private output files."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +13,8 @@ from typing import Any
 from tqdm import tqdm
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 class UsageError(Exception):
@@ -47,3 +51,19 @@ def add_config_option(command: argparse.ArgumentParser) -> None:
         default=Path("reconciler.yaml"),
         help="config file or folder of *.yaml files (default: ./reconciler.yaml)",
     )
+
+
+def add_command(commands: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    """A command of ``commands`` (subparsers) that reads the config; ``help`` describes it."""
+    sub: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help)
+    sub.set_defaults(handler=handler)
+    add_config_option(sub)
+    return sub
+
+
+def write_private(path: Path, text: str) -> None:
+    """Created private, never readable by others for a moment."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)  # an older file keeps its mode through O_CREAT

@@ -18,19 +18,14 @@ import math
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    ComputedRadiographyImageStorage,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    MRImageStorage,
-)
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
-Attrs = dict[str, object]
+from reconciler.demo.modalities import MODALITIES, Attrs, ModalitySpec, SeriesSpec
+from reconciler.demo.phantoms import ChestView, axial_labels, radiograph
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-reconciler:synth:v1")
 
@@ -69,148 +64,6 @@ class GeneratedStudy:
     files: tuple[Path, ...]
 
 
-class _Tissue(IntEnum):
-    """Labels of the axial phantom; each axial series maps them to HU or MR signal."""
-
-    AIR = 0
-    FAT = 1
-    SOFT = 2
-    LUNG = 3
-    BONE = 4
-    CSF = 5
-    BLOOD = 6
-    ARTERY = 7
-
-
-# Signal of each tissue, in _Tissue order.
-_CT_HU = (-1000.0, -100.0, 40.0, -830.0, 700.0, 10.0, 180.0, 260.0)  # with IV contrast
-_MR_T1 = (0.0, 1500.0, 650.0, 60.0, 1100.0, 220.0, 350.0, 120.0)  # flowing blood is dark
-_MR_T2 = (0.0, 1100.0, 480.0, 40.0, 520.0, 2300.0, 420.0, 90.0)
-_MR_T1_POST = (0.0, 1500.0, 700.0, 60.0, 1100.0, 220.0, 1300.0, 1900.0)
-
-
-@dataclass(frozen=True)
-class _ChestView:
-    """Projection geometry in mm: (centre u, centre v, half width, half height) ellipsoids."""
-
-    trunk_half_width: float
-    lungs: tuple[tuple[float, float, float, float], ...]
-    heart: tuple[float, float, float, float]
-    spine_u: float
-
-
-_PA = _ChestView(165, ((-80, -10, 65, 135), (82, -5, 60, 130)), (28, 75, 78, 62), 0)
-_AP = _ChestView(165, ((-80, -10, 65, 130), (82, -5, 60, 125)), (30, 72, 90, 68), 0)
-_LAT = _ChestView(135, ((0, -5, 105, 140),), (-45, 70, 70, 65), 95)
-
-
-@dataclass(frozen=True)
-class _SeriesSpec:
-    description: str
-    window: tuple[float, float]  # centre, width
-    header: Attrs  # modality-specific attributes of this kind of series
-    tissue: tuple[float, ...] = ()  # axial: value of each tissue label
-    thickness: float = 0.0  # axial: mm, slices are contiguous
-    view: _ChestView | None = None  # projection
-
-
-@dataclass(frozen=True)
-class _ModalitySpec:
-    sop_class: str
-    image_type: tuple[str, ...]
-    matrix: int  # default rows and columns: realistic, yet files stay moderate
-    fov_mm: float
-    bits_stored: int
-    signed: bool
-    intercept: float | None  # rescale to HU, CT only
-    noise: float  # standard deviation, in the units of the tissue values
-    model: str
-    body_part: str
-    description: str  # default study description
-    series: tuple[_SeriesSpec, ...]
-
-
-def _ct_header(kernel: str) -> Attrs:
-    return {"ConvolutionKernel": kernel, "KVP": 120, "XRayTubeCurrent": 200}
-
-
-def _cr_header(view: str, row_direction: str) -> Attrs:
-    # Columns run towards row_direction, rows towards the feet.
-    return {"ViewPosition": view, "PatientOrientation": [row_direction, "F"], "KVP": 110}
-
-
-def _mr_header(tr: float, te: float, etl: int) -> Attrs:
-    return {
-        "ScanningSequence": "SE",
-        "SequenceVariant": "SK",
-        "ScanOptions": "",
-        "MRAcquisitionType": "2D",
-        "RepetitionTime": tr,
-        "EchoTime": te,
-        "EchoTrainLength": etl,
-        "MagneticFieldStrength": 1.5,
-        "ImagingFrequency": 63.87,
-        "ImagedNucleus": "1H",
-    }
-
-
-_MODALITIES: dict[str, _ModalitySpec] = {
-    "CT": _ModalitySpec(
-        sop_class=CTImageStorage,
-        image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
-        matrix=256,
-        fov_mm=400.0,
-        bits_stored=16,
-        signed=True,
-        intercept=-1024.0,
-        noise=12.0,
-        model="SYNTH CT 64",
-        body_part="CHEST",
-        description="CT CHEST W CONTRAST",
-        series=(
-            _SeriesSpec("AXIAL 5.0 SOFT TISSUE", (40, 400), _ct_header("STANDARD"), _CT_HU, 5.0),
-            _SeriesSpec("AXIAL 1.25 LUNG", (-600, 1500), _ct_header("LUNG"), _CT_HU, 1.25),
-            _SeriesSpec("AXIAL 2.5 BONE", (500, 2000), _ct_header("BONE"), _CT_HU, 2.5),
-        ),
-    ),
-    "MR": _ModalitySpec(
-        sop_class=MRImageStorage,
-        image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
-        matrix=256,
-        fov_mm=380.0,
-        bits_stored=12,
-        signed=False,
-        intercept=None,
-        noise=15.0,
-        model="SYNTH MR 1.5T",
-        body_part="TSPINE",
-        description="MR THORACIC SPINE WO W CONTRAST",
-        series=(
-            _SeriesSpec("AX T1 FSE", (800, 1600), _mr_header(550, 12, 3), _MR_T1, 4.0),
-            _SeriesSpec("AX T2 FSE", (1000, 2000), _mr_header(4000, 100, 16), _MR_T2, 4.0),
-            _SeriesSpec("AX T1 FSE POST", (900, 1800), _mr_header(550, 12, 3), _MR_T1_POST, 4.0),
-        ),
-    ),
-    "CR": _ModalitySpec(
-        sop_class=ComputedRadiographyImageStorage,
-        image_type=("ORIGINAL", "PRIMARY"),
-        matrix=512,
-        fov_mm=430.0,
-        bits_stored=12,
-        signed=False,
-        intercept=None,
-        noise=20.0,
-        model="SYNTH CR",
-        body_part="CHEST",
-        description="XR CHEST 2 VIEWS",
-        series=(
-            _SeriesSpec("CHEST PA", (2048, 4096), _cr_header("PA", "L"), view=_PA),
-            _SeriesSpec("CHEST LAT", (2048, 4096), _cr_header("LL", "P"), view=_LAT),
-            _SeriesSpec("CHEST AP", (2048, 4096), _cr_header("AP", "L"), view=_AP),
-        ),
-    ),
-}
-
 # Axial series run head to feet from just below the lung apices; the phantom's anatomy is a
 # function of the fraction of the chest covered, so a slice's content never depends on the count.
 _Z_START_MM = -40.0
@@ -224,7 +77,7 @@ class _Study:
     index: int
     seed: int
     uid: str
-    spec: _ModalitySpec
+    spec: ModalitySpec
     matrix: int
     scale: float  # body habitus: anatomy sizes relative to the phantom's
     start: datetime.datetime
@@ -283,9 +136,9 @@ def _check_arguments(
     chosen = [m.strip().upper() for m in modalities]
     if not chosen:
         raise ValueError("give at least one modality")
-    unknown = sorted(set(chosen) - set(_MODALITIES))
+    unknown = sorted(set(chosen) - set(MODALITIES))
     if unknown:
-        raise ValueError(f"unsupported modalities {unknown}; choose from {sorted(_MODALITIES)}")
+        raise ValueError(f"unsupported modalities {unknown}; choose from {sorted(MODALITIES)}")
     if studies < 0 or series < 1 or instances < 1:
         raise ValueError("studies must be >= 0, series and instances >= 1")
     if matrix is not None and not 8 <= matrix <= 4096:
@@ -303,7 +156,7 @@ def _plan_study(
     description: str | None,
     first_day: datetime.date,
 ) -> _Study:
-    spec = _MODALITIES[modality]
+    spec = MODALITIES[modality]
     size = matrix or spec.matrix
     text = description or spec.description
     uid = _uid("study", seed, index, modality, size, text, first_day.isoformat())
@@ -348,7 +201,7 @@ def _plan_study(
     return _Study(index, seed, uid, spec, size, scale, start, patient_id, attrs)
 
 
-def _pixel_format(spec: _ModalitySpec, matrix: int) -> Attrs:
+def _pixel_format(spec: ModalitySpec, matrix: int) -> Attrs:
     attrs: Attrs = {
         "SamplesPerPixel": 1,
         "PhotometricInterpretation": "MONOCHROME2",
@@ -412,7 +265,7 @@ def _image_rng(study: _Study, series_index: int, position: int) -> np.random.Gen
 
 
 def _slices(
-    study: _Study, spec: _SeriesSpec, series_index: int
+    study: _Study, spec: SeriesSpec, series_index: int
 ) -> Iterator[tuple[np.ndarray, Attrs]]:
     """Contiguous axial slices of the chest phantom, in the series' tissue values."""
     pixel = study.spec.fov_mm / study.matrix
@@ -428,7 +281,7 @@ def _slices(
     }
     for position in itertools.count():
         z = _Z_START_MM - position * spec.thickness
-        labels = _axial_labels(x, y, _CHEST_START + position * spec.thickness / _CHEST_LENGTH_MM)
+        labels = axial_labels(x, y, _CHEST_START + position * spec.thickness / _CHEST_LENGTH_MM)
         noise = _image_rng(study, series_index, position).standard_normal(
             labels.shape, dtype=np.float32
         )
@@ -443,51 +296,8 @@ def _slices(
         yield tissue[labels] + study.spec.noise * noise, geometry
 
 
-def _bump(t: float, start: float, end: float) -> float:
-    """0 outside (start, end), 1 midway: an organ's relative size at chest fraction ``t``."""
-    if not start < t < end:
-        return 0.0
-    return math.sqrt(math.sin(math.pi * (t - start) / (end - start)))
-
-
-def _inside(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
-    return ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1.0
-
-
-def _axial_labels(x: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
-    """Tissue labels of the axial slice at fraction ``t`` of the chest, from apex to base.
-
-    x runs to the patient's left and y to the back (LPS), in mm; later shapes paint over
-    earlier ones.
-    """
-    labels = np.full(np.broadcast_shapes(x.shape, y.shape), _Tissue.AIR, dtype=np.uint8)
-    labels[_inside(x, y, 0, 10, 165, 115)] = _Tissue.FAT
-    labels[_inside(x, y, 0, 10, 152, 102)] = _Tissue.SOFT
-    lung = _bump(t, 0.0, 1.0)
-    if lung:
-        labels[_inside(x, y, -78, 0, 58 * lung, 72 * lung)] = _Tissue.LUNG
-        labels[_inside(x, y, 80, 0, 52 * lung, 70 * lung)] = _Tissue.LUNG
-        labels[_ribs(x, y, t)] = _Tissue.BONE
-    heart = _bump(t, 0.45, 1.0)
-    if heart:
-        labels[_inside(x, y, 22, -30, 62 * heart, 48 * heart)] = _Tissue.BLOOD
-    labels[_inside(x, y, 22, 38, 13, 13)] = _Tissue.ARTERY  # descending aorta
-    labels[_inside(x, y, 0, -85, 14, 7)] = _Tissue.BONE  # sternum
-    labels[_inside(x, y, 0, 62, 19, 17)] = _Tissue.BONE  # vertebral body
-    labels[_inside(x, y, 0, 92, 15, 14)] = _Tissue.BONE  # posterior arch
-    labels[_inside(x, y, 0, 90, 8, 8)] = _Tissue.CSF  # spinal canal
-    return labels
-
-
-def _ribs(x: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
-    """Rib cross-sections along the chest wall; they drift round it along z as ribs slope."""
-    ring = (x / 140) ** 2 + ((y - 10) / 92) ** 2
-    angle = np.arctan2(y - 10, x)
-    return (np.abs(ring - 0.9) < 0.06) & (np.cos(9 * angle + 40 * t) > 0.4)
-
-
 def _projections(
-    study: _Study, view: _ChestView, series_index: int
+    study: _Study, view: ChestView, series_index: int
 ) -> Iterator[tuple[np.ndarray, Attrs]]:
     """Repeat exposures of one radiograph, each positioned and exposed a little differently."""
     size, pixel = study.matrix, study.spec.fov_mm / study.matrix
@@ -495,7 +305,7 @@ def _projections(
     margin = math.ceil(_CR_SHIFT_MM / pixel)
     coords = pixel * (np.arange(size + 2 * margin, dtype=np.float32) - (size - 1) / 2 - margin)
     coords /= study.scale
-    wide = _radiograph(coords[np.newaxis, :], coords[:, np.newaxis], view)
+    wide = radiograph(coords[np.newaxis, :], coords[:, np.newaxis], view)
     attrs: Attrs = {"ImagerPixelSpacing": [round(pixel, 6), round(pixel, 6)]}
     for position in itertools.count():
         rng = _image_rng(study, series_index, position)
@@ -507,30 +317,7 @@ def _projections(
         yield image, attrs
 
 
-def _dome(u: np.ndarray, v: np.ndarray, cu: float, cv: float, au: float, av: float) -> np.ndarray:
-    """Thickness of an ellipsoid seen in projection, 1 at its centre: soft edges for free."""
-    return np.sqrt(np.clip(1 - ((u - cu) / au) ** 2 - ((v - cv) / av) ** 2, 0, 1))
-
-
-def _radiograph(u: np.ndarray, v: np.ndarray, view: _ChestView) -> np.ndarray:
-    """A chest radiograph in 12-bit MONOCHROME2: brighter where more tissue is crossed.
-
-    u runs across the image and v down it, in mm from the centre.
-    """
-    shoulders = np.clip(-(v + 120), 0, None) / 90  # the trunk rounds off above the shoulders
-    trunk = np.sqrt(np.clip(1 - (u / view.trunk_half_width) ** 2 - shoulders**2, 0, 1))
-    neck = np.sqrt(np.clip(1 - (u / 55) ** 2, 0, 1)) * (v < -150)
-    trunk = np.maximum(trunk, neck)
-    lungs = np.minimum(sum(_dome(u, v, *lung) for lung in view.lungs), 1)
-    heart = _dome(u, v, *view.heart)
-    spine = np.sqrt(np.clip(1 - ((u - view.spine_u) / 20) ** 2, 0, 1)) * trunk
-    # Posterior ribs: bands that curve down towards the sides, spaced about 4 cm apart.
-    bands = np.clip((np.cos(2 * np.pi * (v - 0.004 * u**2) / 38) - 0.55) / 0.45, 0, 1)
-    ribs = bands * (trunk > 0) * (np.abs(u - view.spine_u) > 15) * ((v > -170) & (v < 130))
-    return 150 + 2000 * trunk - 1500 * lungs + 700 * heart + 900 * spine + 450 * ribs
-
-
-def _stored(values: np.ndarray, spec: _ModalitySpec) -> np.ndarray:
+def _stored(values: np.ndarray, spec: ModalitySpec) -> np.ndarray:
     """Rescale and clip to the declared bits, in the dtype that PixelRepresentation promises."""
     if spec.signed:
         high = (1 << (spec.bits_stored - 1)) - 1
@@ -542,10 +329,10 @@ def _stored(values: np.ndarray, spec: _ModalitySpec) -> np.ndarray:
 
 def _write_instance(path: Path, attrs: Attrs, pixels: np.ndarray) -> None:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = attrs["SOPClassUID"]
-    meta.MediaStorageSOPInstanceUID = attrs["SOPInstanceUID"]
+    meta.MediaStorageSOPClassUID = UID(str(attrs["SOPClassUID"]))
+    meta.MediaStorageSOPInstanceUID = UID(str(attrs["SOPInstanceUID"]))
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     ds = Dataset()
     ds.file_meta = meta

@@ -27,15 +27,13 @@ from reconciler.destinations.retry import PermanentError
 from reconciler.destinations.source_files import read_unchanged
 from reconciler.model.observation import ObservedInstance, ObservedStudy
 from reconciler.model.plan import Action, InstanceRef
-from reconciler.transforms.anonymize import (
-    AnonymizationError,
-    anonymize,
-    check_anonymized,
-    new_uid,
-)
+from reconciler.transforms.anonymization_check import check_anonymized
+from reconciler.transforms.anonymization_errors import AnonymizationError
+from reconciler.transforms.anonymization_profile import AnonymizationProfile
+from reconciler.transforms.anonymize import anonymize
 from reconciler.transforms.compression import CompressionError, compress
+from reconciler.transforms.pseudonyms import new_uid
 from reconciler.transforms.settings import (
-    AnonymizationProfile,
     AnonymizeSettings,
     Codec,
     CompressionSetting,

@@ -16,7 +16,7 @@ def label_at(destination: DestinationConfig, study_uid: str, label: StudyLabel) 
     if destination.anonymize is None:
         return label
     # Imported here: pydicom takes a while to import, and most sites de-identify nothing.
-    from reconciler.transforms.anonymize import new_uid
+    from reconciler.transforms.pseudonyms import new_uid
 
     return StudyLabel(
         modalities=label.modalities,
