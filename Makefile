@@ -26,6 +26,7 @@ test: $(VENV)/.installed-test
 	.ci/install-peers
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 	VENV=$(VENV) .ci/wheel-check
 	$(MAKE) docs
@@ -43,6 +44,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/ruff format --check reconciler tests
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 schema: $(VENV)/.installed
 	$(BIN)/reconciler schema > schemas/config.schema.json

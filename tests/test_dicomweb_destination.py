@@ -61,9 +61,7 @@ def test_stow_sends_and_qido_lists_exactly_what_is_held(
     assert partial.failures == {}
     held = destination.observe(expected(copy_actions))
     assert set(held) == {action.study_uid}
-    assert set(held[action.study_uid].instances) == {
-        r.sop_uid for r in action.instances[:3]
-    }
+    assert set(held[action.study_uid].instances) == {r.sop_uid for r in action.instances[:3]}
     progress: list[int] = []
     result = destination.send(action, progress.append)
     assert result.failures == {} and result.committed is not None

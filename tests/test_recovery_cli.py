@@ -208,9 +208,7 @@ def test_verify_finds_tampered_and_missing_objects(
 
     code, report = run_json(capsys, "recover", "verify", "latest", "-c", config)
     assert code == 1  # presence alone finds the missing object, not the same-size tampering
-    assert [(p["kind"], p["sop_uid"]) for p in report["problems"]] == [
-        ("missing", uid_of(missing))
-    ]
+    assert [(p["kind"], p["sop_uid"]) for p in report["problems"]] == [("missing", uid_of(missing))]
     code, out = run(capsys, "recover", "verify", "latest", "-c", config, "--read-data")
     assert code == 1
     assert f"corrupt: {study_of(tampered)}/{uid_of(tampered)}: content does not match" in out

@@ -201,9 +201,7 @@ def test_codecs_follow_the_modality_and_others_are_stored_as_they_are(
         store.send(action, lambda _: None)
         for entry in manifest_of(store, action)["instances"]:
             stored = tmp_path / "backup/studies" / action.study_uid / entry["object"]
-            source = next(
-                Path(r.path) for r in action.instances if r.sop_uid in stored.name
-            )
+            source = next(Path(r.path) for r in action.instances if r.sop_uid in stored.name)
             if action.study.modalities == "CT":
                 assert (entry["transforms"], entry["transfer_syntax"]) == (
                     ["rle-lossless"],
