@@ -124,7 +124,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     else:
         print_problems(report.problems)
         print(
-            f"Retrieved study {study.uid} from {name} to {report.target}: {report.restored} "
+            f"Retrieved study {study.study_uid} from {name} to {report.target}: {report.restored} "
             f"instances restored ({human_bytes(report.bytes)}), {report.already_present} "
             f"already there, of the {report.instances} the state knows: "
             f"{verdict(report.problems)}."

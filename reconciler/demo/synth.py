@@ -76,7 +76,7 @@ _CR_SHIFT_MM = 8.0  # largest positioning difference between repeat radiographs
 class _Study:
     index: int
     seed: int
-    uid: str
+    study_uid: str
     spec: ModalitySpec
     matrix: int
     scale: float  # body habitus: anatomy sizes relative to the phantom's
@@ -118,7 +118,11 @@ def generate(
         ]
         generated.append(
             GeneratedStudy(
-                study.uid, study.patient_id, modality, str(study.attrs["StudyDate"]), tuple(files)
+                study.study_uid,
+                study.patient_id,
+                modality,
+                str(study.attrs["StudyDate"]),
+                tuple(files),
             )
         )
     return generated
@@ -222,7 +226,7 @@ def _write_series(out_dir: Path, study: _Study, series_index: int, count: int) -
     number = series_index + 1
     start = study.start + datetime.timedelta(minutes=4 * series_index)
     series_attrs: Attrs = {
-        "SeriesInstanceUID": _uid("series", study.uid, series_index),
+        "SeriesInstanceUID": _uid("series", study.study_uid, series_index),
         "SeriesNumber": number,
         "SeriesDescription": spec.description,
         "SeriesDate": start.strftime("%Y%m%d"),
@@ -231,7 +235,7 @@ def _write_series(out_dir: Path, study: _Study, series_index: int, count: int) -
         "WindowWidth": spec.window[1],
         **spec.header,
     }
-    folder = out_dir / study.patient_id / study.uid / str(number)
+    folder = out_dir / study.patient_id / study.study_uid / str(number)
     folder.mkdir(parents=True, exist_ok=True)
     if spec.view is None:
         images = _slices(study, spec, series_index)
@@ -240,7 +244,7 @@ def _write_series(out_dir: Path, study: _Study, series_index: int, count: int) -
     paths = []
     for position, (values, image_attrs) in enumerate(itertools.islice(images, count)):
         acquired = start + datetime.timedelta(seconds=position)
-        sop_uid = _uid("instance", study.uid, series_index, position)
+        sop_uid = _uid("instance", study.study_uid, series_index, position)
         attrs = {
             **study.attrs,
             **series_attrs,
@@ -275,7 +279,7 @@ def _slices(
     x, y = coords[np.newaxis, :], coords[:, np.newaxis]
     tissue = np.asarray(spec.tissue, dtype=np.float32)
     frame = {
-        "FrameOfReferenceUID": _uid("frame", study.uid),
+        "FrameOfReferenceUID": _uid("frame", study.study_uid),
         "PositionReferenceIndicator": "",
         "PatientPosition": "HFS",
     }

@@ -84,7 +84,7 @@ class StagingDestination:
             back = instances[study]
             observed[study] = replace(
                 copy,
-                uid=study,
+                study_uid=study,
                 # Its hash is of de-identified bytes: unknown, as far as the local file goes.
                 instances={
                     back[sop]: ObservedInstance(None, found.size)

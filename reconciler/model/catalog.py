@@ -40,7 +40,7 @@ class CatalogInstance(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class CatalogStudy:
-    uid: str
+    study_uid: str
     instances: tuple[CatalogInstance, ...]
     arrived_at: datetime | None = None  # when this state first catalogued it
 
@@ -59,7 +59,7 @@ class CatalogStudy:
     def attribute(self, keyword: str) -> str:
         """A study-level attribute by DICOM keyword, taken from the study's first file."""
         standard = {
-            "StudyInstanceUID": self.uid,
+            "StudyInstanceUID": self.study_uid,
             "PatientID": self.first.patient_id,
             "StudyDate": self.first.study_date,
             "StudyDescription": self.first.study_description,

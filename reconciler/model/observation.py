@@ -17,7 +17,7 @@ class ObservedInstance(NamedTuple):
 
 @dataclass(frozen=True)
 class ObservedStudy:
-    uid: str
+    study_uid: str
     instances: Mapping[str, ObservedInstance]  # by SOP Instance UID: committed and present
     verified_at: datetime | None = None  # last deep (checksum) verification that passed
     corrupt: frozenset[str] = frozenset()  # SOP Instance UIDs the last verification found bad

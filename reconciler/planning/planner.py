@@ -77,7 +77,7 @@ def make_plan(
     waiting: list[Waiting] = []
     local_studies: dict[str, prune.LocalStudy] = {}
     in_sync = 0
-    for study in sorted(catalog.studies.values(), key=lambda s: (s.first.study_date, s.uid)):
+    for study in sorted(catalog.studies.values(), key=lambda s: (s.first.study_date, s.study_uid)):
         wanted = _wanted_destinations(config, study, now)
         instances, conflicts = _distinct_instances(study)
         problems.extend(conflicts)
@@ -91,7 +91,9 @@ def make_plan(
             settled=ready_at <= now,
             conflicted=bool(conflicts),
         )
-        local_studies[study.uid] = prune.LocalStudy(study, label, frozenset(wanted), facts.settled)
+        local_studies[study.study_uid] = prune.LocalStudy(
+            study, label, frozenset(wanted), facts.settled
+        )
         match retention.decide(config, facts, observations, now, local):
             case Action() as deletion:
                 deletions.append(deletion)
@@ -102,7 +104,7 @@ def make_plan(
             continue
         if ready_at > now:
             waiting.append(
-                Waiting(study.uid, label, ready_at, _waiting_reason(study, ready_at, now))
+                Waiting(study.study_uid, label, ready_at, _waiting_reason(study, ready_at, now))
             )
             continue
         if share is not None:
@@ -110,22 +112,22 @@ def make_plan(
         for destination, policies in wanted.items():
             if destination not in reachable:
                 continue
-            shown = label_at(config.destinations[destination], study.uid, label)
-            sendable, refused = _sendable(config, destination, shown.of(study.uid), instances)
+            shown = label_at(config.destinations[destination], study.study_uid, label)
+            sendable, refused = _sendable(config, destination, shown.of(study.study_uid), instances)
             problems.extend(refused)
             if not sendable:
                 continue
-            observed = observations[destination].studies.get(study.uid)
+            observed = observations[destination].studies.get(study.study_uid)
             action = _action_for(
                 config,
                 destination,
                 policies,
-                study.uid,
+                study.study_uid,
                 shown,
                 sendable,
                 observed,
                 now,
-                verify_subset is not None and in_subset(study.uid, *verify_subset),
+                verify_subset is not None and in_subset(study.study_uid, *verify_subset),
             )
             if action is None and not conflicts:  # a blocked study is never "in sync"
                 in_sync += 1
@@ -256,10 +258,10 @@ def _distinct_instances(study: CatalogStudy) -> tuple[list[CatalogInstance], lis
             paths = ", ".join(f.path for f in files)
             problems.append(
                 Problem(
-                    f"study {study.uid}: SOP Instance UID {sop_uid} is carried by files with "
+                    f"study {study.study_uid}: SOP Instance UID {sop_uid} is carried by files with "
                     f"different content ({paths}); it is not copied until only one remains",
                     code=BLOCKED,
-                    study_uid=study.uid,
+                    study_uid=study.study_uid,
                 )
             )
         else:

@@ -156,7 +156,7 @@ class _Run:
 
     def copies_left(self, name: str, held: ObservedStudy, found: LocalStudy | None) -> list[str]:
         """Where verified copies of the study remain once this copy is gone."""
-        uid = held.uid
+        uid = held.study_uid
         left = ["local files"] if found is not None and uid not in self.deleting else []
         # What another copy must hold: the local files if they are known, else this very copy.
         if found is not None:

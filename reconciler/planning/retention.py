@@ -108,9 +108,9 @@ def decide(
     rules = config.retention
 
     def kept(reason: str) -> Retained:
-        return Retained(facts.study.uid, facts.label, reason)
+        return Retained(facts.study.study_uid, facts.label, reason)
 
-    hold = local.holds.get(facts.study.uid)
+    hold = local.holds.get(facts.study.study_uid)
     if hold is not None and hold.until > now:
         return kept(f"held until {hold.until:%Y-%m-%d %H:%M} UTC ({hold.reason})")
 
@@ -142,7 +142,7 @@ def decide(
     )
     return Action(
         kind="delete",
-        study_uid=facts.study.uid,
+        study_uid=facts.study.study_uid,
         destination=LOCAL,
         policies=policies,
         reason=f"{why_due}; verified copies: {copies}",
@@ -204,7 +204,7 @@ def _verified_copies(
             name,
             settings,
             config.retention,
-            study.uid,
+            study.study_uid,
             expected_of(study),
             observations.get(name),
             now,

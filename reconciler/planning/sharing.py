@@ -60,7 +60,7 @@ class SharePlanner:
         except ShareRequestError as exc:
             self.problems.append(
                 Problem(
-                    f"study {study.uid}: its description asks for a share, but {exc}; "
+                    f"study {study.study_uid}: its description asks for a share, but {exc}; "
                     "it is not shared",
                     destination=policy.share.destination,
                     severity="warning",
@@ -69,14 +69,14 @@ class SharePlanner:
             return None
         if request is None:
             return None
-        record = self.ledger.get((study.uid, request.recipient))
+        record = self.ledger.get((study.study_uid, request.recipient))
         if record is not None and record.status == "notified":
             return None
         if record is not None and record.status == "stored":
             return _mail_only(record, policy.name, label)
         return Action(
             kind="share",
-            study_uid=study.uid,
+            study_uid=study.study_uid,
             destination=policy.share.destination,
             policies=(policy.name,),
             reason=f"policy {policy.name}: not shared with {request.recipient} yet"

@@ -79,7 +79,7 @@ def restore_to_destination(
 class _Staged:
     """A study's instances written under ``folder`` with their transforms undone."""
 
-    uid: str
+    study_uid: str
     folder: Path
     report: RestoreReport
     keyring: Keyring | None
@@ -98,13 +98,13 @@ class _Staged:
         path = self.folder / f"{sop}.dcm"  # a UID: the manifest was checked
         try:
             with open(path, "wb") as sink:
-                size, digest = write_original(store, self.uid, entry, sink, self.keyring)
+                size, digest = write_original(store, self.study_uid, entry, sink, self.keyring)
             note = restored_note(entry, digest)
         except FileNotFoundError:
-            self._problem(path, Finding(self.uid, sop, "missing", "object is missing"))
+            self._problem(path, Finding(self.study_uid, sop, "missing", "object is missing"))
             return None
         except Unrestorable as exc:
-            self._problem(path, Finding.of(self.uid, sop, exc))
+            self._problem(path, Finding.of(self.study_uid, sop, exc))
             return None
         if held is not None:  # held under another hash: perhaps this very decoded file
             if held.sha256 == digest:
@@ -112,10 +112,10 @@ class _Staged:
                 self._problem(path, None)
                 return None
             detail = f"{self.report.target} holds other content for this instance; left as it is"
-            self._problem(path, Finding(self.uid, sop, "conflict", detail))
+            self._problem(path, Finding(self.study_uid, sop, "conflict", detail))
             return None
         if note:
-            self.notes.append(Finding(self.uid, sop, "transcoded", note))
+            self.notes.append(Finding(self.study_uid, sop, "transcoded", note))
         from pydicom.uid import ExplicitVRLittleEndian  # here: pydicom slows every start
 
         return InstanceRef(

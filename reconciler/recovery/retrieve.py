@@ -72,7 +72,7 @@ class RetrieveUnavailable(DestinationUnavailable):
 class KnownStudy:
     """What the state knows of a study a DICOM destination holds."""
 
-    uid: str
+    study_uid: str
     sop_uids: frozenset[str]  # every instance it has: catalogued here or listed there
     local: tuple[CatalogInstance, ...]  # those whose source files are still catalogued
 
@@ -107,7 +107,7 @@ def retrieve_study(target: DicomTarget, name: str, study: KnownStudy, root: Path
             if not any(c.abstract_syntax == GET_MODEL for c in assoc.accepted_contexts):
                 raise ContextsRefused(f"{peer_name(target)} accepts no C-GET")
             try:
-                ended = _get(assoc, study.uid)
+                ended = _get(assoc, study.study_uid)
             except AssociationLost as exc:
                 # Orthanc, for one, aborts a C-GET from an AE title it does not know.
                 reason = (
@@ -189,10 +189,10 @@ class _Receiver:
             return sink.write(data), digest
 
         try:
-            target = restore_path(self.root, self.study.uid, entry)
+            target = restore_path(self.root, self.study.study_uid, entry)
             # Already there as sent now, or as the source file was: present, not a conflict.
             outcome = place_restored(
-                self.study.uid, entry, target, write, lambda: self._sources.get(sop_uid)
+                self.study.study_uid, entry, target, write, lambda: self._sources.get(sop_uid)
             )
         except UnsafePath as exc:
             self._problem(sop_uid, "unsafe", str(exc))
@@ -219,13 +219,17 @@ class _Receiver:
         except (InvalidDicomError, AttributeError, ValueError, EOFError) as exc:
             self._problem(sop_uid, "undecodable", f"its header does not read: {exc}")
             return None
-        if named != (self.study.uid, sop_uid):
+        if named != (self.study.study_uid, sop_uid):
             self._problem(sop_uid, "unexpected", f"its header names {'/'.join(named)}")
             return None
         return series_uid
 
     def _problem(self, sop_uid: str, kind: FindingKind, detail: str) -> None:
-        self.outcomes[sop_uid] = ("problem", 0, Finding(self.study.uid, sop_uid, kind, detail))
+        self.outcomes[sop_uid] = (
+            "problem",
+            0,
+            Finding(self.study.study_uid, sop_uid, kind, detail),
+        )
 
     def report(self, name: str, ended: str) -> RestoreReport:
         report = RestoreReport(
@@ -235,6 +239,6 @@ class _Receiver:
             tally(report, outcome, size, finding)
         for sop_uid in sorted(self.study.sop_uids - self.outcomes.keys()):
             detail = f"the peer did not send it (its C-GET ended with {ended})"
-            report.problems.append(Finding(self.study.uid, sop_uid, "missing", detail))
+            report.problems.append(Finding(self.study.study_uid, sop_uid, "missing", detail))
         report.problems.sort(key=lambda p: p.sop_uid or "")
         return report

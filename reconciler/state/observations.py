@@ -85,7 +85,7 @@ class ObservationTables(StateDatabase):
                     [
                         (
                             observation.destination,
-                            s.uid,
+                            s.study_uid,
                             _instances_json(s.instances),
                             seen,
                             s.site,
