@@ -37,6 +37,7 @@ from pydicom.sequence import Sequence
 
 from reconciler.transforms.anonymization_errors import AnonymizationError, AnonymizationRefused
 from reconciler.transforms.anonymization_profile import AnonymizationProfile
+from reconciler.transforms.part10 import part10_bytes
 from reconciler.transforms.ps315_actions import (
     BASIC_PROFILE,
     DUMMY,
@@ -101,7 +102,10 @@ def anonymize(data: bytes, profile: AnonymizationProfile, secret: bytes) -> Anon
             raise AnonymizationError(f"the instance has no {keyword}")
     _replace_file_meta(ds)
     return Anonymized(
-        _write(ds), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+        part10_bytes(ds, AnonymizationError, "the de-identified file"),
+        str(ds.StudyInstanceUID),
+        str(ds.SeriesInstanceUID),
+        str(ds.SOPInstanceUID),
     )
 
 
@@ -113,15 +117,6 @@ def read_instance(data: bytes) -> Dataset:
         raise AnonymizationError(
             f"not a readable DICOM file: {exc or type(exc).__name__}"
         ) from None
-
-
-def _write(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    try:
-        ds.save_as(buffer, enforce_file_format=True)
-    except Exception as exc:
-        raise AnonymizationError(f"cannot write the de-identified file: {exc}") from exc
-    return buffer.getvalue()
 
 
 def _clean(ds: Dataset, context: _Context) -> None:

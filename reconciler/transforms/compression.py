@@ -41,6 +41,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from reconciler.transforms.part10 import part10_bytes
 from reconciler.transforms.settings import Codec
 
 TRANSFER_SYNTAX: dict[Codec, UID] = {
@@ -99,7 +100,7 @@ def compress(data: bytes, codec: Codec) -> Compressed:
         ds.file_meta.TransferSyntaxUID = target
     else:
         _encode(ds, target, reference)
-    stored = _write(ds)
+    stored = part10_bytes(ds, CompressionError, "the re-encoded file")
     _check_lossless(_read(data), reference, _read(stored))
     return Compressed(stored, str(target), codec)
 
@@ -122,7 +123,7 @@ def decompress(data: bytes) -> bytes:
         _decompress_in_place(ds)
     reference = _samples(ds) if has_pixels else None
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    stored = _write(ds)
+    stored = part10_bytes(ds, CompressionError, "the re-encoded file")
     _check_lossless(_read(data), reference, _read(stored))
     return stored
 
@@ -154,16 +155,6 @@ def _syntax(ds: Dataset) -> UID:
     if not syntax:
         raise CompressionError("the file meta information has no Transfer Syntax UID")
     return UID(syntax)
-
-
-def _write(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    try:
-        # enforce_file_format: preamble and group 2 are written, its group length recomputed.
-        ds.save_as(buffer, enforce_file_format=True)
-    except Exception as exc:
-        raise CompressionError(f"cannot write the re-encoded file: {exc}") from exc
-    return buffer.getvalue()
 
 
 def _samples(ds: Dataset) -> np.ndarray:
