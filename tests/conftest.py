@@ -22,8 +22,9 @@ from reconciler.planning.planner import make_plan
 from reconciler.sources.scan import SourceFolder, scan_sources
 from reconciler.state.store import StateStore
 
-# The real DICOM peers (DCMTK, Orthanc) as fixtures: dcmqrscp_peer, storescp_peer, orthanc_peer.
-pytest_plugins = ["peers"]
+# The real peers as fixtures: DICOM (DCMTK, Orthanc: dcmqrscp_peer, storescp_peer, orthanc_peer)
+# and mail (pki: a CA and a server certificate for the SMTP server in mail.py).
+pytest_plugins = ["peers", "mail"]
 
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "reconciler-test-key",

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 from cli_runs import run
+from metrics_scrape import wait_for_value
 from peers import DicomPeer, free_port, start_orthanc, start_storescp
 from pydicom import dcmread
-from test_metrics import wait_for_value
-from test_watch import wait_for, watching
+from watching import wait_for, watching
 
 from reconciler.config.load import load_config
 from reconciler.service.api.operations import Operations

@@ -40,7 +40,7 @@ from crash import (
     summarize,
 )
 from peers import DicomPeer
-from test_retention_end_to_end import FOLDERS, write_config
+from retention_site import FOLDERS, write_config
 
 from reconciler.config.load import load_config
 from reconciler.engine.events import ActionFinished, Event

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from cli_runs import run, s3_destination, write_config
-from test_retention_end_to_end import dicom_files
-from test_retention_end_to_end import write_config as write_retention_config
+from retention_site import dicom_files
+from retention_site import write_config as write_retention_config
 
 from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import load_config

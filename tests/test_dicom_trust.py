@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from cli_runs import run
+from metrics_scrape import value, wait_for_value
 from peers import DicomPeer, free_port, start_orthanc
-from test_metrics import value, wait_for_value
-from test_watch import watching
+from watching import watching
 
 from reconciler.state.store import StateStore
 

@@ -2,76 +2,18 @@
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
-from certificates import Certificates, make_certificates
+from certificates import Certificates
 from cli_runs import run
-from peers import free_port
+from mail import PASSWORD, SENDER, logged_in, smtp_server
 from test_notify import inbox, write_config
 
 from reconciler.config.load import load_config
 from reconciler.config.problems import ConfigError
 
 __all__ = ["inbox"]  # a fixture, used by name
-
-USER, PASSWORD = "reconciler", "smtp-password-never-shown"
-SENDER = "reconciler@example.org"
-
-
-@dataclass
-class Mailbox:
-    port: int
-    envelopes: list[Envelope] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
-        self.envelopes.append(envelope)
-        return "250 OK"
-
-    def messages(self) -> list[EmailMessage]:
-        return [
-            message_from_bytes(e.original_content or b"", policy=policy.default)  # type: ignore[misc]
-            for e in self.envelopes
-        ]
-
-
-def _authenticate(
-    server: Any, session: Any, envelope: Any, mechanism: str, data: Any
-) -> AuthResult:
-    given = (data.login, data.password) if isinstance(data, LoginPassword) else None
-    # handled=False: aiosmtpd itself answers 535 to a refusal.
-    return AuthResult(success=given == (USER.encode(), PASSWORD.encode()), handled=False)
-
-
-@contextmanager
-def smtp_server(certs: Certificates | None, security: str = "starttls") -> Iterator[Mailbox]:
-    """With ``certs``: TLS (STARTTLS or SMTPS) and a login required; without: plain, no login."""
-    mailbox = Mailbox(free_port())
-    settings: dict[str, Any] = {}
-    if certs is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(certs.server_cert, certs.server_key)
-        settings = {"authenticator": _authenticate, "auth_required": True}
-        if security == "ssl":
-            # aiosmtpd offers AUTH only after STARTTLS unless told the connection is safe.
-            settings.update(ssl_context=context, auth_require_tls=False)
-        else:
-            settings.update(tls_context=context, require_starttls=True)
-    controller = Controller(mailbox, hostname="127.0.0.1", port=mailbox.port, **settings)
-    controller.start()
-    try:
-        yield mailbox
-    finally:
-        controller.stop()
 
 
 def email_target(name: str, port: int, events: str, **settings: str) -> str:
@@ -87,21 +29,6 @@ def email_target(name: str, port: int, events: str, **settings: str) -> str:
 
 def notifications(*targets: str, failures_after: int = 2) -> str:
     return f"notifications:\n  failures_after: {failures_after}\n  email:\n" + "".join(targets)
-
-
-@pytest.fixture
-def pki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Certificates:
-    monkeypatch.setenv("SMTP_PASSWORD", PASSWORD)
-    return make_certificates(tmp_path / "pki")
-
-
-def logged_in(certs: Certificates, security: str) -> dict[str, str]:
-    return {
-        "security": security,
-        "ca": str(certs.ca),
-        "username": USER,
-        "password": "'${env:SMTP_PASSWORD}'",
-    }
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # SMTPS is TLS

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cli_runs import run
 from faults import small_disk
-from test_watch import wait_for, watching
+from watching import wait_for, watching
 
 from reconciler.destinations.object_store.manifest import Manifest
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from cli_runs import run
+from metrics_scrape import wait_for_value
 from peers import free_port
-from test_metrics import wait_for_value
-from test_watch import watching
-from test_watch import write_config as write_watch_config
+from watching import watching
+from watching import write_config as write_watch_config
 
 from reconciler.config.notifications import NotificationSettings
 from reconciler.model.plan import LOCAL

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 from cli_runs import run, s3_destination
-from test_retention_end_to_end import FOLDERS, write_config
-from test_watch import wait_for
+from retention_site import FOLDERS, write_config
+from watching import wait_for
 
 from reconciler.destinations.identity import MARKER_KEY
 

@@ -21,6 +21,8 @@ from cli_runs import run, run_json, s3_destination
 from peers import DicomPeer, orthanc_get, start_orthanc
 from pydicom import dcmread
 from pydicom.uid import RLELossless, generate_uid
+from recovery_site import backup_store, hashes
+from watching import study_folders
 
 from reconciler.config.load import load_config
 from reconciler.destinations.object_store.layout import PINNED, STUDIES
@@ -34,9 +36,6 @@ from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.engine.workspace import Workspace
 from reconciler.recovery.restore import restore_to_folder
 from reconciler.service.scheduled_points import create_points
-
-s3_block = s3_destination  # the same S3 block the CLI end-to-end tests use
-
 
 FOLDER_BLOCK = 'object: {url: "file://backup"}'
 
@@ -72,29 +71,6 @@ def write_config(folder: Path, block: str, extra: str = "", verify: str = "prese
     return config
 
 
-def hashes(folder: Path) -> list[str]:
-    """The SHA-256 of every .dcm under ``folder``, sorted: layouts and names differ."""
-    return sorted(
-        hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in folder.rglob("*.dcm")
-        if not p.name.startswith(".")
-    )
-
-
-def study_folders(studies: Path) -> list[Path]:
-    return sorted(p for p in studies.glob("*/*") if p.is_dir())
-
-
-def backup_store(config: Path) -> ObjectStoreDestination:
-    loaded = load_config(config)
-    settings = loaded.config.destinations["backup"]
-    from reconciler.destinations.factory import open_destination
-
-    store = open_destination("backup", settings, loaded.config.site, loaded.resolve_path)
-    assert isinstance(store, ObjectStoreDestination)
-    return store
-
-
 @pytest.fixture
 def applied(tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     """Three studies copied to a folder destination, and one recovery point of them."""
@@ -105,9 +81,6 @@ def applied(tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]) -> 
     return config
 
 
-# --- points across applies, disaster, restore ----------------------------------------------
-
-
 @pytest.mark.parametrize("kind", ["folder", "s3"])
 def test_points_across_applies_restore_after_losing_everything_local(
     kind: str,
@@ -116,7 +89,9 @@ def test_points_across_applies_restore_after_losing_everything_local(
     request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    block = FOLDER_BLOCK if kind == "folder" else s3_block(request.getfixturevalue("s3_bucket"))
+    block = (
+        FOLDER_BLOCK if kind == "folder" else s3_destination(request.getfixturevalue("s3_bucket"))
+    )
     config = str(write_config(tmp_path, block))
     inbox = tmp_path / "inbox"
     first, second, late = study_folders(small_studies)
@@ -180,9 +155,6 @@ def test_point_pins_manifests_that_later_repairs_rewrite(
     assert code == 0 and report["instances"] == 17 and report["read"] == 17
 
 
-# --- verify -----------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("kind", ["folder", "s3"])
 def test_verify_finds_tampered_and_missing_objects(
     kind: str,
@@ -191,7 +163,9 @@ def test_verify_finds_tampered_and_missing_objects(
     request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    block = FOLDER_BLOCK if kind == "folder" else s3_block(request.getfixturevalue("s3_bucket"))
+    block = (
+        FOLDER_BLOCK if kind == "folder" else s3_destination(request.getfixturevalue("s3_bucket"))
+    )
     config = str(write_config(tmp_path, block))
     assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
     assert run(capsys, "recover", "create", "-c", config)[0] == 0
@@ -245,9 +219,6 @@ def test_read_data_subsets_together_read_everything_once(
         assert code == 0
         reads.append(report["read"])
     assert sum(reads) == 18 and all(0 < r < 18 for r in reads)
-
-
-# --- restore safety -------------------------------------------------------------------------
 
 
 def forge_point(store: ObjectStoreDestination, edit: object, point_id: str) -> RecoveryPoint:
@@ -429,9 +400,6 @@ def test_restore_to_a_destination_sends_only_what_it_lacks(
     assert code == 0 and (report["restored"], report["already_present"]) == (0, 18)
 
 
-# --- schedule and forget --------------------------------------------------------------------
-
-
 def test_create_if_due_follows_every(
     tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -456,7 +424,9 @@ def test_apply_writes_the_point_that_is_due_then_applies_keep(
     request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    block = FOLDER_BLOCK if kind == "folder" else s3_block(request.getfixturevalue("s3_bucket"))
+    block = (
+        FOLDER_BLOCK if kind == "folder" else s3_destination(request.getfixturevalue("s3_bucket"))
+    )
     config = str(write_config(tmp_path, block, "  every: 1d\n  keep: {last: 1}\n"))
     code, out = run(capsys, "apply", "-c", config, "--auto-approve")
     assert code == 0 and "Recovery point " in out and "3 studies, 18 instances" in out
@@ -526,9 +496,6 @@ def test_store_at_must_name_object_destinations(tmp_path: Path) -> None:
         load_config(tmp_path / "reconciler.yaml")
 
 
-# --- state rebuild ----------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("kind", ["folder", "s3"])
 def test_state_rebuild_after_the_state_file_is_lost(
     kind: str,
@@ -537,7 +504,9 @@ def test_state_rebuild_after_the_state_file_is_lost(
     request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    block = FOLDER_BLOCK if kind == "folder" else s3_block(request.getfixturevalue("s3_bucket"))
+    block = (
+        FOLDER_BLOCK if kind == "folder" else s3_destination(request.getfixturevalue("s3_bucket"))
+    )
     config = str(write_config(tmp_path, block, verify="checksum"))
     assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
     assert run(capsys, "plan", "-c", config, "--detailed-exitcode")[0] == 0
@@ -617,9 +586,6 @@ def test_a_symbolic_link_in_the_target_does_not_carry_the_restore_outside(
     assert code == 1 and report["restored"] == 12
     assert {p["kind"] for p in report["problems"]} == {"unsafe"} and len(report["problems"]) == 6
     assert not list(elsewhere.iterdir())
-
-
-# --- a changed source file never rewrites what a point refers to ----------------------------
 
 
 def change_one_file(inbox: Path) -> str:

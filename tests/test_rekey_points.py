@@ -22,7 +22,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from cli_runs import run, run_json
-from test_recovery_cli import hashes
+from recovery_site import hashes
 
 from reconciler.cli.main import main
 from reconciler.demo.synth import generate

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
-import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,43 +12,11 @@ from typing import Any
 import pytest
 from cli_runs import run, s3_destination
 from peers import DicomPeer
+from retention_site import FOLDERS, dicom_files, write_config
 
 from reconciler.config.load import load_config
 from reconciler.engine.trash import TRASH_DIR
 from reconciler.engine.workspace import Workspace
-
-
-def write_config(folder: Path, destinations: dict[str, str], retention: str = "") -> Path:
-    blocks = "\n".join(
-        f"  {name}:\n" + textwrap.indent(block, "    ") for name, block in destinations.items()
-    )
-    config = folder / "reconciler.yaml"
-    config.write_text(
-        "site: retention-site\n"
-        "sources:\n  inbox: {path: inbox, stable_after: 0s}\n"
-        f"destinations:\n{blocks}\n"
-        "policies:\n"
-        f"  - {{name: two-copies, copy_to: [{', '.join(destinations)}], keep_local: 0s}}\n"
-        + (f"retention: {retention}\n" if retention else "")
-    )
-    return config
-
-
-# Both folders stand for disks other than the source's (all three share tmp_path's).
-SEPARATE_DISK = "\nsame_filesystem_counts: true"
-FOLDERS = {
-    "near": 'object: {url: "file://near"}' + SEPARATE_DISK,
-    "far": 'object: {url: "file://far"}' + SEPARATE_DISK,
-}
-
-
-def dicom_files(folder: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file outside the trash."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in folder.rglob("*")
-        if p.is_file() and TRASH_DIR not in p.parts
-    }
 
 
 def plan_json(capsys: pytest.CaptureFixture[str], config: Path, *flags: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 import s3fs
 from certificates import make_certificates
 from cli_runs import run, s3_destination, write_config
-from test_email import smtp_server
+from mail import smtp_server
 
 from reconciler.config.load import load_config
 from reconciler.service.api.operations import Operations

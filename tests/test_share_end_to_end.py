@@ -26,15 +26,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 from certificates import Certificates
 from cli_runs import run, s3_destination
+from mail import PASSWORD as SMTP_PASSWORD
+from mail import Mailbox, logged_in, smtp_server
 from peers import free_port
-from test_email import PASSWORD as SMTP_PASSWORD
-from test_email import Mailbox, logged_in, pki, smtp_server
 
 from reconciler.config.load import load_config
 from reconciler.demo.synth import GeneratedStudy, generate
 from reconciler.state.store import StateStore
-
-__all__ = ["pki"]  # a fixture, used by name
 
 PASSWORD = "s3cret-Zq9"
 DESCRIPTION = f"Knee MRI bob@example.org pw={PASSWORD}"

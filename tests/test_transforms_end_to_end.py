@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from cli_runs import run, run_json
+from cli_runs import run, run_json, s3_destination
 from pydicom.uid import ImplicitVRLittleEndian
-from test_recovery_cli import backup_store as backup
-from test_recovery_cli import s3_block
+from recovery_site import backup_store as backup
 
 from reconciler.demo.synth import generate
 from reconciler.destinations.object_store.layout import STUDIES
@@ -106,7 +105,9 @@ def test_compressed_encrypted_copies_converge_verify_and_restore(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert as_implicit_vr(inbox, "CT") == 6
-    block = FOLDER_BLOCK if kind == "folder" else s3_block(request.getfixturevalue("s3_bucket"))
+    block = (
+        FOLDER_BLOCK if kind == "folder" else s3_destination(request.getfixturevalue("s3_bucket"))
+    )
     config = write_config(tmp_path, block, settings("jpeg2000-lossless", (KEY,)))
     code, out = run(capsys, "apply", "-c", str(config), "--auto-approve")
     assert code == 0 and "18 instances" in out, out
@@ -187,7 +188,9 @@ def test_rekey_moves_every_object_so_the_old_key_can_go(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    block = FOLDER_BLOCK if kind == "folder" else s3_block(request.getfixturevalue("s3_bucket"))
+    block = (
+        FOLDER_BLOCK if kind == "folder" else s3_destination(request.getfixturevalue("s3_bucket"))
+    )
     config = write_config(tmp_path, block, settings("rle-lossless", (KEY,)))
     assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
     write_config(tmp_path, block, settings("rle-lossless", (NEW_KEY, KEY)))

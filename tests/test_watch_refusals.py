@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cli_runs import run
 from peers import start_orthanc
-from test_watch import wait_for
+from watching import wait_for
 
 CONFIG = """\
 site: watched
