@@ -101,8 +101,10 @@ class Guard:
 
     def confirm_readable(self) -> Marker | None:
         """Before reading holdings: the marker, or None on a first use (nothing is written:
-        a plan changes nothing; the folder, if there is none yet, reads as empty)."""
-        return self._confirm(write=False, again=False)
+        a plan changes nothing; the folder, if there is none yet, reads as empty). Read again
+        at every observation: a disk unmounted under a long-running watch must read as
+        unknown, not as empty."""
+        return self._confirm(write=False, again=True)
 
     def recheck(self) -> None:
         """Read the marker again now, before a deletion that relies on this destination."""
