@@ -9,22 +9,18 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests_config import one_policy_config
+from planned import plan_copies
 
-from reconciler.model.observation import Observation
 from reconciler.model.plan import Action
-from reconciler.planning.planner import make_plan
-from reconciler.sources.scan import SourceFolder, scan_sources
-from reconciler.state.store import StateStore
 
 # The real peers as fixtures: DICOM (DCMTK, Orthanc: dcmqrscp_peer, storescp_peer, orthanc_peer)
-# and mail (pki: a CA and a server certificate for the SMTP server in mail.py).
-pytest_plugins = ["peers", "mail"]
+# mail (pki: a CA and a server certificate for the SMTP server in mail.py) and DICOMweb
+# (web_peer: Orthanc with its DICOMweb plugin and a user, in pacs_web.py).
+pytest_plugins = ["peers", "mail", "pacs_web"]
 
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "reconciler-test-key",
@@ -112,13 +108,7 @@ def copy_actions(tmp_path: Path, small_studies: Path) -> list[Action]:
     """The plan's copy actions for the three small studies into an empty destination."""
     inbox = tmp_path / "inbox"
     shutil.copytree(small_studies, inbox)
-    store = StateStore(tmp_path / "state.db")
-    scan_sources(store, [SourceFolder("inbox", inbox)])
-    now = datetime.now(UTC)
-    empty = {"backup": Observation("backup", now, 1, ok=True)}
-    plan = make_plan(one_policy_config(inbox, "file:///unused"), store.load_catalog(), empty, now)
-    store.close()
-    return list(plan.actions)
+    return plan_copies(tmp_path, inbox)
 
 
 # Pure tests: plain values and the config, no peer, no generated studies, no subprocess.

@@ -9,6 +9,7 @@ from typing import Any
 from reconciler.config.model import Config
 from reconciler.model.catalog import Catalog, CatalogInstance
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
+from reconciler.model.plan import Action
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 LONG_AGO_NS = int(datetime(2026, 5, 1, tzinfo=UTC).timestamp() * 1e9)
@@ -75,3 +76,8 @@ def observed(name: str, studies: dict[str, ObservedStudy] | None = None) -> Obse
 
 def unreachable(name: str) -> Observation:
     return Observation(name, NOW, 1, ok=False, error="connection refused")
+
+
+def expected(actions: list[Action]) -> dict[str, list[str]]:
+    """What observing the studies of ``actions`` asks: each study's SOP Instance UIDs."""
+    return {a.study_uid: [r.sop_uid for r in a.instances] for a in actions}

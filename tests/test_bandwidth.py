@@ -6,10 +6,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from pacs import dicom_destination
+from pacs_web import web_destination
 from peers import DicomPeer
 from pydantic import ValidationError
-from test_dicom_destination import dicom_destination
-from test_dicomweb_destination import web_destination, web_peer  # noqa: F401 (fixture)
 
 from reconciler.config.bandwidth import Timetable
 from reconciler.config.destinations import DestinationConfig
@@ -90,7 +90,7 @@ def test_a_new_rate_applies_at_once_and_off_never_waits() -> None:
 
 
 def test_dicomweb_sends_go_through_the_throttle(
-    web_peer: DicomPeer,  # noqa: F811
+    web_peer: DicomPeer,
     copy_actions: list[Action],
 ) -> None:
     destination = web_destination(web_peer)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from cli_runs import run
+from pacs_sites import orthanc_instances, pacs_config
 from peers import start_orthanc
-from test_dicom_trust import orthanc_instances, pacs_config
 
 
 def delete_instances(rest_url: str, ids: list[str]) -> None:

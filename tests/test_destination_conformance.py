@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from factories import expected
 from peers import DicomPeer, free_port, start_orthanc
 
 from reconciler.config.destinations import DestinationConfig
@@ -81,9 +82,7 @@ def s3_kind(request: pytest.FixtureRequest) -> Kind:
         fs = destination.fs  # type: ignore[attr-defined]
         fs.rm_file(f"{bucket}/site-a/studies/{study_uid}/{sop_uid}.dcm")
 
-    return Kind(
-        destination, remove, lambda: opened(settings(f"http://127.0.0.1:{free_port()}"))
-    )
+    return Kind(destination, remove, lambda: opened(settings(f"http://127.0.0.1:{free_port()}")))
 
 
 def orthanc_kind(peer: DicomPeer, web: bool) -> Kind:
@@ -129,10 +128,6 @@ def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kind]:
         made = folder_kind(tmp_path) if request.param == "folder" else s3_kind(request)
         yield made
     made.destination.close()
-
-
-def expected(actions: list[Action]) -> dict[str, list[str]]:
-    return {a.study_uid: [r.sop_uid for r in a.instances] for a in actions}
 
 
 def held_instances(destination: Destination, actions: list[Action]) -> dict[str, set[str]]:

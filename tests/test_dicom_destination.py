@@ -26,13 +26,15 @@ import pydicom
 import pytest
 from certificates import Certificates, make_certificates
 from cli_runs import run
+from factories import expected
 from faulty_pacs import AE_TITLE as FAULTY_AE_TITLE
 from faulty_pacs import faulty_pacs
+from pacs import dicom_destination
 from peers import DicomPeer, free_port, orthanc_get, start_orthanc, start_storescp
+from planned import plan_copies
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
-from test_transformed_copies import plan_copies
 
 from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import load_config
@@ -47,34 +49,6 @@ from reconciler.transforms.compression import compress
 
 # A peer that sends A-ASSOCIATE-RJ and closes at once is sometimes seen as an abort.
 REFUSED = "rejected the association|did not accept an association"
-
-
-def dicom_destination(
-    peer: DicomPeer,
-    tls: dict[str, object] | None = None,
-    dicom: dict[str, object] | None = None,
-    **settings: object,
-) -> DicomDestination:
-    config = DestinationConfig.model_validate(
-        {
-            "dicom": {
-                "host": peer.host,
-                "port": peer.port,
-                "ae_title": peer.ae_title,
-                "max_associations": 2,
-                "tls": tls,
-                **(dicom or {}),
-            },
-            "retry": {"attempts": 2, "initial_delay": "0s"},
-            **settings,
-        }
-    )
-    assert config.dicom is not None
-    return DicomDestination("pacs", config.dicom, config)
-
-
-def expected(actions: list[Action]) -> dict[str, list[str]]:
-    return {a.study_uid: [r.sop_uid for r in a.instances] for a in actions}
 
 
 def test_sent_studies_are_listed_instance_by_instance(
@@ -524,9 +498,6 @@ def test_each_c_store_carries_its_own_message_id(
     log = (storescp_peer.storage.parent / "storescp.log").read_text(errors="replace")
     ids = re.findall(r"Received Store Request \(MsgID (\d+)", log)
     assert len(ids) == len(copy_actions[0].instances) == len(set(ids))
-
-
-# --- the send path: requests written and responses read on the socket (dicom_stream) --------
 
 
 def enlarged(tmp_path: Path, like: InstanceRef, pixel_bytes: int) -> InstanceRef:

@@ -12,39 +12,13 @@ from pathlib import Path
 import pytest
 from cli_runs import run
 from metrics_scrape import value, wait_for_value
-from peers import DicomPeer, free_port, start_orthanc
+from pacs_sites import orthanc_instances, pacs_config
+from peers import free_port, start_orthanc
 from watching import watching
 
 from reconciler.state.store import StateStore
 
 COMMITMENT_WORDS_THAT_LIE = ("checksum", "failed to copy")
-
-
-def pacs_config(
-    tmp_path: Path,
-    peer: DicomPeer,
-    verify: str,
-    more: dict[str, object] | None = None,
-    **dicom: object,
-) -> str:
-    """A config copying the inbox to ``peer``; ``more``: more top-level settings; ``dicom``:
-    more settings of its dicom block."""
-    settings = {"host": peer.host, "port": peer.port, "ae_title": peer.ae_title, **dicom}
-    document = {
-        "site": "trust",
-        "sources": {"inbox": {"path": "inbox", "stable_after": "0s"}},
-        "destinations": {"pacs": {"dicom": settings, "verify": verify}},
-        "policies": [{"name": "all", "copy_to": ["pacs"]}],
-    }
-    document.update(more or {})
-    config = tmp_path / "reconciler.yaml"
-    config.write_text(json.dumps(document, indent=2))  # JSON is YAML
-    return str(config)
-
-
-def orthanc_instances(peer: DicomPeer) -> list[str]:
-    with urllib.request.urlopen(f"{peer.rest_url}/instances", timeout=10) as response:
-        return list(json.load(response))
 
 
 def journal_kinds(tmp_path: Path) -> list[tuple[str, str]]:

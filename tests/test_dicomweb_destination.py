@@ -7,47 +7,16 @@ import json
 import shutil
 import textwrap
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_runs import run
-from peers import DicomPeer, free_port, start_orthanc
+from factories import expected
+from pacs_web import PASSWORD, web_destination
+from peers import DicomPeer, free_port
 
-from reconciler.config.destinations import DestinationConfig
 from reconciler.destinations.base import DestinationRefused, DestinationUnavailable
-from reconciler.destinations.dicomweb import DicomWebDestination
 from reconciler.model.plan import Action
-
-PASSWORD = "stow-secret-4c1d"
-
-
-@pytest.fixture
-def web_peer(tmp_path: Path) -> Iterator[DicomPeer]:
-    with start_orthanc(
-        tmp_path / "orthanc", stop_grace=0.5, dicomweb=True, users={"backup": PASSWORD}
-    ) as peer:
-        yield peer
-
-
-def web_destination(peer: DicomPeer, password: str = PASSWORD) -> DicomWebDestination:
-    config = DestinationConfig.model_validate(
-        {
-            "dicomweb": {
-                "url": f"{peer.rest_url}/dicom-web",
-                "username": "backup",
-                "password": password,
-                "instances_per_request": 4,
-            },
-            "retry": {"attempts": 2, "initial_delay": "0s"},
-        }
-    )
-    assert config.dicomweb is not None
-    return DicomWebDestination("web", config.dicomweb, config)
-
-
-def expected(actions: list[Action]) -> dict[str, list[str]]:
-    return {a.study_uid: [r.sop_uid for r in a.instances] for a in actions}
 
 
 def test_stow_sends_and_qido_lists_exactly_what_is_held(

@@ -9,30 +9,33 @@ import json
 import shutil
 import textwrap
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from tests_config import one_policy_config
+from planned import plan_copies
 
 from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import load_config
 from reconciler.config.problems import ConfigError
 from reconciler.destinations.object_store.manifest import associated_data
 from reconciler.destinations.object_store.store import ObjectStoreDestination
-from reconciler.model.observation import Observation
 from reconciler.model.plan import Action
-from reconciler.planning.planner import make_plan
-from reconciler.sources.scan import SourceFolder, scan_sources
-from reconciler.state.store import StateStore
 from reconciler.transforms.encryption import Keyring, decrypt
 
 KEY = "11" * 32
+
+
 OTHER_KEY = "22" * 32
+
+
 KEY_ID = Keyring.parse(KEY).current.key_id
+
+
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+
+
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 
@@ -65,16 +68,6 @@ def stores() -> Iterator[list[ObjectStoreDestination]]:
     yield opened
     for store in opened:
         store.close()
-
-
-def plan_copies(tmp_path: Path, inbox: Path) -> list[Action]:
-    store = StateStore(tmp_path / "state.db")
-    scan_sources(store, [SourceFolder("inbox", inbox)])
-    now = datetime.now(UTC)
-    empty = {"backup": Observation("backup", now, 1, ok=True)}
-    plan = make_plan(one_policy_config(inbox, "file:///unused"), store.load_catalog(), empty, now)
-    store.close()
-    return list(plan.actions)
 
 
 def manifest_of(store: ObjectStoreDestination, action: Action) -> dict[str, Any]:
