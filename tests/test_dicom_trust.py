@@ -47,6 +47,8 @@ def test_commitment_the_peer_rejects_is_unknown_and_nothing_is_sent_again(
         assert code == 1, out  # unknown is loud
         assert "storage commitment unknown" in out and "N-ACTION" in out, out
         assert not any(word in out for word in COMMITMENT_WORDS_THAT_LIE), out
+        # Said as what it is: neither done nor failed.
+        assert "Apply finished with outcomes unknown: 0 actions done, 0 failed, 3 unknown" in out
         held = orthanc_instances(peer)
         assert len(held) == 18
         code, out = run(capsys, "plan", "-c", config, "--refresh")

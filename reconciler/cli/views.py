@@ -87,9 +87,12 @@ def _finished_line(event: ActionFinished) -> str:
 def _summary_line(summary: dict[str, Any]) -> str:
     seconds = summary["seconds"]
     rate = human_bytes(summary["bytes_per_second"]) + "/s"
-    verdict = "Apply complete" if summary["outcome"] == "ok" else "Apply finished with failures"
+    verdicts = {"ok": "Apply complete", "unknown": "Apply finished with outcomes unknown"}
+    verdict = verdicts.get(summary["outcome"], "Apply finished with failures")
+    unknown = summary.get("actions_unknown", 0)
     return (
-        f"\n{verdict}: {summary['actions_done']} actions done, {summary['actions_failed']} failed; "
+        f"\n{verdict}: {summary['actions_done']} actions done, {summary['actions_failed']} failed"
+        f"{f', {unknown} unknown' if unknown else ''}; "
         f"{summary['instances_copied']} instances, {human_bytes(summary['bytes_copied'])} copied "
         f"in {seconds:.1f} s ({rate})."
     )

@@ -75,7 +75,7 @@ def apply_plan(
 
     started = time.monotonic()
     emit_safely(RunStarted(len(plan.actions), counts["copy_bytes"] + counts["archive_bytes"]))
-    done = failed = skipped = instances = transferred = 0
+    done = failed = unknown = skipped = instances = transferred = 0
     refused: dict[str, str] = {}  # destinations that refused us in this run, and why
     outcome = "interrupted"
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
@@ -113,7 +113,12 @@ def apply_plan(
             else:
                 finished = _record(future, action, entry, store)
             emit_safely(finished)
-            done, failed = (done + 1, failed) if finished.ok else (done, failed + 1)
+            if finished.ok:
+                done += 1
+            elif finished.unknown:
+                unknown += 1
+            else:
+                failed += 1
             if action.kind in ("copy", "archive") and (finished.ok or finished.unknown):
                 instances += len(action.instances)  # an unknown commitment: stored all the same
                 transferred += action.bytes
@@ -121,11 +126,11 @@ def apply_plan(
                 kept_instances, kept_bytes = _kept_by_failed_copy(future)
                 instances += kept_instances
                 transferred += kept_bytes
-        transfers_failed = failed
+        transfers_failed = failed + unknown  # an unknown copy proves nothing either
         for action in removals:
             entry = _journal_start(store, run_id, action)
             why_not = (
-                "a copy or verification in this run failed"
+                "a copy or verification in this run failed or is unknown"
                 if transfers_failed
                 else _not_starting(action, stop)
             )
@@ -140,7 +145,9 @@ def apply_plan(
                 finished = _run_local(action, entry, store, trash, destinations)
             emit_safely(finished)
             done, failed = (done + 1, failed) if finished.ok else (done, failed + 1)
-        outcome = "failed" if failed else "interrupted" if skipped else "ok"
+        outcome = (
+            "failed" if failed else "unknown" if unknown else "interrupted" if skipped else "ok"
+        )
         if not any(p.code == CATALOG_SHRANK for p in plan.problems):
             store.record_catalog_size()
     finally:
@@ -150,6 +157,7 @@ def apply_plan(
             "outcome": outcome,
             "actions_done": done,
             "actions_failed": failed,
+            "actions_unknown": unknown,
             "actions_skipped": skipped,
             "instances_copied": instances,
             "bytes_copied": transferred,

@@ -47,8 +47,8 @@ class ActionFinished(Stamped):
     ok: bool
     message: str
     failures: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> why
-    # Neither done nor failed: what was asked of the peer got no answer (counted as failed,
-    # so the run is loud, but nothing was found wrong).
+    # Neither done nor failed: what was asked of the peer got no answer (counted as unknown:
+    # the run is loud, exit 1, but nothing was found wrong).
     unknown: bool = False
 
 
