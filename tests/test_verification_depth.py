@@ -11,8 +11,9 @@ import pytest
 from cli_runs import run
 from factories import NOW, catalog, config, held, observed, study
 
-from reconciler.planning.planner import in_subset, make_plan
+from reconciler.planning.planner import make_plan
 from reconciler.planning.retention import copy_evidence
+from reconciler.planning.study import in_subset
 
 PACS = {"dicom": {"host": "pacs", "port": 104, "ae_title": "PACS"}, "verify": "count"}
 

@@ -15,7 +15,6 @@ from datetime import datetime
 
 from reconciler.config.durations import format_duration
 from reconciler.config.model import Config
-from reconciler.model.catalog import Catalog
 from reconciler.model.observation import Observation, PartialCopy
 from reconciler.model.plan import (
     PARTIAL_COPY,
@@ -31,39 +30,44 @@ UNKNOWN_STUDY = StudyLabel(modalities="", study_date="", description="")
 
 
 def decide(
-    config: Config, catalog: Catalog, observations: Mapping[str, Observation], now: datetime
+    config: Config,
+    study_uid: str,
+    catalogued: bool,
+    observations: Mapping[str, Observation],
+    now: datetime,
 ) -> tuple[list[Action], list[Problem]]:
-    """A warning per partial copy whose study no source holds any more, and a sweep for each
-    one found partial for ``sweep_partial_after`` (pure: no I/O). What an observation could
-    not read is unknown, never partial: nothing is said or swept there."""
+    """A warning for each partial copy of the study once no source holds it (``catalogued``
+    false), and a sweep where one was found partial for ``sweep_partial_after`` (pure: no
+    I/O). What an observation could not read is unknown, never partial: nothing is said or
+    swept there."""
     rules = config.retention
     sweeps: list[Action] = []
     found: list[Problem] = []
+    if catalogued:
+        return sweeps, found  # the next copy completes it
     for name, observation in sorted(observations.items()):
-        if not observation.ok or name not in config.destinations:
+        partial = observation.partial.get(study_uid)
+        if partial is None or not observation.ok or name not in config.destinations:
             continue
-        for study_uid, partial in sorted(observation.partial.items()):
-            if study_uid in catalog.studies:
-                continue  # the next copy completes it
-            due = partial.since + rules.sweep_partial_after
-            # A state written before partial copies listed their objects lists them next time.
-            if now >= due and partial.objects:
-                sweeps.append(_sweep(name, study_uid, partial, now))
-                then = "swept by this plan"
-            else:
-                then = f"swept from {due:%Y-%m-%d %H:%M} UTC"
-            found.append(
-                Problem(
-                    f"study {study_uid}: partial copy, cannot be completed ({_size(partial)}, "
-                    f"but no committed manifest, and no source holds the study any more); "
-                    f"{then} (retention.sweep_partial_after "
-                    f"{format_duration(rules.sweep_partial_after)})",
-                    destination=name,
-                    severity="warning",
-                    code=PARTIAL_COPY,
-                    study_uid=study_uid,
-                )
+        due = partial.since + rules.sweep_partial_after
+        # A state written before partial copies listed their objects lists them next time.
+        if now >= due and partial.objects:
+            sweeps.append(_sweep(name, study_uid, partial, now))
+            then = "swept by this plan"
+        else:
+            then = f"swept from {due:%Y-%m-%d %H:%M} UTC"
+        found.append(
+            Problem(
+                f"study {study_uid}: partial copy, cannot be completed ({_size(partial)}, "
+                f"but no committed manifest, and no source holds the study any more); "
+                f"{then} (retention.sweep_partial_after "
+                f"{format_duration(rules.sweep_partial_after)})",
+                destination=name,
+                severity="warning",
+                code=PARTIAL_COPY,
+                study_uid=study_uid,
             )
+        )
     return sweeps, found
 
 

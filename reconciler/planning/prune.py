@@ -52,42 +52,45 @@ class PruneDecisions:
 
 def prunes(
     config: Config,
-    local: Mapping[str, LocalStudy],
-    deleting: frozenset[str],
+    study_uid: str,
+    found: LocalStudy | None,
+    deleting: bool,
     observations: Mapping[str, Observation],
     now: datetime,
 ) -> PruneDecisions:
-    """Prune actions for every destination with ``prune:``; ``deleting`` are the studies whose
-    local files this plan deletes (they no longer count as a copy). A destination that could
-    not be observed prunes nothing (the planner reports it)."""
-    run = _Run(config, deleting, observations, now)
+    """The study's prunes at every destination with ``prune:``; ``found`` is its local study
+    (None once no source holds it), ``deleting`` whether this plan deletes its local files
+    (they no longer count as a copy). A destination that could not be observed prunes nothing
+    (the planner reports it)."""
+    run = _Run(config, frozenset([study_uid] if deleting else ()), observations, now)
     decisions = PruneDecisions([], [])
     for name, settings in sorted(config.destinations.items()):
         observation = observations.get(name)
         if settings.prune is None or observation is None or not observation.ok:
             continue
-        for uid, held in sorted(observation.studies.items()):
-            found = local.get(uid)
-            due = _due(settings.prune, config.site, name, held, found, now)
-            if due is None:
-                continue
-            label = found.label if found else UNKNOWN_STUDY
-            blocker = run.blocker(settings.prune, name, held, found)
-            if blocker is not None:
-                decisions.kept.append(Retained(uid, label, f"{blocker} (due: {due})", name))
-                continue
-            run.pruned.setdefault(uid, set()).add(name)
-            decisions.actions.append(
-                Action(
-                    kind="prune",
-                    study_uid=uid,
-                    destination=name,
-                    policies=(),
-                    reason=due,
-                    study=label,
-                    instances=_refs(held),
-                )
+        held = observation.studies.get(study_uid)
+        if held is None:
+            continue
+        due = _due(settings.prune, config.site, name, held, found, now)
+        if due is None:
+            continue
+        label = found.label if found else UNKNOWN_STUDY
+        blocker = run.blocker(settings.prune, name, held, found)
+        if blocker is not None:
+            decisions.kept.append(Retained(study_uid, label, f"{blocker} (due: {due})", name))
+            continue
+        run.pruned.setdefault(study_uid, set()).add(name)
+        decisions.actions.append(
+            Action(
+                kind="prune",
+                study_uid=study_uid,
+                destination=name,
+                policies=(),
+                reason=due,
+                study=label,
+                instances=_refs(held),
             )
+        )
     return decisions
 
 

@@ -163,7 +163,7 @@ def _due(
     reasons = []
     for policy in keeping:
         assert policy.keep_local is not None
-        origin = _origin(policy, study)
+        origin = keep_local_origin(policy, study)
         if origin is None or origin + policy.keep_local > now:
             return None  # the longest keep wins; an unknown origin never expires
         age = format_duration(now - origin)
@@ -174,7 +174,7 @@ def _due(
     return tuple(p.name for p in keeping), "; ".join(reasons)
 
 
-def _origin(policy: Policy, study: CatalogStudy) -> datetime | None:
+def keep_local_origin(policy: Policy, study: CatalogStudy) -> datetime | None:
     if policy.keep_local_from == "arrival":
         return study.arrived_at
     day = study_date(study)

@@ -14,15 +14,15 @@ The grammar of a request is in ``reconciler.model.share``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from reconciler.config.model import Config
 from reconciler.config.policies import Policy
-from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
-from reconciler.model.plan import Action, InstanceRef, Problem, StudyLabel
+from reconciler.model.catalog import CatalogInstance, CatalogStudy
+from reconciler.model.plan import Action, Problem, StudyLabel
 from reconciler.model.share import ShareRecord, ShareRequestError, parse_request
+from reconciler.planning.copies import instance_ref
 from reconciler.planning.selection import selects
 
 
@@ -34,79 +34,74 @@ def share_policy(config: Config, study: CatalogStudy, now: datetime) -> Policy |
     return None
 
 
-@dataclass
-class SharePlanner:
-    """The planner's share decisions: one per catalogued study, then the ledger's leftovers."""
+def share_for_study(
+    config: Config,
+    ledger: Mapping[str, ShareRecord],
+    study: CatalogStudy,
+    label: StudyLabel,
+    instances: Iterable[CatalogInstance],
+    now: datetime,
+) -> tuple[Action | None, list[Problem]]:
+    """The share the study asks for and has not had (``ledger``: the state's record of its
+    shares, by recipient); its description is the catalog's, where the password is already
+    redacted."""
+    policy = share_policy(config, study, now)
+    if policy is None or policy.share is None:
+        return None, []
+    try:
+        request = parse_request(label.description)
+    except ShareRequestError as exc:
+        problem = Problem(
+            f"study {study.study_uid}: its description asks for a share, but {exc}; "
+            "it is not shared",
+            destination=policy.share.destination,
+            severity="warning",
+        )
+        return None, [problem]
+    if request is None:
+        return None, []
+    record = ledger.get(request.recipient)
+    if record is not None and record.status == "notified":
+        return None, []
+    if record is not None and record.status == "stored":
+        return _mail_only(record, policy.name, label), []
+    share = Action(
+        kind="share",
+        study_uid=study.study_uid,
+        destination=policy.share.destination,
+        policies=(policy.name,),
+        reason=f"policy {policy.name}: not shared with {request.recipient} yet"
+        + _last_error(record),
+        study=label,
+        instances=tuple(map(instance_ref, instances)),
+        recipient=request.recipient,
+    )
+    return share, []
 
-    config: Config
-    ledger: Mapping[tuple[str, str], ShareRecord]
-    ref: Callable[[CatalogInstance], InstanceRef]
-    problems: list[Problem] = field(default_factory=list)
 
-    def for_study(
-        self,
-        study: CatalogStudy,
-        label: StudyLabel,
-        instances: Iterable[CatalogInstance],
-        now: datetime,
-    ) -> Action | None:
-        """The share the study asks for and has not had; its description is the catalog's,
-        where the password is already redacted."""
-        policy = share_policy(self.config, study, now)
-        if policy is None or policy.share is None:
-            return None
-        try:
-            request = parse_request(label.description)
-        except ShareRequestError as exc:
-            self.problems.append(
+def leftover_shares(
+    config: Config, records: Iterable[ShareRecord]
+) -> tuple[list[Action], list[Problem]]:
+    """A study's shares stored but not mailed once it left the catalog (retention deleted
+    it): the ZIP is at the destination already, so the mail still goes."""
+    policies = {p.name for p in config.policies if p.share is not None}
+    actions, problems = [], []
+    for record in records:
+        if record.status != "stored":
+            continue
+        if record.policy not in policies:
+            problems.append(
                 Problem(
-                    f"study {study.study_uid}: its description asks for a share, but {exc}; "
-                    "it is not shared",
-                    destination=policy.share.destination,
+                    f"study {record.study_uid}: its share with {record.recipient} is stored "
+                    f"at {record.destination} but policy {record.policy} is gone from the "
+                    "config; it is not mailed",
+                    destination=record.destination,
                     severity="warning",
                 )
             )
-            return None
-        if request is None:
-            return None
-        record = self.ledger.get((study.study_uid, request.recipient))
-        if record is not None and record.status == "notified":
-            return None
-        if record is not None and record.status == "stored":
-            return _mail_only(record, policy.name, label)
-        return Action(
-            kind="share",
-            study_uid=study.study_uid,
-            destination=policy.share.destination,
-            policies=(policy.name,),
-            reason=f"policy {policy.name}: not shared with {request.recipient} yet"
-            + _last_error(record),
-            study=label,
-            instances=tuple(map(self.ref, instances)),
-            recipient=request.recipient,
-        )
-
-    def leftovers(self, catalog: Catalog) -> list[Action]:
-        """Shares stored but not mailed whose study left the catalog (retention deleted it):
-        the ZIP is at the destination already, so the mail still goes."""
-        policies = {p.name: p for p in self.config.policies if p.share is not None}
-        actions = []
-        for record in self.ledger.values():
-            if record.status != "stored" or record.study_uid in catalog.studies:
-                continue
-            if record.policy not in policies:
-                self.problems.append(
-                    Problem(
-                        f"study {record.study_uid}: its share with {record.recipient} is stored "
-                        f"at {record.destination} but policy {record.policy} is gone from the "
-                        "config; it is not mailed",
-                        destination=record.destination,
-                        severity="warning",
-                    )
-                )
-                continue
-            actions.append(_mail_only(record, record.policy, record.label))
-        return actions
+            continue
+        actions.append(_mail_only(record, record.policy, record.label))
+    return actions, problems
 
 
 def _mail_only(record: ShareRecord, policy: str, label: StudyLabel) -> Action:

@@ -1,0 +1,162 @@
+"""What one study needs at one destination: the copy, repair, bundle or verification, or
+nothing when the copy there is whole and checked recently enough. Pure."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from operator import attrgetter
+
+from reconciler.config.durations import format_duration
+from reconciler.config.model import Config
+from reconciler.model.catalog import CatalogInstance
+from reconciler.model.observation import ObservedStudy
+from reconciler.model.plan import Action, InstanceRef, Problem, StudyLabel
+
+# Verifications that must be asked for (and are repeated every verify_every), by their name.
+# A count-only PACS gets the OsiriX plugin's "full" check on that schedule: C-FIND by instance.
+DEEP_VERIFICATION = {
+    "checksum": "checksum",
+    "commitment": "storage commitment",
+    "count": "instance-level C-FIND",
+}
+# What --verify-subset runs where nothing deeper is configured (object stores re-hash).
+SUBSET_VERIFICATION = {"presence": "checksum"}
+_series_then_path = attrgetter("series_uid", "path")  # the order instances are sent in
+
+
+def sendable(
+    config: Config, destination: str, study: str, instances: list[CatalogInstance]
+) -> tuple[list[CatalogInstance], list[Problem]]:
+    """The instances that may go to ``destination``: a de-identifying one refuses those whose
+    pixels often show text no header edit removes."""
+    anonymize = config.destinations[destination].anonymize
+    if anonymize is None:
+        return instances, []
+    allowed, reasons = [], Counter[str]()
+    for instance in instances:
+        reason = anonymize.rules.refusal(instance.modality, instance.sop_class_uid)
+        if reason is None:
+            allowed.append(instance)
+        else:
+            reasons[reason] += 1
+    problems = [
+        Problem(
+            f"{study}: {count} of {len(instances)} instances are not sent "
+            f"de-identified: {reason} (a profile with allow_burned_in: true sends them)",
+            severity="warning",
+            destination=destination,
+        )
+        for reason, count in reasons.items()
+    ]
+    return allowed, problems
+
+
+def action_for(
+    config: Config,
+    destination: str,
+    policies: list[str],
+    study_uid: str,
+    label: StudyLabel,
+    instances: list[CatalogInstance],
+    observed: ObservedStudy | None,
+    now: datetime,
+    in_verify_subset: bool = False,
+) -> Action | None:
+    who = f"polic{'ies' if len(policies) > 1 else 'y'} {', '.join(policies)}"
+    present = observed.instances if observed else {}
+    corrupt = observed.corrupt if observed else frozenset()
+    missing = [i for i in instances if i.sop_uid not in present]
+    differing = [
+        i
+        for i in instances
+        if i.sop_uid in present and present[i.sop_uid].sha256 not in (None, i.sha256)
+    ]
+    damaged = [i for i in instances if i.sop_uid in corrupt and i not in differing]
+    # A missing instance may also be damaged; without damaged ones none is in two lists.
+    unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}.values() if damaged else ()
+    to_send = sorted(unique or [*missing, *differing], key=_series_then_path)
+    if to_send and destination in config.archive_destinations:
+        # A bundle is written whole: a study that changed or grew gets a new one.
+        return Action(
+            kind="archive",
+            study_uid=study_uid,
+            destination=destination,
+            policies=tuple(policies),
+            reason=f"{who}: "
+            + ("no bundle" if not present else "the bundle differs from the study")
+            + f" at {destination}",
+            study=label,
+            instances=tuple(instance_ref(i) for i in sorted(instances, key=lambda i: i.path)),
+            repair=bool(present),
+        )
+    if to_send:
+        return Action(
+            kind="copy",
+            study_uid=study_uid,
+            destination=destination,
+            policies=tuple(policies),
+            reason=f"{who}: " + _copy_reason(destination, instances, missing, differing, damaged),
+            study=label,
+            instances=tuple(instance_ref(i) for i in to_send),
+            repair=bool(observed and present),
+        )
+    settings = config.destinations[destination]
+    method = DEEP_VERIFICATION.get(settings.verification)
+    if in_verify_subset:
+        method = method or SUBSET_VERIFICATION.get(settings.verification)
+    if method and observed is not None:
+        last = observed.verified_at
+        due = last is None or now - last >= settings.verify_every
+        if in_verify_subset or observed.unconfirmed or due:  # unknown is asked every run
+            when = (
+                f"sent, storage commitment unknown ({observed.unconfirmed}); asked again"
+                if observed.unconfirmed
+                else f"never verified by {method}"
+                if last is None
+                else f"last verified {format_duration(now - last)} ago"
+            )
+            if in_verify_subset:
+                when += ", and in this run's --verify-subset"
+            return Action(
+                kind="verify",
+                study_uid=study_uid,
+                destination=destination,
+                policies=tuple(policies),
+                reason=f"{who}: {when} (every {format_duration(settings.verify_every)})",
+                study=label,
+                instances=tuple(instance_ref(i) for i in instances),
+            )
+    return None
+
+
+def _copy_reason(
+    destination: str,
+    instances: list[CatalogInstance],
+    missing: list[CatalogInstance],
+    differing: list[CatalogInstance],
+    damaged: list[CatalogInstance],
+) -> str:
+    if len(missing) == len(instances):
+        return f"study not at {destination}"
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of {len(instances)} instances missing at {destination}")
+    if differing:
+        parts.append(f"{len(differing)} changed at the source since they were copied")
+    if damaged:
+        parts.append(f"{len(damaged)} failed checksum verification at {destination}")
+    return "; ".join(parts)
+
+
+def instance_ref(instance: CatalogInstance) -> InstanceRef:
+    return InstanceRef(
+        sop_uid=instance.sop_uid,
+        sop_class_uid=instance.sop_class_uid,
+        series_uid=instance.series_uid,
+        path=instance.path,
+        size=instance.size,
+        sha256=instance.sha256,
+        transfer_syntax=instance.transfer_syntax,
+        modality=instance.modality,
+    )
