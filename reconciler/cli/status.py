@@ -10,6 +10,7 @@ from typing import Any
 
 from reconciler.cli.common import EXIT_OK, UsageError, add_command, write_private
 from reconciler.config.load import load_config
+from reconciler.engine.status import state_status
 from reconciler.engine.workspace import Workspace
 from reconciler.model.plan import human_bytes
 
@@ -30,7 +31,7 @@ def register(commands: Any) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with Workspace(load_config(args.config)) as workspace:
-        status = workspace.status()
+        status = state_status(workspace)
     if args.json:
         print(json.dumps(status, indent=1))
         return EXIT_OK

@@ -6,12 +6,11 @@ then the pure planner. The CLI calls it; it never renders anything itself.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from reconciler.config.load import LoadedConfig
 from reconciler.config.model import Config
@@ -20,14 +19,13 @@ from reconciler.destinations.factory import open_destination
 from reconciler.destinations.filesystems import sources_on_same_filesystem
 from reconciler.destinations.identity import KnownIdentity, Marker
 from reconciler.engine.apply import Emit, apply_plan
+from reconciler.engine.incremental import decisions_key, plan_from_state
 from reconciler.engine.trash import Trash
-from reconciler.model.catalog import Catalog
 from reconciler.model.observation import Observation, PartialCopy
-from reconciler.model.plan import BLOCKED, LOCAL, PARTIAL_COPY, Fingerprint, Plan
-from reconciler.planning.planner import make_plan
+from reconciler.model.plan import Fingerprint, Plan
 from reconciler.planning.retention import Hold, LocalFacts
+from reconciler.planning.study import RunFacts
 from reconciler.sources.scan import ScanResult, SourceFolder, scan_sources
-from reconciler.state.bulk import building
 from reconciler.state.lock import StateLock
 from reconciler.state.store import StateStore
 
@@ -135,12 +133,14 @@ class Workspace:
         extra = {k for policy in self.config.policies for k in policy.select.tags}
         return scan_sources(self.store, folders, extra, progress)
 
-    def observe(self, catalog: Catalog, refresh: bool, now: datetime) -> dict[str, Observation]:
-        """Each destination's holdings: from the cache unless stale or ``refresh`` is asked."""
+    def observe(self, refresh: bool, now: datetime) -> dict[str, Observation]:
+        """Each destination's last observation, without its holdings (the planner reads
+        those study by study): from the cache unless stale or ``refresh`` is asked."""
         expected: dict[str, list[str]] | None = None  # built only if a destination is read
+        heads = self.store.observation_heads()
         observations = {}
         for name, settings in self.config.destinations.items():
-            cached = self.store.load_observation(name, local=catalog)
+            cached = heads.get(name)
             fresh = (
                 cached is not None
                 and cached.ok
@@ -155,10 +155,7 @@ class Workspace:
                 observations[name] = cached
             else:
                 if expected is None:
-                    expected = {
-                        uid: [i.sop_uid for i in study.instances]
-                        for uid, study in catalog.studies.items()
-                    }
+                    expected = self.store.expected_instances()
                 observations[name] = self._observe(name, expected, now)
         return observations
 
@@ -192,25 +189,33 @@ class Workspace:
         now: datetime | None = None,
         scan_progress: Callable[[int, int], None] | None = None,
         verify_subset: tuple[int, int] | None = None,
+        full: bool = False,
     ) -> tuple[Plan, ScanResult]:
+        """Scan, observe, and plan what changed since the last plan (``full``, or a
+        ``verify_subset``: decide every study again)."""
         now = now or datetime.now(UTC)
         scanned = self.scan(scan_progress)
-        catalog = self.store.load_catalog()
-        observations = self.observe(catalog, refresh, now)
-        with building():
-            plan = make_plan(
-                self.config,
-                catalog,
-                observations,
-                now,
-                self.fingerprint(),
-                self.local_facts(),
-                verify_subset,
-                self.store.shares(),
-            )
+        heads = self.observe(refresh, now)
+        plan = self.plan_from_state(
+            heads, now, write=True, every=full or verify_subset is not None, subset=verify_subset
+        )
         if source_problems := scanned.problems():
             plan = replace(plan, problems=(*source_problems, *plan.problems))
         return plan, scanned
+
+    def plan_from_state(
+        self,
+        heads: Mapping[str, Observation],
+        now: datetime,
+        write: bool,
+        every: bool = False,
+        subset: tuple[int, int] | None = None,
+    ) -> Plan:
+        run = RunFacts(self.config, now, self.local_facts(), subset)
+        key = decisions_key(self.loaded.sha256, run, heads)
+        return plan_from_state(
+            self.store, run, heads, key, write=write, every=every, fingerprint=self.fingerprint()
+        )
 
     def local_facts(self) -> LocalFacts:
         return LocalFacts(
@@ -246,97 +251,6 @@ class Workspace:
         finally:
             self.remember_identities()
 
-    def status(self, now: datetime | None = None) -> dict[str, Any]:
-        """What the state knows, with no scan and no network: safe to run beside an apply."""
-        now = now or datetime.now(UTC)
-        catalog = self.store.load_catalog()
-        cached = {
-            name: observation
-            for name in self.config.destinations
-            if (observation := self.store.load_observation(name)) is not None
-        }
-        shares = self.store.shares()
-        with building():
-            plan = make_plan(
-                self.config, catalog, cached, now, local=self.local_facts(), shares=shares
-            )
-        destinations = {}
-        for name in self.config.destinations:
-            pending = [a for a in plan.actions if a.destination == name]
-            observation = cached.get(name)
-            destinations[name] = {
-                "observed_at": observation.observed_at.isoformat() if observation else None,
-                "reachable": observation.ok if observation else None,
-                "error": observation.error if observation else None,
-                "studies_held": len(observation.studies) if observation else 0,
-                "pending_copies": sum(1 for a in pending if a.kind == "copy"),
-                "pending_bytes": sum(a.bytes for a in pending if a.kind == "copy"),
-                "pending_verifications": sum(1 for a in pending if a.kind == "verify"),
-                "unconfirmed": sum(
-                    1
-                    for s in (observation.studies if observation else {}).values()
-                    if s.unconfirmed
-                ),
-                "prunes_due": sum(1 for a in pending if a.kind == "prune"),
-                "deferred": [
-                    {"kind": d.kind, "study_uid": d.study_uid, "reason": d.reason}
-                    for d in plan.deferred
-                    if d.destination == name
-                ],
-            }
-            destinations[name]["summary"] = _destination_summary(destinations[name])
-        return {
-            "studies": len(catalog.studies),
-            "instances": sum(len(s.instances) for s in catalog.studies.values()),
-            "waiting": len(plan.waiting),
-            "local": self._local_status(plan, catalog),
-            "destinations": destinations,
-            "rejected_files": [vars(r) for r in self.store.rejected_files()],
-            "blocked": [
-                {"study_uid": p.study_uid, "reason": p.message}
-                for p in plan.problems
-                if p.code == BLOCKED
-            ],
-            "partial_copies": [
-                {"destination": p.destination, "study_uid": p.study_uid, "reason": p.message}
-                for p in plan.problems
-                if p.code == PARTIAL_COPY
-            ],
-            "failing": self.store.failing_actions(),
-            "shares_pending": [
-                {
-                    "study_uid": r.study_uid,
-                    "recipient": r.recipient,
-                    "destination": r.destination,
-                    "status": r.status,  # pending: no ZIP yet; stored: the mail is to be sent
-                    "attempts": r.attempts,
-                    "last_error": r.last_error,
-                }
-                for r in shares.values()
-                if r.status != "notified"
-            ],
-            "runs": self.store.recent_runs(),
-        }
-
-    def _local_status(self, plan: Plan, catalog: Catalog) -> dict[str, Any]:
-        """Disk use, what retention would free now, what it keeps, and the trash."""
-        deletions = [a for a in plan.actions if a.kind == "delete"]
-        trash = self.trash.batches()
-        disks = {}
-        for name, root in self.trash.roots.items():
-            if root.is_dir():
-                usage = shutil.disk_usage(root)
-                disks[name] = {"total": usage.total, "used": usage.used, "free": usage.free}
-        return {
-            "bytes": sum(s.size for s in catalog.studies.values()),
-            "disks": disks,
-            "deletions_due": len(deletions),
-            "bytes_retention_frees": sum(a.bytes for a in deletions),
-            "kept_past_keep_local": sum(1 for r in plan.retained if r.destination == LOCAL),
-            "trash_studies": len(trash),
-            "trash_bytes": sum(f.size for b in trash for f in b.files),
-        }
-
     def check_current(self, plan: Plan) -> None:
         """Refuse a saved plan once anything it was computed from has changed."""
         saved = plan.fingerprint
@@ -371,21 +285,6 @@ def _with_overrides(config: Config, overrides: RetentionOverrides) -> Config:
     if not given:
         return config
     return config.model_copy(update={"retention": config.retention.model_copy(update=given)})
-
-
-def _destination_summary(status: Mapping[str, Any]) -> str:
-    if status["observed_at"] is None:
-        return "never observed"
-    if not status["reachable"]:
-        return f"unreachable at last look ({status['error']})"
-    text = f"{status['studies_held']} studies held, {status['pending_copies']} copies pending"
-    if status["unconfirmed"]:
-        text += f", {status['unconfirmed']} copies sent, storage commitment unknown"
-    if status["prunes_due"]:
-        text += f", {status['prunes_due']} prunes due"
-    if status["deferred"]:
-        text += f", {len(status['deferred'])} deferred by a schedule window"
-    return text + f" (as of {status['observed_at']})"
 
 
 def _differences(saved: Fingerprint, current: Fingerprint) -> list[str]:

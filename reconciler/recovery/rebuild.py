@@ -54,8 +54,10 @@ def rebuild_state(
             scanned = workspace.scan(scan_progress)
             catalog = workspace.store.load_catalog()
             report = RebuildReport(str(path), set_aside, scanned, studies=len(catalog.studies))
-            observations = workspace.observe(catalog, refresh=True, now=now)
-            for name, observation in observations.items():
+            for name in workspace.observe(refresh=True, now=now):
+                observation = workspace.store.load_observation(name)
+                assert observation is not None  # just saved
+
                 report.destinations[name] = _recover_destination(workspace, name, observation)
                 warning = _what_is_lost(workspace, name, observation)
                 if warning:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,6 +88,13 @@ class FileStamp:
 
 
 @dataclass(frozen=True)
+class CatalogTotals:
+    studies: int
+    instances: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class RejectedFile:
     path: str
     source: str
@@ -167,6 +174,40 @@ class CatalogTables(StateDatabase):
             studies = {uid: CatalogStudy(uid, r, arrivals.get(uid)) for uid, r in rows.items()}
             return Catalog(studies, self.catalog_serial)
 
+    def load_studies(self, study_uids: Sequence[str]) -> dict[str, CatalogStudy]:
+        """These studies of the catalog (those it holds), read as ``load_catalog`` reads them;
+        in a transaction or snapshot the caller holds."""
+        marks = ", ".join("?" * len(study_uids))
+        stale = [
+            uid
+            for (uid,) in self._db.execute(
+                f"SELECT study_uid FROM stale_packs WHERE study_uid IN ({marks})", study_uids
+            )
+        ]
+        packs = self._db.execute(
+            f"SELECT study_uid, pack FROM study_packs WHERE study_uid IN ({marks}) "
+            "AND study_uid NOT IN (SELECT study_uid FROM stale_packs)",
+            study_uids,
+        )
+        shared: dict[object, object] = {}
+        extras = _Parsed(json.loads)
+        rows = {
+            uid: _unpack(pack, shared, extras)
+            for uid, pack in chain(packs, self._packs_from_rows(stale))
+        }
+        arrivals = dict(
+            self._db.execute(
+                f"SELECT study_uid, first_seen FROM arrivals WHERE study_uid IN ({marks})",
+                study_uids,
+            )
+        )
+        return {
+            uid: CatalogStudy(
+                uid, r, datetime.fromisoformat(arrivals[uid]) if uid in arrivals else None
+            )
+            for uid, r in rows.items()
+        }
+
     def refresh_packs(self) -> None:
         """Pack again the studies whose files changed; after a scan, by the lock's holder."""
         while stale := [
@@ -203,6 +244,14 @@ class CatalogTables(StateDatabase):
             yield
         finally:
             self._db.execute("COMMIT")
+
+    def expected_instances(self) -> dict[str, list[str]]:
+        """What an observation of a destination looks for: each study's SOP Instance UIDs."""
+        expected: dict[str, list[str]] = {}
+        with building():
+            for study_uid, sop_uid in self._db.execute("SELECT study_uid, sop_uid FROM instances"):
+                expected.setdefault(study_uid, []).append(sop_uid)
+        return expected
 
     def load_study(self, study_uid: str) -> CatalogStudy | None:
         """One study of the catalog, read by itself (a lookup, not a plan)."""
@@ -241,10 +290,25 @@ class CatalogTables(StateDatabase):
                 "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'catalog_serial'"
             )
 
+    def catalog_totals(self) -> CatalogTotals:
+        """Counted by the database, not loaded: as cheap in memory at any size."""
+        instances, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances"
+        ).fetchone()
+        return CatalogTotals(self.catalog_study_count(), int(instances), int(size))
+
     def catalog_study_count(self) -> int:
-        return int(
-            self._db.execute("SELECT COUNT(DISTINCT study_uid) FROM instances").fetchone()[0]
-        )
+        """Counted from the packs (one per study), and from the rows of studies whose files
+        changed since they were packed: not a walk of every file."""
+        packed = self._db.execute(
+            "SELECT COUNT(*) FROM study_packs "
+            "WHERE study_uid NOT IN (SELECT study_uid FROM stale_packs)"
+        ).fetchone()[0]
+        changed = self._db.execute(
+            "SELECT COUNT(DISTINCT study_uid) FROM instances "
+            "WHERE study_uid IN (SELECT study_uid FROM stale_packs)"
+        ).fetchone()[0]
+        return int(packed) + int(changed)
 
     def record_catalog_size(self) -> None:
         """Remembered after an apply: a sharp shrink by the next run stops its deletions."""

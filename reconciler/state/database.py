@@ -22,7 +22,7 @@ SELECT study_uid, patient_id, accession_number, study_date, study_description,
     group_concat(DISTINCT modality) FROM instances WHERE study_uid = ? GROUP BY study_uid
 """
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 _SCHEMA = """
@@ -87,7 +87,49 @@ CREATE TABLE IF NOT EXISTS shares (
     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
     PRIMARY KEY (study_uid, recipient)
 );
+CREATE TABLE IF NOT EXISTS changed_studies (study_uid TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS study_decisions (
+    study_uid TEXT PRIMARY KEY, in_sync INTEGER NOT NULL, due_at REAL
+);
+CREATE INDEX IF NOT EXISTS study_decisions_by_due ON study_decisions (due_at)
+    WHERE due_at IS NOT NULL;
 """
+
+# Every write to a table a study's decision is made from marks the study changed, in the
+# writing transaction itself: no writer can forget to, and a crash loses no mark. (A copy
+# seen again by an observation, seen_at alone, changes no decision that is not made at
+# every plan anyway: see planning/deadlines.py.) Partial copies live in meta, by
+# destination: ObservationTables marks those itself.
+_ANY_CHANGE = ("INSERT", "DELETE", "UPDATE")
+_STUDY_FACTS = {
+    "instances": _ANY_CHANGE,
+    "arrivals": _ANY_CHANGE,
+    "observed_studies": (
+        "INSERT",
+        "DELETE",
+        "UPDATE OF instances, site, written_at, in_recovery_point",
+    ),
+    "verifications": _ANY_CHANGE,
+    "unconfirmed": _ANY_CHANGE,
+    "holds": _ANY_CHANGE,
+    "shares": _ANY_CHANGE,
+}
+
+
+def _change_triggers() -> str:
+    statements = []
+    for table, events in _STUDY_FACTS.items():
+        for event in events:
+            kind = event.split()[0]
+            rows = {"INSERT": ["NEW"], "DELETE": ["OLD"]}.get(kind, ["OLD", "NEW"])
+            marks = " ".join(
+                f"INSERT OR IGNORE INTO changed_studies VALUES ({row}.study_uid);" for row in rows
+            )
+            statements.append(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_{kind.lower()}_marks_changed "
+                f"AFTER {event} ON {table} BEGIN {marks} END;"
+            )
+    return "\n".join(statements)
 
 
 def now_text() -> str:
@@ -124,11 +166,14 @@ class StateDatabase:
             version = self._migrate_from_4()
         if version == 5:
             version = self._migrate_from_5()
+        if version == 6:
+            version = self._migrate_from_6()
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{path} has state schema {version}; "
                 f"this version of reconciler reads {SCHEMA_VERSION}"
             )
+        self._db.executescript(_change_triggers())
 
     def _migrate_from_1(self) -> int:
         """Version 2 adds seen_at (when an observation last listed a copy) and arrivals."""
@@ -206,6 +251,13 @@ class StateDatabase:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.execute("PRAGMA secure_delete = OFF")
         return 6
+
+    def _migrate_from_6(self) -> int:
+        """Version 7 keeps each study's last decision and marks the studies whose facts
+        changed since (both tables are new): the first plan after decides every study."""
+        with self.transaction() as db:
+            db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+        return 7
 
     def close(self) -> None:
         self._db.close()

@@ -4,12 +4,12 @@ holdings (and partial copies), copies recorded stored or removed, and verificati
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from reconciler.model.catalog import Catalog, CatalogInstance
+from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy, PartialCopy
 from reconciler.state.bulk import building
 from reconciler.state.database import StateDatabase
@@ -37,7 +37,8 @@ class ObservationTables(StateDatabase):
         return dict(self._db.execute("SELECT destination, serial FROM observations"))
 
     def save_observation(self, observation: Observation) -> Observation:
-        """Replace a destination's cached holdings; the serial moves only if they changed."""
+        """Replace a destination's cached holdings; the serial moves only if they changed.
+        Returns the observation as saved, without its holdings (``observation_heads``)."""
         previous = self.load_observation(observation.destination)
         if previous is not None and observation.ok:
             # A partial copy is dated from the first observation that found it.
@@ -77,11 +78,15 @@ class ObservationTables(StateDatabase):
                     ),
                 )
             if observation.ok and not unchanged:
-                db.execute(
-                    "DELETE FROM observed_studies WHERE destination = ?", (observation.destination,)
-                )
+                before = _holdings(previous) if previous is not None else {}
+                after = _holdings(observation)
+                gone = [(observation.destination, uid) for uid in before.keys() - after.keys()]
                 db.executemany(
-                    "INSERT INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "DELETE FROM observed_studies WHERE destination = ? AND study_uid = ?", gone
+                )
+                # Only the copies that differ are written again: the others' decisions hold.
+                db.executemany(
+                    "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             observation.destination,
@@ -92,16 +97,26 @@ class ObservationTables(StateDatabase):
                             s.written_at.isoformat() if s.written_at else None,
                             int(s.in_recovery_point),
                         )
-                        for s in observation.studies.values()
+                        for uid, s in observation.studies.items()
+                        if before.get(uid) != after[uid]
                     ],
                 )
-            elif observation.ok:
-                # The same holdings seen again: every copy is confirmed as of now.
+            if observation.ok:
+                # Every copy listed is confirmed as of now.
                 db.execute(
                     "UPDATE observed_studies SET seen_at = ? WHERE destination = ?",
                     (seen, observation.destination),
                 )
-        return self.load_observation(observation.destination)  # type: ignore[return-value]
+                earlier = previous.partial if previous is not None else {}
+                moved = {
+                    uid
+                    for uid in earlier.keys() | observation.partial.keys()
+                    if earlier.get(uid) != observation.partial.get(uid)
+                }
+                db.executemany(
+                    "INSERT OR IGNORE INTO changed_studies VALUES (?)", [(u,) for u in moved]
+                )
+        return self._observation_head(observation.destination)  # type: ignore[return-value]
 
     def record_study_stored(
         self, destination: str, study_uid: str, instances: Mapping[str, ObservedInstance]
@@ -148,6 +163,7 @@ class ObservationTables(StateDatabase):
             left = _parse_partial(row[0], datetime.fromisoformat(observed[0]))
             left.pop(study_uid, None)
             self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (_partial_json(left), key))
+            self._db.execute("INSERT OR IGNORE INTO changed_studies VALUES (?)", (study_uid,))
 
     def record_study_removed(self, destination: str, study_uid: str) -> None:
         """After a prune: the destination no longer holds the study."""
@@ -171,12 +187,10 @@ class ObservationTables(StateDatabase):
         only, where = (
             (" AND study_uid = ?", (destination, study_uid)) if study_uid else ("", (destination,))
         )
-        head = self._db.execute(
-            "SELECT observed_at, serial, ok, error FROM observations WHERE destination = ?",
-            (destination,),
-        ).fetchone()
+        head = self._observation_head(destination)
         if head is None:
             return None
+        catalogued = local.studies if local else {}
         verifications = {
             uid: (datetime.fromisoformat(at), bool(ok), frozenset(json.loads(corrupt)))
             for uid, at, ok, corrupt in self._db.execute(
@@ -190,39 +204,86 @@ class ObservationTables(StateDatabase):
                 f"SELECT study_uid, reason FROM unconfirmed WHERE destination = ?{only}", where
             )
         )
-        studies = {}
         rows = self._db.execute(
-            "SELECT study_uid, instances, seen_at, site, written_at, in_recovery_point "
-            f"FROM observed_studies WHERE destination = ?{only}",
-            where,
+            f"SELECT {_OBSERVED_COLUMNS} FROM observed_studies WHERE destination = ?{only}", where
         )
         with building():
-            for uid, instances, seen_at, site, written_at, pinned in rows:
-                verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
-                local_study = local.studies.get(uid) if local else None
-                studies[uid] = ObservedStudy(
-                    uid,
-                    _parse_instances(instances, local_study.instances if local_study else ()),
-                    verified_at=verified_at if ok else None,
-                    corrupt=corrupt,
-                    unconfirmed=unconfirmed.get(uid),
-                    seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
-                    site=site,
-                    written_at=datetime.fromisoformat(written_at) if written_at else None,
-                    in_recovery_point=bool(pinned),
-                )
+            studies = {
+                row[0]: _observed_study(row, verifications, unconfirmed, catalogued) for row in rows
+            }
+        return replace(head, studies=studies)
+
+    def observation_heads(self) -> dict[str, Observation]:
+        """Each destination's last observation without its holdings (``observed_of`` reads
+        those study by study): when, whether it answered, and its partial copies."""
+        names = [n for (n,) in self._db.execute("SELECT destination FROM observations")]
+        return {n: head for n in names if (head := self._observation_head(n)) is not None}
+
+    def _observation_head(self, destination: str) -> Observation | None:
+        head = self._db.execute(
+            "SELECT observed_at, serial, ok, error FROM observations WHERE destination = ?",
+            (destination,),
+        ).fetchone()
+        if head is None:
+            return None
+        observed_at = datetime.fromisoformat(head[0])
         partial = self._db.execute(
             "SELECT value FROM meta WHERE key = ?", (f"partial_copies:{destination}",)
         ).fetchone()
         return Observation(
             destination=destination,
-            observed_at=datetime.fromisoformat(head[0]),
+            observed_at=observed_at,
             serial=head[1],
             ok=bool(head[2]),
-            studies=studies,
             error=head[3],
-            partial=_parse_partial(partial[0], datetime.fromisoformat(head[0])) if partial else {},
+            partial=_parse_partial(partial[0], observed_at) if partial else {},
         )
+
+    def holdings_summary(self) -> dict[str, tuple[int, int]]:
+        """Destination -> (copies held, copies whose storage commitment is unknown)."""
+        held = dict(
+            self._db.execute(
+                "SELECT destination, COUNT(*) FROM observed_studies GROUP BY destination"
+            )
+        )
+        unknown = dict(
+            self._db.execute(
+                "SELECT u.destination, COUNT(*) FROM unconfirmed u JOIN observed_studies o "
+                "ON o.destination = u.destination AND o.study_uid = u.study_uid "
+                "GROUP BY u.destination"
+            )
+        )
+        return {name: (count, unknown.get(name, 0)) for name, count in held.items()}
+
+    def observed_of(
+        self, study_uids: Sequence[str], local: Mapping[str, CatalogStudy]
+    ) -> dict[str, dict[str, ObservedStudy]]:
+        """The cached copies of these studies, by destination then study."""
+        marks = ", ".join("?" * len(study_uids))
+        verifications: dict[str, dict[str, tuple[datetime, bool, frozenset[str]]]] = {}
+        for name, uid, at, ok, corrupt in self._db.execute(
+            "SELECT destination, study_uid, verified_at, ok, corrupt FROM verifications "
+            f"WHERE study_uid IN ({marks})",
+            study_uids,
+        ):
+            found = (datetime.fromisoformat(at), bool(ok), frozenset(json.loads(corrupt)))
+            verifications.setdefault(name, {})[uid] = found
+        unconfirmed: dict[str, dict[str, str]] = {}
+        for name, uid, reason in self._db.execute(
+            f"SELECT destination, study_uid, reason FROM unconfirmed WHERE study_uid IN ({marks})",
+            study_uids,
+        ):
+            unconfirmed.setdefault(name, {})[uid] = reason
+        observed: dict[str, dict[str, ObservedStudy]] = {}
+        for name, *row in self._db.execute(
+            f"SELECT destination, {_OBSERVED_COLUMNS} FROM observed_studies "
+            f"WHERE study_uid IN ({marks})",
+            study_uids,
+        ):
+            observed.setdefault(name, {})[row[0]] = _observed_study(
+                tuple(row), verifications.get(name, {}), unconfirmed.get(name, {}), local
+            )
+        return observed
 
     def last_verification(
         self, destination: str, study_uid: str
@@ -263,6 +324,32 @@ class ObservationTables(StateDatabase):
             db.execute(
                 "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
             )
+
+
+_OBSERVED_COLUMNS = "study_uid, instances, seen_at, site, written_at, in_recovery_point"
+_Verifications = Mapping[str, tuple[datetime, bool, frozenset[str]]]
+
+
+def _observed_study(
+    row: tuple[Any, ...],
+    verifications: _Verifications,
+    unconfirmed: Mapping[str, str],
+    local: Mapping[str, CatalogStudy],
+) -> ObservedStudy:
+    uid, instances, seen_at, site, written_at, pinned = row
+    verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
+    local_study = local.get(uid)
+    return ObservedStudy(
+        uid,
+        _parse_instances(instances, local_study.instances if local_study else ()),
+        verified_at=verified_at if ok else None,
+        corrupt=corrupt,
+        unconfirmed=unconfirmed.get(uid),
+        seen_at=datetime.fromisoformat(seen_at) if seen_at else None,
+        site=site,
+        written_at=datetime.fromisoformat(written_at) if written_at else None,
+        in_recovery_point=bool(pinned),
+    )
 
 
 def _partial_json(partial: Mapping[str, PartialCopy]) -> str:

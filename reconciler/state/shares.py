@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,18 @@ class ShareTables(StateDatabase):
         """Every share ever started, by (study, recipient)."""
         rows = self._db.execute(f"SELECT {_SHARE_COLUMNS} FROM shares")
         return {(r[0], r[1]): _share_record(r) for r in rows}
+
+    def shares_of(self, study_uids: Sequence[str]) -> dict[str, list[ShareRecord]]:
+        """The shares of these studies, by study, in recipient order."""
+        rows = self._db.execute(
+            f"SELECT {_SHARE_COLUMNS} FROM shares WHERE study_uid IN "
+            f"({', '.join('?' * len(study_uids))}) ORDER BY study_uid, recipient",
+            study_uids,
+        )
+        by_study: dict[str, list[ShareRecord]] = {}
+        for row in rows:
+            by_study.setdefault(row[0], []).append(_share_record(row))
+        return by_study
 
     def share_begin(
         self,

@@ -6,13 +6,11 @@ thread that owns the store. WAL mode keeps readers (``status``) from blocking a 
 
 from __future__ import annotations
 
-from reconciler.state.catalog import CatalogTables
+from reconciler.state.decisions import DecisionTables
 from reconciler.state.journal import JournalTables
-from reconciler.state.observations import ObservationTables
-from reconciler.state.shares import ShareTables
 
 
-class StateStore(CatalogTables, ObservationTables, ShareTables, JournalTables):
+class StateStore(DecisionTables, JournalTables):
     """The state of one site: each part keeps its own tables (``state.catalog``,
-    ``state.observations``, ``state.shares``, ``state.journal``) over one database
-    (``state.database``)."""
+    ``state.observations``, ``state.shares``, ``state.decisions``, ``state.journal``) over
+    one database (``state.database``)."""
