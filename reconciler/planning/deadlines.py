@@ -1,13 +1,15 @@
 """When the clock alone may change a quiet study's decision. Pure.
 
 A study in sync everywhere with nothing due stays so until one of its facts changes or one
-of these moments passes: it becomes complete (``stable_after``), a selector's age condition
-turns (``older_than``, ``newer_than``), its ``keep_local`` runs out, a deep verification
-falls due (``verify_every``), a copy becomes old enough to prune (``prune.older_than``), a
-hold ends, or a partial copy becomes due for its sweep. The earliest of them is when the
-study must be decided again; earlier is only slower, later would be wrong, so every rule
-the planner reads the clock for is listed here, and a property test compares plans made
-from these deadlines with plans that decide every study.
+of these moments passes: it becomes complete (``stable_after``: an unselected copy is pruned
+only then), a policy selector's age condition turns (``older_than``, ``newer_than``), its
+``keep_local`` runs out, a deep verification falls due (``verify_every``), or a copy becomes
+old enough to prune (``prune.older_than``). The earliest of them is when the study must be
+decided again; earlier is only slower, later would be wrong. Holds, ``retention.protect``
+and ``verified_within`` are read only once ``keep_local`` has run out, and a partial copy
+only once no source holds the study: from then on the study speaks (kept, deleted, swept or
+warned about) and is decided at every plan. A property test decides quiet studies again at
+moments before their deadline and finds the same decision.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from reconciler.config.selectors import StudySelector
 from reconciler.model.catalog import CatalogStudy
 from reconciler.model.observation import Observation
 from reconciler.planning.copies import DEEP_VERIFICATION
-from reconciler.planning.retention import LocalFacts, keep_local_origin
+from reconciler.planning.retention import keep_local_origin
 from reconciler.planning.selection import study_date
 
 
@@ -30,13 +32,10 @@ def next_change(
     study: CatalogStudy | None,
     ready_at: datetime | None,
     observations: Mapping[str, Observation],
-    local: LocalFacts,
     now: datetime,
 ) -> datetime | None:
     """The first moment after ``now`` at which the study's decision may differ, or None."""
-    later = [
-        at for at in _moments(config, study_uid, study, ready_at, observations, local) if at > now
-    ]
+    later = [at for at in _moments(config, study_uid, study, ready_at, observations) if at > now]
     return min(later, default=None)
 
 
@@ -46,37 +45,30 @@ def _moments(
     study: CatalogStudy | None,
     ready_at: datetime | None,
     observations: Mapping[str, Observation],
-    local: LocalFacts,
 ) -> Iterator[datetime]:
     if study is not None:
         if ready_at is not None:
             yield ready_at
         day = study_date(study)
-        selectors = [p.select for p in config.policies] + list(config.retention.protect)
-        for selector in selectors:
-            yield from _selector_turns(selector, day)
+        for policy in config.policies:
+            yield from _selector_turns(policy.select, day)
         for policy in config.policies:
             if policy.keep_local is not None:
                 origin = keep_local_origin(policy, study)
                 if origin is not None:
                     yield from _after(origin, policy.keep_local)
-    hold = local.holds.get(study_uid)
-    if hold is not None:
-        yield hold.until
     for name, observation in observations.items():
         settings = config.destinations.get(name)
         if settings is None:
             continue
         held = observation.studies.get(study_uid)
-        if held is not None:
-            if held.verified_at is not None and settings.verification in DEEP_VERIFICATION:
-                yield from _after(held.verified_at, settings.verify_every)
-            prune_after = settings.prune.older_than if settings.prune else None
-            if prune_after is not None and held.written_at is not None:
-                yield from _after(held.written_at, prune_after)
-        partial = observation.partial.get(study_uid)
-        if partial is not None:
-            yield from _after(partial.since, config.retention.sweep_partial_after)
+        if held is None:
+            continue
+        if held.verified_at is not None and settings.verification in DEEP_VERIFICATION:
+            yield from _after(held.verified_at, settings.verify_every)
+        prune_after = settings.prune.older_than if settings.prune else None
+        if prune_after is not None and held.written_at is not None:
+            yield from _after(held.written_at, prune_after)
 
 
 def _selector_turns(selector: StudySelector, day: date | None) -> Iterator[datetime]:

@@ -116,7 +116,7 @@ def decide_study(
     )
     if decision.quiet:
         decision.quiet_until = deadlines.next_change(
-            config, study_uid, study, ready_at, observations, run.local, now
+            config, study_uid, study, ready_at, observations, now
         )
     return decision
 
