@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
@@ -135,6 +136,29 @@ def test_status_lists_rejected_files_and_what_is_pending(
     assert status["destinations"]["backup"]["studies_held"] == 3
     assert status["destinations"]["backup"]["pending_copies"] == 0
     assert status["runs"][0]["outcome"] == "ok"
+
+
+def test_plan_full_decides_every_study_again_and_finds_the_same_plan(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = str(write_config(tmp_path, folder_destination(tmp_path)[0]))
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+
+    def plan(*flags: str) -> dict[str, object]:
+        code, out = run(capsys, "plan", "-c", config, "--json", "--detailed-exitcode", *flags)
+        assert code == 0
+        return {k: v for k, v in json.loads(out).items() if k not in ("created_at", "fingerprint")}
+
+    in_sync = plan()
+    assert in_sync["summary"]["in_sync"] == 3  # type: ignore[index]
+    assert plan("--full") == in_sync
+    # Were the kept decisions lost without a trace, only the full walk would see the studies.
+    with sqlite3.connect(tmp_path / ".reconciler" / "state.db") as db:
+        db.execute("DELETE FROM study_decisions")
+    assert plan()["summary"]["in_sync"] == 0  # type: ignore[index]
+    assert plan("--full") == in_sync
+    assert plan() == in_sync
 
 
 def test_a_study_blocked_by_conflicting_files_is_an_alarm_in_plan_and_status(

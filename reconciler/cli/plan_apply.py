@@ -36,6 +36,7 @@ def register(commands: Any) -> None:
     sub.add_argument("-o", "--out", type=Path, help="save the plan to this file for apply")
     sub.add_argument("--json", action="store_true", help="print the plan as JSON")
     sub.add_argument("--refresh", action="store_true", help="re-read every destination first")
+    _full(sub)
     sub.add_argument(
         "--detailed-exitcode",
         action="store_true",
@@ -50,7 +51,17 @@ def register(commands: Any) -> None:
     sub.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     sub.add_argument("--json", action="store_true", help="print events as JSON lines")
     sub.add_argument("--refresh", action="store_true", help="re-read every destination first")
+    _full(sub)
     _retention_overrides(sub)
+
+
+def _full(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--full",
+        action="store_true",
+        help="decide every study the state knows of again, not only those that changed or "
+        "fell due (the same plan, at the cost of the whole catalog)",
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -59,6 +70,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             refresh=args.refresh,
             scan_progress=scan_bar(args.json),
             verify_subset=args.verify_subset,
+            full=args.full,
         )
     if args.out:
         write_private(args.out, plan.to_json())  # plans list file paths of patient studies
@@ -85,6 +97,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 refresh=args.refresh,
                 scan_progress=scan_bar(args.json),
                 verify_subset=args.verify_subset,
+                full=args.full,
             )
             if not args.json:
                 _print_scan(scanned)
