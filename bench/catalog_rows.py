@@ -81,18 +81,17 @@ def populate(state: Path, inbox: Path, rows: int, per_study: int) -> None:
 
 def add_files(state: Path, inbox: Path, per_study: int, studies: int = 10) -> None:
     """1,000 new files in ``studies`` catalogued studies, recorded as a scan records them."""
+    rows = list(synthetic_rows(inbox, studies * per_study, per_study))
+    new = [
+        rows[k % len(rows)]._replace(
+            path=f"{rows[k % len(rows)].path}.new{k}",
+            sop_uid=f"{rows[k % len(rows)].sop_uid}.{k}",
+            sha256=hashlib.sha256(f"new {k}".encode()).hexdigest(),
+        )
+        for k in range(1000)
+    ]
     store = StateStore(state)
-    new = []
-    for k, row in enumerate(synthetic_rows(inbox, studies * per_study, per_study)):
-        for extra in range(1000 // (studies * per_study) or 1):
-            new.append(
-                row._replace(
-                    path=f"{row.path}.new{extra}",
-                    sop_uid=f"{row.sop_uid}.{extra}",
-                    sha256=hashlib.sha256(f"new {k} {extra}".encode()).hexdigest(),
-                )
-            )
-    store.record_scan(new[:1000], [], [])
+    store.record_scan(new, [], [])
     store.refresh_packs()
     store.close()
 

@@ -247,18 +247,21 @@ class History:
         key = decisions_key(str(CONFIGS.index(self.config)), run, heads)
         return plan_from_state(self.store, run, heads, key, write=write, every=every)
 
-    def full(self) -> Plan:
-        observations = {
+    def observations(self) -> dict[str, Observation]:
+        """The cached observation of every configured destination that has one."""
+        return {
             name: observation
             for name in self.config.destinations
             if (observation := self.store.load_observation(name)) is not None
         }
+
+    def full(self) -> Plan:
         run = self.run_facts()
         shares = self.store.shares()
         return make_plan(
             self.config,
             self.store.load_catalog(),
-            observations,
+            self.observations(),
             self.now,
             local=run.local,
             shares=shares,
@@ -358,11 +361,7 @@ def _decisions(h: History, at: datetime) -> dict[str, StudyDecision]:
     """Every study's decision, were the plan made at ``at`` on the same facts."""
     run = replace(h.run_facts(), now=at)
     catalog = h.store.load_catalog()
-    observations = {
-        name: observation
-        for name in h.config.destinations
-        if (observation := h.store.load_observation(name)) is not None
-    }
+    observations = h.observations()
     shares: dict[str, list[Any]] = {}
     for (uid, _), record in sorted(h.store.shares().items()):
         shares.setdefault(uid, []).append(record)

@@ -52,7 +52,6 @@ def _moments(
         day = study_date(study)
         for policy in config.policies:
             yield from _selector_turns(policy.select, day)
-        for policy in config.policies:
             if policy.keep_local is not None:
                 origin = keep_local_origin(policy, study)
                 if origin is not None:
