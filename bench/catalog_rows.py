@@ -2,21 +2,22 @@
 
 Run by users, not by the tests:  .venv/bin/python bench/catalog_rows.py [--rows 1000000]
 Scanning a million files is the scale benchmark's business (bench/scale.py measures it per
-file); here the catalog is filled through the state's own ``record_scan``, ``refresh_packs``
-(as a scan leaves it) and ``save_observation``, 100 instances a study, the destination
-observed holding every study. The source folder is absent (an unmounted share: the scan
-leaves its rows alone, and every plan exits 1 naming it), so ``reconciler plan`` times reading the state, planning and
-rendering. Measured in turn, on one state: the first plan (every study decided), a no-op
-re-plan, ``plan --full``, a re-plan after 1,000 new files in 10 studies, and a re-plan after
-the config gains a destination (every study to copy there); then the state's bytes per
-instance. Targets (issue 15): no-op <= 1 s and <= 300 MB; 1,000 new files <= 2 s; first
-plan >= 1M instances/s and <= 1 GB; <= 200 bytes per instance.
+file); here the catalog is filled through the state's own ``record_scan`` (as a scan fills it)
+and ``save_observation``, 100 instances a study, the destination observed holding every study.
+The source folder is absent (an unmounted share: the scan leaves its rows alone, and every plan
+exits 1 naming it), so ``reconciler plan`` times reading the state, planning and rendering.
+Measured in turn, on one state: the first plan (every study decided), a no-op re-plan, ``plan
+--full``, a re-plan after 1,000 new files in 10 studies, and a re-plan after the config gains a
+destination (every study to copy there); then the state's bytes per instance. Targets (issue
+15): no-op <= 1 s and <= 300 MB; 1,000 new files <= 2 s; first plan >= 1M instances/s and <= 1
+GB; <= 200 bytes per instance.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,27 +31,28 @@ from reconciler.model.observation import Observation, ObservedInstance, Observed
 from reconciler.state.store import StateStore
 
 BATCH = 50_000
-_ROOT = "1.2.826.0.1.3680043.8.498."
 
 
 def synthetic_rows(inbox: Path, rows: int, per_study: int) -> Iterator[CatalogInstance]:
-    """Rows as a scan would record them: plausible paths, UIDs, sizes, times and hashes."""
+    """Rows as a scan would record them: plausible paths, sizes, times and hashes, and UIDs
+    made as many modalities make them (2.25. and a UUID's 128 bits in decimal)."""
     written = time.time_ns() - 3600 * 10**9  # an hour ago and before: every study is complete
     for index in range(rows):
         study, position = divmod(index, per_study)
         series = position // 50
-        path = f"{inbox}/PID{study:06d}/{_ROOT}1{study:07d}/{series + 1}/{position:05d}.dcm"
-        changed = written - index * 1_000_000  # a file a millisecond
+        study_uid, series_uid = _uid(f"study {study}"), _uid(f"series {study} {series}")
+        path = f"{inbox}/PID{study:06d}/{study_uid}/{series + 1}/{position:05d}.dcm"
+        changed = written - index * 1_000_000 - int.from_bytes(_digest(path)[:3])  # ~1 ms apart
         yield CatalogInstance(
             path=path,
             source="inbox",
-            size=524_288 + index % 8192,
+            size=524_288 + int.from_bytes(_digest(path)[3:5]),
             mtime_ns=changed,
             ctime_ns=changed,
             sha256=hashlib.sha256(path.encode()).hexdigest(),
-            study_uid=f"{_ROOT}1{study:07d}",
-            series_uid=f"{_ROOT}2{study:07d}{series:03d}",
-            sop_uid=f"{_ROOT}3{study:07d}{position:05d}",
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=_uid(path),
             sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
             transfer_syntax="1.2.840.10008.1.2.1",
             patient_id=f"PID{study:06d}",
@@ -59,6 +61,14 @@ def synthetic_rows(inbox: Path, rows: int, per_study: int) -> Iterator[CatalogIn
             study_description="CHEST CT",
             accession_number=f"ACC{study:08d}",
         )
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.md5(text.encode(), usedforsecurity=False).digest()
+
+
+def _uid(seed: str) -> str:
+    return f"2.25.{int.from_bytes(_digest(seed))}"
 
 
 def populate(state: Path, inbox: Path, rows: int, per_study: int) -> None:
@@ -73,7 +83,6 @@ def populate(state: Path, inbox: Path, rows: int, per_study: int) -> None:
             store.record_scan(batch, [], [])
             batch = []
     store.record_scan(batch, [], [])
-    store.refresh_packs()  # as the scan that catalogued them would have
     studies = {uid: ObservedStudy(uid, instances) for uid, instances in holdings.items()}
     store.save_observation(Observation("backup", datetime.now(UTC), 0, ok=True, studies=studies))
     store.close()
@@ -85,19 +94,28 @@ def add_files(state: Path, inbox: Path, per_study: int, studies: int = 10) -> No
     new = [
         rows[k % len(rows)]._replace(
             path=f"{rows[k % len(rows)].path}.new{k}",
-            sop_uid=f"{rows[k % len(rows)].sop_uid}.{k}",
+            sop_uid=_uid(f"new {k}"),
             sha256=hashlib.sha256(f"new {k}".encode()).hexdigest(),
         )
         for k in range(1000)
     ]
     store = StateStore(state)
     store.record_scan(new, [], [])
-    store.refresh_packs()
     store.close()
 
 
 def state_bytes(state: Path) -> int:
     return sum(p.stat().st_size for p in state.parent.glob(state.name + "*"))
+
+
+def bytes_by_table(state: Path) -> list[tuple[str, int]]:
+    """The pages each table and index takes, largest first (SQLite's dbstat)."""
+    db = sqlite3.connect(state)
+    try:
+        query = "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC"
+        return [(name, int(size)) for name, size in db.execute(query)]
+    finally:
+        db.close()
 
 
 def main() -> None:
@@ -135,6 +153,8 @@ def main() -> None:
         measure([*CLI, "init", "-c", str(config), "nas"], env, ok=(0,))
         step("after the config adds a destination", True)
         print(f"state: {state_bytes(state) / args.rows:.0f} bytes per instance", flush=True)
+        for name, size in bytes_by_table(state)[:6]:
+            print(f"  {name:<32} {size / args.rows:6.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ from typing import Any, Literal, Protocol
 
 import pydicom
 
+from reconciler.state.compression import parse_copy_instances
+
 TRASH_DIR = ".reconciler-trash"  # documented in docs/configuration.md, "Freeing local disk"
 REQUIRED_COPIES = 2
 # A hang guard for runs that are not killed, not a timing assertion: a run that takes this long
@@ -355,7 +357,7 @@ def snapshot_state(state: Path, scratch: Path) -> StateSnapshot | None:
         if "journal" not in tables:  # killed before the schema was committed
             return StateSnapshot(integrity, [], [], [], 0)
         observed = [
-            (d, s, json.loads(i))
+            (d, s, parse_copy_instances(i))
             for d, s, i in db.execute(
                 "SELECT destination, study_uid, instances FROM observed_studies"
             )

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from cli_runs import run
+from legacy_states import as_version
 from metrics_scrape import wait_for_value
 from peers import DicomPeer, free_port, start_orthanc, start_storescp
 from pydicom import dcmread
@@ -393,11 +394,11 @@ def test_serve_answers_lookups_until_sigterm(site: Site) -> None:
 
 def test_a_version_2_state_learns_its_studies_labels_on_opening(site: Site) -> None:
     path = site.folder / ".reconciler/state.db"
+    as_version(path, 2)
     with sqlite3.connect(path) as db:
         db.execute("DELETE FROM known_studies")
         for column in ("site", "written_at", "in_recovery_point"):  # added by version 4
             db.execute(f"ALTER TABLE observed_studies DROP COLUMN {column}")
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     db.close()
     store = StateStore(path)
     study = site.studies[0]

@@ -34,7 +34,6 @@ def test_loading_the_state_leaves_no_cyclic_garbage(tmp_path: Path, collector_of
         rows = study("1.1", 3) + study("1.2", 2)
         store.record_scan(rows, [], [])
         store.save_observation(Observation("cloud", NOW, 0, ok=True, studies=held(rows)))
-        store.refresh_packs()
         gc.collect()
         local = store.load_catalog()
         store.load_observation("cloud", local=local)

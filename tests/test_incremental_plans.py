@@ -164,13 +164,11 @@ class History:
         ]
         gone = [i.path for i in self.files.get(uid, []) if i.path not in {r.path for r in rows}]
         self.store.record_scan(rows, [], gone)
-        self.store.refresh_packs()
         self.files[uid] = rows
 
     def _remove(self, n: int) -> None:
         uid = STUDIES[n]
         self.store.forget_files(uid, [i.path for i in self.files.pop(uid, [])])
-        self.store.refresh_packs()
 
     def _holding(self, uid: str, how: str) -> dict[str, ObservedInstance]:
         rows = self.files.get(uid) or [instance(uid, f"{uid}.9")]

@@ -15,6 +15,7 @@ from factories import NOW, catalog, instance, observed, study
 from factories import config as make_config
 from hypothesis import given
 from hypothesis import strategies as st
+from legacy_states import as_version
 from pydicom.multival import MultiValue
 
 from reconciler.config.load import load_config
@@ -285,11 +286,10 @@ def test_a_state_from_before_sharing_has_its_passwords_redacted_and_their_bytes_
         instance("1.2", "1.2.1", study_description="CT"),
     ]
     store.record_scan(rows, [], [])  # as a scan before sharing existed stored it
-    store.refresh_packs()
     store.close()
+    as_version(state, 5)
     db = sqlite3.connect(state)
     db.execute("DROP TABLE shares")
-    db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     db.commit()
     db.close()
     assert b"s3cretSECRET" in state.read_bytes()

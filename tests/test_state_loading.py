@@ -1,22 +1,23 @@
-"""Loading a large state fast changes nothing: the catalog read from per-study packs is the
-catalog its rows make, whatever happened, and an observation read beside the catalog (sharing
-its strings) is the observation read alone."""
+"""The catalog stored packed, one row per study, is the catalog its files make, whatever
+happened; a state from before packs is packed on opening; and an observation read beside the
+catalog (sharing its strings) is the observation read alone."""
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
 from factories import LONG_AGO_NS, NOW, instance
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from legacy_states import as_version
 
 from reconciler.model.catalog import Catalog, CatalogInstance
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
-from reconciler.state.catalog import _INSTANCE_COLUMNS
+from reconciler.state.compression import hashes_column, hashes_from_column
 from reconciler.state.database import SCHEMA_VERSION
 from reconciler.state.store import StateStore
 
@@ -24,7 +25,7 @@ PATHS = [f"/srv/inbox/f{n}.dcm" for n in range(6)]
 STUDIES = ["1.1", "1.2", "1.3"]
 
 # One step: a file (re)catalogued in a study with some content, rejected or removed; a study's
-# files forgotten after a deletion; the packs refreshed as after a scan.
+# files forgotten after a deletion.
 steps = st.one_of(
     st.tuples(
         st.just("put"),
@@ -35,22 +36,7 @@ steps = st.one_of(
     st.tuples(st.just("reject"), st.sampled_from(PATHS)),
     st.tuples(st.just("remove"), st.sampled_from(PATHS)),
     st.tuples(st.just("forget"), st.sampled_from(STUDIES)),
-    st.tuples(st.just("refresh")),
 )
-
-
-def from_rows(state: Path) -> Catalog:
-    """The catalog as the rows alone make it, read past the store."""
-    db = sqlite3.connect(state)
-    try:
-        rows = db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances").fetchall()
-        arrivals = dict(db.execute("SELECT study_uid, first_seen FROM arrivals"))
-    finally:
-        db.close()
-    instances = [CatalogInstance(*r[:-1], extra=json.loads(r[-1])) for r in rows]
-    return Catalog.from_instances(
-        instances, 0, {uid: datetime.fromisoformat(at) for uid, at in arrivals.items()}
-    )
 
 
 def put(path: str, study: str, variant: int) -> CatalogInstance:
@@ -70,56 +56,84 @@ def put(path: str, study: str, variant: int) -> CatalogInstance:
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(steps, max_size=25))
-def test_packed_catalog_matches_the_rows_after_any_changes(plan: list[tuple[object, ...]]) -> None:
+def test_the_stored_catalog_is_what_its_files_make_after_any_changes(
+    plan: list[tuple[object, ...]],
+) -> None:
+    files: dict[str, CatalogInstance] = {}  # what the catalog must hold, by path
+    arrived: set[str] = set()  # the studies with an arrival on record
     with tempfile.TemporaryDirectory() as folder:
-        state = Path(folder) / "state.db"
-        store = StateStore(state)
+        store = StateStore(Path(folder) / "state.db")
         try:
             for step in plan:
                 match step:
                     case ("put", str(path), str(study), int(variant)):
-                        store.record_scan([put(path, study, variant)], [], [])
+                        files[path] = put(path, study, variant)
+                        arrived.add(study)
+                        store.record_scan([files[path]], [], [])
                     case ("reject", str(path)):
+                        files.pop(path, None)
                         store.record_scan([], [(path, "inbox", 10, 1, "not DICOM")], [])
                     case ("remove", str(path)):
+                        files.pop(path, None)
                         store.record_scan([], [], [path])
-                    case ("forget", str(study)) if study in store.load_catalog().studies:
-                        held = store.load_catalog().studies[study].instances
-                        store.forget_files(study, [i.path for i in held])
-                    case ("refresh",):
-                        store.refresh_packs()
+                    case ("forget", str(study)):
+                        held = [p for p, i in files.items() if i.study_uid == study]
+                        for path in held:
+                            del files[path]
+                        store.forget_files(study, held)
+                        if not any(i.study_uid == study for i in files.values()):
+                            arrived.discard(study)
                 loaded = store.load_catalog()
-                assert loaded.studies == from_rows(state).studies
+                expected = Catalog.from_instances(list(files.values()), 0)
+                assert {u: s.instances for u, s in loaded.studies.items()} == {
+                    u: s.instances for u, s in expected.studies.items()
+                }
+                assert {u for u, s in loaded.studies.items() if s.arrived_at} == (
+                    arrived & loaded.studies.keys()
+                )
                 assert loaded.serial == store.catalog_serial
+                totals = store.catalog_totals()
+                assert (totals.studies, totals.instances, totals.bytes) == (
+                    len(expected.studies),
+                    len(files),
+                    sum(i.size for i in files.values()),
+                )
+                stamps = store.file_stamps("inbox")
+                assert {p for p, s in stamps.items() if not s.rejected} == files.keys()
         finally:
             store.close()
 
 
-def test_a_state_from_before_packs_is_packed_by_the_next_refresh(tmp_path: Path) -> None:
+def test_a_state_from_before_packs_is_packed_on_opening(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
     store = StateStore(state)
-    store.record_scan([put(PATHS[0], "1.1", 1), put(PATHS[1], "1.2", 2)], [], [])
-    store.close()
-    db = sqlite3.connect(state)  # as version 4 left it: no packs
-    db.executescript(
-        "DROP TABLE study_packs; DROP TABLE stale_packs;"
-        "UPDATE meta SET value = '4' WHERE key = 'schema_version';"
+    store.record_scan(
+        [put(PATHS[0], "1.1", 1), put(PATHS[1], "1.2", 2), put(PATHS[2], "1.2", 0)], [], []
     )
-    db.close()
+    copy = {PATHS[0]: ObservedInstance("9" * 64, 7)}
+    store.save_observation(
+        Observation("cloud", NOW, 0, ok=True, studies={"1.1": ObservedStudy("1.1", copy)})
+    )
+    before, held = store.load_catalog(), store.load_observation("cloud")
+    store.close()
+    as_version(state, 7)
 
     store = StateStore(state)
     try:
-        assert store.load_catalog().studies.keys() == {"1.1", "1.2"}  # read from the rows
-        store.refresh_packs()
-        db = sqlite3.connect(state)
-        packed = {uid for (uid,) in db.execute("SELECT study_uid FROM study_packs")}
-        stale = db.execute("SELECT COUNT(*) FROM stale_packs").fetchone()[0]
-        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        db.close()
-        assert packed == {"1.1", "1.2"} and stale == 0 and version == (str(SCHEMA_VERSION),)
-        assert store.load_catalog().studies == from_rows(state).studies
+        assert store.load_catalog().studies == before.studies
+        assert store.load_observation("cloud") == held
+        [known] = store.known_studies("study_uid", "1.2")
+        assert known["modalities"] == "CT"
+        store.record_scan([], [], [PATHS[1]])  # found by its path in the packed catalog
+        assert [i.path for i in store.load_catalog().studies["1.2"].instances] == [PATHS[2]]
     finally:
         store.close()
+    db = sqlite3.connect(state)
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    db.close()
+    assert "instances" not in tables and "study_packs" not in tables
+    assert version == (str(SCHEMA_VERSION),)
 
 
 def test_an_observation_read_beside_the_catalog_is_the_same(tmp_path: Path) -> None:
@@ -152,3 +166,21 @@ def test_an_observation_read_beside_the_catalog_is_the_same(tmp_path: Path) -> N
         assert sop is mine.sop_uid and copy.sha256 is mine.sha256 and copy.size is mine.size
     finally:
         store.close()
+
+
+digests = st.binary(min_size=32, max_size=32).map(bytes.hex)
+hash_values = st.one_of(
+    digests,
+    digests.map(str.upper),
+    digests.map(lambda h: h[:62] + " 0"),  # spaces bytes.fromhex would skip
+    st.text(max_size=70),
+    st.none(),
+)
+
+
+@given(st.lists(hash_values, max_size=5) | st.lists(digests, max_size=5))
+def test_a_column_of_hashes_is_stored_as_it_was(values: list[str | None]) -> None:
+    column = hashes_column(values)
+    assert hashes_from_column(json.loads(json.dumps(column))) == values
+    if values and all(v is not None and re.fullmatch("[0-9a-f]{64}", v) for v in values):
+        assert isinstance(column, dict)  # every digest packed as bytes

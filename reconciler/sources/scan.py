@@ -144,7 +144,6 @@ def scan_sources(
         store.record_scan([], [], removed)
         result.removed += len(removed)
         _read_changed(store, source.name, to_read, wanted_extra, result, progress)
-    store.refresh_packs()
     return result
 
 

@@ -13,31 +13,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.model.share import redact
+from reconciler.state import study_packs
+from reconciler.state.compression import copy_instances
 
 # A study's labels as its files give them, kept once the files are gone: a lookup by patient
-# or accession still finds the copies of a study that retention deleted locally.
-REMEMBER_STUDY = """
+# or accession still finds the copies of a study that retention deleted locally. (Version 3
+# learnt them from the one row per file that the catalog was then; see catalog._labels.)
+_REMEMBER_STUDY = """
 INSERT OR REPLACE INTO known_studies
 SELECT study_uid, patient_id, accession_number, study_date, study_description,
     group_concat(DISTINCT modality) FROM instances WHERE study_uid = ? GROUP BY study_uid
 """
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS instances (
-    path TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
-    study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, sop_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL, patient_id TEXT NOT NULL,
-    study_date TEXT NOT NULL, modality TEXT NOT NULL, study_description TEXT NOT NULL,
-    accession_number TEXT NOT NULL, extra TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
-CREATE TABLE IF NOT EXISTS study_packs (study_uid TEXT PRIMARY KEY, pack TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS stale_packs (study_uid TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS rejected (
     path TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL, seen_at TEXT NOT NULL
@@ -47,7 +40,7 @@ CREATE TABLE IF NOT EXISTS observations (
     ok INTEGER NOT NULL, error TEXT
 );
 CREATE TABLE IF NOT EXISTS observed_studies (
-    destination TEXT NOT NULL, study_uid TEXT NOT NULL, instances TEXT NOT NULL,
+    destination TEXT NOT NULL, study_uid TEXT NOT NULL, instances BLOB NOT NULL,
     seen_at TEXT, site TEXT, written_at TEXT, in_recovery_point INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (destination, study_uid)
 );
@@ -94,6 +87,8 @@ CREATE TABLE IF NOT EXISTS study_decisions (
 CREATE INDEX IF NOT EXISTS study_decisions_by_due ON study_decisions (due_at)
     WHERE due_at IS NOT NULL;
 """
+    + study_packs.SCHEMA
+)
 
 # Every write to a table a study's decision is made from marks the study changed, in the
 # writing transaction itself: no writer can forget to, and a crash loses no mark. (A copy
@@ -102,7 +97,7 @@ CREATE INDEX IF NOT EXISTS study_decisions_by_due ON study_decisions (due_at)
 # destination: ObservationTables marks those itself.
 _ANY_CHANGE = ("INSERT", "DELETE", "UPDATE")
 _STUDY_FACTS = {
-    "instances": _ANY_CHANGE,
+    "catalog_studies": _ANY_CHANGE,
     "arrivals": _ANY_CHANGE,
     "observed_studies": (
         "INSERT",
@@ -168,6 +163,8 @@ class StateDatabase:
             version = self._migrate_from_5()
         if version == 6:
             version = self._migrate_from_6()
+        if version == 7:
+            version = self._migrate_from_7()
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{path} has state schema {version}; "
@@ -192,7 +189,7 @@ class StateDatabase:
         """Version 3 remembers each catalogued study's labels (known_studies)."""
         with self.transaction() as db:
             uids = db.execute("SELECT DISTINCT study_uid FROM instances").fetchall()
-            db.executemany(REMEMBER_STUDY, uids)
+            db.executemany(_REMEMBER_STUDY, uids)
             db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
         return 3
 
@@ -210,10 +207,9 @@ class StateDatabase:
         return 4
 
     def _migrate_from_4(self) -> int:
-        """Version 5 keeps each study's catalogue rows packed (see ``load_catalog``); the next
-        scan packs the studies catalogued before."""
+        """Version 5 kept each study's catalogue rows packed beside them: version 8 makes the
+        packs from the rows."""
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO stale_packs SELECT DISTINCT study_uid FROM instances")
             db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         return 5
 
@@ -234,11 +230,7 @@ class StateDatabase:
         # LIKE is case-insensitive: a cheap filter, the regular expression decides.
         asking = "LIKE '%pw%=%'"
         with self.transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO stale_packs SELECT DISTINCT study_uid FROM instances "
-                f"WHERE study_description {asking} OR extra {asking}"
-            )
-            db.execute("DELETE FROM study_packs WHERE study_uid IN (SELECT * FROM stale_packs)")
+            db.execute("DELETE FROM study_packs")  # version 8 makes them again from the rows
             db.execute(
                 "UPDATE instances SET study_description = redact(study_description), "
                 f"extra = redact_extra(extra) WHERE study_description {asking} OR extra {asking}"
@@ -258,6 +250,39 @@ class StateDatabase:
         with self.transaction() as db:
             db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
         return 7
+
+    def _migrate_from_7(self) -> int:
+        """Version 8 stores the catalog packed, one row per study (``state.study_packs``), in place
+        of a row per file beside packs of them: a tenth of the bytes. Each study's pack is made
+        again from its files' rows, which go with the old packs; the freed pages are reused
+        (``VACUUM`` gives them back to the disk)."""
+        with self.transaction() as db:
+            uids = [u for (u,) in db.execute("SELECT DISTINCT study_uid FROM instances")]
+            columns = ", ".join(study_packs.INSTANCE_COLUMNS)
+            for start in range(0, len(uids), 500):
+                chunk = uids[start : start + 500]
+                rows = study_packs.StudyRows(db)
+                rows.read_holding((), chunk)
+                for row in db.execute(
+                    f"SELECT {columns} FROM instances "
+                    f"WHERE study_uid IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    rows.rows[row[study_packs.INSTANCE_COLUMNS.index("study_uid")]].append(row)
+                rows.write()
+            # The copies' instances are stored compressed too.
+            self._db.create_function(
+                "compressed",
+                1,
+                lambda text: copy_instances({s: tuple(c) for s, c in json.loads(text).items()}),
+                deterministic=True,
+            )
+            db.execute("UPDATE observed_studies SET instances = compressed(instances)")
+            db.execute("DROP TABLE instances")
+            db.execute("DROP TABLE IF EXISTS study_packs")
+            db.execute("DROP TABLE IF EXISTS stale_packs")
+            db.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+        return 8
 
     def close(self) -> None:
         self._db.close()

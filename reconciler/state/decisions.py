@@ -57,7 +57,7 @@ class DecisionTables(CatalogTables, ObservationTables, ShareTables):
         self._db.execute("DELETE FROM deciding")
         if every:
             sources = (
-                "SELECT study_uid FROM study_packs UNION SELECT study_uid FROM stale_packs "
+                "SELECT study_uid FROM catalog_studies "
                 "UNION SELECT study_uid FROM observed_studies UNION SELECT study_uid FROM shares "
                 "UNION SELECT study_uid FROM study_decisions UNION "
             )

@@ -12,6 +12,7 @@ from typing import Any
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy, PartialCopy
 from reconciler.state.bulk import building
+from reconciler.state.compression import copy_instances, parse_copy_instances
 from reconciler.state.database import StateDatabase
 
 
@@ -91,7 +92,7 @@ class ObservationTables(StateDatabase):
                         (
                             observation.destination,
                             s.study_uid,
-                            _instances_json(s.instances),
+                            _instances_blob(s.instances),
                             seen,
                             s.site,
                             s.written_at.isoformat() if s.written_at else None,
@@ -132,7 +133,7 @@ class ObservationTables(StateDatabase):
             # and pins: the next observation reads them from the destination.
             db.execute(
                 "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL, NULL, NULL, 0)",
-                (destination, study_uid, _instances_json({**held, **instances})),
+                (destination, study_uid, _instances_blob({**held, **instances})),
             )
             self._forget_partial_copy(destination, study_uid)
             db.execute(
@@ -376,10 +377,14 @@ def _instances_json(instances: Mapping[str, ObservedInstance]) -> str:
     return json.dumps({sop: [i.sha256, i.size] for sop, i in sorted(instances.items())})
 
 
+def _instances_blob(instances: Mapping[str, ObservedInstance]) -> bytes:
+    return copy_instances({sop: (i.sha256, i.size) for sop, i in instances.items()})
+
+
 def _parse_instances(
-    text: str, local: tuple[CatalogInstance, ...] = ()
+    blob: bytes, local: tuple[CatalogInstance, ...] = ()
 ) -> dict[str, ObservedInstance]:
-    held = json.loads(text)
+    held = parse_copy_instances(blob)
     if not local:
         return dict(zip(held, map(ObservedInstance._make, held.values()), strict=True))
     known: dict[Any, Any] = {v: v for i in local for v in (i.sop_uid, i.sha256, i.size)}

@@ -1,0 +1,62 @@
+"""States as older versions of reconciler left them, made from a state of today's: the catalog
+as one row per file and each copy's instances as JSON text (schema 7 and before), to check
+that opening such a state migrates it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from reconciler.state.compression import parse_copy_instances
+from reconciler.state.store import StateStore
+from reconciler.state.study_packs import INSTANCE_COLUMNS
+
+_VERSION_7_CATALOG = """
+CREATE TABLE instances (
+    path TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, sop_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL, patient_id TEXT NOT NULL,
+    study_date TEXT NOT NULL, modality TEXT NOT NULL, study_description TEXT NOT NULL,
+    accession_number TEXT NOT NULL, extra TEXT NOT NULL
+);
+CREATE INDEX instances_by_study ON instances (study_uid);
+CREATE TABLE study_packs (study_uid TEXT PRIMARY KEY, pack TEXT NOT NULL);
+CREATE TABLE stale_packs (study_uid TEXT PRIMARY KEY);
+"""
+
+
+def as_version(state: Path, version: int) -> None:
+    """Rewrite the catalog of ``state`` as one row per file and label it ``version`` (<= 7);
+    the caller removes what else that version lacked."""
+    store = StateStore(state)
+    try:
+        catalog = store.load_catalog()
+    finally:
+        store.close()
+    rows = [
+        (*i[:-1], json.dumps(dict(i.extra), sort_keys=True))
+        for study in catalog.studies.values()
+        for i in study.instances
+    ]
+    db = sqlite3.connect(state)
+    try:
+        with db:
+            db.executescript(_VERSION_7_CATALOG)
+            db.executemany(
+                f"INSERT INTO instances VALUES ({', '.join('?' * len(INSTANCE_COLUMNS))})", rows
+            )
+            db.create_function("as_text", 1, _copy_as_text)
+            db.execute("UPDATE observed_studies SET instances = as_text(instances)")
+            db.execute("DROP TABLE catalog_studies")
+            db.execute("DROP TABLE catalog_files")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    finally:
+        db.close()
+
+
+def _copy_as_text(blob: bytes) -> str:
+    """A copy's instances as version 7 wrote them."""
+    held = parse_copy_instances(blob)
+    return json.dumps({sop: [sha, size] for sop, (sha, size) in sorted(held.items())})
