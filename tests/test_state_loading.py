@@ -8,7 +8,10 @@ import json
 import re
 import sqlite3
 import tempfile
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from factories import LONG_AGO_NS, NOW, instance
 from hypothesis import given, settings
@@ -98,6 +101,11 @@ def test_the_stored_catalog_is_what_its_files_make_after_any_changes(
                     len(files),
                     sum(i.size for i in files.values()),
                 )
+                expected = store.expected_instances()
+                assert dict(expected.items()) == {
+                    u: [i.sop_uid for i in s.instances] for u, s in loaded.studies.items()
+                }
+                assert {u: expected[u] for u in expected} == dict(expected.items())
                 stamps = store.file_stamps("inbox")
                 assert {p for p, s in stamps.items() if not s.rejected} == files.keys()
         finally:
@@ -184,3 +192,51 @@ def test_a_column_of_hashes_is_stored_as_it_was(values: list[str | None]) -> Non
     assert hashes_from_column(json.loads(json.dumps(column))) == values
     if values and all(v is not None and re.fullmatch("[0-9a-f]{64}", v) for v in values):
         assert isinstance(column, dict)  # every digest packed as bytes
+
+
+copies = st.dictionaries(
+    st.sampled_from(STUDIES),
+    st.tuples(
+        st.dictionaries(st.sampled_from(["1", "2", "3"]), st.sampled_from(["a" * 64, None])),
+        st.sampled_from([None, "north"]),  # the site that wrote it
+        st.booleans(),  # in a recovery point
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(copies, st.none()), max_size=8))  # None: the observation failed
+def test_an_observation_saved_in_chunks_is_the_holdings_listed_and_moves_the_serial_on_change(
+    listings: list[dict[str, Any] | None],
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        store = StateStore(Path(folder) / "state.db")
+        try:
+            held: dict[str, ObservedStudy] = {}  # what the last answer listed
+            serial, last_ok = 0, None
+            for step, listing in enumerate(listings):
+                at = NOW + timedelta(minutes=step)
+                studies = {
+                    uid: ObservedStudy(
+                        uid,
+                        {sop: ObservedInstance(sha, 5) for sop, sha in instances.items()},
+                        site=site,
+                        in_recovery_point=pinned,
+                    )
+                    for uid, (instances, site, pinned) in (listing or {}).items()
+                }
+                ok = listing is not None
+                head = store.save_observation(
+                    Observation("cloud", at, 0, ok=ok), iter(studies.values())
+                )
+                changed = last_ok != ok or (ok and studies != held)
+                serial += 1 if changed or step == 0 else 0
+                assert head.serial == serial and head.ok == ok
+                held = studies if ok else held
+                last_ok = ok
+                loaded = store.load_observation("cloud")
+                assert loaded is not None
+                assert {u: replace(s, seen_at=None) for u, s in loaded.studies.items()} == held
+                assert all(s.seen_at is not None for s in loaded.studies.values()) or not ok
+        finally:
+            store.close()

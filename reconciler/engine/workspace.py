@@ -136,7 +136,7 @@ class Workspace:
     def observe(self, refresh: bool, now: datetime) -> dict[str, Observation]:
         """Each destination's last observation, without its holdings (the planner reads
         those study by study): from the cache unless stale or ``refresh`` is asked."""
-        expected: dict[str, list[str]] | None = None  # built only if a destination is read
+        expected: Mapping[str, Collection[str]] | None = None  # only if a destination is read
         heads = self.store.observation_heads()
         observations = {}
         for name, settings in self.config.destinations.items():

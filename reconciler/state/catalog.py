@@ -4,7 +4,8 @@ ever seen (for lookups after local deletion), holds and files set aside."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import sqlite3
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -191,10 +192,10 @@ class CatalogTables(StateDatabase):
         finally:
             self._db.execute("COMMIT")
 
-    def expected_instances(self) -> dict[str, list[str]]:
-        """What an observation of a destination looks for: each study's SOP Instance UIDs."""
-        with self._snapshot(), building():
-            return {uid: column(p, "sop_uid") for uid, p in packs_of(self._db)}
+    def expected_instances(self) -> CatalogSopUids:
+        """What an observation of a destination looks for: each study's SOP Instance UIDs,
+        read as they are asked for."""
+        return CatalogSopUids(self._db)
 
     def load_study(self, study_uid: str) -> CatalogStudy | None:
         """One study of the catalog, read by itself (a lookup, not a plan)."""
@@ -280,6 +281,48 @@ class CatalogTables(StateDatabase):
     def rejected_files(self) -> list[RejectedFile]:
         rows = self._db.execute("SELECT path, source, reason, seen_at FROM rejected ORDER BY path")
         return [RejectedFile(*row) for row in rows]
+
+
+class CatalogSopUids(Mapping[str, list[str]]):
+    """Each catalogued study's SOP Instance UIDs, read from the state when asked for: a
+    study at a time, or a chunk of studies at a time by ``items``. Only the studies' UIDs
+    are held, so an observation of any destination costs memory by study, not by file."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._studies = [
+            uid for (uid,) in self._db.execute("SELECT study_uid FROM catalog_studies")
+        ]
+
+    def __getitem__(self, study_uid: str) -> list[str]:
+        for _, packed in packs_of(self._db, [study_uid]):
+            return column(packed, "sop_uid")
+        raise KeyError(study_uid)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._studies)
+
+    def __len__(self) -> int:
+        return len(self._studies)
+
+    def items(self) -> ItemsView[str, list[str]]:
+        return _ChunkedItems(self)
+
+    def chunks(self) -> Iterator[tuple[str, list[str]]]:
+        for start in range(0, len(self._studies), _STUDIES_AT_ONCE):
+            chunk = self._studies[start : start + _STUDIES_AT_ONCE]
+            found = {uid: column(packed, "sop_uid") for uid, packed in packs_of(self._db, chunk)}
+            yield from ((uid, found[uid]) for uid in chunk if uid in found)
+
+
+class _ChunkedItems(ItemsView[str, list[str]]):
+    _mapping: CatalogSopUids
+
+    def __iter__(self) -> Iterator[tuple[str, list[str]]]:
+        return self._mapping.chunks()
+
+
+_STUDIES_AT_ONCE = 500  # studies whose packs one query reads
 
 
 def _labels(study_uid: str, rows: list[Row]) -> tuple[str, ...]:

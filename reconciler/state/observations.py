@@ -4,9 +4,10 @@ holdings (and partial copies), copies recorded stored or removed, and verificati
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
@@ -37,87 +38,97 @@ class ObservationTables(StateDatabase):
     def observation_serials(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT destination, serial FROM observations"))
 
-    def save_observation(self, observation: Observation) -> Observation:
-        """Replace a destination's cached holdings; the serial moves only if they changed.
+    def save_observation(
+        self, observation: Observation, studies: Iterable[ObservedStudy] | None = None
+    ) -> Observation:
+        """Replace a destination's cached holdings with ``studies`` (by default the
+        observation's own), compared with the stored copies and written a chunk of studies
+        at a time: a copy unchanged is only marked seen, so memory and writes follow the
+        chunk and what changed, not the holdings. The serial moves only if anything changed.
         Returns the observation as saved, without its holdings (``observation_heads``)."""
-        previous = self.load_observation(observation.destination)
-        if previous is not None and observation.ok:
+        name, seen = observation.destination, observation.observed_at.isoformat()
+        previous = self._observation_head(name)
+        partial = dict(observation.partial)
+        if previous is not None:
             # A partial copy is dated from the first observation that found it.
             earlier = previous.partial
             partial = {
                 uid: replace(found, since=earlier[uid].since) if uid in earlier else found
-                for uid, found in observation.partial.items()
+                for uid, found in partial.items()
             }
-            observation = replace(observation, partial=partial)
-        unchanged = (
-            previous is not None
-            and previous.ok == observation.ok
-            and _holdings(previous) == _holdings(observation)
-            and previous.partial == observation.partial
-        )
-        serial = (
-            previous.serial if previous and unchanged else (previous.serial + 1 if previous else 1)
-        )
+        changed = previous is None or previous.ok != observation.ok
+        if observation.ok:
+            listed = observation.studies.values() if studies is None else studies
+            for chunk in _chunks(listed):
+                with self.transaction():
+                    changed |= self._save_observed(name, seen, chunk)
+            changed |= previous is not None and previous.partial != partial
         with self.transaction() as db:
+            if observation.ok and previous is not None:
+                gone = db.execute(
+                    "DELETE FROM observed_studies WHERE destination = ? "
+                    "AND (seen_at IS NULL OR seen_at != ?)",
+                    (name, seen),
+                ).rowcount
+                changed |= gone > 0
+            if observation.ok:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    (f"partial_copies:{name}", _partial_json(partial)),
+                )
+                earlier = previous.partial if previous is not None else {}
+                moved = [
+                    (uid,)
+                    for uid in earlier.keys() | partial.keys()
+                    if earlier.get(uid) != partial.get(uid)
+                ]
+                db.executemany("INSERT OR IGNORE INTO changed_studies VALUES (?)", moved)
+            serial = 0 if previous is None else previous.serial
             db.execute(
                 "INSERT OR REPLACE INTO observations VALUES (?, ?, ?, ?, ?)",
                 (
-                    observation.destination,
-                    observation.observed_at.isoformat(),
-                    serial,
+                    name,
+                    seen,
+                    serial + 1 if changed else serial,
                     int(observation.ok),
                     observation.error,
                 ),
             )
-            seen = observation.observed_at.isoformat()
-            if observation.ok:
-                db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    (
-                        f"partial_copies:{observation.destination}",
-                        _partial_json(observation.partial),
-                    ),
-                )
-            if observation.ok and not unchanged:
-                before = _holdings(previous) if previous is not None else {}
-                after = _holdings(observation)
-                gone = [(observation.destination, uid) for uid in before.keys() - after.keys()]
-                db.executemany(
-                    "DELETE FROM observed_studies WHERE destination = ? AND study_uid = ?", gone
-                )
-                # Only the copies that differ are written again: the others' decisions hold.
-                db.executemany(
-                    "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            observation.destination,
-                            s.study_uid,
-                            _instances_blob(s.instances),
-                            seen,
-                            s.site,
-                            s.written_at.isoformat() if s.written_at else None,
-                            int(s.in_recovery_point),
-                        )
-                        for uid, s in observation.studies.items()
-                        if before.get(uid) != after[uid]
-                    ],
-                )
-            if observation.ok:
-                # Every copy listed is confirmed as of now.
-                db.execute(
-                    "UPDATE observed_studies SET seen_at = ? WHERE destination = ?",
-                    (seen, observation.destination),
-                )
-                earlier = previous.partial if previous is not None else {}
-                moved = {
-                    uid
-                    for uid in earlier.keys() | observation.partial.keys()
-                    if earlier.get(uid) != observation.partial.get(uid)
-                }
-                db.executemany(
-                    "INSERT OR IGNORE INTO changed_studies VALUES (?)", [(u,) for u in moved]
-                )
-        return self._observation_head(observation.destination)  # type: ignore[return-value]
+        return self._observation_head(name)  # type: ignore[return-value]
+
+    def _save_observed(self, name: str, seen: str, studies: Sequence[ObservedStudy]) -> bool:
+        """Inside a transaction: these copies as listed ``seen``; whether any differs from
+        the one stored (the others are only marked seen: their decisions hold)."""
+        stored = {
+            uid: tuple(row)
+            for uid, *row in self._db.execute(
+                "SELECT study_uid, instances, site, written_at, in_recovery_point "
+                "FROM observed_studies WHERE destination = ? "
+                f"AND study_uid IN ({', '.join('?' * len(studies))})",
+                (name, *(s.study_uid for s in studies)),
+            )
+        }
+        rows = [
+            (
+                name,
+                s.study_uid,
+                _instances_blob(s.instances),
+                seen,
+                s.site,
+                s.written_at.isoformat() if s.written_at else None,
+                int(s.in_recovery_point),
+            )
+            for s in studies
+        ]
+        differing = [r for r in rows if stored.get(r[1]) != (r[2], *r[4:])]
+        self._db.executemany(
+            "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?)", differing
+        )
+        self._db.executemany(
+            "UPDATE observed_studies SET seen_at = ? WHERE destination = ? AND study_uid = ?",
+            [(seen, name, r[1]) for r in rows if stored.get(r[1]) == (r[2], *r[4:])],
+        )
+        return bool(differing)
 
     def record_study_stored(
         self, destination: str, study_uid: str, instances: Mapping[str, ObservedInstance]
@@ -327,6 +338,7 @@ class ObservationTables(StateDatabase):
             )
 
 
+_STUDIES_AT_ONCE = 500  # copies compared and written in one transaction
 _OBSERVED_COLUMNS = "study_uid, instances, seen_at, site, written_at, in_recovery_point"
 _Verifications = Mapping[str, tuple[datetime, bool, frozenset[str]]]
 
@@ -373,12 +385,14 @@ def _parse_partial(text: str, observed_at: datetime) -> dict[str, PartialCopy]:
     }
 
 
-def _instances_json(instances: Mapping[str, ObservedInstance]) -> str:
-    return json.dumps({sop: [i.sha256, i.size] for sop, i in sorted(instances.items())})
-
-
 def _instances_blob(instances: Mapping[str, ObservedInstance]) -> bytes:
     return copy_instances({sop: (i.sha256, i.size) for sop, i in instances.items()})
+
+
+def _chunks(studies: Iterable[ObservedStudy]) -> Iterator[list[ObservedStudy]]:
+    listed = iter(studies)
+    while chunk := list(islice(listed, _STUDIES_AT_ONCE)):
+        yield chunk
 
 
 def _parse_instances(
@@ -390,10 +404,3 @@ def _parse_instances(
     known: dict[Any, Any] = {v: v for i in local for v in (i.sop_uid, i.sha256, i.size)}
     copies = ((known.get(sha, sha), known.get(size, size)) for sha, size in held.values())
     return dict(zip(map(known.get, held, held), map(ObservedInstance._make, copies), strict=True))
-
-
-def _holdings(observation: Observation) -> dict[str, tuple[object, ...]]:
-    return {
-        uid: (_instances_json(s.instances), s.site, s.written_at, s.in_recovery_point)
-        for uid, s in observation.studies.items()
-    }
