@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
+from functools import lru_cache
 
 from reconciler.config.selectors import Match, StudySelector, TextMatch
 from reconciler.model.catalog import CatalogStudy
 
 
 def study_date(study: CatalogStudy) -> date | None:
-    text = study.first.study_date
+    return _parsed_date(study.first.study_date[:8])
+
+
+@lru_cache(maxsize=4096)  # a plan asks for the same few thousand dates again and again
+def _parsed_date(text: str) -> date | None:
     try:
-        return datetime.strptime(text[:8], "%Y%m%d").date() if text else None
+        return datetime.strptime(text, "%Y%m%d").date() if text else None
     except ValueError:
         return None
 

@@ -44,7 +44,8 @@ def hashes_from_column(column: Any) -> list[Any]:
     if not isinstance(column, dict):
         return list(column)
     joined = base64.b64decode(column["sha256"]).hex()
-    return [joined[i : i + _DIGEST_HEX] for i in range(0, len(joined), _DIGEST_HEX)]
+    ends = range(_DIGEST_HEX, len(joined) + 1, _DIGEST_HEX)
+    return list(map(joined.__getitem__, map(slice, range(0, len(joined), _DIGEST_HEX), ends)))
 
 
 def copy_instances(held: Mapping[str, tuple[str | None, int]]) -> bytes:
@@ -56,5 +57,11 @@ def copy_instances(held: Mapping[str, tuple[str | None, int]]) -> bytes:
 
 
 def parse_copy_instances(blob: bytes) -> dict[str, tuple[str | None, int]]:
+    sops, hashes, sizes = copy_columns(blob)
+    return dict(zip(sops, zip(hashes, sizes, strict=True), strict=True))
+
+
+def copy_columns(blob: bytes) -> tuple[list[str], list[str | None], list[int]]:
+    """A copy's stored instances as three columns: SOP Instance UIDs, hashes, sizes."""
     sops, hashes, sizes = parse_compressed(blob)
-    return dict(zip(sops, zip(hashes_from_column(hashes), sizes, strict=True), strict=True))
+    return sops, hashes_from_column(hashes), sizes

@@ -94,7 +94,7 @@ class DecisionTables(CatalogTables, ObservationTables, ShareTables):
     def study_inputs(self, study_uids: list[str]) -> list[StudyInputs]:
         """Inside ``deciding``: the facts of these studies."""
         studies = self.load_studies(study_uids)
-        observed = self.observed_of(study_uids, studies)
+        observed = self.observed_of(study_uids)
         shares = self.shares_of(study_uids)
         return [
             StudyInputs(

@@ -7,13 +7,14 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from itertools import islice
 from typing import Any
 
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy, PartialCopy
 from reconciler.state.bulk import building
-from reconciler.state.compression import copy_instances, parse_copy_instances
+from reconciler.state.compression import copy_columns, copy_instances
 from reconciler.state.database import StateDatabase
 
 
@@ -267,10 +268,9 @@ class ObservationTables(StateDatabase):
         )
         return {name: (count, unknown.get(name, 0)) for name, count in held.items()}
 
-    def observed_of(
-        self, study_uids: Sequence[str], local: Mapping[str, CatalogStudy]
-    ) -> dict[str, dict[str, ObservedStudy]]:
-        """The cached copies of these studies, by destination then study."""
+    def observed_of(self, study_uids: Sequence[str]) -> dict[str, dict[str, ObservedStudy]]:
+        """The cached copies of these studies, by destination then study. (Read a chunk at
+        a time: sharing the catalog's strings would save little memory and cost time.)"""
         marks = ", ".join("?" * len(study_uids))
         verifications: dict[str, dict[str, tuple[datetime, bool, frozenset[str]]]] = {}
         for name, uid, at, ok, corrupt in self._db.execute(
@@ -293,7 +293,7 @@ class ObservationTables(StateDatabase):
             study_uids,
         ):
             observed.setdefault(name, {})[row[0]] = _observed_study(
-                tuple(row), verifications.get(name, {}), unconfirmed.get(name, {}), local
+                tuple(row), verifications.get(name, {}), unconfirmed.get(name, {}), {}
             )
         return observed
 
@@ -398,9 +398,11 @@ def _chunks(studies: Iterable[ObservedStudy]) -> Iterator[list[ObservedStudy]]:
 def _parse_instances(
     blob: bytes, local: tuple[CatalogInstance, ...] = ()
 ) -> dict[str, ObservedInstance]:
-    held = parse_copy_instances(blob)
-    if not local:
-        return dict(zip(held, map(ObservedInstance._make, held.values()), strict=True))
-    known: dict[Any, Any] = {v: v for i in local for v in (i.sop_uid, i.sha256, i.size)}
-    copies = ((known.get(sha, sha), known.get(size, size)) for sha, size in held.values())
-    return dict(zip(map(known.get, held, held), map(ObservedInstance._make, copies), strict=True))
+    sops, hashes, sizes = copy_columns(blob)
+    if local:
+        known: dict[Any, Any] = {v: v for i in local for v in (i.sop_uid, i.sha256, i.size)}
+        sops, hashes, sizes = (list(map(known.get, c, c)) for c in (sops, hashes, sizes))
+    return dict(zip(sops, map(_new_observed, zip(hashes, sizes, strict=True)), strict=True))
+
+
+_new_observed = partial(tuple.__new__, ObservedInstance)  # _make without its length check
