@@ -49,6 +49,7 @@ def as_version(state: Path, version: int) -> None:
             )
             db.create_function("as_text", 1, _copy_as_text)
             db.execute("UPDATE observed_studies SET instances = as_text(instances)")
+            db.execute("ALTER TABLE observed_studies DROP COLUMN stamp")
             db.execute("DROP TABLE catalog_studies")
             db.execute("DROP TABLE catalog_files")
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))

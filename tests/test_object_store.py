@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from factories import NOW
 
 from reconciler.config.destinations import DestinationConfig
 from reconciler.destinations.base import DestinationUnavailable
 from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.model.observation import Observation, ObservedStudy
 from reconciler.model.plan import Action
+from reconciler.state.store import StateStore
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -125,6 +129,7 @@ def test_observations_read_again_only_the_manifests_that_changed(
     destination: ObjectStoreDestination,
     copy_actions: list[Action],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     for action in copy_actions:
         destination.send(action, lambda _: None)
@@ -136,18 +141,33 @@ def test_observations_read_again_only_the_manifests_that_changed(
         return cat(paths, **kwargs)
 
     monkeypatch.setattr(destination.fs, "cat", counting_cat)
-    assert len(destination.observe({})) == len(copy_actions)
-    assert len(read) == len(copy_actions)
+
+    def observe() -> Mapping[str, ObservedStudy]:
+        """As a plan in a new process observes: what is known comes from the state alone."""
+        store = StateStore(tmp_path / "state.db")
+        try:
+            held = destination.observe({}, store.cached_copies(destination.name))
+            store.save_observation(Observation(destination.name, NOW, 0, ok=True, studies=held))
+            return held
+        finally:
+            store.close()
+
+    first = observe()
+    assert len(first) == len(copy_actions) and len(read) == len(copy_actions)
     read.clear()
-    assert len(destination.observe({})) == len(copy_actions)
+    assert observe() == first
     assert read == []  # nothing changed: nothing read
-    first, second, third = (a.study_uid for a in copy_actions[:3])
+    first_uid, second, third = (a.study_uid for a in copy_actions[:3])
     manifest = f"{destination.root}/studies/{{}}/manifest.json"
-    destination.fs.pipe_file(manifest.format(first), b"{")  # damaged by someone else
+    destination.fs.pipe_file(manifest.format(first_uid), b"{")  # damaged by someone else
     destination.fs.rm_file(manifest.format(second))  # and one removed
-    held = destination.observe({})
-    assert set(held) == {third}
-    assert read == [manifest.format(first)]
+    folder = f"{destination.root}/studies/{third}"
+    victim = next(p for p in destination.fs.ls(folder, detail=False) if p.endswith(".dcm"))
+    destination.fs.rm_file(victim)  # and an object of a third copy
+    held = observe()
+    assert set(held) == {third, *(a.study_uid for a in copy_actions[3:])}
+    assert sorted(read) == sorted([manifest.format(first_uid), manifest.format(third)])
+    assert len(held[third].instances) == len(first[third].instances) - 1
 
 
 def test_unreachable_endpoint_is_unavailable_not_empty(s3_env: dict[str, str]) -> None:

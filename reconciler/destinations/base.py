@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 from reconciler.destinations.retry import PermanentError
 from reconciler.model.observation import ObservedInstance, ObservedStudy
 from reconciler.model.plan import Action
+
+NOTHING_KNOWN: Mapping[str, ObservedStudy] = MappingProxyType({})
 
 
 class DestinationUnavailable(Exception):
@@ -56,11 +59,14 @@ ProgressCallback = Callable[[int], None]  # bytes just transferred
 class Destination(Protocol):
     name: str
 
-    def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
+    def observe(
+        self, expected: Mapping[str, Collection[str]], known: Mapping[str, ObservedStudy] = ...
+    ) -> Mapping[str, ObservedStudy]:
         """What is held of the ``expected`` studies (UID -> SOP Instance UIDs we have).
 
         Stores that can list everything cheaply may report more; a PACS is only asked about
-        the studies we hold.
+        the studies we hold. ``known`` holds the copies as last observed there (by default
+        none): one whose stamp shows it unchanged may be taken from there, not read again.
         """
         ...
 

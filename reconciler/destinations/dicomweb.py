@@ -17,6 +17,7 @@ from reconciler.config.destinations import DestinationConfig
 from reconciler.config.targets import DicomWebTarget
 from reconciler.destinations.bandwidth import throttle_for
 from reconciler.destinations.base import (
+    NOTHING_KNOWN,
     DestinationRefused,
     DestinationUnavailable,
     ProgressCallback,
@@ -78,7 +79,11 @@ class DicomWebDestination:
 
     # --- observe ---------------------------------------------------------------------------
 
-    def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
+    def observe(
+        self,
+        expected: Mapping[str, Collection[str]],
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,  # asked study by study: not read
+    ) -> Mapping[str, ObservedStudy]:
         studies = {}
         try:
             if not expected:

@@ -22,7 +22,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from reconciler.destinations.base import Destination, ProgressCallback, SendResult, VerifyResult
+from reconciler.destinations.base import (
+    NOTHING_KNOWN,
+    Destination,
+    ProgressCallback,
+    SendResult,
+    VerifyResult,
+)
 from reconciler.destinations.retry import PermanentError
 from reconciler.destinations.source_files import read_unchanged
 from reconciler.model.observation import ObservedInstance, ObservedStudy
@@ -68,9 +74,14 @@ class StagingDestination:
 
     # --- observe and verify: the UIDs mapped both ways -------------------------------------
 
-    def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
+    def observe(
+        self,
+        expected: Mapping[str, Collection[str]],
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
+    ) -> Mapping[str, ObservedStudy]:
         if self.profile is None:
-            return self.inner.observe(expected)
+            return self.inner.observe(expected, known)
+        # De-identified copies are held under other UIDs: each is read again.
         studies = {self._uid(study): study for study in expected}
         instances = {
             study: {self._uid(sop): sop for sop in sops} for study, sops in expected.items()

@@ -164,7 +164,7 @@ class Workspace:
     ) -> Observation:
         destination = self.destination(name)
         try:
-            studies = destination.observe(expected)
+            studies = destination.observe(expected, self.store.cached_copies(name))
         except DestinationUnavailable as exc:
             failed = Observation(name, now, 0, ok=False, error=str(exc))
             return self.store.save_observation(failed)

@@ -32,6 +32,9 @@ class ObservedStudy:
     written_at: datetime | None = None
     # A recovery point kept at the destination refers to this copy, so it must stay there.
     in_recovery_point: bool = False
+    # What tells this copy from a changed one without reading it again (at an object store:
+    # its manifest's ETag or inode, and its objects' sizes); None where nothing does.
+    stamp: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS observations (
 CREATE TABLE IF NOT EXISTS observed_studies (
     destination TEXT NOT NULL, study_uid TEXT NOT NULL, instances BLOB NOT NULL,
     seen_at TEXT, site TEXT, written_at TEXT, in_recovery_point INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (destination, study_uid)
+    stamp TEXT, PRIMARY KEY (destination, study_uid)
 );
 CREATE TABLE IF NOT EXISTS arrivals (study_uid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS known_studies (
@@ -255,7 +255,8 @@ class StateDatabase:
         """Version 8 stores the catalog packed, one row per study (``state.study_packs``), in place
         of a row per file beside packs of them: a tenth of the bytes. Each study's pack is made
         again from its files' rows, which go with the old packs; the freed pages are reused
-        (``VACUUM`` gives them back to the disk)."""
+        (``VACUUM`` gives them back to the disk). Copies' instances are compressed too, and
+        each copy gains a stamp (``ObservedStudy.stamp``)."""
         with self.transaction() as db:
             uids = [u for (u,) in db.execute("SELECT DISTINCT study_uid FROM instances")]
             columns = ", ".join(study_packs.INSTANCE_COLUMNS)
@@ -278,6 +279,8 @@ class StateDatabase:
                 deterministic=True,
             )
             db.execute("UPDATE observed_studies SET instances = compressed(instances)")
+            # And each copy has a stamp: unknown until the next observation.
+            db.execute("ALTER TABLE observed_studies ADD COLUMN stamp TEXT")
             db.execute("DROP TABLE instances")
             db.execute("DROP TABLE IF EXISTS study_packs")
             db.execute("DROP TABLE IF EXISTS stale_packs")

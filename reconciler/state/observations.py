@@ -4,6 +4,7 @@ holdings (and partial copies), copies recorded stored or removed, and verificati
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -103,7 +104,7 @@ class ObservationTables(StateDatabase):
         stored = {
             uid: tuple(row)
             for uid, *row in self._db.execute(
-                "SELECT study_uid, instances, site, written_at, in_recovery_point "
+                "SELECT study_uid, instances, site, written_at, in_recovery_point, stamp "
                 "FROM observed_studies WHERE destination = ? "
                 f"AND study_uid IN ({', '.join('?' * len(studies))})",
                 (name, *(s.study_uid for s in studies)),
@@ -118,12 +119,13 @@ class ObservationTables(StateDatabase):
                 s.site,
                 s.written_at.isoformat() if s.written_at else None,
                 int(s.in_recovery_point),
+                s.stamp,
             )
             for s in studies
         ]
         differing = [r for r in rows if stored.get(r[1]) != (r[2], *r[4:])]
         self._db.executemany(
-            "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?)", differing
+            "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", differing
         )
         self._db.executemany(
             "UPDATE observed_studies SET seen_at = ? WHERE destination = ? AND study_uid = ?",
@@ -144,7 +146,8 @@ class ObservationTables(StateDatabase):
             # seen_at stays empty: our own copy is not an observation of it. So do its writer
             # and pins: the next observation reads them from the destination.
             db.execute(
-                "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, NULL, NULL, NULL, 0)",
+                "INSERT OR REPLACE INTO observed_studies "
+                "VALUES (?, ?, ?, NULL, NULL, NULL, 0, NULL)",
                 (destination, study_uid, _instances_blob({**held, **instances})),
             )
             self._forget_partial_copy(destination, study_uid)
@@ -268,29 +271,41 @@ class ObservationTables(StateDatabase):
         )
         return {name: (count, unknown.get(name, 0)) for name, count in held.items()}
 
-    def observed_of(self, study_uids: Sequence[str]) -> dict[str, dict[str, ObservedStudy]]:
-        """The cached copies of these studies, by destination then study. (Read a chunk at
-        a time: sharing the catalog's strings would save little memory and cost time.)"""
-        marks = ", ".join("?" * len(study_uids))
+    def cached_copies(self, destination: str) -> CachedCopies:
+        """The destination's cached copies, read as they are asked for."""
+        studies = self._db.execute(
+            "SELECT study_uid FROM observed_studies WHERE destination = ? ORDER BY study_uid",
+            (destination,),
+        )
+        return CachedCopies(self, destination, [uid for (uid,) in studies])
+
+    def observed_of(
+        self, study_uids: Sequence[str], destination: str | None = None
+    ) -> dict[str, dict[str, ObservedStudy]]:
+        """The cached copies of these studies (at ``destination``, or anywhere), by
+        destination then study. (Read a chunk at a time: sharing the catalog's strings
+        would save little memory and cost time.)"""
+        where = f"study_uid IN ({', '.join('?' * len(study_uids))})"
+        values = list(study_uids)
+        if destination is not None:
+            where, values = f"{where} AND destination = ?", [*values, destination]
         verifications: dict[str, dict[str, tuple[datetime, bool, frozenset[str]]]] = {}
         for name, uid, at, ok, corrupt in self._db.execute(
-            "SELECT destination, study_uid, verified_at, ok, corrupt FROM verifications "
-            f"WHERE study_uid IN ({marks})",
-            study_uids,
+            f"SELECT destination, study_uid, verified_at, ok, corrupt FROM verifications "
+            f"WHERE {where}",
+            values,
         ):
             found = (datetime.fromisoformat(at), bool(ok), frozenset(json.loads(corrupt)))
             verifications.setdefault(name, {})[uid] = found
         unconfirmed: dict[str, dict[str, str]] = {}
         for name, uid, reason in self._db.execute(
-            f"SELECT destination, study_uid, reason FROM unconfirmed WHERE study_uid IN ({marks})",
-            study_uids,
+            f"SELECT destination, study_uid, reason FROM unconfirmed WHERE {where}", values
         ):
             unconfirmed.setdefault(name, {})[uid] = reason
         observed: dict[str, dict[str, ObservedStudy]] = {}
         for name, *row in self._db.execute(
-            f"SELECT destination, {_OBSERVED_COLUMNS} FROM observed_studies "
-            f"WHERE study_uid IN ({marks})",
-            study_uids,
+            f"SELECT destination, {_OBSERVED_COLUMNS} FROM observed_studies WHERE {where}",
+            values,
         ):
             observed.setdefault(name, {})[row[0]] = _observed_study(
                 tuple(row), verifications.get(name, {}), unconfirmed.get(name, {}), {}
@@ -338,8 +353,34 @@ class ObservationTables(StateDatabase):
             )
 
 
-_STUDIES_AT_ONCE = 500  # copies compared and written in one transaction
-_OBSERVED_COLUMNS = "study_uid, instances, seen_at, site, written_at, in_recovery_point"
+class CachedCopies(Mapping[str, ObservedStudy]):
+    """A destination's cached copies, read from the state a chunk of studies at a time in
+    UID order: an observation that asks for them in that order reads each chunk once, and
+    only the studies' UIDs are held."""
+
+    def __init__(self, tables: ObservationTables, destination: str, studies: list[str]) -> None:
+        self._tables, self._destination, self._studies = tables, destination, studies
+        self._chunk: dict[str, ObservedStudy] = {}
+
+    def __getitem__(self, study_uid: str) -> ObservedStudy:
+        if study_uid not in self._chunk:
+            at = bisect_left(self._studies, study_uid)
+            if self._studies[at : at + 1] != [study_uid]:
+                raise KeyError(study_uid)
+            chunk = self._studies[at : at + _STUDIES_AT_ONCE]
+            read = self._tables.observed_of(chunk, self._destination)
+            self._chunk = read.get(self._destination, {})
+        return self._chunk[study_uid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._studies)
+
+    def __len__(self) -> int:
+        return len(self._studies)
+
+
+_STUDIES_AT_ONCE = 500  # copies compared and written (or read) in one transaction
+_OBSERVED_COLUMNS = "study_uid, instances, seen_at, site, written_at, in_recovery_point, stamp"
 _Verifications = Mapping[str, tuple[datetime, bool, frozenset[str]]]
 
 
@@ -349,7 +390,7 @@ def _observed_study(
     unconfirmed: Mapping[str, str],
     local: Mapping[str, CatalogStudy],
 ) -> ObservedStudy:
-    uid, instances, seen_at, site, written_at, pinned = row
+    uid, instances, seen_at, site, written_at, pinned, stamp = row
     verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
     local_study = local.get(uid)
     return ObservedStudy(
@@ -362,6 +403,7 @@ def _observed_study(
         site=site,
         written_at=datetime.fromisoformat(written_at) if written_at else None,
         in_recovery_point=bool(pinned),
+        stamp=stamp,
     )
 
 

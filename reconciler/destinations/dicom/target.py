@@ -23,6 +23,7 @@ from reconciler.config.destinations import DestinationConfig
 from reconciler.config.targets import DicomTarget
 from reconciler.destinations.bandwidth import throttle_for
 from reconciler.destinations.base import (
+    NOTHING_KNOWN,
     DestinationUnavailable,
     ProgressCallback,
     SendResult,
@@ -88,7 +89,11 @@ class DicomDestination:
 
     # --- observe ---------------------------------------------------------------------------
 
-    def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
+    def observe(
+        self,
+        expected: Mapping[str, Collection[str]],
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,  # asked study by study: not read
+    ) -> Mapping[str, ObservedStudy]:
         counting = self.settings.verification == "count"
         try:
             with association(self.target, FIND_CONTEXT) as assoc:

@@ -1,15 +1,19 @@
-"""Observing an object store's studies: one recursive listing, and the manifests it shows read
-again only when they changed since the last observation (a watch loop's observations cost a
-listing, not a read of every manifest)."""
+"""Observing an object store's studies: one recursive listing, and of the manifests it shows
+only those read whose copy changed since it was last observed. A copy's stamp (its manifest's
+ETag or inode and mtime, and its folder's objects and sizes) is kept with it in the state, so
+a plan in a new process costs a listing, not a read of every manifest."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from reconciler.destinations.object_store.layout import STUDIES
 from reconciler.destinations.object_store.manifest import MANIFEST_NAME, Manifest, ManifestError
+from reconciler.model.observation import ObservedStudy
 
 log = logging.getLogger(__name__)
 
@@ -34,36 +38,53 @@ def _stamp(info: Mapping[str, Any]) -> Hashable:
     etag = info.get("ETag")
     if etag:
         return (etag, info.get("size"))
-    return (info.get("ino"), info.get("mtime"), info.get("LastModified"), info.get("size"))
+    return (info.get("ino"), info.get("mtime"), str(info.get("LastModified")), info.get("size"))
 
 
-class ManifestCache:
-    """The manifests read by earlier observations of one destination, by path, with the stamp
-    they were listed with."""
+def copy_stamps(
+    sizes: Mapping[str, int], manifests: Mapping[str, Hashable], root: str
+) -> dict[str, str]:
+    """Each committed copy's stamp, by study UID: a digest of its manifest's stamp and of
+    every object in its folder with its size. Equal stamps: the same copy, still whole."""
+    prefix = f"{root}/{STUDIES}/"
+    folders: dict[str, list[tuple[str, int]]] = {}
+    for path, size in sizes.items():
+        study_uid, _, name = path[len(prefix) :].partition("/")
+        folders.setdefault(study_uid, []).append((name, size))
+    stamps = {}
+    for path, stamp in manifests.items():
+        study_uid = path.rsplit("/", 2)[-2]
+        listed = sorted(folders.get(study_uid, ()))
+        text = json.dumps([repr(stamp), listed], separators=(",", ":"))
+        stamps[study_uid] = hashlib.sha256(text.encode()).hexdigest()[:32]
+    return stamps
 
-    def __init__(self, destination: str) -> None:
-        self.destination = destination
-        self._known: dict[str, tuple[Hashable, Manifest | None]] = {}
 
-    def read(self, fs: Any, stamps: Mapping[str, Hashable]) -> dict[str, Manifest]:
-        """The readable manifests among ``stamps``, by study UID; only changed ones are read.
-        An unreadable manifest's study counts as absent (and is said so in the log)."""
-        known = self._known
-        changed = [path for path, stamp in stamps.items() if known.get(path, (None,))[0] != stamp]
-        contents = fs.cat(changed, on_error="return") if changed else {}
-        fresh = {path: known[path] for path in stamps if path not in contents}
-        for path, data in contents.items():
-            study_uid = path.rsplit("/", 2)[-2]
-            if isinstance(data, BaseException):
-                raise data
-            try:
-                fresh[path] = (stamps[path], Manifest.from_json(data, study_uid))
-            except ManifestError as exc:
-                log.warning("%s: study %s counts as absent: %s", self.destination, study_uid, exc)
-                fresh[path] = (stamps[path], None)
-        self._known = fresh  # manifests gone from the listing are forgotten
-        return {
-            path.rsplit("/", 2)[-2]: manifest
-            for path, (_, manifest) in fresh.items()
-            if manifest is not None
-        }
+def read_manifests(fs: Any, paths: Iterable[str], destination: str) -> dict[str, Manifest]:
+    """The readable manifests at ``paths``, by study UID. An unreadable one's study counts
+    as absent (and is said so in the log)."""
+    wanted = list(paths)
+    contents = fs.cat(wanted, on_error="return") if wanted else {}
+    manifests = {}
+    for path, data in contents.items():
+        study_uid = path.rsplit("/", 2)[-2]
+        if isinstance(data, BaseException):
+            raise data
+        try:
+            manifests[study_uid] = Manifest.from_json(data, study_uid)
+        except ManifestError as exc:
+            log.warning("%s: study %s counts as absent: %s", destination, study_uid, exc)
+    return manifests
+
+
+def unchanged_copies(
+    known: Mapping[str, ObservedStudy], stamps: Mapping[str, str]
+) -> dict[str, ObservedStudy]:
+    """The known copies whose stamp is the one listed now; asked for in UID order, the order
+    the state reads its cached copies in."""
+    found = {}
+    for study_uid in sorted(stamps):
+        copy = known.get(study_uid)
+        if copy is not None and copy.stamp == stamps[study_uid]:
+            found[study_uid] = copy
+    return found

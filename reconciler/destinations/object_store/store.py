@@ -33,6 +33,7 @@ from reconciler.config.targets import ObjectTarget
 from reconciler.destinations import identity
 from reconciler.destinations.bandwidth import throttle_for
 from reconciler.destinations.base import (
+    NOTHING_KNOWN,
     DestinationFull,
     DestinationUnavailable,
     ProgressCallback,
@@ -43,7 +44,12 @@ from reconciler.destinations.durable_files import fsync_dir
 from reconciler.destinations.object_store import archive, layout, pruning
 from reconciler.destinations.object_store.key_store import KeyStore
 from reconciler.destinations.object_store.layout import PINNED, STUDIES
-from reconciler.destinations.object_store.listing import ManifestCache, list_objects
+from reconciler.destinations.object_store.listing import (
+    copy_stamps,
+    list_objects,
+    read_manifests,
+    unchanged_copies,
+)
 from reconciler.destinations.object_store.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -82,7 +88,6 @@ class ObjectStoreDestination(KeyStore):
         # Shared by every transfer thread; its processes start only if something is encoded.
         self._codecs = CompressionPool()
         self._pinned: frozenset[str] | None = None  # studies recovery points refer to
-        self._manifests = ManifestCache(name)
         # Studies' objects with no committed manifest, as of the last observation.
         self.partial_copies: dict[str, dict[str, int]] = {}
 
@@ -105,12 +110,20 @@ class ObjectStoreDestination(KeyStore):
 
     # --- observe ---------------------------------------------------------------------------
 
-    def observe(self, expected: Mapping[str, Collection[str]]) -> Mapping[str, ObservedStudy]:
-        # One listing shows everything: cheaper than asking study by study.
+    def observe(
+        self,
+        expected: Mapping[str, Collection[str]],
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
+    ) -> Mapping[str, ObservedStudy]:
+        # One listing shows everything: cheaper than asking study by study. A copy whose
+        # stamp is the known one's is that copy: its manifest is not read again.
         try:
             self.identity.confirm_readable()
-            listing, stamps = list_objects(self.fs, self.root, self._local)
-            manifests = self._manifests.read(self.fs, stamps)
+            listing, manifest_stamps = list_objects(self.fs, self.root, self._local)
+            stamps = copy_stamps(listing, manifest_stamps, self.root)
+            unchanged = unchanged_copies(known, stamps)
+            changed = [p for p in manifest_stamps if p.rsplit("/", 2)[-2] not in unchanged]
+            manifests = read_manifests(self.fs, changed, self.name)
             archived = archive.observe(self)
             # Only pruning needs to know what recovery points refer to: reading them costs.
             pinned = pruning.studies_in_points(self) if self.settings.prune else frozenset()
@@ -118,6 +131,15 @@ class ObjectStoreDestination(KeyStore):
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self.partial_copies = layout.uncommitted_studies(listing, self.root, STUDIES, MANIFEST_NAME)
         studies = {}
+        for study_uid, copy in unchanged.items():
+            studies[study_uid] = ObservedStudy(
+                study_uid,
+                copy.instances,
+                site=copy.site,
+                written_at=copy.written_at,
+                in_recovery_point=study_uid in pinned,
+                stamp=copy.stamp,
+            )
         for study_uid, manifest in manifests.items():
             folder = self._study_dir(study_uid)
             present = {
@@ -131,6 +153,7 @@ class ObjectStoreDestination(KeyStore):
                 site=manifest.site,
                 written_at=manifest.written_at,
                 in_recovery_point=study_uid in pinned,
+                stamp=stamps.get(study_uid),
             )
         return {**archived, **studies}
 
