@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from random import Random
 
 from harness import CLI, FIGURES, Table, bench_env, figures, measure, write_config
 
@@ -34,25 +35,31 @@ BATCH = 50_000
 
 
 def synthetic_rows(inbox: Path, rows: int, per_study: int) -> Iterator[CatalogInstance]:
-    """Rows as a scan would record them: plausible paths, sizes, times and hashes, and UIDs
-    made as many modalities make them (2.25. and a UUID's 128 bits in decimal)."""
+    """Rows as a scan would record them: plausible paths, sizes, times, random hashes, and
+    UIDs made as many modalities make them (2.25. and 128 random bits in decimal). Seeded:
+    the same rows at every call."""
+    random = Random(1)
     written = time.time_ns() - 3600 * 10**9  # an hour ago and before: every study is complete
+    study_uid = series_uid = ""
     for index in range(rows):
         study, position = divmod(index, per_study)
         series = position // 50
-        study_uid, series_uid = _uid(f"study {study}"), _uid(f"series {study} {series}")
+        if position == 0:
+            study_uid = f"2.25.{random.getrandbits(128)}"
+        if position % 50 == 0:
+            series_uid = f"2.25.{random.getrandbits(128)}"
         path = f"{inbox}/PID{study:06d}/{study_uid}/{series + 1}/{position:05d}.dcm"
-        changed = written - index * 1_000_000 - int.from_bytes(_digest(path)[:3])  # ~1 ms apart
+        changed = written - index * 1_000_000 - random.getrandbits(20)  # about 1 ms apart
         yield CatalogInstance(
             path=path,
             source="inbox",
-            size=524_288 + int.from_bytes(_digest(path)[3:5]),
+            size=524_288 + random.getrandbits(16),
             mtime_ns=changed,
             ctime_ns=changed,
-            sha256=hashlib.sha256(path.encode()).hexdigest(),
+            sha256=random.randbytes(32).hex(),
             study_uid=study_uid,
             series_uid=series_uid,
-            sop_uid=_uid(path),
+            sop_uid=f"2.25.{random.getrandbits(128)}",
             sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
             transfer_syntax="1.2.840.10008.1.2.1",
             patient_id=f"PID{study:06d}",
@@ -61,14 +68,6 @@ def synthetic_rows(inbox: Path, rows: int, per_study: int) -> Iterator[CatalogIn
             study_description="CHEST CT",
             accession_number=f"ACC{study:08d}",
         )
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.md5(text.encode(), usedforsecurity=False).digest()
-
-
-def _uid(seed: str) -> str:
-    return f"2.25.{int.from_bytes(_digest(seed))}"
 
 
 def populate(state: Path, inbox: Path, rows: int, per_study: int) -> None:
@@ -94,7 +93,7 @@ def add_files(state: Path, inbox: Path, per_study: int, studies: int = 10) -> No
     new = [
         rows[k % len(rows)]._replace(
             path=f"{rows[k % len(rows)].path}.new{k}",
-            sop_uid=_uid(f"new {k}"),
+            sop_uid=f"{rows[k % len(rows)].sop_uid}.{k}",
             sha256=hashlib.sha256(f"new {k}".encode()).hexdigest(),
         )
         for k in range(1000)

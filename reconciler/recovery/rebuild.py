@@ -9,7 +9,7 @@ as lost.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,12 +18,15 @@ from reconciler.config.load import LoadedConfig
 from reconciler.destinations.object_store.layout import STUDIES, new_share_key
 from reconciler.destinations.object_store.manifest import Manifest, ManifestError
 from reconciler.destinations.object_store.store import ObjectStoreDestination
+from reconciler.engine.incremental import plan_from_state
 from reconciler.engine.workspace import Workspace
-from reconciler.model.observation import Observation
-from reconciler.planning.planner import make_plan
+from reconciler.model.observation import Observation, ObservedStudy
+from reconciler.planning.study import RunFacts
 from reconciler.recovery.create import is_study_manifest_key
 from reconciler.sources.scan import ScanResult
 from reconciler.state.lock import StateLock
+
+_MANIFESTS_AT_ONCE = 500
 
 
 class StateExistsError(Exception):
@@ -52,14 +55,12 @@ def rebuild_state(
         set_aside = _set_aside(path, force, now)
         with Workspace(loaded) as workspace:
             scanned = workspace.scan(scan_progress)
-            catalog = workspace.store.load_catalog()
-            report = RebuildReport(str(path), set_aside, scanned, studies=len(catalog.studies))
-            for name in workspace.observe(refresh=True, now=now):
-                observation = workspace.store.load_observation(name)
-                assert observation is not None  # just saved
-
-                report.destinations[name] = _recover_destination(workspace, name, observation)
-                warning = _what_is_lost(workspace, name, observation)
+            studies = workspace.store.catalog_study_count()
+            report = RebuildReport(str(path), set_aside, scanned, studies=studies)
+            for name, head in workspace.observe(refresh=True, now=now).items():
+                copies = workspace.store.cached_copies(name)
+                report.destinations[name] = _recover_destination(workspace, name, head, copies)
+                warning = _what_is_lost(workspace, name, head)
                 if warning:
                     report.warnings.append(warning)
             if shared := _assume_shared(workspace, now):
@@ -75,7 +76,10 @@ def _assume_shared(workspace: Workspace, now: datetime) -> int:
     second time is worse than one share not made."""
     store = workspace.store
     shared = 0
-    for action in make_plan(workspace.config, store.load_catalog(), {}, now).actions:
+    # Decided study by study, no destination counted as answering: shares only.
+    run = RunFacts(workspace.config, now, workspace.local_facts())
+    planned = plan_from_state(store, run, {}, "", write=False, every=True)
+    for action in planned.actions:
         if action.kind == "share" and action.recipient is not None:
             label, policy = action.study, action.policies[0]
             uid, recipient = action.study_uid, action.recipient
@@ -104,27 +108,34 @@ def _set_aside(path: Path, force: bool, now: datetime) -> list[str]:
     return moved
 
 
-def _recover_destination(workspace: Workspace, name: str, observation: Observation) -> str:
-    if not observation.ok:
-        return f"unreachable ({observation.error}); observed again by the next plan"
-    held = f"{len(observation.studies)} studies held"
+def _recover_destination(
+    workspace: Workspace, name: str, head: Observation, copies: Mapping[str, ObservedStudy]
+) -> str:
+    if not head.ok:
+        return f"unreachable ({head.error}); observed again by the next plan"
+    held = f"{len(copies)} studies held"
     destination = workspace.destination(name)
     if not isinstance(destination, ObjectStoreDestination):
         return held
-    verified = _verifications_from_manifests(workspace, destination, observation)
+    verified = _verifications_from_manifests(workspace, destination, copies)
     return f"{held}, {verified} verifications recovered from manifests"
 
 
 def _verifications_from_manifests(
-    workspace: Workspace, destination: ObjectStoreDestination, observation: Observation
+    workspace: Workspace, destination: ObjectStoreDestination, copies: Mapping[str, ObservedStudy]
 ) -> int:
     """A complete study counts as verified when its manifest was written: every object it
-    lists was hashed as it was stored."""
-    keys = [k for k in destination.list_keys(STUDIES) if is_study_manifest_key(k)]
+    lists was hashed as it was stored. Read a chunk of manifests at a time, in UID order."""
+    keys = sorted(k for k in destination.list_keys(STUDIES) if is_study_manifest_key(k))
     recovered = 0
-    for key, data in destination.read_keys(keys).items():
+    read = (
+        item
+        for start in range(0, len(keys), _MANIFESTS_AT_ONCE)
+        for item in destination.read_keys(keys[start : start + _MANIFESTS_AT_ONCE]).items()
+    )
+    for key, data in read:
         study_uid = key.split("/")[1]
-        observed = observation.studies.get(study_uid)
+        observed = copies.get(study_uid)
         if isinstance(data, BaseException) or observed is None:
             continue
         try:
@@ -139,14 +150,14 @@ def _verifications_from_manifests(
     return recovered
 
 
-def _what_is_lost(workspace: Workspace, name: str, observation: Observation) -> str | None:
+def _what_is_lost(workspace: Workspace, name: str, head: Observation) -> str | None:
     settings = workspace.config.destinations[name]
     if settings.verification == "none":
         return (
             f"{name} (verify: none) cannot be asked what it holds, and only the lost state "
             "knew: the next plan sends it every study again"
         )
-    if settings.verification == "commitment" and observation.ok:
+    if settings.verification == "commitment" and head.ok:
         return (
             f"{name}: storage commitment results were only in the lost state; the next plan "
             "asks the peer to commit its studies again"

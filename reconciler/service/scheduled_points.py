@@ -29,8 +29,7 @@ def create_points(
     settings = workspace.config.recovery_points
     stores = {n: workspace.object_store(n) for n in names}  # checked by _store_names
     existing = {n: list_points(s)[0] for n, s in stores.items()}
-    catalog = workspace.store.load_catalog()
-    patient_ids = {uid: study.first.patient_id for uid, study in catalog.studies.items()}
+    patient_ids = workspace.store.patient_ids()
     point_id = new_point_id(now, {p.id for points in existing.values() for p in points})
     outcomes = []
     for name, store in stores.items():
@@ -40,8 +39,7 @@ def create_points(
             outcome["not_due"] = f"the newest point, {existing[name][-1].id}, is recent"
             outcomes.append(outcome)
             continue
-        observation = workspace.store.load_observation(name)
-        corrupt = {u: s.corrupt for u, s in observation.studies.items()} if observation else {}
+        corrupt = workspace.store.corrupt_copies(name)
         result = create_point(
             store,
             point_id,

@@ -214,6 +214,10 @@ class CatalogTables(StateDatabase):
         )
         return [dict(zip(KNOWN_STUDY_COLUMNS, row, strict=True)) for row in rows]
 
+    def patient_ids(self) -> dict[str, str]:
+        """The Patient ID of every study ever catalogued here, by study UID."""
+        return dict(self._db.execute("SELECT study_uid, patient_id FROM known_studies"))
+
     def forget_files(self, study_uid: str, paths: Iterable[str]) -> None:
         """After a deletion: the files leave the catalog, and the study's arrival with them
         once none is left, so a study sent again later is kept for its full term again."""

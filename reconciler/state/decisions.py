@@ -23,6 +23,7 @@ from reconciler.model.share import ShareRecord
 from reconciler.state.catalog import CatalogTables
 from reconciler.state.observations import ObservationTables
 from reconciler.state.shares import ShareTables
+from reconciler.state.verifications import VerificationTables
 
 STUDIES_AT_ONCE = 500  # studies read, decided and written in one transaction
 EVERY_PLAN = 0.0  # due_at of a decision that is made again at every plan
@@ -45,7 +46,7 @@ class StoredDecision:
     due_at: float | None  # seconds since the epoch; EVERY_PLAN; None: no deadline
 
 
-class DecisionTables(CatalogTables, ObservationTables, ShareTables):
+class DecisionTables(CatalogTables, ObservationTables, ShareTables, VerificationTables):
     def decisions_key(self) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'decisions_key'").fetchone()
         return row[0] if row else None

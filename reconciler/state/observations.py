@@ -312,46 +312,6 @@ class ObservationTables(StateDatabase):
             )
         return observed
 
-    def last_verification(
-        self, destination: str, study_uid: str
-    ) -> tuple[datetime, frozenset[str]] | None:
-        """When a verification of the study there last concluded, and what it found bad."""
-        row = self._db.execute(
-            "SELECT verified_at, corrupt FROM verifications "
-            "WHERE destination = ? AND study_uid = ?",
-            (destination, study_uid),
-        ).fetchone()
-        return (datetime.fromisoformat(row[0]), frozenset(json.loads(row[1]))) if row else None
-
-    def record_verification(
-        self, destination: str, study_uid: str, at: datetime, corrupt: Iterable[str]
-    ) -> None:
-        corrupt = sorted(corrupt)
-        with self.transaction() as db:
-            db.execute(
-                "DELETE FROM unconfirmed WHERE destination = ? AND study_uid = ?",
-                (destination, study_uid),
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?)",
-                (destination, study_uid, at.isoformat(), int(not corrupt), json.dumps(corrupt)),
-            )
-            db.execute(
-                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
-            )
-
-    def record_unconfirmed(self, destination: str, study_uid: str, reason: str) -> None:
-        """A storage commitment asked for got no answer either way; a verification that
-        concludes (``record_verification``) clears it."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO unconfirmed VALUES (?, ?, ?)",
-                (destination, study_uid, reason),
-            )
-            db.execute(
-                "UPDATE observations SET serial = serial + 1 WHERE destination = ?", (destination,)
-            )
-
 
 class CachedCopies(Mapping[str, ObservedStudy]):
     """A destination's cached copies, read from the state a chunk of studies at a time in

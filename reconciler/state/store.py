@@ -12,5 +12,5 @@ from reconciler.state.journal import JournalTables
 
 class StateStore(DecisionTables, JournalTables):
     """The state of one site: each part keeps its own tables (``state.catalog``,
-    ``state.observations``, ``state.shares``, ``state.decisions``, ``state.journal``) over
-    one database (``state.database``)."""
+    ``state.observations``, ``state.verifications``, ``state.shares``, ``state.decisions``,
+    ``state.journal``) over one database (``state.database``)."""

@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS catalog_files (
 
 
 def instance_row(instance: CatalogInstance) -> Row:
-    return (*instance[:-1], json.dumps(dict(instance.extra), sort_keys=True))
+    extra = json.dumps(dict(instance.extra), sort_keys=True) if instance.extra else "{}"
+    return (*instance[:-1], extra)
 
 
 def pack(rows: list[Row]) -> bytes:
@@ -117,35 +118,39 @@ class StudyRows:
         self.rows: dict[str, list[Row]] = {}
         self._ids: dict[str, int] = {}
         self._keys: dict[str, set[int]] = {}  # the path keys each study's rows had when read
+        self._path_keys: dict[str, int] = {}
 
     def read_holding(self, paths: Iterable[str], study_uids: Iterable[str]) -> None:
         """Read the studies that hold any of ``paths``, and ``study_uids`` (new ones empty)."""
+        keys = {self._key(p) for p in paths}
         ids = {
-            study
-            for key in {path_key(p) for p in paths}
-            for (study,) in self._db.execute(
-                "SELECT study FROM catalog_files WHERE path_key = ?", (key,)
-            )
+            study for (study,) in _select_in(self._db, "catalog_files", "study", "path_key", keys)
         }
         wanted = set(study_uids) - self.rows.keys()
         found = [
-            *_select_in(self._db, "id, study_uid, pack", "id", ids),
-            *_select_in(self._db, "id, study_uid, pack", "study_uid", wanted),
+            *_select_in(self._db, "catalog_studies", "id, study_uid, pack", "id", ids),
+            *_select_in(self._db, "catalog_studies", "id, study_uid, pack", "study_uid", wanted),
         ]
         for study, uid, packed in found:
             if uid not in self.rows:
                 self._ids[uid] = study
                 self.rows[uid] = rows(packed)
-                self._keys[uid] = {path_key(r[_PATH]) for r in self.rows[uid]}
+                self._keys[uid] = {self._key(r[_PATH]) for r in self.rows[uid]}
         for uid in wanted:
             self.rows.setdefault(uid, [])
+
+    def _key(self, path: str) -> int:
+        key = self._path_keys.get(path)
+        if key is None:
+            key = self._path_keys[path] = path_key(path)
+        return key
 
     def write(self) -> None:
         """Store every read study's rows as they now are; a study left without any goes."""
         for uid, held in self.rows.items():
             study = self._ids.get(uid)
             before = self._keys.get(uid, set())
-            after = {path_key(r[_PATH]) for r in held}
+            after = {self._key(r[_PATH]) for r in held}
             if not held:
                 if study is not None:
                     self._db.execute("DELETE FROM catalog_studies WHERE id = ?", (study,))
@@ -176,20 +181,19 @@ def packs_of(
     """(study, pack) of these studies, or of every study."""
     if study_uids is None:
         return iter(db.execute("SELECT study_uid, pack FROM catalog_studies"))
-    return _select_in(db, "study_uid, pack", "study_uid", study_uids)
+    return _select_in(db, "catalog_studies", "study_uid, pack", "study_uid", study_uids)
 
 
 _AT_ONCE = 500  # values bound in one query: well under SQLite's limit on parameters
 
 
 def _select_in(
-    db: sqlite3.Connection, selected: str, key: str, values: Iterable[object]
+    db: sqlite3.Connection, table: str, selected: str, key: str, values: Iterable[object]
 ) -> Iterator[tuple[Any, ...]]:
     values = list(values)
     for start in range(0, len(values), _AT_ONCE):
         chunk = values[start : start + _AT_ONCE]
         yield from db.execute(
-            f"SELECT {selected} FROM catalog_studies "
-            f"WHERE {key} IN ({', '.join('?' * len(chunk))})",
+            f"SELECT {selected} FROM {table} WHERE {key} IN ({', '.join('?' * len(chunk))})",
             chunk,
         )
