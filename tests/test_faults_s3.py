@@ -277,3 +277,27 @@ def test_a_marker_that_cannot_be_written_fails_the_copy_saying_so(
     assert "identity marker cannot be written" in str(failed["message"]), failed
     assert "internal error" in str(failed["message"])
     assert stored(direct(s3_env), s3_bucket) == ([], [])
+
+
+
+def test_a_listing_that_fails_after_its_first_page_is_unknown_not_what_it_had_listed(
+    tmp_path: Path,
+    one_study: Path,
+    s3_bucket: str,
+    s3_env: dict[str, str],
+    proxy: FaultProxy,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, s3_bucket, proxy)
+    assert run(capsys, "apply", "-c", config, "--auto-approve")[0] == 0
+    # A second page: 1,000 objects of a copy killed midway, listed after the study's own.
+    fs = direct(s3_env)
+    fs.pipe({f"{s3_bucket}/main/studies/9.9/{n:04d}.dcm": b"x" for n in range(1000)})
+    proxy.arm("internal", times=1000, method="GET", path="continuation-token")
+    code, out = run(capsys, "plan", "-c", config, "--refresh")
+    assert code == 1 and "cloud: could not be observed" in out, out
+    assert "in sync" not in out and "partial copy" not in out
+    assert any("continuation-token" in p for _, _, p in proxy.injected)
+    proxy.clear()
+    code, out = run(capsys, "plan", "-c", config, "--refresh")
+    assert "1 study copy in sync" in out and "9.9" in out, out  # the partial copy, found

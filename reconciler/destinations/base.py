@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
@@ -97,6 +97,16 @@ class Pruner(Protocol):
         """Remove the listed objects; returns the bytes freed. Raises if the study's folder
         is no longer what the plan saw (a manifest, or objects written since)."""
         ...
+
+
+@runtime_checkable
+class ListsCopies(Protocol):
+    """Destinations whose observation comes a copy at a time as a listing goes (object
+    stores): the state saves it as it comes, so its memory is a chunk's, not the store's."""
+
+    def observe_copies(
+        self, expected: Mapping[str, Collection[str]], known: Mapping[str, ObservedStudy]
+    ) -> Iterator[ObservedStudy]: ...
 
 
 @runtime_checkable

@@ -7,21 +7,26 @@ then the pure planner. The CLI calls it; it never renders anything itself.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from reconciler.config.load import LoadedConfig
 from reconciler.config.model import Config
-from reconciler.destinations.base import Destination, DestinationUnavailable, ReportsPartialCopies
+from reconciler.destinations.base import (
+    Destination,
+    DestinationUnavailable,
+    ListsCopies,
+    ReportsPartialCopies,
+)
 from reconciler.destinations.factory import open_destination
 from reconciler.destinations.filesystems import sources_on_same_filesystem
 from reconciler.destinations.identity import KnownIdentity, Marker
 from reconciler.engine.apply import Emit, apply_plan
 from reconciler.engine.incremental import decisions_key, plan_from_state
 from reconciler.engine.trash import Trash
-from reconciler.model.observation import Observation, PartialCopy
+from reconciler.model.observation import Observation, ObservedStudy, PartialCopy
 from reconciler.model.plan import Fingerprint, Plan
 from reconciler.planning.retention import Hold, LocalFacts
 from reconciler.planning.study import RunFacts
@@ -162,9 +167,16 @@ class Workspace:
     def _observe(
         self, name: str, expected: Mapping[str, Collection[str]], now: datetime
     ) -> Observation:
+        """Observe the destination, its copies saved as they come (``ListsCopies``) or once
+        listed, each compared with the cached one."""
         destination = self.destination(name)
+        known = self.store.cached_copies(name)
         try:
-            studies = destination.observe(expected, self.store.cached_copies(name))
+            if isinstance(destination, ListsCopies):
+                copies: Iterable[ObservedStudy] = destination.observe_copies(expected, known)
+            else:
+                copies = destination.observe(expected, known).values()
+            changed = self.store.save_copies(name, now, copies)
         except DestinationUnavailable as exc:
             failed = Observation(name, now, 0, ok=False, error=str(exc))
             return self.store.save_observation(failed)
@@ -172,8 +184,8 @@ class Workspace:
         found = destination.partial_copies if isinstance(destination, ReportsPartialCopies) else {}
         # Dated now; the state keeps the date of the first observation that found each.
         partial = {uid: PartialCopy(objects, now) for uid, objects in found.items()}
-        observed = Observation(name, now, 0, ok=True, studies=studies, partial=partial)
-        return self.store.save_observation(observed)
+        observed = Observation(name, now, 0, ok=True, partial=partial)
+        return self.store.finish_observation(observed, changed)
 
     def fingerprint(self) -> Fingerprint:
         return Fingerprint(

@@ -44,10 +44,32 @@ class ObservationTables(StateDatabase):
         self, observation: Observation, studies: Iterable[ObservedStudy] | None = None
     ) -> Observation:
         """Replace a destination's cached holdings with ``studies`` (by default the
-        observation's own), compared with the stored copies and written a chunk of studies
-        at a time: a copy unchanged is only marked seen, so memory and writes follow the
-        chunk and what changed, not the holdings. The serial moves only if anything changed.
-        Returns the observation as saved, without its holdings (``observation_heads``)."""
+        observation's own): ``save_copies``, then ``finish_observation``. Returns the
+        observation as saved, without its holdings (``observation_heads``)."""
+        listed = observation.studies.values() if studies is None else studies
+        changed = observation.ok and self.save_copies(
+            observation.destination, observation.observed_at, listed
+        )
+        return self.finish_observation(observation, changed)
+
+    def save_copies(
+        self, destination: str, observed_at: datetime, studies: Iterable[ObservedStudy]
+    ) -> bool:
+        """The copies an observation at ``observed_at`` lists, as they come: compared with
+        the stored ones and written a chunk of studies per transaction (a copy unchanged is
+        only marked seen), so memory and writes follow the chunk and what changed, not the
+        holdings. Returns whether any copy changed. Until ``finish_observation``, the copies
+        not listed yet stay as cached: a listing that fails midway leaves facts, not gaps."""
+        seen, changed = observed_at.isoformat(), False
+        for chunk in _chunks(studies):
+            with self.transaction():
+                changed |= self._save_observed(destination, seen, chunk)
+        return changed
+
+    def finish_observation(self, observation: Observation, copies_changed: bool) -> Observation:
+        """Close an observation: when it answered, the copies ``save_copies`` did not list
+        since ``observed_at`` are gone and its partial copies replace the earlier ones; the
+        serial moves only if anything changed."""
         name, seen = observation.destination, observation.observed_at.isoformat()
         previous = self._observation_head(name)
         partial = dict(observation.partial)
@@ -58,12 +80,8 @@ class ObservationTables(StateDatabase):
                 uid: replace(found, since=earlier[uid].since) if uid in earlier else found
                 for uid, found in partial.items()
             }
-        changed = previous is None or previous.ok != observation.ok
+        changed = copies_changed or previous is None or previous.ok != observation.ok
         if observation.ok:
-            listed = observation.studies.values() if studies is None else studies
-            for chunk in _chunks(listed):
-                with self.transaction():
-                    changed |= self._save_observed(name, seen, chunk)
             changed |= previous is not None and previous.partial != partial
         with self.transaction() as db:
             if observation.ok and previous is not None:
@@ -110,6 +128,7 @@ class ObservationTables(StateDatabase):
                 (name, *(s.study_uid for s in studies)),
             )
         }
+        listed = {s.study_uid: s for s in studies}  # a study listed twice: the last counts
         rows = [
             (
                 name,
@@ -121,7 +140,7 @@ class ObservationTables(StateDatabase):
                 int(s.in_recovery_point),
                 s.stamp,
             )
-            for s in studies
+            for s in listed.values()
         ]
         differing = [r for r in rows if stored.get(r[1]) != (r[2], *r[4:])]
         self._db.executemany(

@@ -1,70 +1,156 @@
-"""Observing an object store's studies: one recursive listing, and of the manifests it shows
-only those read whose copy changed since it was last observed. A copy's stamp (its manifest's
-ETag or inode and mtime, and its folder's objects and sizes) is kept with it in the state, so
-a plan in a new process costs a listing, not a read of every manifest."""
+"""Listing an object store's studies a folder at a time, in key order, with memory bounded by
+the folder: S3 is listed a page (1,000 keys) at a time through s3fs's own lister, a local
+folder one study folder at a time. Each study's copy has a stamp (its manifest's ETag, or
+inode and mtime, and every object's name and size), kept with the copy in the state: a plan
+in a new process reads again only the manifests of the copies whose stamp changed."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Hashable, Iterable, Mapping
+import os
+from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from reconciler.destinations.object_store.layout import STUDIES
 from reconciler.destinations.object_store.manifest import MANIFEST_NAME, Manifest, ManifestError
-from reconciler.model.observation import ObservedStudy
+from reconciler.model.observation import ObservedInstance, ObservedStudy
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SUFFIX = f"/{MANIFEST_NAME}"
+_PAGES_AHEAD = 4  # pages of a listing read ahead of the study folders being looked at
 
 
-def list_objects(fs: Any, root: str, local: bool) -> tuple[dict[str, int], dict[str, Hashable]]:
-    """Every object under studies/ with its size (one recursive listing), and a stamp of
-    each manifest that changes whenever the manifest is rewritten."""
+@dataclass(frozen=True)
+class StudyFolder:
+    study_uid: str
+    objects: dict[str, int]  # object name -> size; the manifest's among them
+    manifest: Hashable | None  # what tells a rewritten manifest; None: there is none
+
+    @property
+    def stamp(self) -> str:
+        """The copy's stamp: equal stamps, the same copy, still whole."""
+        text = json.dumps([repr(self.manifest), sorted(self.objects.items())])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def study_folders(fs: Any, root: str, local: bool) -> Iterator[StudyFolder]:
+    """Every study folder under ``root``/studies, in key order."""
     top = f"{root}/{STUDIES}"
-    if local and not fs.exists(top):
-        return {}, {}
-    found = fs.find(top, detail=True)
-    sizes = {path.rstrip("/"): int(info.get("size") or 0) for path, info in found.items()}
-    stamps = {path: _stamp(info) for path, info in found.items() if path.endswith(MANIFEST_SUFFIX)}
-    return sizes, stamps
+    listed = _local_files(top) if local else _remote_files(fs, top)
+    prefix = f"{top}/"
+    study_uid, manifest = "", None
+    objects: dict[str, int] = {}
+    for path, size, stamp in listed:
+        uid, _, name = path[len(prefix) :].partition("/")
+        if not name or name.endswith("/"):
+            continue  # a folder marker
+        if uid != study_uid:
+            if study_uid:
+                yield StudyFolder(study_uid, objects, manifest)
+            study_uid, objects, manifest = uid, {}, None
+        objects[name] = size
+        if name == MANIFEST_NAME:
+            manifest = stamp
+    if study_uid:
+        yield StudyFolder(study_uid, objects, manifest)
 
 
-def _stamp(info: Mapping[str, Any]) -> Hashable:
-    """What tells a rewritten object from the one listed before: S3's ETag (a hash of the
-    content), or a file's inode and mtime (a manifest is replaced by a rename: new inode)."""
-    etag = info.get("ETag")
-    if etag:
-        return (etag, info.get("size"))
-    return (info.get("ino"), info.get("mtime"), str(info.get("LastModified")), info.get("size"))
+def _local_files(top: str) -> Iterator[tuple[str, int, Hashable]]:
+    """(path, size, stamp) of the files one level down each study folder, in key order."""
+    try:
+        folders = sorted(os.listdir(top))
+    except FileNotFoundError:
+        return
+    for uid in folders:
+        try:
+            with os.scandir(os.path.join(top, uid)) as entries:
+                files = [(f"{top}/{uid}/{e.name}", e.stat()) for e in entries if e.is_file()]
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed since it was listed, or not a folder
+        for path, st in sorted(files):
+            # A manifest is replaced by a rename: a new inode.
+            yield path, st.st_size, (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def copy_stamps(
-    sizes: Mapping[str, int], manifests: Mapping[str, Hashable], root: str
-) -> dict[str, str]:
-    """Each committed copy's stamp, by study UID: a digest of its manifest's stamp and of
-    every object in its folder with its size. Equal stamps: the same copy, still whole."""
-    prefix = f"{root}/{STUDIES}/"
-    folders: dict[str, list[tuple[str, int]]] = {}
-    for path, size in sizes.items():
-        study_uid, _, name = path[len(prefix) :].partition("/")
-        folders.setdefault(study_uid, []).append((name, size))
-    stamps = {}
-    for path, stamp in manifests.items():
-        study_uid = path.rsplit("/", 2)[-2]
-        listed = sorted(folders.get(study_uid, ()))
-        text = json.dumps([repr(stamp), listed], separators=(",", ":"))
-        stamps[study_uid] = hashlib.sha256(text.encode()).hexdigest()[:32]
-    return stamps
+def _remote_files(fs: Any, top: str) -> Iterator[tuple[str, int, Hashable]]:
+    """(path, size, stamp) of every object under ``top``, a page at a time: s3fs's lister
+    runs on fsspec's event loop, a few pages ahead, and hands them over through a queue."""
+    bucket, key, _ = fs.split_path(top)
+    loop = fs.loop
+    pages = asyncio.run_coroutine_threadsafe(_new_queue(), loop).result()
+    pumping = asyncio.run_coroutine_threadsafe(_pump(fs, bucket, f"{key}/", pages), loop)
+    try:
+        while (page := asyncio.run_coroutine_threadsafe(pages.get(), loop).result()) is not None:
+            if isinstance(page, BaseException):
+                raise page
+            for info in page:
+                # The ETag is a hash of the content: a rewritten manifest has another.
+                stamp = (info.get("ETag"), info.get("size"))
+                yield info["name"], int(info.get("size") or 0), stamp
+    finally:
+        pumping.cancel()
 
 
-def read_manifests(fs: Any, paths: Iterable[str], destination: str) -> dict[str, Manifest]:
-    """The readable manifests at ``paths``, by study UID. An unreadable one's study counts
-    as absent (and is said so in the log)."""
-    wanted = list(paths)
-    contents = fs.cat(wanted, on_error="return") if wanted else {}
+_Pages = asyncio.Queue[list[dict[str, Any]] | BaseException | None]
+
+
+async def _new_queue() -> _Pages:
+    return asyncio.Queue(_PAGES_AHEAD)  # made on the loop that uses it
+
+
+async def _pump(fs: Any, bucket: str, prefix: str, pages: _Pages) -> None:
+    """List ``prefix`` into ``pages``: lists of 1,000 objects' infos, then None; or what
+    went wrong, for the reader to raise."""
+    page: list[dict[str, Any]] = []
+    try:
+        listed: AsyncIterator[dict[str, Any]] = fs._iterdir(bucket, prefix=prefix, delimiter="")
+        async for info in listed:
+            page.append(info)
+            if len(page) == 1000:
+                await pages.put(page)
+                page = []
+        await pages.put(page)
+        await pages.put(None)
+    except Exception as exc:
+        await pages.put(exc)
+
+
+def read_copies(
+    fs: Any, root: str, folders: list[StudyFolder], pinned: frozenset[str], destination: str
+) -> Iterator[ObservedStudy]:
+    """The copies in these folders, their manifests read together: the instances whose
+    object is there with its stored size."""
+    manifests = _read_manifests(fs, root, folders, destination)
+    for folder in folders:
+        manifest = manifests.get(folder.study_uid)
+        if manifest is None:
+            continue  # unreadable: the study counts as absent
+        present = {
+            e.sop_uid: ObservedInstance(e.sha256, e.size)
+            for e in manifest.instances
+            if folder.objects.get(e.object) == e.stored_size
+        }
+        yield ObservedStudy(
+            folder.study_uid,
+            present,
+            site=manifest.site,
+            written_at=manifest.written_at,
+            in_recovery_point=folder.study_uid in pinned,
+            stamp=folder.stamp,
+        )
+
+
+def _read_manifests(
+    fs: Any, root: str, folders: Iterable[StudyFolder], destination: str
+) -> dict[str, Manifest]:
+    """The readable manifests of these folders, by study UID, read together. An unreadable
+    one's study counts as absent (and is said so in the log)."""
+    paths = [f"{root}/{STUDIES}/{f.study_uid}/{MANIFEST_NAME}" for f in folders]
+    contents = fs.cat(paths, on_error="return") if paths else {}
     manifests = {}
     for path, data in contents.items():
         study_uid = path.rsplit("/", 2)[-2]
@@ -77,14 +163,6 @@ def read_manifests(fs: Any, paths: Iterable[str], destination: str) -> dict[str,
     return manifests
 
 
-def unchanged_copies(
-    known: Mapping[str, ObservedStudy], stamps: Mapping[str, str]
-) -> dict[str, ObservedStudy]:
-    """The known copies whose stamp is the one listed now; asked for in UID order, the order
-    the state reads its cached copies in."""
-    found = {}
-    for study_uid in sorted(stamps):
-        copy = known.get(study_uid)
-        if copy is not None and copy.stamp == stamps[study_uid]:
-            found[study_uid] = copy
-    return found
+def known_stamp(known: Mapping[str, ObservedStudy], study_uid: str) -> str | None:
+    copy = known.get(study_uid)
+    return copy.stamp if copy is not None else None

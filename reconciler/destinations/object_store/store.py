@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,14 +41,14 @@ from reconciler.destinations.base import (
     VerifyResult,
 )
 from reconciler.destinations.durable_files import fsync_dir
-from reconciler.destinations.object_store import archive, layout, pruning
+from reconciler.destinations.object_store import archive, pruning
 from reconciler.destinations.object_store.key_store import KeyStore
 from reconciler.destinations.object_store.layout import PINNED, STUDIES
 from reconciler.destinations.object_store.listing import (
-    copy_stamps,
-    list_objects,
-    read_manifests,
-    unchanged_copies,
+    StudyFolder,
+    known_stamp,
+    read_copies,
+    study_folders,
 )
 from reconciler.destinations.object_store.manifest import (
     MANIFEST_NAME,
@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 # Larger files are streamed from disk instead of being held in memory while uploaded.
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
+_MANIFESTS_AT_ONCE = 100  # manifests read together (in parallel at S3)
 
 
 class ObjectStoreDestination(KeyStore):
@@ -115,47 +116,47 @@ class ObjectStoreDestination(KeyStore):
         expected: Mapping[str, Collection[str]],
         known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
     ) -> Mapping[str, ObservedStudy]:
-        # One listing shows everything: cheaper than asking study by study. A copy whose
-        # stamp is the known one's is that copy: its manifest is not read again.
+        return {copy.study_uid: copy for copy in self.observe_copies(expected, known)}
+
+    def observe_copies(
+        self,
+        expected: Mapping[str, Collection[str]],
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
+    ) -> Iterator[ObservedStudy]:
+        """``observe``, a copy at a time as the listing goes (a study listed twice, archived
+        and copied, counts by its last). One listing shows everything: cheaper than asking
+        study by study. A copy whose stamp is the known one's is that copy: its manifest is
+        not read again. Once the listing ends, ``partial_copies`` holds what it found."""
         try:
             self.identity.confirm_readable()
-            listing, manifest_stamps = list_objects(self.fs, self.root, self._local)
-            stamps = copy_stamps(listing, manifest_stamps, self.root)
-            unchanged = unchanged_copies(known, stamps)
-            changed = [p for p in manifest_stamps if p.rsplit("/", 2)[-2] not in unchanged]
-            manifests = read_manifests(self.fs, changed, self.name)
-            archived = archive.observe(self)
             # Only pruning needs to know what recovery points refer to: reading them costs.
             pinned = pruning.studies_in_points(self) if self.settings.prune else frozenset()
+            yield from archive.observe(self).values()
+            partial: dict[str, dict[str, int]] = {}
+            changed: list[StudyFolder] = []
+            for folder in study_folders(self.fs, self.root, self._local):
+                uid = folder.study_uid
+                if folder.manifest is None:
+                    partial[uid] = {f"{STUDIES}/{uid}/{n}": s for n, s in folder.objects.items()}
+                elif known_stamp(known, uid) == folder.stamp:
+                    copy = known[uid]
+                    yield ObservedStudy(
+                        uid,
+                        copy.instances,
+                        site=copy.site,
+                        written_at=copy.written_at,
+                        in_recovery_point=uid in pinned,
+                        stamp=copy.stamp,
+                    )
+                else:
+                    changed.append(folder)
+                    if len(changed) == _MANIFESTS_AT_ONCE:
+                        yield from read_copies(self.fs, self.root, changed, pinned, self.name)
+                        changed = []
+            yield from read_copies(self.fs, self.root, changed, pinned, self.name)
         except Exception as exc:
             raise DestinationUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        self.partial_copies = layout.uncommitted_studies(listing, self.root, STUDIES, MANIFEST_NAME)
-        studies = {}
-        for study_uid, copy in unchanged.items():
-            studies[study_uid] = ObservedStudy(
-                study_uid,
-                copy.instances,
-                site=copy.site,
-                written_at=copy.written_at,
-                in_recovery_point=study_uid in pinned,
-                stamp=copy.stamp,
-            )
-        for study_uid, manifest in manifests.items():
-            folder = self._study_dir(study_uid)
-            present = {
-                e.sop_uid: ObservedInstance(e.sha256, e.size)
-                for e in manifest.instances
-                if listing.get(f"{folder}/{e.object}") == e.stored_size
-            }
-            studies[study_uid] = ObservedStudy(
-                study_uid,
-                present,
-                site=manifest.site,
-                written_at=manifest.written_at,
-                in_recovery_point=study_uid in pinned,
-                stamp=stamps.get(study_uid),
-            )
-        return {**archived, **studies}
+        self.partial_copies = partial
 
     # --- send ------------------------------------------------------------------------------
 
