@@ -44,8 +44,7 @@ def hashes_from_column(column: Any) -> list[Any]:
     if not isinstance(column, dict):
         return list(column)
     joined = base64.b64decode(column["sha256"]).hex()
-    ends = range(_DIGEST_HEX, len(joined) + 1, _DIGEST_HEX)
-    return list(map(joined.__getitem__, map(slice, range(0, len(joined), _DIGEST_HEX), ends)))
+    return [joined[i : i + _DIGEST_HEX] for i in range(0, len(joined), _DIGEST_HEX)]
 
 
 def copy_instances(held: Mapping[str, tuple[str | None, int]]) -> bytes:
