@@ -279,7 +279,6 @@ def test_a_marker_that_cannot_be_written_fails_the_copy_saying_so(
     assert stored(direct(s3_env), s3_bucket) == ([], [])
 
 
-
 def test_a_listing_that_fails_after_its_first_page_is_unknown_not_what_it_had_listed(
     tmp_path: Path,
     one_study: Path,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -82,19 +82,26 @@ class DicomWebDestination:
     def observe(
         self,
         expected: Mapping[str, Collection[str]],
-        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,  # asked study by study: not read
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
     ) -> Mapping[str, ObservedStudy]:
-        studies = {}
+        return {copy.study_uid: copy for copy in self.observe_copies(expected, known)}
+
+    def observe_copies(
+        self,
+        expected: Mapping[str, Collection[str]],
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,  # asked study by study: not read
+    ) -> Iterator[ObservedStudy]:
+        """What the service holds of each expected study, a QIDO-RS search each, as the
+        answers come."""
         try:
             if not expected:
                 self._probe()
             for study_uid in expected:
                 held = self._instances(study_uid)
                 if held:
-                    studies[study_uid] = ObservedStudy(study_uid, held)
+                    yield ObservedStudy(study_uid, held)
         except TransientHttpError as exc:
             raise DestinationUnavailable(str(exc)) from exc
-        return studies
 
     def _probe(self) -> None:
         """One cheap search, so that with nothing expected there a service that refuses us or

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from pydicom import Dataset
@@ -92,12 +92,20 @@ class DicomDestination:
     def observe(
         self,
         expected: Mapping[str, Collection[str]],
-        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,  # asked study by study: not read
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
     ) -> Mapping[str, ObservedStudy]:
+        return {copy.study_uid: copy for copy in self.observe_copies(expected, known)}
+
+    def observe_copies(
+        self,
+        expected: Mapping[str, Collection[str]],
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,  # asked study by study: not read
+    ) -> Iterator[ObservedStudy]:
+        """What the peer holds of each expected study, a C-FIND each on one association, as
+        the answers come."""
         counting = self.settings.verification == "count"
         try:
             with association(self.target, FIND_CONTEXT) as assoc:
-                studies = {}
                 for study_uid, sop_uids in expected.items():
                     held = (
                         _counted(assoc, study_uid, sop_uids)
@@ -105,8 +113,7 @@ class DicomDestination:
                         else _listed(assoc, study_uid)
                     )
                     if held:
-                        studies[study_uid] = ObservedStudy(study_uid, held)
-                return studies
+                        yield ObservedStudy(study_uid, held)
         except ContextsRefused as exc:
             raise DestinationUnavailable(f"{exc}: it does not answer Study Root C-FIND") from exc
         except AssociationLost as exc:
