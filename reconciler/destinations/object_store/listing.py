@@ -63,8 +63,8 @@ def _local_files(top: str) -> Iterator[tuple[str, int, Hashable]]:
     """(path, size, stamp) of the files one level down each study folder, in key order."""
     try:
         folders = sorted(os.listdir(top))
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # no studies there (a file in the way makes every copy fail, loudly)
     for uid in folders:
         try:
             with os.scandir(os.path.join(top, uid)) as entries:
