@@ -238,5 +238,24 @@ def test_an_observation_saved_in_chunks_is_the_holdings_listed_and_moves_the_ser
                 assert loaded is not None
                 assert {u: replace(s, seen_at=None) for u, s in loaded.studies.items()} == held
                 assert all(s.seen_at is not None for s in loaded.studies.values()) or not ok
+                cached = store.cached_copies("cloud")
+                assert len(cached) == len(loaded.studies) and cached.get("9.9") is None
+                for uid in reversed(STUDIES):  # read back in any order, chunk by chunk
+                    assert cached.get(uid) == loaded.studies.get(uid)
         finally:
             store.close()
+
+
+def test_cached_copies_are_read_back_whole_in_any_order_across_chunks(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    try:
+        uids = [f"1.{n}" for n in range(1200)]  # more than two chunks
+        held = {u: ObservedStudy(u, {f"{u}.1": ObservedInstance("a" * 64, 5)}) for u in uids}
+        store.save_observation(Observation("cloud", NOW, 0, ok=True, studies=held))
+        cached = store.cached_copies("cloud")
+        assert sorted(cached) == sorted(uids)
+        for uid in [*reversed(uids), *uids[::7], *uids]:
+            assert cached[uid].instances == held[uid].instances
+        assert "2.1" not in cached and "1.1200" not in cached
+    finally:
+        store.close()
