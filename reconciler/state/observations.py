@@ -340,15 +340,18 @@ class CachedCopies(Mapping[str, ObservedStudy]):
     def __init__(self, tables: ObservationTables, destination: str, studies: list[str]) -> None:
         self._tables, self._destination, self._studies = tables, destination, studies
         self._chunk: dict[str, ObservedStudy] = {}
+        self._start = 0  # where the chunk read last starts
 
     def __getitem__(self, study_uid: str) -> ObservedStudy:
         if study_uid not in self._chunk:
             at = bisect_left(self._studies, study_uid)
             if self._studies[at : at + 1] != [study_uid]:
                 raise KeyError(study_uid)
-            chunk = self._studies[at : at + _STUDIES_AT_ONCE]
+            # The chunk from there on, or up to there when going back.
+            start = max(0, at - _STUDIES_AT_ONCE + 1) if at < self._start else at
+            chunk = self._studies[start : start + _STUDIES_AT_ONCE]
             read = self._tables.observed_of(chunk, self._destination)
-            self._chunk = read.get(self._destination, {})
+            self._chunk, self._start = read.get(self._destination, {}), start
         return self._chunk[study_uid]
 
     def __iter__(self) -> Iterator[str]:
