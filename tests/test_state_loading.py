@@ -36,6 +36,9 @@ steps = st.one_of(
         st.sampled_from(STUDIES),
         st.integers(0, 2),  # content: hash, size, series and extra attributes vary with it
     ),
+    st.tuples(  # the same file twice in one batch, in two studies: the last reading counts
+        st.just("twice"), st.sampled_from(PATHS), st.sampled_from(STUDIES), st.integers(0, 2)
+    ),
     st.tuples(st.just("reject"), st.sampled_from(PATHS)),
     st.tuples(st.just("remove"), st.sampled_from(PATHS)),
     st.tuples(st.just("forget"), st.sampled_from(STUDIES)),
@@ -73,6 +76,11 @@ def test_the_stored_catalog_is_what_its_files_make_after_any_changes(
                         files[path] = put(path, study, variant)
                         arrived.add(study)
                         store.record_scan([files[path]], [], [])
+                    case ("twice", str(path), str(study), int(variant)):
+                        first = put(path, STUDIES[(STUDIES.index(study) + 1) % 3], 1)
+                        files[path] = put(path, study, variant)
+                        arrived.add(study)
+                        store.record_scan([first, files[path]], [], [])
                     case ("reject", str(path)):
                         files.pop(path, None)
                         store.record_scan([], [(path, "inbox", 10, 1, "not DICOM")], [])

@@ -119,7 +119,9 @@ class CatalogTables(StateDatabase):
         removed: Iterable[str],
     ) -> bool:
         """Apply one batch of scan results atomically; returns whether anything changed."""
-        upserts, rejections, removed = list(upserts), list(rejections), list(removed)
+        # A file scanned twice in one batch counts once, as its last reading.
+        upserts = list({i.path: i for i in upserts}.values())
+        rejections, removed = list(rejections), list(removed)
         if not (upserts or rejections or removed):
             return False
         with self.transaction() as db:
