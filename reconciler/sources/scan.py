@@ -134,13 +134,16 @@ def scan_sources(
             continue  # an unmounted share must not read as "every study was deleted"
         known = store.file_stamps(source.name)
         unreadable: list[tuple[str, str]] = []
-        found = {f.path: f for f in _walk(source.path, source.exclude, unreadable)}
-        result.files += len(found)
+        to_read = []
+        # Each file found leaves ``known``: what is left once the walk ends was not found.
+        for found in _walk(source.path, source.exclude, unreadable):
+            result.files += 1
+            if _needs_reading(known.pop(found.path, None), found, wanted_extra):
+                to_read.append(found)
         result.unreadable.extend(unreadable)
-        to_read = [f for f in found.values() if _needs_reading(known.get(f.path), f, wanted_extra)]
         # What an unreadable folder holds is unknown, not gone: its files stay catalogued.
         hidden = tuple(os.path.join(path, "") for path, _ in unreadable)
-        removed = [p for p in known if p not in found and not p.startswith(hidden)]
+        removed = [p for p in known if not p.startswith(hidden)]
         store.record_scan([], [], removed)
         result.removed += len(removed)
         _read_changed(store, source.name, to_read, wanted_extra, result, progress)
