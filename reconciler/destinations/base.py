@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -99,14 +100,23 @@ class Pruner(Protocol):
         ...
 
 
-@runtime_checkable
-class ListsCopies(Protocol):
-    """Destinations whose observation comes a copy at a time as a listing goes (object
-    stores): the state saves it as it comes, so its memory is a chunk's, not the store's."""
+class ListsCopies(ABC):
+    """Destinations whose observation comes a copy at a time, as a listing or the answers to
+    queries go: the state saves each as it comes, so its memory is a chunk's, not the
+    destination's. ``observe`` is made of ``observe_copies``."""
 
+    @abstractmethod
     def observe_copies(
         self, expected: Mapping[str, Collection[str]], known: Mapping[str, ObservedStudy]
-    ) -> Iterator[ObservedStudy]: ...
+    ) -> Iterator[ObservedStudy]:
+        """``observe``, one copy at a time (a study given twice counts by its last)."""
+
+    def observe(
+        self,
+        expected: Mapping[str, Collection[str]],
+        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
+    ) -> Mapping[str, ObservedStudy]:
+        return {copy.study_uid: copy for copy in self.observe_copies(expected, known)}
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ from reconciler.destinations.base import (
     NOTHING_KNOWN,
     DestinationRefused,
     DestinationUnavailable,
+    ListsCopies,
     ProgressCallback,
     SendResult,
     VerifyResult,
@@ -41,7 +42,7 @@ class TransientHttpError(Exception):
     """The service may answer next time: connection trouble or a 5xx/429."""
 
 
-class DicomWebDestination:
+class DicomWebDestination(ListsCopies):
     def __init__(self, name: str, target: DicomWebTarget, settings: DestinationConfig) -> None:
         self.name = name
         self.target = target
@@ -78,13 +79,6 @@ class DicomWebDestination:
         return response
 
     # --- observe ---------------------------------------------------------------------------
-
-    def observe(
-        self,
-        expected: Mapping[str, Collection[str]],
-        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
-    ) -> Mapping[str, ObservedStudy]:
-        return {copy.study_uid: copy for copy in self.observe_copies(expected, known)}
 
     def observe_copies(
         self,

@@ -25,6 +25,7 @@ from reconciler.destinations.bandwidth import throttle_for
 from reconciler.destinations.base import (
     NOTHING_KNOWN,
     DestinationUnavailable,
+    ListsCopies,
     ProgressCallback,
     SendResult,
     VerifyResult,
@@ -57,7 +58,7 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 FIND_CONTEXT = [(StudyRootQueryRetrieveInformationModelFind, EXPLICIT_VR_LITTLE_ENDIAN)]
 
 
-class DicomDestination:
+class DicomDestination(ListsCopies):
     def __init__(self, name: str, target: DicomTarget, settings: DestinationConfig) -> None:
         self.name = name
         self.target = target
@@ -88,13 +89,6 @@ class DicomDestination:
             return self._pool
 
     # --- observe ---------------------------------------------------------------------------
-
-    def observe(
-        self,
-        expected: Mapping[str, Collection[str]],
-        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
-    ) -> Mapping[str, ObservedStudy]:
-        return {copy.study_uid: copy for copy in self.observe_copies(expected, known)}
 
     def observe_copies(
         self,

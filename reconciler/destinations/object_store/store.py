@@ -36,6 +36,7 @@ from reconciler.destinations.base import (
     NOTHING_KNOWN,
     DestinationFull,
     DestinationUnavailable,
+    ListsCopies,
     ProgressCallback,
     SendResult,
     VerifyResult,
@@ -74,7 +75,7 @@ IN_MEMORY_LIMIT = 64 * 1024 * 1024
 _MANIFESTS_AT_ONCE = 100  # manifests read together (in parallel at S3)
 
 
-class ObjectStoreDestination(KeyStore):
+class ObjectStoreDestination(KeyStore, ListsCopies):
     """A destination at an object store: studies with their manifests, archive bundles,
     pruning; its plain keys are a ``KeyStore``'s."""
 
@@ -110,13 +111,6 @@ class ObjectStoreDestination(KeyStore):
         return self._path(f"{STUDIES}/{study_uid}")
 
     # --- observe ---------------------------------------------------------------------------
-
-    def observe(
-        self,
-        expected: Mapping[str, Collection[str]],
-        known: Mapping[str, ObservedStudy] = NOTHING_KNOWN,
-    ) -> Mapping[str, ObservedStudy]:
-        return {copy.study_uid: copy for copy in self.observe_copies(expected, known)}
 
     def observe_copies(
         self,
