@@ -107,6 +107,8 @@ async def _pump(fs: Any, bucket: str, prefix: str, pages: _Pages) -> None:
     went wrong, for the reader to raise."""
     page: list[dict[str, Any]] = []
     try:
+        # s3fs's own lister, a page of ListObjectsV2 at a time: not public API, so the S3
+        # tests (moto's server) are what tells an s3fs that changed it.
         listed: AsyncIterator[dict[str, Any]] = fs._iterdir(bucket, prefix=prefix, delimiter="")
         async for info in listed:
             page.append(info)
