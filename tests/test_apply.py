@@ -161,6 +161,28 @@ def test_plan_full_decides_every_study_again_and_finds_the_same_plan(
     assert plan() == in_sync
 
 
+def test_a_config_edit_no_decision_reads_keeps_every_decision_and_any_other_edit_decides_again(
+    tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(small_studies, tmp_path / "inbox")
+    config = write_config(tmp_path, folder_destination(tmp_path)[0])
+    assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
+    assert run(capsys, "plan", "-c", str(config))[0] == 0  # decides the copies just made
+
+    def in_sync_after(edit: str) -> object:
+        """in_sync of the next plan, the kept decisions wiped first: 0 if none was made."""
+        config.write_text(config.read_text() + edit)
+        with sqlite3.connect(tmp_path / ".reconciler" / "state.db") as db:
+            db.execute("DELETE FROM study_decisions")
+        code, out = run(capsys, "plan", "-c", str(config), "--json")
+        assert code == 0, out
+        return json.loads(out)["summary"]["in_sync"]
+
+    assert in_sync_after("notifications:\n  failures_after: 5\n") == 0  # nothing decided
+    assert in_sync_after("watch:\n  replan_every: 10m\n") == 0
+    assert in_sync_after("retention:\n  max_deletes_per_run: 7\n") == 3  # all decided again
+
+
 def test_a_study_blocked_by_conflicting_files_is_an_alarm_in_plan_and_status(
     tmp_path: Path, small_studies: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

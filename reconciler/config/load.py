@@ -8,9 +8,13 @@ the file, line and column it came from and a field path in words, never with a r
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler.config.merge import merge_documents
 from reconciler.config.model import Config
@@ -36,6 +40,9 @@ class LoadedConfig:
     files: tuple[Path, ...]  # absolute, in the order read
     base_dir: Path  # relative paths in the config are relative to this folder
     sha256: str  # over the files' names and raw bytes, so it changes when the text does
+    # Over what the config says minus the parts no study's decision reads (notifications,
+    # the API, watch's timing), references unresolved: editing those re-plans nothing.
+    decisions_sha256: str
 
     def resolve_path(self, path: Path) -> Path:
         path = Path(path).expanduser()
@@ -58,7 +65,23 @@ def load_config(path: Path) -> LoadedConfig:
     if problems:
         raise ConfigError(problems)
     config = validate_config(data, merged, resolver)
-    return LoadedConfig(config=config, files=files, base_dir=base_dir, sha256=config_digest(raw))
+    return LoadedConfig(
+        config=config,
+        files=files,
+        base_dir=base_dir,
+        sha256=config_digest(raw),
+        decisions_sha256=_decisions_digest(merged.data),
+    )
+
+
+# Top-level sections that no study's decision reads: the planner takes the rest.
+_NOT_DECIDING = frozenset({"notifications", "api", "watch"})
+
+
+def _decisions_digest(merged: Mapping[str, Any]) -> str:
+    deciding = {k: v for k, v in merged.items() if k not in _NOT_DECIDING}
+    text = json.dumps(deciding, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def format_config(path: Path, *, check: bool) -> list[Path]:

@@ -224,7 +224,7 @@ class Workspace:
         subset: tuple[int, int] | None = None,
     ) -> Plan:
         run = RunFacts(self.config, now, self.local_facts(), subset)
-        key = decisions_key(self.loaded.sha256, run, heads)
+        key = decisions_key(self.loaded.decisions_sha256, run, heads)
         return plan_from_state(
             self.store, run, heads, key, write=write, every=every, fingerprint=self.fingerprint()
         )
