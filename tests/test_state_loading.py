@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from factories import LONG_AGO_NS, NOW, instance
 from hypothesis import given, settings
@@ -265,5 +266,25 @@ def test_cached_copies_are_read_back_whole_in_any_order_across_chunks(tmp_path: 
         for uid in [*reversed(uids), *uids[::7], *uids]:
             assert cached[uid].instances == held[uid].instances
         assert "2.1" not in cached and "1.1200" not in cached
+    finally:
+        store.close()
+
+
+def test_paths_that_share_a_key_are_told_apart_by_the_packs(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    try:
+        with mock.patch("reconciler.state.study_packs.path_key", lambda path: 7):  # all collide
+            files = {p: put(p, STUDIES[n % 2], n % 3) for n, p in enumerate(PATHS)}
+            store.record_scan(files.values(), [], [])
+            store.record_scan([], [], [PATHS[0], PATHS[3]])  # one from each study
+            files[PATHS[1]] = put(PATHS[1], STUDIES[2], 2)  # moved to a third study
+            store.record_scan([files[PATHS[1]]], [], [])
+            store.forget_files(STUDIES[0], [PATHS[2]])
+            for gone in (PATHS[0], PATHS[3], PATHS[2]):
+                del files[gone]
+            expected = Catalog.from_instances(list(files.values()), 0)
+            assert {u: s.instances for u, s in store.load_catalog().studies.items()} == {
+                u: s.instances for u, s in expected.studies.items()
+            }
     finally:
         store.close()

@@ -141,6 +141,9 @@ class StateDatabase:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # 32 MiB of pages (SQLite's default is 2): a large catalog's writes and walks reread
+        # far fewer pages.
+        self._db.execute("PRAGMA cache_size=-32768")
         self._db.executescript(_SCHEMA)
         with self.transaction():
             self._db.execute(
