@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS catalog_studies (
     id INTEGER PRIMARY KEY, study_uid TEXT NOT NULL UNIQUE,
     instances INTEGER NOT NULL, bytes INTEGER NOT NULL, pack BLOB NOT NULL
 );
+-- Totals and counts are read from here, not from rows that hold kilobytes of pack each.
+CREATE INDEX IF NOT EXISTS catalog_studies_totals ON catalog_studies (instances, bytes);
 CREATE TABLE IF NOT EXISTS catalog_files (
     path_key INTEGER NOT NULL, study INTEGER NOT NULL, PRIMARY KEY (path_key, study)
 ) WITHOUT ROWID;
