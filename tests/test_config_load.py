@@ -138,6 +138,16 @@ def test_the_digest_covers_the_raw_text_not_resolved_values(
     assert load_config(path).sha256 != first
 
 
+def test_the_decisions_digest_leaves_out_what_no_decision_reads(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yaml", VALID)
+    first = load_config(path)
+    path.write_text(path.read_text() + "notifications: {failures_after: 5}\n# edited\n")
+    quiet = load_config(path)
+    assert quiet.sha256 != first.sha256 and quiet.decisions_sha256 == first.decisions_sha256
+    path.write_text(path.read_text().replace("older_than: 90d", "older_than: 91d"))
+    assert load_config(path).decisions_sha256 != first.decisions_sha256
+
+
 # --- files and YAML --------------------------------------------------------------------------
 
 
