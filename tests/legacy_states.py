@@ -52,6 +52,7 @@ def as_version(state: Path, version: int) -> None:
             db.execute("ALTER TABLE observed_studies DROP COLUMN stamp")
             db.execute("DROP TABLE catalog_studies")
             db.execute("DROP TABLE catalog_files")
+            db.execute("DROP TABLE source_files")
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
     finally:
         db.close()

@@ -68,6 +68,7 @@ def test_the_stored_catalog_is_what_its_files_make_after_any_changes(
 ) -> None:
     files: dict[str, CatalogInstance] = {}  # what the catalog must hold, by path
     arrived: set[str] = set()  # the studies with an arrival on record
+    rejected: set[str] = set()  # the files set aside
     with tempfile.TemporaryDirectory() as folder:
         store = StateStore(Path(folder) / "state.db")
         try:
@@ -76,17 +77,21 @@ def test_the_stored_catalog_is_what_its_files_make_after_any_changes(
                     case ("put", str(path), str(study), int(variant)):
                         files[path] = put(path, study, variant)
                         arrived.add(study)
+                        rejected.discard(path)
                         store.record_scan([files[path]], [], [])
                     case ("twice", str(path), str(study), int(variant)):
                         first = put(path, STUDIES[(STUDIES.index(study) + 1) % 3], 1)
                         files[path] = put(path, study, variant)
                         arrived.add(study)
+                        rejected.discard(path)
                         store.record_scan([first, files[path]], [], [])
                     case ("reject", str(path)):
                         files.pop(path, None)
+                        rejected.add(path)
                         store.record_scan([], [(path, "inbox", 10, 1, "not DICOM")], [])
                     case ("remove", str(path)):
                         files.pop(path, None)
+                        rejected.discard(path)
                         store.record_scan([], [], [path])
                     case ("forget", str(study)):
                         held = [p for p, i in files.items() if i.study_uid == study]
@@ -115,8 +120,16 @@ def test_the_stored_catalog_is_what_its_files_make_after_any_changes(
                     u: [i.sop_uid for i in s.instances] for u, s in loaded.studies.items()
                 }
                 assert {u: expected[u] for u in expected} == dict(expected.items())
-                stamps = store.file_stamps("inbox")
-                assert {p for p, s in stamps.items() if not s.rejected} == files.keys()
+                # What a rescan compares with: the known files of the folder, and those
+                # outside the folders walked.
+                assert store.catalogued_files("inbox") == len(files) + len(rejected)
+                held = store.file_stamps("inbox").in_folder("/srv/inbox")
+                assert {p for p, s in held.items() if not s.rejected} == files.keys()
+                assert {p for p, s in held.items() if s.rejected} == rejected
+                assert store.file_stamps("inbox").in_folder("/srv") == {}
+                outside = sorted(store.files_outside("inbox", {"/srv"}))
+                assert outside == sorted(files.keys() | rejected)
+                assert list(store.files_outside("inbox", {"/srv/inbox"})) == []
         finally:
             store.close()
 
@@ -139,6 +152,7 @@ def test_a_state_from_before_packs_is_packed_on_opening(tmp_path: Path) -> None:
     try:
         assert store.load_catalog().studies == before.studies
         assert store.load_observation("cloud") == held
+        assert store.catalogued_files("inbox") == 3  # counted by the conversion
         [known] = store.known_studies("study_uid", "1.2")
         assert known["modalities"] == "CT"
         store.record_scan([], [], [PATHS[1]])  # found by its path in the packed catalog

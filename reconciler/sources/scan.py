@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from reconciler.model.plan import Problem
 from reconciler.model.share import description_text, redact
 from reconciler.model.uid import is_uid
 from reconciler.sources.structure import structural_damage
-from reconciler.state.catalog import FileStamp
+from reconciler.state.rescans import FileStamp
 from reconciler.state.store import StateStore
 
 if TYPE_CHECKING:
@@ -132,18 +133,29 @@ def scan_sources(
                 source.name
             )
             continue  # an unmounted share must not read as "every study was deleted"
-        known = store.file_stamps(source.name)
+        catalogued = store.catalogued_files(source.name)
+        stamps = store.file_stamps(source.name)
         unreadable: list[tuple[str, str]] = []
-        to_read = []
-        # Each file found leaves ``known``: what is left once the walk ends was not found.
-        for found in _walk(source.path, source.exclude, unreadable):
-            result.files += 1
-            if _needs_reading(known.pop(found.path, None), found, wanted_extra):
-                to_read.append(found)
+        to_read: list[_Found] = []
+        walked: set[str] = set()  # the folders whose files were compared with the state's
+        gone: list[str] = []  # files the state knows in those folders that are not there
+        known = 0  # files found that the state knows
+        for folder, files in groupby(_walk(source.path, source.exclude, unreadable), _folder):
+            held = stamps.in_folder(folder)
+            walked.add(folder)
+            for found in files:
+                result.files += 1
+                stamp = held.pop(found.path, None)
+                known += stamp is not None
+                if _needs_reading(stamp, found, wanted_extra):
+                    to_read.append(found)
+            gone.extend(held)
         result.unreadable.extend(unreadable)
+        if known + len(gone) < catalogued:  # and files it knows in folders not walked
+            gone.extend(store.files_outside(source.name, walked))
         # What an unreadable folder holds is unknown, not gone: its files stay catalogued.
         hidden = tuple(os.path.join(path, "") for path, _ in unreadable)
-        removed = [p for p in known if not p.startswith(hidden)]
+        removed = [p for p in gone if not p.startswith(hidden)]
         store.record_scan([], [], removed)
         result.removed += len(removed)
         _read_changed(store, source.name, to_read, wanted_extra, result, progress)
@@ -191,6 +203,10 @@ def _walk(
                 ):
                     st = entry.stat()
                     yield _Found(entry.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _folder(found: _Found) -> str:
+    return found.path.rpartition("/")[0]  # the walk gives a folder's files one after another
 
 
 def _needs_reading(stamp: FileStamp | None, found: _Found, wanted_extra: frozenset[str]) -> bool:

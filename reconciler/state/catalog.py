@@ -68,16 +68,6 @@ _LABELS = [  # known_studies' columns but the first and the last, as the files g
 _new_instance = partial(tuple.__new__, CatalogInstance)  # _make without its length check
 
 
-@dataclass(frozen=True, slots=True)
-class FileStamp:
-    """What a rescan compares to decide whether a file must be read again."""
-
-    size: int
-    mtime_ns: int
-    extra_keys: frozenset[str]  # the extra attributes read last time
-    rejected: bool
-
-
 @dataclass(frozen=True)
 class CatalogTotals:
     studies: int
@@ -94,24 +84,6 @@ class RejectedFile:
 
 
 class CatalogTables(StateDatabase):
-    def file_stamps(self, source: str) -> dict[str, FileStamp]:
-        keys = _Parsed(lambda text: frozenset(json.loads(text)))
-        stamps: dict[str, FileStamp] = {}
-        with self._snapshot(), building():
-            for _, packed in packs_of(self._db):
-                count, values = columns(packed)
-                held = [v if isinstance(v, list) else repeat(v, count) for v in values]
-                for path, origin, size, mtime, extra in zip(
-                    held[_PATH], held[_SOURCE], held[_SIZE], held[_MTIME], held[_EXTRA], strict=True
-                ):
-                    if origin == source:
-                        stamps[path] = FileStamp(size, mtime, keys[extra], False)
-            for path, size, mtime in self._db.execute(
-                "SELECT path, size, mtime_ns FROM rejected WHERE source = ?", (source,)
-            ):
-                stamps[path] = FileStamp(size, mtime, frozenset(), True)
-        return stamps
-
     def record_scan(
         self,
         upserts: Iterable[CatalogInstance],

@@ -22,6 +22,7 @@ from reconciler.model.observation import ObservedStudy
 from reconciler.model.share import ShareRecord
 from reconciler.state.catalog import CatalogTables
 from reconciler.state.observations import ObservationTables
+from reconciler.state.rescans import RescanTables
 from reconciler.state.shares import ShareTables
 from reconciler.state.verifications import VerificationTables
 
@@ -46,7 +47,9 @@ class StoredDecision:
     due_at: float | None  # seconds since the epoch; EVERY_PLAN; None: no deadline
 
 
-class DecisionTables(CatalogTables, ObservationTables, ShareTables, VerificationTables):
+class DecisionTables(
+    CatalogTables, ObservationTables, ShareTables, VerificationTables, RescanTables
+):
     def decisions_key(self) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'decisions_key'").fetchone()
         return row[0] if row else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import repeat
 from operator import itemgetter
@@ -51,8 +52,8 @@ INSTANCE_COLUMNS = (
 
 Row = tuple[Any, ...]  # a file's values in INSTANCE_COLUMNS order; extra as its JSON text
 
-_PATH, _SIZE, _MTIME, _CTIME, _SHA256 = map(
-    INSTANCE_COLUMNS.index, ("path", "size", "mtime_ns", "ctime_ns", "sha256")
+_PATH, _SOURCE, _SIZE, _MTIME, _CTIME, _SHA256 = map(
+    INSTANCE_COLUMNS.index, ("path", "source", "size", "mtime_ns", "ctime_ns", "sha256")
 )
 
 SCHEMA = """
@@ -62,6 +63,8 @@ CREATE TABLE IF NOT EXISTS catalog_studies (
 );
 -- Totals and counts are read from here, not from rows that hold kilobytes of pack each.
 CREATE INDEX IF NOT EXISTS catalog_studies_totals ON catalog_studies (instances, bytes);
+-- How many files each source holds: a rescan that found them all removed none.
+CREATE TABLE IF NOT EXISTS source_files (source TEXT PRIMARY KEY, files INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS catalog_files (
     path_key INTEGER NOT NULL, study INTEGER NOT NULL, PRIMARY KEY (path_key, study)
 ) WITHOUT ROWID;
@@ -112,13 +115,21 @@ def path_key(path: str) -> int:
     """The folder's hash in the high 32 bits, the name's in the low 32: the files of one
     folder sit together in the index, so a batch of them writes a few pages, not one page
     each (at a hundred million files, the difference between megabytes and gigabytes of
-    writes a batch)."""
+    writes a batch), and one range read finds them (``folder_keys``)."""
     folder, _, name = path.rpartition("/")
-    high, low = (
-        hashlib.blake2b(part.encode(errors="surrogateescape"), digest_size=4).digest()
-        for part in (folder, name)
-    )
-    return int.from_bytes(high + low, signed=True)
+    return int.from_bytes(_digest(folder) + _digest(name), signed=True)
+
+
+def folder_keys(folder: str) -> tuple[int, int]:
+    """The first and last path key of the files directly in ``folder`` (and in any other
+    folder whose hash it shares)."""
+    high = _digest(folder)
+    first, last = high + bytes(4), high + b"\xff" * 4
+    return int.from_bytes(first, signed=True), int.from_bytes(last, signed=True)
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(errors="surrogateescape"), digest_size=4).digest()
 
 
 class StudyRows:
@@ -130,23 +141,25 @@ class StudyRows:
         self._ids: dict[str, int] = {}
         self._keys: dict[str, set[int]] = {}  # the path keys each study's rows had when read
         self._path_keys: dict[str, int] = {}
+        self._files_before: Counter[str] = Counter()  # the read studies' files, by source
 
     def read_holding(self, paths: Iterable[str], study_uids: Iterable[str]) -> None:
         """Read the studies that hold any of ``paths``, and ``study_uids`` (new ones empty)."""
         keys = {self._key(p) for p in paths}
         ids = {
-            study for (study,) in _select_in(self._db, "catalog_files", "study", "path_key", keys)
+            study for (study,) in select_in(self._db, "catalog_files", "study", "path_key", keys)
         }
         wanted = set(study_uids) - self.rows.keys()
         found = [
-            *_select_in(self._db, "catalog_studies", "id, study_uid, pack", "id", ids),
-            *_select_in(self._db, "catalog_studies", "id, study_uid, pack", "study_uid", wanted),
+            *select_in(self._db, "catalog_studies", "id, study_uid, pack", "id", ids),
+            *select_in(self._db, "catalog_studies", "id, study_uid, pack", "study_uid", wanted),
         ]
         for study, uid, packed in found:
             if uid not in self.rows:
                 self._ids[uid] = study
                 self.rows[uid] = rows(packed)
                 self._keys[uid] = {self._key(r[_PATH]) for r in self.rows[uid]}
+                self._files_before.update(r[_SOURCE] for r in self.rows[uid])
         for uid in wanted:
             self.rows.setdefault(uid, [])
 
@@ -184,6 +197,16 @@ class StudyRows:
                 self._db.executemany(
                     "INSERT INTO catalog_files VALUES (?, ?)", [(k, study) for k in after - before]
                 )
+        files = Counter(r[_SOURCE] for held in self.rows.values() for r in held)
+        self._db.executemany(
+            "INSERT INTO source_files VALUES (?, ?) "
+            "ON CONFLICT (source) DO UPDATE SET files = files + excluded.files",
+            [
+                (source, files[source] - self._files_before[source])
+                for source in files | self._files_before
+            ],
+        )
+        self._files_before = files  # written: what a next write starts from
 
 
 def packs_of(
@@ -192,13 +215,13 @@ def packs_of(
     """(study, pack) of these studies, or of every study."""
     if study_uids is None:
         return iter(db.execute("SELECT study_uid, pack FROM catalog_studies"))
-    return _select_in(db, "catalog_studies", "study_uid, pack", "study_uid", study_uids)
+    return select_in(db, "catalog_studies", "study_uid, pack", "study_uid", study_uids)
 
 
 _AT_ONCE = 500  # values bound in one query: well under SQLite's limit on parameters
 
 
-def _select_in(
+def select_in(
     db: sqlite3.Connection, table: str, selected: str, key: str, values: Iterable[object]
 ) -> Iterator[tuple[Any, ...]]:
     values = list(values)

@@ -1,0 +1,120 @@
+"""What a rescan compares its walk with, a folder at a time: the stamps of the files the state
+knows in that folder (the path index keeps a folder's files together: one range read finds
+the studies holding them), and once the walk ends, the files it knows in folders the walk did
+not reach. Memory follows the folder and the few studies last read, not the source; a walk
+that accounted for every file the source holds needs no sweep for the missing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any
+
+from reconciler.state.database import StateDatabase
+from reconciler.state.study_packs import INSTANCE_COLUMNS, columns, folder_keys
+
+_PATH, _SOURCE, _SIZE, _MTIME, _EXTRA = map(
+    INSTANCE_COLUMNS.index, ("path", "source", "size", "mtime_ns", "extra")
+)
+_STUDIES_KEPT = 16  # studies' stamps kept between folders: a study spans a few folders
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """What a rescan compares to decide whether a file must be read again."""
+
+    size: int
+    mtime_ns: int
+    extra_keys: frozenset[str]  # the extra attributes read last time
+    rejected: bool
+
+
+class RescanTables(StateDatabase):
+    def catalogued_files(self, source: str) -> int:
+        """The files of ``source`` the state knows: catalogued or set aside."""
+        held = self._db.execute("SELECT files FROM source_files WHERE source = ?", (source,))
+        row = held.fetchone()
+        rejected = self._db.execute("SELECT COUNT(*) FROM rejected WHERE source = ?", (source,))
+        return (row[0] if row else 0) + int(rejected.fetchone()[0])
+
+    def file_stamps(self, source: str) -> FileStamps:
+        return FileStamps(self._db, source)
+
+    def files_outside(self, source: str, folders: Collection[str]) -> Iterator[str]:
+        """The files of ``source`` the state knows in none of ``folders``."""
+        for (packed,) in self._db.execute("SELECT pack FROM catalog_studies"):
+            count, values = columns(packed)
+            paths, sources = _column(values, count, _PATH), _column(values, count, _SOURCE)
+            for path, origin in zip(paths, sources, strict=True):
+                if origin == source and path.rpartition("/")[0] not in folders:
+                    yield path
+        rejected = self._db.execute("SELECT path FROM rejected WHERE source = ?", (source,))
+        for (path,) in rejected.fetchall():
+            if path.rpartition("/")[0] not in folders:
+                yield path
+
+
+class FileStamps:
+    """The stamps of one source's files, a folder at a time."""
+
+    def __init__(self, db: sqlite3.Connection, source: str) -> None:
+        self._db, self._source = db, source
+        # By study: its files' stamps by folder, then path.
+        self._studies: OrderedDict[int, dict[str, dict[str, FileStamp]]] = OrderedDict()
+        self._extra_keys: dict[str, frozenset[str]] = {}
+
+    def in_folder(self, folder: str) -> dict[str, FileStamp]:
+        """The stamps of the files the state knows directly in ``folder``, by path."""
+        low, high = folder_keys(folder)
+        holding = [
+            study
+            for (study,) in self._db.execute(
+                "SELECT DISTINCT study FROM catalog_files WHERE path_key BETWEEN ? AND ?",
+                (low, high),
+            )
+        ]
+        stamps: dict[str, FileStamp] = {}
+        for study in holding:
+            if study not in self._studies:
+                self._read(study)
+            self._studies.move_to_end(study)
+            stamps.update(self._studies[study].get(folder, {}))
+        while len(self._studies) > max(_STUDIES_KEPT, len(holding)):
+            self._studies.popitem(last=False)
+        # Set aside: a range of the primary key, '/' then '0' bounding the folder's entries.
+        rejected = self._db.execute(
+            "SELECT path, size, mtime_ns FROM rejected WHERE source = ? AND path > ? AND path < ?",
+            (self._source, f"{folder}/", f"{folder}0"),
+        )
+        for path, size, mtime in rejected:
+            if path.rpartition("/")[0] == folder:
+                stamps[path] = FileStamp(size, mtime, frozenset(), True)
+        return stamps
+
+    def _read(self, study: int) -> None:
+        [(packed,)] = self._db.execute("SELECT pack FROM catalog_studies WHERE id = ?", (study,))
+        count, values = columns(packed)
+        wanted = (_PATH, _SOURCE, _SIZE, _MTIME, _EXTRA)
+        by_folder: dict[str, dict[str, FileStamp]] = {}
+        for path, source, size, mtime, extra in zip(
+            *(_column(values, count, c) for c in wanted), strict=True
+        ):
+            if source == self._source:
+                stamp = FileStamp(size, mtime, self._keys_of(extra), False)
+                by_folder.setdefault(path.rpartition("/")[0], {})[path] = stamp
+        self._studies[study] = by_folder
+
+    def _keys_of(self, extra: str) -> frozenset[str]:
+        keys = self._extra_keys.get(extra)
+        if keys is None:  # a handful of distinct texts
+            keys = self._extra_keys[extra] = frozenset(json.loads(extra))
+        return keys
+
+
+def _column(values: list[Any], count: int, index: int) -> list[Any]:
+    value = values[index]
+    return value if isinstance(value, list) else list(repeat(value, count))
