@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS observed_studies (
     seen_at TEXT, site TEXT, written_at TEXT, in_recovery_point INTEGER NOT NULL DEFAULT 0,
     stamp TEXT, PRIMARY KEY (destination, study_uid)
 );
+-- A plan reads a chunk of studies' copies, verifications and unconfirmed commitments at every
+-- destination at once: by study, not by destination first.
+CREATE INDEX IF NOT EXISTS observed_studies_by_study ON observed_studies (study_uid);
 CREATE TABLE IF NOT EXISTS arrivals (study_uid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS known_studies (
     study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL, accession_number TEXT NOT NULL,
@@ -63,6 +66,8 @@ CREATE TABLE IF NOT EXISTS unconfirmed (
     destination TEXT NOT NULL, study_uid TEXT NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY (destination, study_uid)
 );
+CREATE INDEX IF NOT EXISTS verifications_by_study ON verifications (study_uid);
+CREATE INDEX IF NOT EXISTS unconfirmed_by_study ON unconfirmed (study_uid);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, command TEXT NOT NULL, started_at TEXT NOT NULL,
     finished_at TEXT, outcome TEXT, summary TEXT
