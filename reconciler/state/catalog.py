@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +19,7 @@ from reconciler.state.bulk import building
 from reconciler.state.database import StateDatabase, now_text
 from reconciler.state.study_packs import (
     INSTANCE_COLUMNS,
+    Parsed,
     Row,
     StudyRows,
     column,
@@ -127,7 +128,7 @@ class CatalogTables(StateDatabase):
     def load_catalog(self) -> Catalog:
         """The catalog, read study by study from its packs."""
         shared: dict[object, object] = {}
-        extras = _Parsed(json.loads)
+        extras = Parsed(json.loads)
         with self._snapshot(), building():
             rows = {uid: _unpack(p, shared, extras) for uid, p in packs_of(self._db)}
             arrivals = {
@@ -141,7 +142,7 @@ class CatalogTables(StateDatabase):
         """These studies of the catalog (those it holds), read as ``load_catalog`` reads them;
         in a transaction or snapshot the caller holds."""
         shared: dict[object, object] = {}
-        extras = _Parsed(json.loads)
+        extras = Parsed(json.loads)
         rows = {uid: _unpack(p, shared, extras) for uid, p in packs_of(self._db, study_uids)}
         arrivals = dict(
             self._db.execute(
@@ -287,10 +288,8 @@ class CatalogSopUids(Mapping[str, list[str]]):
         return _ChunkedItems(self)
 
     def chunks(self) -> Iterator[tuple[str, list[str]]]:
-        for start in range(0, len(self._studies), _STUDIES_AT_ONCE):
-            chunk = self._studies[start : start + _STUDIES_AT_ONCE]
-            found = {uid: column(packed, "sop_uid") for uid, packed in packs_of(self._db, chunk)}
-            yield from ((uid, found[uid]) for uid in chunk if uid in found)
+        for study_uid, packed in packs_of(self._db, self._studies):  # 500 studies a query
+            yield study_uid, column(packed, "sop_uid")
 
 
 class _ChunkedItems(ItemsView[str, list[str]]):
@@ -300,18 +299,15 @@ class _ChunkedItems(ItemsView[str, list[str]]):
         return self._mapping.chunks()
 
 
-_STUDIES_AT_ONCE = 500  # studies whose packs one query reads
-
-
 def _labels(study_uid: str, rows: list[Row]) -> tuple[str, ...]:
     """The study's known_studies row: its first file's labels, its files' modalities."""
-    first = min(rows, key=itemgetter(_PATH))
-    modalities = dict.fromkeys(r[_MODALITY] for r in sorted(rows, key=itemgetter(_PATH)))
-    return (study_uid, *(first[c] for c in _LABELS), ",".join(modalities))
+    ordered = sorted(rows, key=itemgetter(_PATH))
+    modalities = dict.fromkeys(r[_MODALITY] for r in ordered)
+    return (study_uid, *(ordered[0][c] for c in _LABELS), ",".join(modalities))
 
 
 def _unpack(
-    packed: bytes, shared: dict[object, object], extras: _Parsed
+    packed: bytes, shared: dict[object, object], extras: Parsed
 ) -> tuple[CatalogInstance, ...]:
     count, values = columns(packed)  # ctime as mtime's own column when they agree
     made: list[Iterable[Any]] = []
@@ -323,15 +319,3 @@ def _unpack(
             made.append(repeat(shared.setdefault(value, value) if share else value, count))
     made[-1] = map(extras.__getitem__, made[-1])  # extra: JSON, a handful of distinct texts
     return tuple(map(_new_instance, zip(*made, strict=True)))  # the columns were counted
-
-
-class _Parsed(dict[str, Any]):
-    """A parser with memory: columns such as ``extra`` hold a handful of distinct texts."""
-
-    def __init__(self, parse: Callable[[str], Any]) -> None:
-        super().__init__()
-        self._parse = parse
-
-    def __missing__(self, text: str) -> Any:
-        value = self[text] = self._parse(text)
-        return value

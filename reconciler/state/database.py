@@ -268,6 +268,7 @@ class StateDatabase:
         with self.transaction() as db:
             uids = [u for (u,) in db.execute("SELECT DISTINCT study_uid FROM instances")]
             columns = ", ".join(study_packs.INSTANCE_COLUMNS)
+            study_of = study_packs.INSTANCE_COLUMNS.index("study_uid")
             for start in range(0, len(uids), 500):
                 chunk = uids[start : start + 500]
                 rows = study_packs.StudyRows(db)
@@ -277,7 +278,7 @@ class StateDatabase:
                     f"WHERE study_uid IN ({', '.join('?' * len(chunk))})",
                     chunk,
                 ):
-                    rows.rows[row[study_packs.INSTANCE_COLUMNS.index("study_uid")]].append(row)
+                    rows.rows[row[study_of]].append(row)
                 rows.write()
             # The copies' instances are stored compressed too.
             self._db.create_function(

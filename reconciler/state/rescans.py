@@ -11,11 +11,9 @@ import sqlite3
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any
 
 from reconciler.state.database import StateDatabase
-from reconciler.state.study_packs import INSTANCE_COLUMNS, columns, folder_keys
+from reconciler.state.study_packs import INSTANCE_COLUMNS, Parsed, columns, expanded, folder_keys
 
 _PATH, _SOURCE, _SIZE, _MTIME, _EXTRA = map(
     INSTANCE_COLUMNS.index, ("path", "source", "size", "mtime_ns", "extra")
@@ -48,7 +46,7 @@ class RescanTables(StateDatabase):
         """The files of ``source`` the state knows in none of ``folders``."""
         for (packed,) in self._db.execute("SELECT pack FROM catalog_studies"):
             count, values = columns(packed)
-            paths, sources = _column(values, count, _PATH), _column(values, count, _SOURCE)
+            paths, sources = expanded(values, count, _PATH), expanded(values, count, _SOURCE)
             for path, origin in zip(paths, sources, strict=True):
                 if origin == source and path.rpartition("/")[0] not in folders:
                     yield path
@@ -65,7 +63,7 @@ class FileStamps:
         self._db, self._source = db, source
         # By study: its files' stamps by folder, then path.
         self._studies: OrderedDict[int, dict[str, dict[str, FileStamp]]] = OrderedDict()
-        self._extra_keys: dict[str, frozenset[str]] = {}
+        self._extra_keys = Parsed(lambda text: frozenset(json.loads(text)))
 
     def in_folder(self, folder: str) -> dict[str, FileStamp]:
         """The stamps of the files the state knows directly in ``folder``, by path."""
@@ -101,20 +99,9 @@ class FileStamps:
         wanted = (_PATH, _SOURCE, _SIZE, _MTIME, _EXTRA)
         by_folder: dict[str, dict[str, FileStamp]] = {}
         for path, source, size, mtime, extra in zip(
-            *(_column(values, count, c) for c in wanted), strict=True
+            *(expanded(values, count, c) for c in wanted), strict=True
         ):
             if source == self._source:
-                stamp = FileStamp(size, mtime, self._keys_of(extra), False)
+                stamp = FileStamp(size, mtime, self._extra_keys[extra], False)
                 by_folder.setdefault(path.rpartition("/")[0], {})[path] = stamp
         self._studies[study] = by_folder
-
-    def _keys_of(self, extra: str) -> frozenset[str]:
-        keys = self._extra_keys.get(extra)
-        if keys is None:  # a handful of distinct texts
-            keys = self._extra_keys[extra] = frozenset(json.loads(extra))
-        return keys
-
-
-def _column(values: list[Any], count: int, index: int) -> list[Any]:
-    value = values[index]
-    return value if isinstance(value, list) else list(repeat(value, count))

@@ -17,7 +17,7 @@ import hashlib
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -99,16 +99,33 @@ def columns(packed: bytes) -> tuple[int, list[Any]]:
     return count, values
 
 
+def expanded(values: list[Any], count: int, index: int) -> list[Any]:
+    """Column ``index`` of a pack's ``columns``, a value per row."""
+    value = values[index]
+    return value if isinstance(value, list) else [value] * count
+
+
 def column(packed: bytes, name: str) -> list[Any]:
     """One column of the pack, a value per row."""
     count, values = columns(packed)
-    value = values[INSTANCE_COLUMNS.index(name)]
-    return value if isinstance(value, list) else [value] * count
+    return expanded(values, count, INSTANCE_COLUMNS.index(name))
 
 
 def rows(packed: bytes) -> list[Row]:
     count, values = columns(packed)
     return list(zip(*(v if isinstance(v, list) else repeat(v, count) for v in values), strict=True))
+
+
+class Parsed(dict[str, Any]):
+    """A parser with memory: columns such as ``extra`` hold a handful of distinct texts."""
+
+    def __init__(self, parse: Callable[[str], Any]) -> None:
+        super().__init__()
+        self._parse = parse
+
+    def __missing__(self, text: str) -> Any:
+        value = self[text] = self._parse(text)
+        return value
 
 
 def path_key(path: str) -> int:

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from reconciler.destinations.object_store.layout import STUDIES
@@ -30,7 +31,7 @@ class StudyFolder:
     objects: dict[str, int]  # object name -> size; the manifest's among them
     manifest: Hashable | None  # what tells a rewritten manifest; None: there is none
 
-    @property
+    @cached_property  # compared with the known copy's, then kept with the new one
     def stamp(self) -> str:
         """The copy's stamp: equal stamps, the same copy, still whole."""
         text = json.dumps([repr(self.manifest), sorted(self.objects.items())])
