@@ -1,6 +1,7 @@
-"""States as older versions of reconciler left them, made from a state of today's: the catalog
-as one row per file and each copy's instances as JSON text (schema 7 and before), to check
-that opening such a state migrates it."""
+"""States as older versions of reconciler left them, made from a state of today's, to check
+that opening such a state migrates it: without study summaries and copy digests (schema 8),
+and with the catalog as one row per file and each copy's instances as JSON text (schema 7
+and before)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,18 @@ CREATE TABLE stale_packs (study_uid TEXT PRIMARY KEY);
 
 
 def as_version(state: Path, version: int) -> None:
-    """Rewrite the catalog of ``state`` as one row per file and label it ``version`` (<= 7);
-    the caller removes what else that version lacked."""
+    """Rewrite ``state`` as schema ``version`` (<= 8) kept it; for versions before 7 the
+    caller removes what else that version lacked."""
+    if version == 8:
+        db = sqlite3.connect(state)
+        try:
+            with db:
+                db.execute("ALTER TABLE catalog_studies DROP COLUMN summary")
+                db.execute("ALTER TABLE observed_studies DROP COLUMN digest")
+                db.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+        finally:
+            db.close()
+        return
     store = StateStore(state)
     try:
         catalog = store.load_catalog()
@@ -50,6 +61,7 @@ def as_version(state: Path, version: int) -> None:
             db.create_function("as_text", 1, _copy_as_text)
             db.execute("UPDATE observed_studies SET instances = as_text(instances)")
             db.execute("ALTER TABLE observed_studies DROP COLUMN stamp")
+            db.execute("ALTER TABLE observed_studies DROP COLUMN digest")
             db.execute("DROP TABLE catalog_studies")
             db.execute("DROP TABLE catalog_files")
             db.execute("DROP TABLE source_files")

@@ -117,7 +117,10 @@ steps = st.one_of(
     st.tuples(
         st.just("observe"),
         destination,
-        st.lists(st.tuples(study_index, st.sampled_from(["whole", "part", "other"])), max_size=4),
+        st.lists(
+            st.tuples(study_index, st.sampled_from(["whole", "part", "other", "blind", "mixed"])),
+            max_size=4,
+        ),
         st.booleans(),
         st.lists(study_index, max_size=2),
     ),
@@ -177,6 +180,11 @@ class History:
             held.pop(next(iter(held)))
         elif how == "other":
             held = {sop: ObservedInstance("0" * 64, i.size) for sop, i in held.items()}
+        elif how == "blind":  # hashes unknown, as a PACS lists a copy
+            held = {sop: ObservedInstance(None, i.size) for sop, i in held.items()}
+        elif how == "mixed":
+            first = next(iter(held))
+            held[first] = ObservedInstance(None, held[first].size)
         return held
 
     def _observe(
@@ -246,9 +254,14 @@ class History:
         return plan_from_state(self.store, run, heads, key, write=write, every=every)
 
     def observations(self) -> dict[str, Observation]:
-        """The cached observation of every configured destination that has one."""
+        """The cached observation of every configured destination that has one, without the
+        copies' digests: the full plan compares every file, where the incremental one takes
+        a digest equal to the study's for a whole copy."""
         return {
-            name: observation
+            name: replace(
+                observation,
+                studies={u: replace(c, digest=None) for u, c in observation.studies.items()},
+            )
             for name in self.config.destinations
             if (observation := self.store.load_observation(name)) is not None
         }
@@ -332,6 +345,27 @@ def test_a_no_op_plan_decides_no_study_again() -> None:
         assert first.in_sync == 8 and first.actions == () and first.retained == ()
         assert h.store.studies_to_decide(h.now, every=False, partial=()) == 0
         assert h.incremental() == first
+
+
+def test_studies_in_sync_are_decided_from_their_summaries_alone() -> None:
+    """Neither a study's files nor its copies' instances are read to find it in sync: the
+    copies' digests equal the studies'."""
+    with history() as h:
+        for n in range(4):
+            h.apply(("scan", n, 2, 86400, DATES[0], "CT"))
+        for name in DESTINATIONS:
+            h.apply(("observe", name, [(n, "whole") for n in range(4)], True, []))
+            for n in range(4):
+                h.apply(("verified", name, n, False))
+        unread = AssertionError("read a study's files")
+        with (
+            mock.patch("reconciler.state.catalog._unpack", side_effect=unread),
+            mock.patch("reconciler.state.observations._parse_instances", side_effect=unread),
+        ):
+            plan = h.incremental(every=True)
+        assert plan.in_sync == 8 and plan.actions == ()
+        h.apply(("observe", "cloud", [(n, "part") for n in range(4)], True, []))
+        assert len(h.incremental().actions) == 4  # the files are read when copies differ
 
 
 def test_a_crash_between_chunks_decides_everything_again(monkeypatch: Any) -> None:

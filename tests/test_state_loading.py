@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from legacy_states import as_version
 
-from reconciler.model.catalog import Catalog, CatalogInstance
+from reconciler.model.catalog import Catalog, CatalogInstance, StudySummary
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
 from reconciler.state.compression import hashes_column, hashes_from_column
 from reconciler.state.database import SCHEMA_VERSION
@@ -105,6 +105,12 @@ def test_the_stored_catalog_is_what_its_files_make_after_any_changes(
                 assert {u: s.instances for u, s in loaded.studies.items()} == {
                     u: s.instances for u, s in expected.studies.items()
                 }
+                # The stored summaries are those the files make, read with or without them.
+                summaries = {u: s.summary for u, s in expected.studies.items()}
+                assert {u: s.summary for u, s in loaded.studies.items()} == summaries
+                with store.deciding(write=False):
+                    chosen = store.load_studies(list(summaries))
+                assert {u: s.summary for u, s in chosen.items()} == summaries
                 assert {u for u, s in loaded.studies.items() if s.arrived_at} == (
                     arrived & loaded.studies.keys()
                 )
@@ -165,6 +171,31 @@ def test_a_state_from_before_packs_is_packed_on_opening(tmp_path: Path) -> None:
     db.close()
     assert "instances" not in tables and "study_packs" not in tables
     assert version == (str(SCHEMA_VERSION),)
+
+
+def test_a_state_without_summaries_gains_them_on_opening(tmp_path: Path) -> None:
+    """Schema 8 kept neither study summaries nor copy digests: opening computes both."""
+    state = tmp_path / "state.db"
+    store = StateStore(state)
+    store.record_scan([put(PATHS[0], "1.1", 1), put(PATHS[1], "1.1", 2)], [], [])
+    rows = store.load_catalog().studies["1.1"].instances
+    blind = {i.sop_uid: ObservedInstance(None, i.size) for i in rows}
+    whole = {i.sop_uid: ObservedInstance(i.sha256, i.size) for i in rows}
+    copies = {"1.1": ObservedStudy("1.1", whole), "1.2": ObservedStudy("1.2", blind)}
+    store.save_observation(Observation("cloud", NOW, 0, ok=True, studies=copies))
+    store.close()
+    as_version(state, 8)
+
+    store = StateStore(state)
+    try:
+        [study] = store.load_catalog().studies.values()
+        assert study.summary == StudySummary.of(rows)
+        held = store.load_observation("cloud")
+        assert held is not None
+        assert held.studies["1.1"].digest == study.summary.digest
+        assert held.studies["1.2"].digest == study.summary.uids_digest
+    finally:
+        store.close()
 
 
 def test_an_observation_read_beside_the_catalog_is_the_same(tmp_path: Path) -> None:

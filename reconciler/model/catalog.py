@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime
 from operator import attrgetter
 from types import MappingProxyType
@@ -38,23 +39,72 @@ class CatalogInstance(NamedTuple):
         return max(self.mtime_ns, self.ctime_ns)
 
 
+def content_digest(instances: Iterable[tuple[str, str | None]]) -> bytes:
+    """What tells one set of (SOP Instance UID, SHA-256 or None) from another without
+    comparing them one by one: equal digests, equal sets. A copy whose hashes are unknown
+    (None) has the digest of its UIDs alone (``StudySummary.uids_digest``)."""
+    lines = sorted({f"{sop}\0{sha or ''}" for sop, sha in instances})
+    return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class StudySummary:
+    """What most decisions need of a study, kept beside its files: a plan over a quiet
+    archive reads these, not each file."""
+
+    first: CatalogInstance  # the first file by path: the study's labels and attributes
+    count: int
+    size: int
+    modalities: frozenset[str]
+    changed_ns: Mapping[str, int]  # by source: the last change of its files there
+    distinct: bool  # one file per SOP Instance UID (else a conflict holds the study back)
+    digest: bytes  # content_digest of its (SOP Instance UID, SHA-256)
+    uids_digest: bytes  # content_digest of its SOP Instance UIDs alone
+
+    @classmethod
+    def of(cls, instances: Sequence[CatalogInstance]) -> StudySummary:
+        """The summary of a study's files, in path order."""
+        changed: dict[str, int] = {}
+        for i in instances:
+            changed[i.source] = max(changed.get(i.source, 0), i.mtime_ns, i.ctime_ns)
+        sop_uids = [i.sop_uid for i in instances]
+        return cls(
+            first=instances[0],
+            count=len(instances),
+            size=sum(i.size for i in instances),
+            modalities=frozenset(i.modality for i in instances if i.modality),
+            changed_ns=changed,
+            distinct=len(set(sop_uids)) == len(sop_uids),
+            digest=content_digest((i.sop_uid, i.sha256) for i in instances),
+            uids_digest=content_digest((sop, None) for sop in sop_uids),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogStudy:
+    """A study's files in path order (read from the state only when a decision needs them)
+    and its summary (``known``, or made from the files)."""
+
     study_uid: str
-    instances: tuple[CatalogInstance, ...]
+    instances: Sequence[CatalogInstance]
     arrived_at: datetime | None = None  # when this state first catalogued it
+    known: InitVar[StudySummary | None] = None
+    summary: StudySummary = field(init=False, compare=False)
+
+    def __post_init__(self, known: StudySummary | None) -> None:
+        object.__setattr__(self, "summary", known or StudySummary.of(self.instances))
 
     @property
     def first(self) -> CatalogInstance:
-        return self.instances[0]
+        return self.summary.first
 
     @property
     def modalities(self) -> frozenset[str]:
-        return frozenset(i.modality for i in self.instances if i.modality)
+        return self.summary.modalities
 
     @property
     def size(self) -> int:
-        return sum(i.size for i in self.instances)
+        return self.summary.size
 
     def attribute(self, keyword: str) -> str:
         """A study-level attribute by DICOM keyword, taken from the study's first file."""

@@ -35,6 +35,9 @@ class ObservedStudy:
     # What tells this copy from a changed one without reading it again (at an object store:
     # its manifest's ETag or inode, and its objects' sizes); None where nothing does.
     stamp: str | None = None
+    # content_digest of its instances, as the state computed it when it saved them: equal to
+    # the local study's, the copy holds exactly its files. None where none was computed.
+    digest: bytes | None = field(default=None, compare=False)  # derived from instances
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,13 @@ nothing when the copy there is whole and checked recently enough. Pure."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from operator import attrgetter
 
 from reconciler.config.durations import format_duration
 from reconciler.config.model import Config
-from reconciler.model.catalog import CatalogInstance
+from reconciler.model.catalog import CatalogInstance, StudySummary
 from reconciler.model.observation import ObservedStudy
 from reconciler.model.plan import Action, InstanceRef, Problem, StudyLabel
 
@@ -26,8 +27,8 @@ _series_then_path = attrgetter("series_uid", "path")  # the order instances are 
 
 
 def sendable(
-    config: Config, destination: str, study: str, instances: list[CatalogInstance]
-) -> tuple[list[CatalogInstance], list[Problem]]:
+    config: Config, destination: str, study: str, instances: Sequence[CatalogInstance]
+) -> tuple[Sequence[CatalogInstance], list[Problem]]:
     """The instances that may go to ``destination``: a de-identifying one refuses those whose
     pixels often show text no header edit removes."""
     anonymize = config.destinations[destination].anonymize
@@ -58,21 +59,31 @@ def action_for(
     policies: list[str],
     study_uid: str,
     label: StudyLabel,
-    instances: list[CatalogInstance],
+    instances: Sequence[CatalogInstance],
     observed: ObservedStudy | None,
     now: datetime,
     in_verify_subset: bool = False,
+    whole: StudySummary | None = None,
 ) -> Action | None:
+    """What the study needs at ``destination``. ``whole``: the study's summary when
+    ``instances`` are all its files, so that a copy whose digest equals theirs is known to
+    hold exactly them without comparing file by file."""
     who = f"polic{'ies' if len(policies) > 1 else 'y'} {', '.join(policies)}"
     present = observed.instances if observed else {}
     corrupt = observed.corrupt if observed else frozenset()
-    missing = [i for i in instances if i.sop_uid not in present]
-    differing = [
-        i
-        for i in instances
-        if i.sop_uid in present and present[i.sop_uid].sha256 not in (None, i.sha256)
-    ]
-    damaged = [i for i in instances if i.sop_uid in corrupt and i not in differing]
+    if whole is not None and observed is not None and observed.digest in _digests(whole):
+        missing: list[CatalogInstance] = []
+        differing: list[CatalogInstance] = []
+    else:
+        missing = [i for i in instances if i.sop_uid not in present]
+        differing = [
+            i
+            for i in instances
+            if i.sop_uid in present and present[i.sop_uid].sha256 not in (None, i.sha256)
+        ]
+    damaged = []
+    if corrupt:  # read the files only when a verification found some bad
+        damaged = [i for i in instances if i.sop_uid in corrupt and i not in differing]
     # A missing instance may also be damaged; without damaged ones none is in two lists.
     unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}.values() if damaged else ()
     to_send = sorted(unique or [*missing, *differing], key=_series_then_path)
@@ -130,9 +141,15 @@ def action_for(
     return None
 
 
+def _digests(study: StudySummary) -> tuple[bytes, bytes]:
+    """The digests a copy holding exactly the study's files has: with their hashes, or
+    without any (a copy whose destination cannot tell hashes)."""
+    return study.digest, study.uids_digest
+
+
 def _copy_reason(
     destination: str,
-    instances: list[CatalogInstance],
+    instances: Sequence[CatalogInstance],
     missing: list[CatalogInstance],
     differing: list[CatalogInstance],
     damaged: list[CatalogInstance],

@@ -191,7 +191,7 @@ def _verified_copies(
     """Destinations holding a qualifying copy, and for the others why theirs does not count."""
     evidence: list[Evidence] = []
     missing: dict[str, str] = {}
-    sources = {i.source for i in study.instances}
+    sources = set(study.summary.changed_ns)
     for name, settings in sorted(config.destinations.items()):
         shared = sorted(sources & local.same_filesystem.get(name, frozenset()))
         if shared and not settings.same_filesystem_counts:

@@ -10,10 +10,9 @@ before then unless one of its facts changes (``reconciler.engine.incremental``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 
 from reconciler.config.durations import format_duration
 from reconciler.config.model import Config
@@ -27,9 +26,6 @@ from reconciler.planning.deidentified_label import label_at
 from reconciler.planning.retention import LocalFacts, StudyFacts
 from reconciler.planning.selection import selects
 from reconciler.planning.sharing import leftover_shares, share_for_study
-
-# A file's last change is the later of these (CatalogInstance.changed_ns), read in C.
-_change_stamps = attrgetter("mtime_ns", "ctime_ns")
 
 
 @dataclass(frozen=True)
@@ -171,6 +167,7 @@ def _decide_local(
         if not allowed:
             continue
         observed = observations[destination].studies.get(study.study_uid)
+        whole = study.summary if len(allowed) == study.summary.count and not conflicts else None
         action = action_for(
             config,
             destination,
@@ -181,6 +178,7 @@ def _decide_local(
             observed,
             now,
             in_subset_now,
+            whole,
         )
         if action is None and not conflicts:  # a blocked study is never "in sync"
             decision.in_sync += 1
@@ -215,10 +213,10 @@ def _wanted_destinations(
     return wanted
 
 
-def _distinct_instances(study: CatalogStudy) -> tuple[list[CatalogInstance], list[Problem]]:
+def _distinct_instances(study: CatalogStudy) -> tuple[Sequence[CatalogInstance], list[Problem]]:
     """One file per SOP Instance UID; differing files under one UID are held back and reported."""
-    if len({i.sop_uid for i in study.instances}) == len(study.instances):
-        return list(study.instances), []  # the usual case, checked at C speed
+    if study.summary.distinct:
+        return study.instances, []  # the usual case, known without reading the files
     by_uid: dict[str, list[CatalogInstance]] = {}
     for instance in study.instances:
         by_uid.setdefault(instance.sop_uid, []).append(instance)
@@ -242,20 +240,16 @@ def _distinct_instances(study: CatalogStudy) -> tuple[list[CatalogInstance], lis
 def ready_time(config: Config, study: CatalogStudy) -> datetime:
     """When the last change of any file, plus its source's stable_after, has passed."""
 
-    def ready(source: str, instances: Iterable[CatalogInstance]) -> datetime:
+    def ready(source: str, last_change: int) -> datetime:
         settings = config.sources.get(source)
         quiet = settings.stable_after if settings else timedelta()
-        last_change = max(map(max, map(_change_stamps, instances)))
         return datetime.fromtimestamp(last_change / 1e9, UTC) + quiet
 
-    sources = {i.source for i in study.instances}
-    if len(sources) == 1:
-        return ready(sources.pop(), study.instances)
-    return max(ready(s, [i for i in study.instances if i.source == s]) for s in sources)
+    return max(ready(source, at) for source, at in study.summary.changed_ns.items())
 
 
 def _waiting_reason(study: CatalogStudy, ready_at: datetime, now: datetime) -> str:
-    last_change = datetime.fromtimestamp(max(i.changed_ns for i in study.instances) / 1e9, UTC)
+    last_change = datetime.fromtimestamp(max(study.summary.changed_ns.values()) / 1e9, UTC)
     quiet = max(now - last_change, timedelta())
     return (
         f"last file changed {format_duration(quiet)} ago; complete after "

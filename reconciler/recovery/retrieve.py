@@ -84,7 +84,7 @@ def known_study(store: StateStore, destination: str, study_uid: str) -> KnownStu
     if held is None:
         raise RecoveryError(f"{destination} is not known to hold study {study_uid}")
     local = store.load_study(study_uid)
-    instances = local.instances if local else ()
+    instances = tuple(local.instances) if local else ()
     return KnownStudy(
         study_uid, frozenset(held.instances) | {i.sop_uid for i in instances}, instances
     )

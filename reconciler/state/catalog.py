@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, overload
 
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.state.bulk import building
@@ -26,7 +26,9 @@ from reconciler.state.study_packs import (
     columns,
     instance_row,
     packs_of,
+    select_in,
 )
+from reconciler.state.study_summaries import parse_summary
 
 KNOWN_STUDY_COLUMNS = (
     "study_uid",
@@ -130,20 +132,38 @@ class CatalogTables(StateDatabase):
         shared: dict[object, object] = {}
         extras = Parsed(json.loads)
         with self._snapshot(), building():
-            rows = {uid: _unpack(p, shared, extras) for uid, p in packs_of(self._db)}
+            rows = {
+                uid: (_unpack(p, shared, extras), parse_summary(summary, extras.__getitem__))
+                for uid, p, summary in self._db.execute(
+                    "SELECT study_uid, pack, summary FROM catalog_studies"
+                )
+            }
             arrivals = {
                 uid: datetime.fromisoformat(at)
                 for uid, at in self._db.execute("SELECT study_uid, first_seen FROM arrivals")
             }
-            studies = {uid: CatalogStudy(uid, r, arrivals.get(uid)) for uid, r in rows.items()}
+            studies = {
+                uid: CatalogStudy(uid, r, arrivals.get(uid), summary)
+                for uid, (r, summary) in rows.items()
+            }
             return Catalog(studies, self.catalog_serial)
 
     def load_studies(self, study_uids: Sequence[str]) -> dict[str, CatalogStudy]:
-        """These studies of the catalog (those it holds), read as ``load_catalog`` reads them;
-        in a transaction or snapshot the caller holds."""
+        """These studies of the catalog (those it holds), in a transaction or snapshot the
+        caller holds: their summaries, and their files read from their packs only when
+        asked for (a quiet study's decision reads its summary alone)."""
         shared: dict[object, object] = {}
         extras = Parsed(json.loads)
-        rows = {uid: _unpack(p, shared, extras) for uid, p in packs_of(self._db, study_uids)}
+        found = {
+            uid: (PackedInstances(count, p, shared, extras), parse_summary(s, extras.__getitem__))
+            for uid, count, p, s in select_in(
+                self._db,
+                "catalog_studies",
+                "study_uid, instances, pack, summary",
+                "study_uid",
+                study_uids,
+            )
+        }
         arrivals = dict(
             self._db.execute(
                 f"SELECT study_uid, first_seen FROM arrivals "
@@ -151,11 +171,10 @@ class CatalogTables(StateDatabase):
                 study_uids,
             )
         )
+        arrived = {uid: datetime.fromisoformat(at) for uid, at in arrivals.items()}
         return {
-            uid: CatalogStudy(
-                uid, r, datetime.fromisoformat(arrivals[uid]) if uid in arrivals else None
-            )
-            for uid, r in rows.items()
+            uid: CatalogStudy(uid, files, arrived.get(uid), summary)
+            for uid, (files, summary) in found.items()
         }
 
     @contextmanager
@@ -304,6 +323,45 @@ def _labels(study_uid: str, rows: list[Row]) -> tuple[str, ...]:
     ordered = sorted(rows, key=itemgetter(_PATH))
     modalities = dict.fromkeys(r[_MODALITY] for r in ordered)
     return (study_uid, *(ordered[0][c] for c in _LABELS), ",".join(modalities))
+
+
+class PackedInstances(Sequence[CatalogInstance]):
+    """A study's files, unpacked from its pack the first time they are asked for."""
+
+    def __init__(
+        self, count: int, packed: bytes, shared: dict[object, object], extras: Parsed
+    ) -> None:
+        self._count, self._packed, self._shared, self._extras = count, packed, shared, extras
+        self._files: tuple[CatalogInstance, ...] | None = None
+
+    @property
+    def files(self) -> tuple[CatalogInstance, ...]:
+        if self._files is None:
+            self._files = _unpack(self._packed, self._shared, self._extras)
+        return self._files
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> CatalogInstance: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[CatalogInstance, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> CatalogInstance | tuple[CatalogInstance, ...]:
+        return self.files[index]
+
+    def __iter__(self) -> Iterator[CatalogInstance]:
+        return iter(self.files)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PackedInstances):
+            other = other.files
+        return self.files == other
+
+    def __hash__(self) -> int:
+        return hash(self.files)
 
 
 def _unpack(

@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reconciler.model.catalog import content_digest
+
 _DIGEST_HEX = 64
 
 
@@ -53,6 +55,12 @@ def copy_instances(held: Mapping[str, tuple[str | None, int]]) -> bytes:
     return compressed_json(
         [sops, hashes_column([held[s][0] for s in sops]), [held[s][1] for s in sops]]
     )
+
+
+def copy_digest(blob: bytes) -> bytes:
+    """The content digest of a copy's stored instances (``ObservedStudy.digest``)."""
+    sops, hashes, _ = copy_columns(blob)
+    return content_digest(zip(sops, hashes, strict=True))
 
 
 def parse_copy_instances(blob: bytes) -> dict[str, tuple[str | None, int]]:

@@ -15,7 +15,7 @@ from typing import Any
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy, PartialCopy
 from reconciler.state.bulk import building
-from reconciler.state.compression import copy_columns, copy_instances
+from reconciler.state.compression import copy_columns, copy_digest, copy_instances
 from reconciler.state.database import StateDatabase
 
 
@@ -142,9 +142,10 @@ class ObservationTables(StateDatabase):
             )
             for s in listed.values()
         ]
-        differing = [r for r in rows if stored.get(r[1]) != (r[2], *r[4:])]
+        differing = [(*r, copy_digest(r[2])) for r in rows if stored.get(r[1]) != (r[2], *r[4:])]
         self._db.executemany(
-            "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", differing
+            "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            differing,
         )
         self._db.executemany(
             "UPDATE observed_studies SET seen_at = ? WHERE destination = ? AND study_uid = ?",
@@ -164,10 +165,11 @@ class ObservationTables(StateDatabase):
             held = _parse_instances(row[0]) if row else {}
             # seen_at stays empty: our own copy is not an observation of it. So do its writer
             # and pins: the next observation reads them from the destination.
+            blob = _instances_blob({**held, **instances})
             db.execute(
                 "INSERT OR REPLACE INTO observed_studies "
-                "VALUES (?, ?, ?, NULL, NULL, NULL, 0, NULL)",
-                (destination, study_uid, _instances_blob({**held, **instances})),
+                "VALUES (?, ?, ?, NULL, NULL, NULL, 0, NULL, ?)",
+                (destination, study_uid, blob, copy_digest(blob)),
             )
             self._forget_partial_copy(destination, study_uid)
             db.execute(
@@ -362,7 +364,9 @@ class CachedCopies(Mapping[str, ObservedStudy]):
 
 
 _STUDIES_AT_ONCE = 500  # copies compared and written (or read) in one transaction
-_OBSERVED_COLUMNS = "study_uid, instances, seen_at, site, written_at, in_recovery_point, stamp"
+_OBSERVED_COLUMNS = (
+    "study_uid, instances, seen_at, site, written_at, in_recovery_point, stamp, digest"
+)
 _Verifications = Mapping[str, tuple[datetime, bool, frozenset[str]]]
 
 
@@ -372,12 +376,13 @@ def _observed_study(
     unconfirmed: Mapping[str, str],
     local: Mapping[str, CatalogStudy],
 ) -> ObservedStudy:
-    uid, instances, seen_at, site, written_at, pinned, stamp = row
+    uid, instances, seen_at, site, written_at, pinned, stamp, digest = row
     verified_at, ok, corrupt = verifications.get(uid, (None, False, frozenset()))
     local_study = local.get(uid)
+    held = _parse_instances(instances, local_study.instances) if local_study else None
     return ObservedStudy(
         uid,
-        _parse_instances(instances, local_study.instances if local_study else ()),
+        held if held is not None else PackedCopy(instances),
         verified_at=verified_at if ok else None,
         corrupt=corrupt,
         unconfirmed=unconfirmed.get(uid),
@@ -386,7 +391,32 @@ def _observed_study(
         written_at=datetime.fromisoformat(written_at) if written_at else None,
         in_recovery_point=bool(pinned),
         stamp=stamp,
+        digest=digest,
     )
+
+
+class PackedCopy(Mapping[str, ObservedInstance]):
+    """A copy's instances, parsed from their stored text the first time they are asked for:
+    a copy whose digest shows it whole is decided without them."""
+
+    def __init__(self, blob: bytes) -> None:
+        self._blob = blob
+        self._parsed: dict[str, ObservedInstance] | None = None
+
+    @property
+    def parsed(self) -> dict[str, ObservedInstance]:
+        if self._parsed is None:
+            self._parsed = _parse_instances(self._blob)
+        return self._parsed
+
+    def __getitem__(self, sop_uid: str) -> ObservedInstance:
+        return self.parsed[sop_uid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.parsed)
+
+    def __len__(self) -> int:
+        return len(self.parsed)
 
 
 def _partial_json(partial: Mapping[str, PartialCopy]) -> str:
@@ -420,7 +450,7 @@ def _chunks(studies: Iterable[ObservedStudy]) -> Iterator[list[ObservedStudy]]:
 
 
 def _parse_instances(
-    blob: bytes, local: tuple[CatalogInstance, ...] = ()
+    blob: bytes, local: Sequence[CatalogInstance] = ()
 ) -> dict[str, ObservedInstance]:
     sops, hashes, sizes = copy_columns(blob)
     if local:

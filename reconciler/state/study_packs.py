@@ -29,6 +29,7 @@ from reconciler.state.compression import (
     hashes_from_column,
     parse_compressed,
 )
+from reconciler.state.study_summaries import summary_blob
 
 INSTANCE_COLUMNS = (
     "path",
@@ -59,7 +60,8 @@ _PATH, _SOURCE, _SIZE, _MTIME, _CTIME, _SHA256 = map(
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS catalog_studies (
     id INTEGER PRIMARY KEY, study_uid TEXT NOT NULL UNIQUE,
-    instances INTEGER NOT NULL, bytes INTEGER NOT NULL, pack BLOB NOT NULL
+    instances INTEGER NOT NULL, bytes INTEGER NOT NULL, pack BLOB NOT NULL,
+    summary BLOB NOT NULL -- state.study_summaries
 );
 -- Totals and counts are read from here, not from rows that hold kilobytes of pack each.
 CREATE INDEX IF NOT EXISTS catalog_studies_totals ON catalog_studies (instances, bytes);
@@ -77,7 +79,7 @@ def instance_row(instance: CatalogInstance) -> Row:
 
 
 def pack(rows: list[Row]) -> bytes:
-    rows = sorted(rows, key=itemgetter(_PATH))  # by path: the order of CatalogStudy.instances
+    """The pack of a study's rows, given in path order (the order of CatalogStudy.instances)."""
     columns: list[object] = [c[0] if len(set(c)) == 1 else c for c in zip(*rows, strict=True)]
     hashes = columns[_SHA256]
     if isinstance(hashes, tuple):
@@ -192,19 +194,21 @@ class StudyRows:
             study = self._ids.get(uid)
             before = self._keys.get(uid, set())
             after = {self._key(r[_PATH]) for r in held}
+            held.sort(key=itemgetter(_PATH))
             if not held:
                 if study is not None:
                     self._db.execute("DELETE FROM catalog_studies WHERE id = ?", (study,))
             elif study is None:
                 study = self._db.execute(
-                    "INSERT INTO catalog_studies (study_uid, instances, bytes, pack) "
-                    "VALUES (?, ?, ?, ?)",
-                    (uid, len(held), sum(r[_SIZE] for r in held), pack(held)),
+                    "INSERT INTO catalog_studies (study_uid, instances, bytes, pack, summary) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (uid, *_stored(held)),
                 ).lastrowid
             else:
                 self._db.execute(
-                    "UPDATE catalog_studies SET instances = ?, bytes = ?, pack = ? WHERE id = ?",
-                    (len(held), sum(r[_SIZE] for r in held), pack(held), study),
+                    "UPDATE catalog_studies SET instances = ?, bytes = ?, pack = ?, summary = ? "
+                    "WHERE id = ?",
+                    (*_stored(held), study),
                 )
             if study is not None:
                 self._db.executemany(
@@ -224,6 +228,11 @@ class StudyRows:
             ],
         )
         self._files_before = files  # written: what a next write starts from
+
+
+def _stored(rows: list[Row]) -> tuple[int, int, bytes, bytes]:
+    """A study's columns in catalog_studies but its UID, from its rows in path order."""
+    return len(rows), sum(r[_SIZE] for r in rows), pack(rows), summary_blob(rows)
 
 
 def packs_of(
