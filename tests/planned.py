@@ -9,9 +9,15 @@ from tests_config import one_policy_config
 
 from reconciler.model.observation import Observation
 from reconciler.model.plan import Action
+from reconciler.planning.copies import listing_files
 from reconciler.planning.planner import make_plan
 from reconciler.sources.scan import SourceFolder, scan_sources
 from reconciler.state.store import StateStore
+
+
+def listed(store: StateStore, action: Action) -> Action:
+    """``action`` with its files listed, as apply lists them when it starts."""
+    return listing_files(action, store.load_study(action.study_uid))
 
 
 def plan_copies(tmp_path: Path, inbox: Path) -> list[Action]:
@@ -19,6 +25,8 @@ def plan_copies(tmp_path: Path, inbox: Path) -> list[Action]:
     scan_sources(store, [SourceFolder("inbox", inbox)])
     now = datetime.now(UTC)
     empty = {"backup": Observation("backup", now, 1, ok=True)}
-    plan = make_plan(one_policy_config(inbox, "file:///unused"), store.load_catalog(), empty, now)
+    catalog = store.load_catalog()
+    plan = make_plan(one_policy_config(inbox, "file:///unused"), catalog, empty, now)
     store.close()
-    return list(plan.actions)
+    # Listed as apply lists them when each starts: a destination is handed its files.
+    return [listing_files(a, catalog.studies.get(a.study_uid)) for a in plan.actions]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cli_runs import folder_destination, run, write_config
+from planned import listed
 
 from reconciler.config.load import load_config
 from reconciler.engine.apply import apply_plan
@@ -31,7 +32,7 @@ def workspace(tmp_path: Path, small_studies: Path) -> Workspace:
 
 def test_failed_instance_fails_its_action_and_it_is_planned_again(workspace: Workspace) -> None:
     plan, _ = workspace.plan()
-    first = plan.actions[0]
+    first = listed(workspace.store, plan.actions[0])
     bad = first.instances[0]._replace(sha256="0" * 64)  # the file "changed"
     broken = dataclasses.replace(first, instances=(bad, *first.instances[1:]))
     plan = dataclasses.replace(plan, actions=(broken, *plan.actions[1:]))
@@ -49,11 +50,32 @@ def test_failed_instance_fails_its_action_and_it_is_planned_again(workspace: Wor
 
     again, _ = workspace.plan(refresh=True)
     [retry] = again.actions
-    assert retry.study_uid == first.study_uid and len(retry.instances) == len(first.instances)
+    assert retry.study_uid == first.study_uid and retry.count == first.count
     assert (
         apply_plan(again, workspace.destination, workspace.store, lambda _: None)["outcome"] == "ok"
     )
     assert workspace.store.failing_actions() == []
+
+
+def test_a_whole_study_changed_since_the_plan_is_skipped_not_sent(workspace: Workspace) -> None:
+    """A copy names its study's files; apply lists them as it starts, from the catalog as it
+    is then, and sends nothing of a study that is no longer the one planned."""
+    plan, _ = workspace.plan()
+    first = plan.actions[0]
+    assert first.whole_study is not None
+    [changed, *_] = listed(workspace.store, first).instances
+    study = workspace.store.load_study(first.study_uid)
+    assert study is not None
+    [row] = [i for i in study.instances if i.path == changed.path]
+    workspace.store.record_scan([row._replace(sha256="0" * 64)], [], [])  # rescanned since
+    summary = apply_plan(plan, workspace.destination, workspace.store, lambda _: None)
+    assert (summary["actions_done"], summary["actions_skipped"]) == (2, 1)
+    assert summary["outcome"] == "interrupted"
+    journal = sqlite3.connect(workspace.store.path).execute(
+        "SELECT study_uid, status, error FROM journal WHERE status = 'skipped'"
+    )
+    [(uid, _, why)] = journal.fetchall()
+    assert uid == first.study_uid and "changed since the plan" in why
 
 
 def test_apply_json_events_carry_their_time_the_run_and_running_byte_totals(

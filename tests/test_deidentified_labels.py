@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from reconciler.demo.synth import GeneratedStudy, generate
 from reconciler.engine.events import ActionFinished
 from reconciler.model.observation import Observation
 from reconciler.model.plan import Action, Plan
+from reconciler.planning.copies import listing_files
 from reconciler.planning.planner import make_plan
 from reconciler.sources.scan import SourceFolder, scan_sources
 from reconciler.state.store import StateStore
@@ -49,9 +51,12 @@ def planned(tmp_path: Path) -> tuple[GeneratedStudy, Plan]:
     scan_sources(store, [SourceFolder("inbox", inbox)])
     now = datetime.now(UTC)
     observations = {name: Observation(name, now, 1, ok=True) for name in ("backup", "teaching")}
-    plan = make_plan(config, store.load_catalog(), observations, now)
+    catalog = store.load_catalog()
+    plan = make_plan(config, catalog, observations, now)
     store.close()
-    return study, plan
+    # With their files listed, as apply hands them to the destination.
+    actions = tuple(listing_files(a, catalog.studies.get(a.study_uid)) for a in plan.actions)
+    return study, replace(plan, actions=actions)
 
 
 def identifiers(study: GeneratedStudy) -> list[str]:

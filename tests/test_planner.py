@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from factories import NOW, catalog, config, held, instance, observed, study, unreachable
 
 from reconciler.model.observation import ObservedInstance, ObservedStudy
+from reconciler.planning.copies import StudyChanged, listing_files
 from reconciler.planning.planner import make_plan
 
 
@@ -15,10 +17,30 @@ def test_absent_study_is_copied_whole_with_a_reason() -> None:
     plan = make_plan(config(), catalog(ct), {"cloud": observed("cloud")}, NOW)
     [action] = plan.actions
     assert (action.kind, action.destination, action.study_uid) == ("copy", "cloud", "1.2.3")
-    assert len(action.instances) == 5 and action.bytes == 5000
+    assert action.count == 5 and action.bytes == 5000
     assert action.reason == "policy everything: study not at cloud"
     assert action.policies == ("everything",)
     assert not action.repair
+    # Named by the study, not listed: apply lists the files as the copy starts.
+    assert action.instances == () and action.whole_study is not None
+    files = listing_files(action, catalog(ct).studies["1.2.3"]).instances
+    sent_in = sorted(ct, key=lambda i: (i.series_uid, i.path))  # by series, then path
+    assert [f.sop_uid for f in files] == [i.sop_uid for i in sent_in]
+    assert sum(f.size for f in files) == action.bytes
+
+
+def test_the_files_of_a_whole_study_are_not_listed_once_the_study_changed() -> None:
+    ct = study("1.2.3", 5)
+    plan = make_plan(config(), catalog(ct), {"cloud": observed("cloud")}, NOW)
+    [action] = plan.actions
+    changed = [ct[0]._replace(sha256="0" * 64), *ct[1:]]
+    for now in (catalog(changed).studies["1.2.3"], catalog(ct[1:]).studies["1.2.3"], None):
+        with pytest.raises(StudyChanged, match="changed since the plan"):
+            listing_files(action, now)
+    # The same files under new paths are the study planned: listed where they are now.
+    moved = [i._replace(path=i.path + ".moved") for i in ct]
+    files = listing_files(action, catalog(moved).studies["1.2.3"]).instances
+    assert {f.path for f in files} == {i.path for i in moved}
 
 
 def test_study_already_held_needs_nothing() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cli_runs import folder_destination, run, write_config
+from planned import listed
 
 from reconciler.config.load import load_config
 from reconciler.engine.apply import apply_plan
@@ -38,6 +39,7 @@ def history(tmp_path: Path, small_studies: Path) -> History:
     with Workspace(load_config(config)) as workspace:
         plan, _ = workspace.plan()
         first, *rest = plan.actions
+        first = listed(workspace.store, first)
         # The file "changed" since the scan, under a UID a page must not run as markup.
         bad = first.instances[0]._replace(sop_uid=HOSTILE_UID, sha256="0")
         broken = dataclasses.replace(first, instances=(bad, *first.instances[1:]))

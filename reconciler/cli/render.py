@@ -56,12 +56,12 @@ def render_text(plan: Plan) -> str:
 def _render_action(action: Action) -> list[str]:
     policies = f"  [{', '.join(action.policies)}]" if action.policies else ""
     study = action.study.of(action.study_uid)
-    size = f"{_plural(len(action.instances), 'file')}, {human_bytes(action.bytes)}"
+    size = f"{_plural(action.count, 'file')}, {human_bytes(action.bytes)}"
     if action.kind == "copy":
         symbol = "~" if action.repair else "+"
         head = (
             f"  {symbol} copy   {study}, "
-            f"{_plural(len(action.instances), 'instance')}, {human_bytes(action.bytes)} "
+            f"{_plural(action.count, 'instance')}, {human_bytes(action.bytes)} "
             f"-> {action.destination}{policies}"
         )
     elif action.kind == "archive":

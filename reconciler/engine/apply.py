@@ -35,8 +35,10 @@ from reconciler.engine.events import (
 )
 from reconciler.engine.trash import Trash, TrashError
 from reconciler.model.plan import LOCAL, Action, Plan, human_bytes, summary_counts
+from reconciler.planning.copies import StudyChanged, listing_files
 from reconciler.planning.retention import CATALOG_SHRANK
 from reconciler.state.store import StateStore
+from reconciler.state.study_reader import StudyReader
 
 if TYPE_CHECKING:  # engine.shares is imported only by a run that shares (mail, ZIP libraries)
     from reconciler.engine.shares import ShareExecutor, ShareJob, StoredZip
@@ -79,6 +81,13 @@ def apply_plan(
     refused: dict[str, str] = {}  # destinations that refused us in this run, and why
     outcome = "interrupted"
     pool = ThreadPoolExecutor(parallel_studies, thread_name_prefix="apply")
+    reader = StudyReader(store.path)  # the files of whole studies, listed as they start
+
+    def listing(action: Action) -> Action:
+        if action.whole_study is None:
+            return action
+        return listing_files(action, reader.study(action.study_uid))
+
     try:
         futures: dict[Future[Result], tuple[Action, int]] = {}
         jobs: dict[Future[Result], ShareJob] = {}
@@ -97,7 +106,7 @@ def apply_plan(
                     continue
                 job = prepared
             future = pool.submit(
-                _run_action, action, destinations, emit_safely, stop, refused, shares, job
+                _run_action, action, listing, destinations, emit_safely, stop, refused, shares, job
             )
             futures[future] = (action, entry)
             if job is not None:
@@ -120,7 +129,7 @@ def apply_plan(
             else:
                 failed += 1
             if action.kind in ("copy", "archive") and (finished.ok or finished.unknown):
-                instances += len(action.instances)  # an unknown commitment: stored all the same
+                instances += action.count  # an unknown commitment: stored all the same
                 transferred += action.bytes
             elif not finished.ok:
                 kept_instances, kept_bytes = _kept_by_failed_copy(future)
@@ -152,6 +161,7 @@ def apply_plan(
             store.record_catalog_size()
     finally:
         pool.shutdown(wait=outcome != "interrupted", cancel_futures=True)
+        reader.close()
         elapsed = time.monotonic() - started
         summary: dict[str, object] = {
             "outcome": outcome,
@@ -179,7 +189,7 @@ def _journal_start(store: StateStore, run_id: int, action: Action) -> int:
         action.kind,
         action.study_uid,
         action.destination,
-        len(action.instances),
+        action.count,
         action.bytes,
     )
 
@@ -195,6 +205,7 @@ def _not_starting(action: Action, stop: threading.Event) -> str | None:
 
 def _run_action(
     action: Action,
+    listing: Callable[[Action], Action],
     destinations: Callable[[str], Destination],
     emit: Emit,
     stop: threading.Event,
@@ -206,6 +217,10 @@ def _run_action(
         return why
     if (cause := refused.get(action.destination)) is not None:
         return f"{action.destination} refused us earlier in this run: {cause}"
+    try:
+        action = listing(action)
+    except StudyChanged as exc:
+        return str(exc)
     try:
         return _run_started(action, destinations, emit, shares, job)
     except DestinationRefused as exc:
@@ -275,7 +290,7 @@ def _record(
         return ActionFinished(action, False, message)
     if isinstance(result, SendResult):
         if result.committed is None:
-            message = _failure_summary(len(action.instances), result.failures, "failed to copy")
+            message = _failure_summary(action.count, result.failures, "failed to copy")
             store.journal_finish(entry, "failed", message)
             return ActionFinished(action, False, message, result.failures)
         # Read before the copy is recorded, which clears a failed verification of the study.

@@ -13,7 +13,9 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
-PLAN_FORMAT_VERSION = 3  # 3: instances name their UIDs sop_uid and series_uid
+# 3: instances name their UIDs sop_uid and series_uid. 4: a whole study's files are named by
+# whole_study, not listed in items.
+PLAN_FORMAT_VERSION = 4
 # delete: local files go to the trash; purge: trashed files older than trash_for are removed.
 # archive: one tar+zstd bundle per study at an archive_to destination.
 # prune: our copy of a study is removed from a destination (its destination retention).
@@ -63,6 +65,18 @@ class StudyLabel:
 
 
 @dataclass(frozen=True)
+class WholeStudy:
+    """Every file of a catalogued study, named rather than listed (``Action.whole_study``): a
+    plan that copies or checks a whole archive holds one of these per study, not a reference
+    per file. Apply lists the files from the catalog as the action starts, and refuses them
+    if the study is no longer the one planned (``planning.copies.listing_files``)."""
+
+    instances: int
+    bytes: int
+    digest: str  # the study's StudySummary.digest, in hex
+
+
+@dataclass(frozen=True)
 class Evidence:
     """A verified copy that justifies a deletion: where, checked how, and when."""
 
@@ -79,7 +93,7 @@ class Action:
     policies: tuple[str, ...]
     reason: str
     study: StudyLabel
-    instances: tuple[InstanceRef, ...] = ()
+    instances: tuple[InstanceRef, ...] = ()  # listed, or named by whole_study
     repair: bool = False  # some of the study is already there
     evidence: tuple[Evidence, ...] = ()  # deletions: the verified copies they rely on
     valid_until: datetime | None = None  # deletions: when that evidence grows too old
@@ -87,11 +101,19 @@ class Action:
     # Shares: who gets the mail. Shown in plans because approving one means approving who
     # receives the study; the description (redacted) carries the address anyway.
     recipient: str | None = None
+    whole_study: WholeStudy | None = None  # set where instances are not listed
+
+    @property
+    def count(self) -> int:
+        """How many files the action works on, listed or named."""
+        named = self.whole_study
+        return named.instances if named is not None else len(self.instances)
 
     @cached_property
     def bytes(self) -> int:
         """Summed once: a plan's totals, its text and its JSON each ask for it."""
-        return sum(i.size for i in self.instances)
+        named = self.whole_study
+        return named.bytes if named is not None else sum(i.size for i in self.instances)
 
 
 @dataclass(frozen=True)
@@ -235,6 +257,7 @@ class Plan:
                     valid_until=_parse_time(a["valid_until"]),
                     open_until=_parse_time(a["open_until"]),
                     recipient=a.get("recipient"),
+                    whole_study=WholeStudy(**a["whole_study"]) if a["whole_study"] else None,
                 )
                 for a in document["actions"]
             ),
@@ -283,7 +306,7 @@ def action_head(action: Action) -> dict[str, Any]:
         "kind": action.kind,
         "study_uid": action.study_uid,
         "destination": action.destination,
-        "instances": len(action.instances),
+        "instances": action.count,
         "bytes": action.bytes,
     }
 
@@ -304,6 +327,7 @@ def _action_dict(action: Action) -> dict[str, Any]:
         "open_until": action.open_until.isoformat() if action.open_until else None,
         "recipient": action.recipient,
         "items": [i._asdict() for i in action.instances],
+        "whole_study": asdict(action.whole_study) if action.whole_study else None,
     }
 
 
@@ -312,7 +336,7 @@ def summary_counts(actions: Iterable[Action]) -> dict[str, int]:
     copies = [a for a in actions if a.kind == "copy"]
     return {
         "copies": len(copies),
-        "copy_instances": sum(len(a.instances) for a in copies),
+        "copy_instances": sum(a.count for a in copies),
         "copy_bytes": sum(a.bytes for a in copies),
         "archives": sum(1 for a in actions if a.kind == "archive"),
         "archive_bytes": sum(a.bytes for a in actions if a.kind == "archive"),

@@ -4,15 +4,17 @@ nothing when the copy there is whole and checked recently enough. Pure."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from operator import attrgetter
+from typing import Any
 
 from reconciler.config.durations import format_duration
 from reconciler.config.model import Config
-from reconciler.model.catalog import CatalogInstance, StudySummary
+from reconciler.model.catalog import CatalogInstance, CatalogStudy, StudySummary
 from reconciler.model.observation import ObservedStudy
-from reconciler.model.plan import Action, InstanceRef, Problem, StudyLabel
+from reconciler.model.plan import Action, InstanceRef, Problem, StudyLabel, WholeStudy
 
 # Verifications that must be asked for (and are repeated every verify_every), by their name.
 # A count-only PACS gets the OsiriX plugin's "full" check on that schedule: C-FIND by instance.
@@ -24,6 +26,7 @@ DEEP_VERIFICATION = {
 # What --verify-subset runs where nothing deeper is configured (object stores re-hash).
 SUBSET_VERIFICATION = {"presence": "checksum"}
 _series_then_path = attrgetter("series_uid", "path")  # the order instances are sent in
+_path = attrgetter("path")  # the order of a bundle's and a check's
 
 
 def sendable(
@@ -71,10 +74,12 @@ def action_for(
     who = f"polic{'ies' if len(policies) > 1 else 'y'} {', '.join(policies)}"
     present = observed.instances if observed else {}
     corrupt = observed.corrupt if observed else frozenset()
-    if whole is not None and observed is not None and observed.digest in _digests(whole):
-        missing: list[CatalogInstance] = []
-        differing: list[CatalogInstance] = []
-    else:
+    missing: Sequence[CatalogInstance] = []
+    differing: list[CatalogInstance] = []
+    to_send: Sequence[CatalogInstance] = []
+    if whole is not None and observed is None:  # nothing there: every file, known unread
+        missing = to_send = instances
+    elif whole is None or observed is None or observed.digest not in _digests(whole):
         missing = [i for i in instances if i.sop_uid not in present]
         differing = [
             i
@@ -84,9 +89,10 @@ def action_for(
     damaged = []
     if corrupt:  # read the files only when a verification found some bad
         damaged = [i for i in instances if i.sop_uid in corrupt and i not in differing]
-    # A missing instance may also be damaged; without damaged ones none is in two lists.
-    unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}.values() if damaged else ()
-    to_send = sorted(unique or [*missing, *differing], key=_series_then_path)
+    if not to_send:
+        # A missing instance may also be damaged; without damaged ones none is in two lists.
+        unique = {i.sop_uid: i for i in (*missing, *differing, *damaged)}.values()
+        to_send = sorted(unique if damaged else [*missing, *differing], key=_series_then_path)
     if to_send and destination in config.archive_destinations:
         # A bundle is written whole: a study that changed or grew gets a new one.
         return Action(
@@ -98,8 +104,8 @@ def action_for(
             + ("no bundle" if not present else "the bundle differs from the study")
             + f" at {destination}",
             study=label,
-            instances=tuple(instance_ref(i) for i in sorted(instances, key=lambda i: i.path)),
             repair=bool(present),
+            **_files(whole, instances, _path),
         )
     if to_send:
         return Action(
@@ -109,8 +115,8 @@ def action_for(
             policies=tuple(policies),
             reason=f"{who}: " + _copy_reason(destination, instances, missing, differing, damaged),
             study=label,
-            instances=tuple(instance_ref(i) for i in to_send),
             repair=bool(observed and present),
+            **_files(whole, to_send, _series_then_path),
         )
     settings = config.destinations[destination]
     method = DEEP_VERIFICATION.get(settings.verification)
@@ -136,9 +142,47 @@ def action_for(
                 policies=tuple(policies),
                 reason=f"{who}: {when} (every {format_duration(settings.verify_every)})",
                 study=label,
-                instances=tuple(instance_ref(i) for i in instances),
+                **_files(whole, instances, _path),
             )
     return None
+
+
+def _files(
+    whole: StudySummary | None,
+    files: Sequence[CatalogInstance],
+    order: Callable[[CatalogInstance], Any],
+) -> dict[str, Any]:
+    """An action's files: named by ``whole_study`` when they are all the study's (a plan that
+    copies a whole archive holds a few numbers a study), else listed in ``order``."""
+    if whole is not None and len(files) == whole.count:
+        return {"whole_study": WholeStudy(whole.count, whole.size, whole.digest.hex())}
+    return {"instances": tuple(instance_ref(i) for i in sorted(files, key=order))}
+
+
+class StudyChanged(Exception):
+    """The study a whole_study names is no longer the one planned."""
+
+
+def listing_files(action: Action, study: CatalogStudy | None) -> Action:
+    """``action`` with the files its ``whole_study`` names listed, in the order the planner
+    lists them (a copy's by series then path, a bundle's or a check's by path); an action
+    that lists its files is returned as it is. Raises StudyChanged when the catalog no
+    longer holds the study planned: it is planned again on the next run."""
+    named = action.whole_study
+    if named is None:
+        return action
+    if study is None or (study.summary.count, study.summary.digest.hex()) != (
+        named.instances,
+        named.digest,
+    ):
+        raise StudyChanged(
+            f"study {action.study_uid} changed since the plan was made; it is planned again "
+            "on the next run"
+        )
+    order = _series_then_path if action.kind == "copy" else _path
+    return replace(
+        action, instances=_files(None, study.instances, order)["instances"], whole_study=None
+    )
 
 
 def _digests(study: StudySummary) -> tuple[bytes, bytes]:
@@ -150,7 +194,7 @@ def _digests(study: StudySummary) -> tuple[bytes, bytes]:
 def _copy_reason(
     destination: str,
     instances: Sequence[CatalogInstance],
-    missing: list[CatalogInstance],
+    missing: Sequence[CatalogInstance],
     differing: list[CatalogInstance],
     damaged: list[CatalogInstance],
 ) -> str:

@@ -124,7 +124,7 @@ class WatchMetrics:
                 self.unknown.labels(action.destination, action.kind).inc()
         elif action.kind == "copy":
             self.bytes_sent.labels(action.destination).inc(action.bytes)
-            self.instances_sent.labels(action.destination).inc(len(action.instances))
+            self.instances_sent.labels(action.destination).inc(action.count)
             self.pending.labels(action.destination).dec()
 
     def record_plan(self, plan: Plan, destinations: Iterable[str]) -> None:

@@ -152,30 +152,7 @@ class CatalogTables(StateDatabase):
         """These studies of the catalog (those it holds), in a transaction or snapshot the
         caller holds: their summaries, and their files read from their packs only when
         asked for (a quiet study's decision reads its summary alone)."""
-        shared: dict[object, object] = {}
-        extras = Parsed(json.loads)
-        found = {
-            uid: (PackedInstances(count, p, shared, extras), parse_summary(s, extras.__getitem__))
-            for uid, count, p, s in select_in(
-                self._db,
-                "catalog_studies",
-                "study_uid, instances, pack, summary",
-                "study_uid",
-                study_uids,
-            )
-        }
-        arrivals = dict(
-            self._db.execute(
-                f"SELECT study_uid, first_seen FROM arrivals "
-                f"WHERE study_uid IN ({', '.join('?' * len(study_uids))})",
-                study_uids,
-            )
-        )
-        arrived = {uid: datetime.fromisoformat(at) for uid, at in arrivals.items()}
-        return {
-            uid: CatalogStudy(uid, files, arrived.get(uid), summary)
-            for uid, (files, summary) in found.items()
-        }
+        return read_studies(self._db, study_uids)
 
     @contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -323,6 +300,24 @@ def _labels(study_uid: str, rows: list[Row]) -> tuple[str, ...]:
     ordered = sorted(rows, key=itemgetter(_PATH))
     modalities = dict.fromkeys(r[_MODALITY] for r in ordered)
     return (study_uid, *(ordered[0][c] for c in _LABELS), ",".join(modalities))
+
+
+def read_studies(db: sqlite3.Connection, study_uids: Sequence[str]) -> dict[str, CatalogStudy]:
+    """``CatalogTables.load_studies`` on any connection to the state."""
+    shared: dict[object, object] = {}
+    extras = Parsed(json.loads)
+    found = {
+        uid: (PackedInstances(count, p, shared, extras), parse_summary(s, extras.__getitem__))
+        for uid, count, p, s in select_in(
+            db, "catalog_studies", "study_uid, instances, pack, summary", "study_uid", study_uids
+        )
+    }
+    arrivals = select_in(db, "arrivals", "study_uid, first_seen", "study_uid", study_uids)
+    arrived = {uid: datetime.fromisoformat(at) for uid, at in arrivals}
+    return {
+        uid: CatalogStudy(uid, files, arrived.get(uid), summary)
+        for uid, (files, summary) in found.items()
+    }
 
 
 class PackedInstances(Sequence[CatalogInstance]):
