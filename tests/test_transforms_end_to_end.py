@@ -18,7 +18,7 @@ from reconciler.demo.synth import generate
 from reconciler.destinations.object_store.layout import STUDIES
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.destinations.object_store.stored_copy import PIXEL_IDENTICAL
-from reconciler.model.plan import Action, Plan, StudyLabel
+from reconciler.model.plan import Action, Plan, StudyLabel, WholeStudy
 from reconciler.transforms.encryption import HEADER_SIZE, Keyring, MasterKey, rewrap_header
 
 KEY = "33" * 32
@@ -256,12 +256,10 @@ def test_changed_settings_resend_nothing_and_apply_to_new_copies(
     [late] = generate(inbox / "late", studies=1, series_per_study=1, instances_per_series=2,
                       matrix=32, seed=7)  # fmt: skip
     code, plan = run_json(capsys, "plan", "-c", str(config))
-    [item, _] = plan["actions"][0]["items"]
-    assert item["modality"] == "CT"
-    for action in plan["actions"]:  # a plan saved before instances carried a modality
-        for instance in action["items"]:
-            del instance["modality"]
-    assert Plan.from_dict(plan).actions[0].instances[0].modality == ""
+    # The new study is copied whole: its files named by the study, listed as apply starts.
+    [action] = plan["actions"]
+    assert action["items"] == [] and action["whole_study"]["instances"] == 2
+    assert Plan.from_dict(plan).actions[0].whole_study == WholeStudy(**action["whole_study"])
 
     assert run(capsys, "apply", "-c", str(config), "--auto-approve")[0] == 0
     store = backup(config)

@@ -36,7 +36,8 @@ class InstanceRef(NamedTuple):
     size: int
     sha256: str
     transfer_syntax: str
-    # Picks the codec of a per-modality compression setting; plans saved before it lack it.
+    # Picks the codec of a per-modality compression setting; trash records written before it
+    # lack it.
     modality: str = ""
 
 
