@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from reconciler.sources import scan
+from reconciler.sources import reading, scan
 from reconciler.sources.scan import SourceFolder, scan_sources
 from reconciler.state.store import StateStore
 
@@ -166,7 +168,7 @@ def test_worker_processes_catalogue_what_threads_do(
     by_processes = StateStore(tmp_path / "processes" / "state.db")
     try:
         threads = scan_sources(by_threads, [SourceFolder("inbox", inbox)], ["BodyPartExamined"])
-        monkeypatch.setattr(scan, "PROCESSES_FROM", 1)  # a large scan's pool, on small input
+        monkeypatch.setattr(reading, "PROCESSES_FROM", 1)  # a large scan's pool, on small input
         processes = scan_sources(by_processes, [SourceFolder("inbox", inbox)], ["BodyPartExamined"])
         assert processes.read == threads.read == 19
         assert processes.rejected == threads.rejected
@@ -174,6 +176,36 @@ def test_worker_processes_catalogue_what_threads_do(
     finally:
         by_threads.close()
         by_processes.close()
+
+
+def test_a_large_scan_catalogues_files_while_its_walk_goes_on(
+    inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files to read are read and recorded a batch at a time as the walk finds them: the
+    first scan of a huge source holds a batch, not a list of every file."""
+    monkeypatch.setattr(reading, "PROCESSES_FROM", 4)
+    monkeypatch.setattr(reading, "BATCH", 4)
+    store = StateStore(tmp_path / "state.db")
+    catalogued: list[int] = []  # files in the catalog as the walk yields each file
+    walk = scan._walk
+
+    def watched(*args: Any) -> Iterator[Any]:
+        for found in walk(*args):
+            catalogued.append(store.catalog_totals().instances)
+            yield found
+
+    monkeypatch.setattr(scan, "_walk", watched)
+    try:
+        result = scan_sources(store, [SourceFolder("inbox", inbox)])
+        assert result.read == len(catalogued) == store.catalog_totals().instances
+        assert catalogued[-1] >= 4  # a batch recorded before the walk was done
+        again = StateStore(tmp_path / "again.db")
+        monkeypatch.setattr(reading, "PROCESSES_FROM", 10**6)
+        scan_sources(again, [SourceFolder("inbox", inbox)])
+        assert instances(again) == instances(store)
+        again.close()
+    finally:
+        store.close()
 
 
 def instances(store: StateStore) -> list[object]:

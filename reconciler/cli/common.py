@@ -31,10 +31,12 @@ def scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
     bar: dict[str, tqdm[Any]] = {}
 
     def progress(done: int, total: int) -> None:
+        """``total`` grows while the walk finds more files to read."""
         if "bar" not in bar:
             bar["bar"] = tqdm(
                 total=total, unit="file", desc="scan", file=sys.stderr, disable=None, leave=False
             )
+        bar["bar"].total = total
         bar["bar"].update(done - bar["bar"].n)
         if done >= total:
             bar.pop("bar").close()
