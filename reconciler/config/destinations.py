@@ -121,9 +121,12 @@ class DestinationConfig(StrictModel):
         )
     )
     verify_every: Duration = Field(timedelta(days=30), description="Deep verification period.")
-    refresh_after: Duration = Field(
-        timedelta(minutes=15),
-        description="Cached observations older than this are re-read before planning.",
+    refresh_after: Duration | None = Field(
+        None,
+        description="How old what the state knows of the destination may grow. Object stores "
+        "(default 15m): the listing is read again once older. DICOM and DICOMweb peers, asked "
+        "study by study (default 1d): each study is asked again within it, the longest "
+        "answered first, a share at each plan, and studies never asked at the next plan.",
     )
     concurrency: int = Field(8, ge=1, le=256, description="Parallel object transfers.")
     retry: RetrySettings = RetrySettings()
@@ -206,6 +209,18 @@ class DestinationConfig(StrictModel):
     @property
     def verification(self) -> str:
         return self.verify or self._verifications[0]
+
+    @property
+    def asked_by_study(self) -> bool:
+        """A peer queried study by study (C-FIND, QIDO-RS): listing it whole costs a query
+        per study, so its studies are asked again a share at a time."""
+        return self.object is None
+
+    @property
+    def refresh_period(self) -> timedelta:
+        if self.refresh_after is not None:
+            return self.refresh_after
+        return timedelta(days=1) if self.asked_by_study else timedelta(minutes=15)
 
     @property
     def timezone(self) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from reconciler.config.load import LoadedConfig
@@ -36,6 +36,10 @@ from reconciler.state.store import StateStore
 
 if TYPE_CHECKING:
     from reconciler.destinations.object_store.store import ObjectStoreDestination
+
+
+# A peer asked study by study is asked about the studies due at most this often.
+_ASKED_AT_MOST_EVERY = timedelta(minutes=15)
 
 
 class StalePlanError(Exception):
@@ -149,13 +153,15 @@ class Workspace:
             fresh = (
                 cached is not None
                 and cached.ok
-                and now - cached.observed_at < settings.refresh_after
+                and now - cached.observed_at < settings.refresh_period
             )
             if settings.verification == "none":
                 # Nothing is asked of the peer: what it holds is what we recorded sending.
                 observations[name] = cached or self.store.save_observation(
                     Observation(name, now, 0, ok=True)
                 )
+            elif settings.asked_by_study:
+                observations[name] = self._ask(name, settings.refresh_period, cached, refresh, now)
             elif cached is not None and fresh and not refresh:
                 observations[name] = cached
             else:
@@ -164,8 +170,33 @@ class Workspace:
                 observations[name] = self._observe(name, expected, now)
         return observations
 
+    def _ask(
+        self,
+        name: str,
+        period: timedelta,
+        cached: Observation | None,
+        refresh: bool,
+        now: datetime,
+    ) -> Observation:
+        """A peer asked study by study: only the studies due (``state.asking``), at most
+        every 15 minutes while it answers; every study when ``refresh`` asks, or the first
+        time."""
+        if cached is None or refresh:
+            due = self.store.studies_to_ask(name, now, period, None)
+        else:
+            if cached.ok and now - cached.observed_at < min(period, _ASKED_AT_MOST_EVERY):
+                return cached
+            due = self.store.studies_to_ask(name, now, period, cached.observed_at)
+            if cached.ok and not due:
+                return cached
+        return self._observe(name, self.store.instances_to_ask(name, due), now, due)
+
     def _observe(
-        self, name: str, expected: Mapping[str, Collection[str]], now: datetime
+        self,
+        name: str,
+        expected: Mapping[str, Collection[str]],
+        now: datetime,
+        asked: list[str] | None = None,
     ) -> Observation:
         """Observe the destination, its copies saved as they come (``ListsCopies``) or once
         listed, each compared with the cached one."""
@@ -185,7 +216,7 @@ class Workspace:
         # Dated now; the state keeps the date of the first observation that found each.
         partial = {uid: PartialCopy(objects, now) for uid, objects in found.items()}
         observed = Observation(name, now, 0, ok=True, partial=partial)
-        return self.store.finish_observation(observed, changed)
+        return self.store.finish_observation(observed, changed, asked)
 
     def fingerprint(self) -> Fingerprint:
         return Fingerprint(

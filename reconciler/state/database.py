@@ -86,6 +86,12 @@ CREATE TABLE IF NOT EXISTS shares (
     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
     PRIMARY KEY (study_uid, recipient)
 );
+-- When each study was last asked about at a destination asked study by study (state.asking).
+CREATE TABLE IF NOT EXISTS asked_studies (
+    destination TEXT NOT NULL, study_uid TEXT NOT NULL, asked_at REAL NOT NULL,
+    PRIMARY KEY (destination, study_uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS asked_studies_by_age ON asked_studies (destination, asked_at);
 CREATE TABLE IF NOT EXISTS changed_studies (study_uid TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS study_decisions (
     study_uid TEXT PRIMARY KEY, in_sync INTEGER NOT NULL, due_at REAL

@@ -14,12 +14,12 @@ from typing import Any
 
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy, PartialCopy
+from reconciler.state.asking import AskingTables
 from reconciler.state.bulk import building
 from reconciler.state.compression import copy_columns, copy_digest, copy_instances
-from reconciler.state.database import StateDatabase
 
 
-class ObservationTables(StateDatabase):
+class ObservationTables(AskingTables):
     def destination_identity(self, destination: str) -> tuple[str | None, bool]:
         """The identity marker's id a run confirmed there, and whether copies are recorded."""
         row = self._db.execute(
@@ -66,10 +66,13 @@ class ObservationTables(StateDatabase):
                 changed |= self._save_observed(destination, seen, chunk)
         return changed
 
-    def finish_observation(self, observation: Observation, copies_changed: bool) -> Observation:
+    def finish_observation(
+        self, observation: Observation, copies_changed: bool, asked: list[str] | None = None
+    ) -> Observation:
         """Close an observation: when it answered, the copies ``save_copies`` did not list
-        since ``observed_at`` are gone and its partial copies replace the earlier ones; the
-        serial moves only if anything changed."""
+        since ``observed_at`` are gone (of the studies ``asked`` about, when it asked only
+        those: ``state.asking``) and its partial copies replace the earlier ones; the serial
+        moves only if anything changed."""
         name, seen = observation.destination, observation.observed_at.isoformat()
         previous = self._observation_head(name)
         partial = dict(observation.partial)
@@ -85,12 +88,9 @@ class ObservationTables(StateDatabase):
             changed |= previous is not None and previous.partial != partial
         with self.transaction() as db:
             if observation.ok and previous is not None:
-                gone = db.execute(
-                    "DELETE FROM observed_studies WHERE destination = ? "
-                    "AND (seen_at IS NULL OR seen_at != ?)",
-                    (name, seen),
-                ).rowcount
-                changed |= gone > 0
+                changed |= self._forget_unseen(name, seen, asked) > 0
+            if observation.ok and asked is not None:
+                self._record_asked(name, asked, observation.observed_at)
             if observation.ok:
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -115,6 +115,23 @@ class ObservationTables(StateDatabase):
                 ),
             )
         return self._observation_head(name)  # type: ignore[return-value]
+
+    def _forget_unseen(self, name: str, seen: str, asked: list[str] | None) -> int:
+        """Inside a transaction: remove the copies (of the studies ``asked``) not listed by the
+        observation ``seen``; returns how many."""
+        unseen = (
+            "DELETE FROM observed_studies WHERE destination = ? "
+            "AND (seen_at IS NULL OR seen_at != ?)"
+        )
+        if asked is None:
+            return self._db.execute(unseen, (name, seen)).rowcount
+        gone = 0
+        for start in range(0, len(asked), _STUDIES_AT_ONCE):
+            chunk = asked[start : start + _STUDIES_AT_ONCE]
+            gone += self._db.execute(
+                f"{unseen} AND study_uid IN ({', '.join('?' * len(chunk))})", (name, seen, *chunk)
+            ).rowcount
+        return gone
 
     def _save_observed(self, name: str, seen: str, studies: Sequence[ObservedStudy]) -> bool:
         """Inside a transaction: these copies as listed ``seen``; whether any differs from

@@ -1,0 +1,132 @@
+"""When each study was last asked about at each destination asked study by study (a PACS by
+C-FIND, a DICOMweb service by QIDO-RS), so that an observation asks only the studies due and
+its cost follows what arrived and the time that passed, not the archive.
+
+Due at an observation: the studies the state holds for the destination (catalogued, or
+cached there) never asked about there, and those answered longest ago, as many as ask every
+study again within ``refresh_after`` at the pace observations come (the share of the
+studies that the time since the last observation is of refresh_after), with at least every
+study answered longer ago than that.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import ItemsView, Iterator, Mapping
+from datetime import datetime, timedelta
+
+from reconciler.state.compression import copy_columns
+from reconciler.state.database import StateDatabase
+from reconciler.state.study_packs import column, packs_of
+
+_AT_ONCE = 500  # studies read in one query
+
+# The studies a destination holds for the state: those catalogued, and its cached copies.
+_HELD = (
+    "SELECT study_uid FROM catalog_studies "
+    "UNION SELECT study_uid FROM observed_studies WHERE destination = :name"
+)
+
+
+class AskingTables(StateDatabase):
+    def studies_to_ask(
+        self, destination: str, now: datetime, period: timedelta, since: datetime | None
+    ) -> list[str]:
+        """The studies due at an observation of ``destination`` now, the last one having
+        been at ``since`` (None: none answered; every study is due), in UID order."""
+        names = {"name": destination}
+        if since is None:
+            return [uid for (uid,) in self._db.execute(f"{_HELD} ORDER BY 1", names)]
+        never = self._db.execute(
+            f"SELECT study_uid FROM ({_HELD}) AS held WHERE NOT EXISTS (SELECT 1 FROM "
+            "asked_studies a WHERE a.destination = :name AND a.study_uid = held.study_uid)",
+            names,
+        )
+        due = {uid for (uid,) in never}
+        asked, stale = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(asked_at < :cutoff), 0) FROM asked_studies "
+            "WHERE destination = :name",
+            {**names, "cutoff": (now - period).timestamp()},
+        ).fetchone()
+        share = min(1.0, max(0.0, (now - since) / period)) if period > timedelta(0) else 1.0
+        oldest = self._db.execute(
+            "SELECT study_uid FROM asked_studies WHERE destination = :name "
+            "ORDER BY asked_at, study_uid LIMIT :count",
+            {**names, "count": max(int(stale), math.ceil(int(asked) * share))},
+        )
+        due.update(uid for (uid,) in oldest)
+        return sorted(due)
+
+    def _record_asked(self, destination: str, study_uids: list[str], at: datetime) -> None:
+        """Inside a transaction: these studies were asked about at ``at``; those no longer
+        held for the destination (gone from the catalog, and not found there) are not
+        asked again."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO asked_studies VALUES (?, ?, ?)",
+            [(destination, uid, at.timestamp()) for uid in study_uids],
+        )
+        for start in range(0, len(study_uids), 500):
+            chunk = study_uids[start : start + 500]
+            self._db.execute(
+                "DELETE FROM asked_studies WHERE destination = ? "
+                f"AND study_uid IN ({', '.join('?' * len(chunk))}) "
+                f"AND study_uid NOT IN ({_HELD.replace(':name', '?')})",
+                (destination, *chunk, destination),
+            )
+
+    def instances_to_ask(self, destination: str, study_uids: list[str]) -> InstancesToAsk:
+        """What an observation asking about these studies looks for: each one's SOP Instance
+        UIDs, from the catalog, or from the cached copy of a study no longer catalogued."""
+        return InstancesToAsk(self._db, destination, study_uids)
+
+
+class InstancesToAsk(Mapping[str, list[str]]):
+    """Each study's SOP Instance UIDs, read a chunk of studies at a time as ``items`` goes;
+    only the studies' UIDs are held."""
+
+    def __init__(self, db: sqlite3.Connection, destination: str, study_uids: list[str]) -> None:
+        self._db, self._destination, self._studies = db, destination, study_uids
+
+    def __getitem__(self, study_uid: str) -> list[str]:
+        found = dict(self._read([study_uid]))
+        if study_uid not in found:
+            raise KeyError(study_uid)
+        return found[study_uid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._studies)
+
+    def __len__(self) -> int:
+        return len(self._studies)
+
+    def items(self) -> ItemsView[str, list[str]]:
+        return _ChunkedItems(self)
+
+    def chunks(self) -> Iterator[tuple[str, list[str]]]:
+        for start in range(0, len(self._studies), _AT_ONCE):
+            yield from self._read(self._studies[start : start + _AT_ONCE])
+
+    def _read(self, chunk: list[str]) -> Iterator[tuple[str, list[str]]]:
+        catalogued = {uid: column(packed, "sop_uid") for uid, packed in packs_of(self._db, chunk)}
+        rest = [uid for uid in chunk if uid not in catalogued]
+        cached = {
+            uid: copy_columns(blob)[0]
+            for uid, blob in self._db.execute(
+                "SELECT study_uid, instances FROM observed_studies WHERE destination = ? "
+                f"AND study_uid IN ({', '.join('?' * len(rest))})",
+                (self._destination, *rest),
+            )
+        }
+        for uid in chunk:
+            if uid in catalogued:
+                yield uid, catalogued[uid]
+            elif uid in cached:
+                yield uid, cached[uid]
+
+
+class _ChunkedItems(ItemsView[str, list[str]]):
+    _mapping: InstancesToAsk
+
+    def __iter__(self) -> Iterator[tuple[str, list[str]]]:
+        return self._mapping.chunks()
