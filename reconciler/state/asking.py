@@ -27,6 +27,15 @@ _HELD = (
     "SELECT study_uid FROM catalog_studies "
     "UNION SELECT study_uid FROM observed_studies WHERE destination = :name"
 )
+# Those of them never asked about there, each looked up by its key (no table of them built).
+_NOT_ASKED = (
+    "NOT EXISTS (SELECT 1 FROM asked_studies a "
+    "WHERE a.destination = :name AND a.study_uid = held.study_uid)"
+)
+_NEVER_ASKED = (
+    f"SELECT study_uid FROM catalog_studies held WHERE {_NOT_ASKED} UNION "
+    f"SELECT study_uid FROM observed_studies held WHERE destination = :name AND {_NOT_ASKED}"
+)
 
 
 class AskingTables(StateDatabase):
@@ -38,12 +47,7 @@ class AskingTables(StateDatabase):
         names = {"name": destination}
         if since is None:
             return [uid for (uid,) in self._db.execute(f"{_HELD} ORDER BY 1", names)]
-        never = self._db.execute(
-            f"SELECT study_uid FROM ({_HELD}) AS held WHERE NOT EXISTS (SELECT 1 FROM "
-            "asked_studies a WHERE a.destination = :name AND a.study_uid = held.study_uid)",
-            names,
-        )
-        due = {uid for (uid,) in never}
+        due = {uid for (uid,) in self._db.execute(_NEVER_ASKED, names)}
         asked, stale = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(asked_at < :cutoff), 0) FROM asked_studies "
             "WHERE destination = :name",
@@ -66,13 +70,15 @@ class AskingTables(StateDatabase):
             "INSERT OR REPLACE INTO asked_studies VALUES (?, ?, ?)",
             [(destination, uid, at.timestamp()) for uid in study_uids],
         )
-        for start in range(0, len(study_uids), 500):
-            chunk = study_uids[start : start + 500]
+        for start in range(0, len(study_uids), _AT_ONCE):
+            chunk = study_uids[start : start + _AT_ONCE]
             self._db.execute(
                 "DELETE FROM asked_studies WHERE destination = ? "
-                f"AND study_uid IN ({', '.join('?' * len(chunk))}) "
-                f"AND study_uid NOT IN ({_HELD.replace(':name', '?')})",
-                (destination, *chunk, destination),
+                f"AND study_uid IN ({', '.join('?' * len(chunk))}) AND NOT EXISTS "
+                "(SELECT 1 FROM catalog_studies c WHERE c.study_uid = asked_studies.study_uid) "
+                "AND NOT EXISTS (SELECT 1 FROM observed_studies o WHERE o.destination = "
+                "asked_studies.destination AND o.study_uid = asked_studies.study_uid)",
+                (destination, *chunk),
             )
 
     def instances_to_ask(self, destination: str, study_uids: list[str]) -> InstancesToAsk:
