@@ -25,7 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from random import Random
 
-from harness import CLI, FIGURES, Table, bench_env, figures, measure, write_config
+from harness import (
+    CLI,
+    FIGURES,
+    Table,
+    bench_env,
+    figures,
+    measure,
+    plan_alone_command,
+    write_config,
+)
 
 from reconciler.model.catalog import CatalogInstance
 from reconciler.model.observation import Observation, ObservedInstance, ObservedStudy
@@ -160,6 +169,8 @@ def main() -> None:
         step("first (every study decided)", False)
         best = f" (best of {args.repeats})" if args.repeats > 1 else ""
         step(f"no-op re-plan{best}", False, args.repeats)
+        alone = measure(plan_alone_command(config), env, ok=(0,), best_of=args.repeats)
+        print(f"  (of which the plan itself, in process: {float(alone.stdout):.3f} s)", flush=True)
         if not args.no_full:
             step(f"--full{best}", False, args.repeats, "--full")
         add_files(state, inbox, args.per_study)

@@ -100,6 +100,24 @@ def _measure_once(argv: Sequence[str], env: Mapping[str, str], ok: Sequence[int]
         return Measured(float(wall), float(cpu), int(peak) / 1024, code, stdout)
 
 
+# Only the plan, in a process of its own: what ``reconciler plan`` costs after starting, loading
+# the config and opening the state. Prints its seconds.
+_PLAN = """\
+import sys, time
+from reconciler.config.load import load_config
+from reconciler.engine.workspace import Workspace
+with Workspace(load_config(sys.argv[1]), "plan") as workspace:
+    started = time.perf_counter()
+    workspace.plan()
+    print(f"{time.perf_counter() - started:.4f}")
+"""
+
+
+def plan_alone_command(config: Path) -> list[str]:
+    """A command that plans as ``reconciler plan`` does; prints the plan's own seconds."""
+    return [sys.executable, "-c", _PLAN, str(config)]
+
+
 def scan_command(config: Path) -> list[str]:
     """A command that only brings the catalog up to date; prints "files read"."""
     return [sys.executable, "-c", _SCAN, str(config)]
