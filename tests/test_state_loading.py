@@ -132,12 +132,43 @@ def test_the_stored_catalog_is_what_its_files_make_after_any_changes(
                 held = store.file_stamps("inbox").in_folder("/srv/inbox")
                 assert {p for p, s in held.items() if not s.rejected} == files.keys()
                 assert {p for p, s in held.items() if s.rejected} == rejected
-                assert store.file_stamps("inbox").in_folder("/srv") == {}
-                outside = sorted(store.files_outside("inbox", {"/srv"}))
-                assert outside == sorted(files.keys() | rejected)
-                assert list(store.files_outside("inbox", {"/srv/inbox"})) == []
+                walk = store.file_stamps("inbox")
+                assert walk.in_folder("/srv") == {}
+                assert sorted(walk.outside_walk()) == sorted(files.keys() | rejected)
+                walk = store.file_stamps("inbox")
+                walk.in_folder("/srv/inbox")
+                assert list(walk.outside_walk()) == []
         finally:
             store.close()
+
+
+def test_files_in_folders_not_walked_are_found_though_their_hash_is_a_walked_ones(
+    tmp_path: Path,
+) -> None:
+    """The sweep after a walk skips the path index's ranges that hold only walked folders'
+    files; a range shared with a folder not walked (the same 32-bit hash) is read."""
+    walked, elsewhere = ["/srv/a/f1.dcm", "/srv/a/f2.dcm"], ["/srv/b/f3.dcm"]
+    every_key_alike = mock.patch("reconciler.state.study_packs._digest", lambda _: bytes(4))
+    with every_key_alike:
+        store = StateStore(tmp_path / "alike.db")
+        store.record_scan([put(p, "1.1", 1) for p in [*walked, *elsewhere]], [], [])
+        walk = store.file_stamps("inbox")
+        assert sorted(walk.in_folder("/srv/a")) == walked
+        assert list(walk.outside_walk()) == elsewhere
+        store.close()
+    store = StateStore(tmp_path / "state.db")
+    try:
+        store.record_scan([put(p, "1.1", 1) for p in [*walked, *elsewhere]], [], [])
+        walk = store.file_stamps("inbox")
+        walk.in_folder("/srv/a")
+        assert list(walk.outside_walk()) == elsewhere
+        walk = store.file_stamps("inbox")
+        walk.in_folder("/srv/a")
+        walk.in_folder("/srv/b")
+        with mock.patch("reconciler.state.rescans.columns", side_effect=AssertionError("read")):
+            assert list(walk.outside_walk()) == []  # every range accounted for: none read
+    finally:
+        store.close()
 
 
 def test_a_state_from_before_packs_is_packed_on_opening(tmp_path: Path) -> None:

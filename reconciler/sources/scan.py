@@ -85,12 +85,10 @@ def scan_sources(
         stamps = store.file_stamps(source.name)
         unreadable: list[tuple[str, str]] = []
         changed = ChangedFiles(store, source.name, wanted_extra, progress)
-        walked: set[str] = set()  # the folders whose files were compared with the state's
-        gone: list[str] = []  # files the state knows in those folders that are not there
+        gone: list[str] = []  # files the state knows in the folders walked, not there
         known = 0  # files found that the state knows
         for folder, files in groupby(_walk(source.path, source.exclude, unreadable), _folder):
-            held = stamps.in_folder(folder)
-            walked.add(folder)
+            held = stamps.in_folder(folder)  # the folders asked for are those walked
             for found in files:
                 result.files += 1
                 stamp = held.pop(found.path, None)
@@ -103,7 +101,7 @@ def scan_sources(
         result.rejected.extend(changed.rejected)
         result.unreadable.extend([*unreadable, *changed.unreadable])
         if known + len(gone) < catalogued:  # and files it knows in folders not walked
-            gone.extend(store.files_outside(source.name, walked))
+            gone.extend(stamps.outside_walk())
         # What an unreadable folder holds is unknown, not gone: its files stay catalogued.
         hidden = tuple(os.path.join(path, "") for path, _ in unreadable)
         removed = [p for p in gone if not p.startswith(hidden)]
