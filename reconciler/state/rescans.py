@@ -20,7 +20,10 @@ _PATH, _SOURCE, _SIZE, _MTIME, _EXTRA = map(
 )
 _STUDIES_KEPT = 16  # studies' stamps kept between folders: a study spans a few folders
 _PACK = "SELECT pack FROM catalog_studies WHERE id = ?"
-_IN_RANGE = "SELECT study FROM catalog_files WHERE path_key BETWEEN ? AND ?"
+_IN_RANGE = "SELECT DISTINCT study FROM catalog_files WHERE path_key BETWEEN ? AND ?"
+_STUDIES_IN_RANGE = (
+    "SELECT study, COUNT(*) FROM catalog_files WHERE path_key BETWEEN ? AND ? GROUP BY study"
+)
 _NEXT_KEY = "SELECT path_key FROM catalog_files WHERE path_key >= ? ORDER BY path_key LIMIT 1"
 _FIRST_KEY, _LAST_KEY = -(2**63), 2**63 - 1
 
@@ -63,8 +66,8 @@ class FileStamps:
     def in_folder(self, folder: str) -> dict[str, FileStamp]:
         """The stamps of the files the state knows directly in ``folder``, by path."""
         low, high = folder_keys(folder)
-        keys = [s for (s,) in self._db.execute(_IN_RANGE, (low, high))]
-        holding = list(dict.fromkeys(keys))
+        counted = dict(self._db.execute(_STUDIES_IN_RANGE, (low, high)))
+        holding = list(counted)
         stamps: dict[str, FileStamp] = {}
         for study in holding:
             if study not in self._studies:
@@ -74,7 +77,7 @@ class FileStamps:
         while len(self._studies) > max(_STUDIES_KEPT, len(holding)):
             self._studies.popitem(last=False)
         self._walked.add(folder)
-        if len(keys) == len(stamps):  # each key one of this folder's files: no other folder's
+        if sum(counted.values()) == len(stamps):  # every key this folder's: no other folder's
             self._accounted.add(low >> 32)
         # Set aside: a range of the primary key, '/' then '0' bounding the folder's entries.
         rejected = self._db.execute(
