@@ -93,18 +93,23 @@ class ChangedFiles:
         self._waiting.append(found)
         self._found += 1
         if self._pool is None and self._found >= PROCESSES_FROM:
-            self._pool = _pool(processes=True)
+            self._pool = _readers(processes=True)
         if self._pool is not None and len(self._waiting) >= BATCH:
             self._start(self._pool)
 
     def finish(self) -> None:
         """Read what is left, and wait for every batch to be catalogued."""
-        pool = self._pool or _pool(processes=False)
-        try:
-            while self._waiting or self._reading:
-                self._start(pool)
-        finally:
-            pool.shutdown(cancel_futures=True)
+        self._pool = self._pool or _readers(processes=False)
+        while self._waiting or self._reading:
+            self._start(self._pool)
+
+    def __enter__(self) -> ChangedFiles:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """The readers stop, whether the walk ended or was interrupted."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
     def _start(self, pool: Executor) -> None:
@@ -134,7 +139,7 @@ class ChangedFiles:
             self.progress(self.read, self._found)
 
 
-def _pool(processes: bool) -> Executor:
+def _readers(processes: bool) -> Executor:
     if not processes or (os.cpu_count() or 1) < 2:
         return ThreadPoolExecutor(READ_WORKERS)
     # Spawned, not forked: the parent may run threads (watch, the API).

@@ -84,19 +84,20 @@ def scan_sources(
         catalogued = store.catalogued_files(source.name)
         stamps = store.file_stamps(source.name)
         unreadable: list[tuple[str, str]] = []
-        changed = ChangedFiles(store, source.name, wanted_extra, progress)
         gone: list[str] = []  # files the state knows in the folders walked, not there
         known = 0  # files found that the state knows
-        for folder, files in groupby(_walk(source.path, source.exclude, unreadable), _folder):
-            held = stamps.in_folder(folder)  # the folders asked for are those walked
-            for found in files:
-                result.files += 1
-                stamp = held.pop(found.path, None)
-                known += stamp is not None
-                if _needs_reading(stamp, found, wanted_extra):
-                    changed.add(found)  # read and catalogued as the walk goes on
-            gone.extend(held)
-        changed.finish()
+        walk = groupby(_walk(source.path, source.exclude, unreadable), _folder)
+        with ChangedFiles(store, source.name, wanted_extra, progress) as changed:
+            for folder, files in walk:
+                held = stamps.in_folder(folder)  # the folders asked for are those walked
+                for found in files:
+                    result.files += 1
+                    stamp = held.pop(found.path, None)
+                    known += stamp is not None
+                    if _needs_reading(stamp, found, wanted_extra):
+                        changed.add(found)  # read and catalogued as the walk goes on
+                gone.extend(held)
+            changed.finish()
         result.read += changed.read
         result.rejected.extend(changed.rejected)
         result.unreadable.extend([*unreadable, *changed.unreadable])
