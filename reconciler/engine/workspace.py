@@ -189,7 +189,7 @@ class Workspace:
             due = self.store.studies_to_ask(name, now, period, cached.observed_at)
             if cached.ok and not due:
                 return cached
-        return self._observe(name, self.store.instances_to_ask(name, due), now, due)
+        return self._observe(name, self.store.expected_instances(due, name), now, due)
 
     def _observe(
         self,

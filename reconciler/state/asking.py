@@ -12,15 +12,11 @@ study answered longer ago than that.
 from __future__ import annotations
 
 import math
-import sqlite3
-from collections.abc import ItemsView, Iterator, Mapping
 from datetime import datetime, timedelta
 
-from reconciler.state.compression import copy_columns
 from reconciler.state.database import StateDatabase
-from reconciler.state.study_packs import column, packs_of
 
-_AT_ONCE = 500  # studies read in one query
+_AT_ONCE = 500  # studies whose rows are forgotten in one statement
 
 # The studies a destination holds for the state: those catalogued, and its cached copies.
 _HELD = (
@@ -80,59 +76,3 @@ class AskingTables(StateDatabase):
                 "asked_studies.destination AND o.study_uid = asked_studies.study_uid)",
                 (destination, *chunk),
             )
-
-    def instances_to_ask(self, destination: str, study_uids: list[str]) -> InstancesToAsk:
-        """What an observation asking about these studies looks for: each one's SOP Instance
-        UIDs, from the catalog, or from the cached copy of a study no longer catalogued."""
-        return InstancesToAsk(self._db, destination, study_uids)
-
-
-class InstancesToAsk(Mapping[str, list[str]]):
-    """Each study's SOP Instance UIDs, read a chunk of studies at a time as ``items`` goes;
-    only the studies' UIDs are held."""
-
-    def __init__(self, db: sqlite3.Connection, destination: str, study_uids: list[str]) -> None:
-        self._db, self._destination, self._studies = db, destination, study_uids
-
-    def __getitem__(self, study_uid: str) -> list[str]:
-        found = dict(self._read([study_uid]))
-        if study_uid not in found:
-            raise KeyError(study_uid)
-        return found[study_uid]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._studies)
-
-    def __len__(self) -> int:
-        return len(self._studies)
-
-    def items(self) -> ItemsView[str, list[str]]:
-        return _ChunkedItems(self)
-
-    def chunks(self) -> Iterator[tuple[str, list[str]]]:
-        for start in range(0, len(self._studies), _AT_ONCE):
-            yield from self._read(self._studies[start : start + _AT_ONCE])
-
-    def _read(self, chunk: list[str]) -> Iterator[tuple[str, list[str]]]:
-        catalogued = {uid: column(packed, "sop_uid") for uid, packed in packs_of(self._db, chunk)}
-        rest = [uid for uid in chunk if uid not in catalogued]
-        cached = {
-            uid: copy_columns(blob)[0]
-            for uid, blob in self._db.execute(
-                "SELECT study_uid, instances FROM observed_studies WHERE destination = ? "
-                f"AND study_uid IN ({', '.join('?' * len(rest))})",
-                (self._destination, *rest),
-            )
-        }
-        for uid in chunk:
-            if uid in catalogued:
-                yield uid, catalogued[uid]
-            elif uid in cached:
-                yield uid, cached[uid]
-
-
-class _ChunkedItems(ItemsView[str, list[str]]):
-    _mapping: InstancesToAsk
-
-    def __iter__(self) -> Iterator[tuple[str, list[str]]]:
-        return self._mapping.chunks()

@@ -16,6 +16,7 @@ from typing import Any, overload
 
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.state.bulk import building
+from reconciler.state.compression import copy_columns
 from reconciler.state.database import StateDatabase, now_text
 from reconciler.state.study_packs import (
     INSTANCE_COLUMNS,
@@ -67,6 +68,8 @@ _LABELS = [  # known_studies' columns but the first and the last, as the files g
     INSTANCE_COLUMNS.index(c) for c in KNOWN_STUDY_COLUMNS[1:-1]
 ]
 
+
+_AT_ONCE = 500  # studies read in one query
 
 _new_instance = partial(tuple.__new__, CatalogInstance)  # _make without its length check
 
@@ -163,10 +166,13 @@ class CatalogTables(StateDatabase):
         finally:
             self._db.execute("COMMIT")
 
-    def expected_instances(self) -> CatalogSopUids:
-        """What an observation of a destination looks for: each study's SOP Instance UIDs,
-        read as they are asked for."""
-        return CatalogSopUids(self._db)
+    def expected_instances(
+        self, studies: list[str] | None = None, cached_at: str | None = None
+    ) -> CatalogSopUids:
+        """What an observation of a destination looks for: each catalogued study's SOP
+        Instance UIDs (or these ``studies``', with those of the copy ``cached_at`` a
+        destination for a study no longer catalogued), read as they are asked for."""
+        return CatalogSopUids(self._db, studies, cached_at)
 
     def load_study(self, study_uid: str) -> CatalogStudy | None:
         """One study of the catalog, read by itself (a lookup, not a plan)."""
@@ -259,19 +265,25 @@ class CatalogTables(StateDatabase):
 
 
 class CatalogSopUids(Mapping[str, list[str]]):
-    """Each catalogued study's SOP Instance UIDs, read from the state when asked for: a
-    study at a time, or a chunk of studies at a time by ``items``. Only the studies' UIDs
-    are held, so an observation of any destination costs memory by study, not by file."""
+    """Each study's SOP Instance UIDs, read from the state when asked for: a study at a time,
+    or a chunk of studies at a time by ``items``. Only the studies' UIDs are held, so an
+    observation of any destination costs memory by study, not by file. The studies are the
+    catalogued ones, or those given; with ``cached_at``, a study no longer catalogued has its
+    cached copy's at that destination."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self._studies = [
-            uid for (uid,) in self._db.execute("SELECT study_uid FROM catalog_studies")
-        ]
+    def __init__(
+        self, db: sqlite3.Connection, studies: list[str] | None, cached_at: str | None
+    ) -> None:
+        self._db, self._cached_at = db, cached_at
+        self._studies = (
+            studies
+            if studies is not None
+            else [uid for (uid,) in self._db.execute("SELECT study_uid FROM catalog_studies")]
+        )
 
     def __getitem__(self, study_uid: str) -> list[str]:
-        for _, packed in packs_of(self._db, [study_uid]):
-            return column(packed, "sop_uid")
+        for _, sop_uids in self._read([study_uid]):
+            return sop_uids
         raise KeyError(study_uid)
 
     def __iter__(self) -> Iterator[str]:
@@ -284,8 +296,25 @@ class CatalogSopUids(Mapping[str, list[str]]):
         return _ChunkedItems(self)
 
     def chunks(self) -> Iterator[tuple[str, list[str]]]:
-        for study_uid, packed in packs_of(self._db, self._studies):  # 500 studies a query
-            yield study_uid, column(packed, "sop_uid")
+        for start in range(0, len(self._studies), _AT_ONCE):
+            yield from self._read(self._studies[start : start + _AT_ONCE])
+
+    def _read(self, chunk: list[str]) -> Iterator[tuple[str, list[str]]]:
+        catalogued = {uid: column(packed, "sop_uid") for uid, packed in packs_of(self._db, chunk)}
+        rest = [uid for uid in chunk if uid not in catalogued]
+        cached: dict[str, list[str]] = {}
+        if self._cached_at is not None and rest:
+            rows = self._db.execute(
+                "SELECT study_uid, instances FROM observed_studies WHERE destination = ? "
+                f"AND study_uid IN ({', '.join('?' * len(rest))})",
+                (self._cached_at, *rest),
+            )
+            cached = {uid: copy_columns(blob)[0] for uid, blob in rows}
+        for uid in chunk:
+            if uid in catalogued:
+                yield uid, catalogued[uid]
+            elif uid in cached:
+                yield uid, cached[uid]
 
 
 class _ChunkedItems(ItemsView[str, list[str]]):
