@@ -29,8 +29,21 @@ SELECT study_uid, patient_id, accession_number, study_date, study_description,
 SCHEMA_VERSION = 9
 
 
+# The instances last: a plan that reads a copy's digest and dates alone never reads them.
+_OBSERVED_STUDIES = """
+CREATE TABLE IF NOT EXISTS observed_studies (
+    destination TEXT NOT NULL, study_uid TEXT NOT NULL,
+    seen_at TEXT, site TEXT, written_at TEXT, in_recovery_point INTEGER NOT NULL DEFAULT 0,
+    stamp TEXT, digest BLOB, instances BLOB NOT NULL, PRIMARY KEY (destination, study_uid)
+)"""
+# A plan reads a chunk of studies' copies, verifications and unconfirmed commitments at every
+# destination at once: by study, not by destination first.
+_OBSERVED_STUDIES_BY_STUDY = (
+    "CREATE INDEX IF NOT EXISTS observed_studies_by_study ON observed_studies (study_uid)"
+)
+
 _SCHEMA = (
-    """
+    f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
     path TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
@@ -40,14 +53,8 @@ CREATE TABLE IF NOT EXISTS observations (
     destination TEXT PRIMARY KEY, observed_at TEXT NOT NULL, serial INTEGER NOT NULL,
     ok INTEGER NOT NULL, error TEXT
 );
-CREATE TABLE IF NOT EXISTS observed_studies (
-    destination TEXT NOT NULL, study_uid TEXT NOT NULL, instances BLOB NOT NULL,
-    seen_at TEXT, site TEXT, written_at TEXT, in_recovery_point INTEGER NOT NULL DEFAULT 0,
-    stamp TEXT, digest BLOB, PRIMARY KEY (destination, study_uid)
-);
--- A plan reads a chunk of studies' copies, verifications and unconfirmed commitments at every
--- destination at once: by study, not by destination first.
-CREATE INDEX IF NOT EXISTS observed_studies_by_study ON observed_studies (study_uid);
+{_OBSERVED_STUDIES};
+{_OBSERVED_STUDIES_BY_STUDY};
 CREATE TABLE IF NOT EXISTS arrivals (study_uid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS known_studies (
     study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL, accession_number TEXT NOT NULL,
@@ -307,16 +314,11 @@ class StateDatabase:
 
     def _migrate_from_8(self) -> int:
         """Version 9 keeps each study's summary beside its pack (``state.study_summaries``)
-        and each copy's digest (``ObservedStudy.digest``): both computed here, a study at a
-        time (about 200 seconds for a hundred million instances)."""
+        and each copy's digest (``ObservedStudy.digest``), both computed here, and the packs
+        and copies' instances last in their rows (a plan reads the summaries and digests
+        alone): both tables are copied into their new layout (about 10 seconds of CPU for a
+        million instances)."""
         with self.transaction() as db:
-            # A state migrated from before version 8 has its packs' table made as it is now.
-            packed = {row[1] for row in db.execute("PRAGMA table_info(catalog_studies)")}
-            if "summary" not in packed:
-                db.execute(
-                    "ALTER TABLE catalog_studies ADD COLUMN summary BLOB NOT NULL DEFAULT x''"
-                )
-            db.execute("ALTER TABLE observed_studies ADD COLUMN digest BLOB")
             db.create_function(
                 "summary",
                 1,
@@ -324,8 +326,27 @@ class StateDatabase:
                 deterministic=True,
             )
             db.create_function("digest", 1, copy_digest, deterministic=True)
-            db.execute("UPDATE catalog_studies SET summary = summary(pack)")
-            db.execute("UPDATE observed_studies SET digest = digest(instances)")
+            # A state migrated from before version 8 has its packs' table made as it is now.
+            packed = {row[1] for row in db.execute("PRAGMA table_info(catalog_studies)")}
+            if "summary" not in packed:
+                db.execute("ALTER TABLE catalog_studies RENAME TO catalog_studies_8")
+                db.execute(study_packs.CATALOG_STUDIES)
+                db.execute(
+                    "INSERT INTO catalog_studies (id, study_uid, instances, bytes, summary, pack) "
+                    "SELECT id, study_uid, instances, bytes, summary(pack), pack "
+                    "FROM catalog_studies_8"
+                )
+                db.execute("DROP TABLE catalog_studies_8")
+                db.execute(study_packs.CATALOG_STUDIES_TOTALS)
+            db.execute("ALTER TABLE observed_studies RENAME TO observed_studies_8")
+            db.execute(_OBSERVED_STUDIES)
+            columns = "destination, study_uid, seen_at, site, written_at, in_recovery_point, stamp"
+            db.execute(
+                f"INSERT INTO observed_studies ({columns}, digest, instances) "
+                f"SELECT {columns}, digest(instances), instances FROM observed_studies_8"
+            )
+            db.execute("DROP TABLE observed_studies_8")
+            db.execute(_OBSERVED_STUDIES_BY_STUDY)
             db.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
         return 9
 

@@ -161,7 +161,9 @@ class ObservationTables(AskingTables):
         ]
         differing = [(*r, copy_digest(r[2])) for r in rows if stored.get(r[1]) != (r[2], *r[4:])]
         self._db.executemany(
-            "INSERT OR REPLACE INTO observed_studies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO observed_studies (destination, study_uid, instances, "
+            "seen_at, site, written_at, in_recovery_point, stamp, digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             differing,
         )
         self._db.executemany(
@@ -185,7 +187,7 @@ class ObservationTables(AskingTables):
             blob = _instances_blob({**held, **instances})
             db.execute(
                 "INSERT OR REPLACE INTO observed_studies "
-                "VALUES (?, ?, ?, NULL, NULL, NULL, 0, NULL, ?)",
+                "(destination, study_uid, instances, digest) VALUES (?, ?, ?, ?)",
                 (destination, study_uid, blob, copy_digest(blob)),
             )
             self._forget_partial_copy(destination, study_uid)

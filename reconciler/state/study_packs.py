@@ -57,14 +57,22 @@ _PATH, _SOURCE, _SIZE, _MTIME, _CTIME, _SHA256 = map(
     INSTANCE_COLUMNS.index, ("path", "source", "size", "mtime_ns", "ctime_ns", "sha256")
 )
 
-SCHEMA = """
+# The pack last: SQLite reads a row's columns in order, so a plan that reads a study's
+# summary alone never reads the kilobytes of its pack (which spill into overflow pages).
+CATALOG_STUDIES = """
 CREATE TABLE IF NOT EXISTS catalog_studies (
     id INTEGER PRIMARY KEY, study_uid TEXT NOT NULL UNIQUE,
-    instances INTEGER NOT NULL, bytes INTEGER NOT NULL, pack BLOB NOT NULL,
-    summary BLOB NOT NULL -- state.study_summaries
-);
--- Totals and counts are read from here, not from rows that hold kilobytes of pack each.
-CREATE INDEX IF NOT EXISTS catalog_studies_totals ON catalog_studies (instances, bytes);
+    instances INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    summary BLOB NOT NULL, -- state.study_summaries
+    pack BLOB NOT NULL
+)"""
+# Totals and counts are read from here, not from rows that hold kilobytes of pack each.
+CATALOG_STUDIES_TOTALS = (
+    "CREATE INDEX IF NOT EXISTS catalog_studies_totals ON catalog_studies (instances, bytes)"
+)
+SCHEMA = f"""
+{CATALOG_STUDIES};
+{CATALOG_STUDIES_TOTALS};
 -- How many files each source holds: a rescan that found them all removed none.
 CREATE TABLE IF NOT EXISTS source_files (source TEXT PRIMARY KEY, files INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS catalog_files (
