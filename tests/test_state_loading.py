@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from factories import LONG_AGO_NS, NOW, instance
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -167,6 +168,31 @@ def test_files_in_folders_not_walked_are_found_though_their_hash_is_a_walked_one
         walk.in_folder("/srv/b")
         with mock.patch("reconciler.state.rescans.columns", side_effect=AssertionError("read")):
             assert list(walk.outside_walk()) == []  # every range accounted for: none read
+    finally:
+        store.close()
+
+
+def test_a_plans_inputs_read_files_only_when_asked_and_only_in_their_snapshot(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(tmp_path / "state.db")
+    try:
+        rows = [put(PATHS[0], "1.1", 1), put(PATHS[1], "1.1", 2)]
+        store.record_scan(rows, [], [])
+        copy = {r.sop_uid: ObservedInstance(r.sha256, r.size) for r in rows}
+        store.save_observation(
+            Observation("cloud", NOW, 0, ok=True, studies={"1.1": ObservedStudy("1.1", copy)})
+        )
+        with store.deciding(write=False):
+            [inputs] = store.study_inputs(["1.1"])
+            assert inputs.study is not None
+            assert [i.path for i in inputs.study.instances] == PATHS[:2]
+            [later] = store.study_inputs(["1.1"])
+        assert later.study is not None
+        with pytest.raises(RuntimeError, match="after the snapshot"):
+            list(later.study.instances)
+        with pytest.raises(RuntimeError, match="after the snapshot"):
+            dict(later.observed["cloud"].instances)
     finally:
         store.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +17,7 @@ from typing import Any, overload
 from reconciler.model.catalog import Catalog, CatalogInstance, CatalogStudy
 from reconciler.state.bulk import building
 from reconciler.state.compression import copy_columns
-from reconciler.state.database import StateDatabase, now_text
+from reconciler.state.database import StateDatabase, now_text, read_in_snapshot
 from reconciler.state.study_packs import (
     INSTANCE_COLUMNS,
     Parsed,
@@ -70,6 +70,7 @@ _LABELS = [  # known_studies' columns but the first and the last, as the files g
 
 
 _AT_ONCE = 500  # studies read in one query
+_PACK_OF = "SELECT pack FROM catalog_studies WHERE id = ?"
 
 _new_instance = partial(tuple.__new__, CatalogInstance)  # _make without its length check
 
@@ -331,16 +332,24 @@ def _labels(study_uid: str, rows: list[Row]) -> tuple[str, ...]:
     return (study_uid, *(ordered[0][c] for c in _LABELS), ",".join(modalities))
 
 
-def read_studies(db: sqlite3.Connection, study_uids: Sequence[str]) -> dict[str, CatalogStudy]:
-    """``CatalogTables.load_studies`` on any connection to the state."""
+def read_studies(
+    db: sqlite3.Connection, study_uids: Sequence[str], lazy: bool = False
+) -> dict[str, CatalogStudy]:
+    """``CatalogTables.load_studies`` on any connection to the state. ``lazy``: a study's
+    pack is read only when its files are asked for, in the transaction the caller holds (a
+    plan of studies in sync reads their summaries alone)."""
     shared: dict[object, object] = {}
     extras = Parsed(json.loads)
-    found = {
-        uid: (PackedInstances(count, p, shared, extras), parse_summary(s, extras.__getitem__))
-        for uid, count, p, s in select_in(
-            db, "catalog_studies", "study_uid, instances, pack, summary", "study_uid", study_uids
+    found = {}
+    selected = "study_uid, id, instances, summary" + ("" if lazy else ", pack")
+    for uid, study, count, summary, *packed in select_in(
+        db, "catalog_studies", selected, "study_uid", study_uids
+    ):
+        pack = packed[0] if packed else read_in_snapshot(db, _PACK_OF, (study,))
+        found[uid] = (
+            PackedInstances(count, pack, shared, extras),
+            parse_summary(summary, extras.__getitem__),
         )
-    }
     arrivals = select_in(db, "arrivals", "study_uid, first_seen", "study_uid", study_uids)
     arrived = {uid: datetime.fromisoformat(at) for uid, at in arrivals}
     return {
@@ -353,7 +362,11 @@ class PackedInstances(Sequence[CatalogInstance]):
     """A study's files, unpacked from its pack the first time they are asked for."""
 
     def __init__(
-        self, count: int, packed: bytes, shared: dict[object, object], extras: Parsed
+        self,
+        count: int,
+        packed: bytes | Callable[[], bytes],  # the pack, or how to read it
+        shared: dict[object, object],
+        extras: Parsed,
     ) -> None:
         self._count, self._packed, self._shared, self._extras = count, packed, shared, extras
         self._files: tuple[CatalogInstance, ...] | None = None
@@ -361,7 +374,8 @@ class PackedInstances(Sequence[CatalogInstance]):
     @property
     def files(self) -> tuple[CatalogInstance, ...]:
         if self._files is None:
-            self._files = _unpack(self._packed, self._shared, self._extras)
+            packed = self._packed if isinstance(self._packed, bytes) else self._packed()
+            self._files = _unpack(packed, self._shared, self._extras)
         return self._files
 
     def __len__(self) -> int:

@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,6 +144,20 @@ def _change_triggers() -> str:
                 f"AFTER {event} ON {table} BEGIN {marks} END;"
             )
     return "\n".join(statements)
+
+
+def read_in_snapshot(
+    db: sqlite3.Connection, query: str, key: tuple[object, ...]
+) -> Callable[[], bytes]:
+    """A blob read when first needed, in the transaction its row's other columns were read
+    in: read after it, it could belong to a newer row, so that is refused."""
+
+    def read() -> bytes:
+        if not db.in_transaction:
+            raise RuntimeError("a blob read after the snapshot its row was read from")
+        return bytes(db.execute(query, key).fetchone()[0])
+
+    return read
 
 
 def now_text() -> str:

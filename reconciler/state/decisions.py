@@ -20,7 +20,7 @@ from datetime import datetime
 from reconciler.model.catalog import CatalogStudy
 from reconciler.model.observation import ObservedStudy
 from reconciler.model.share import ShareRecord
-from reconciler.state.catalog import CatalogTables
+from reconciler.state.catalog import CatalogTables, read_studies
 from reconciler.state.observations import ObservationTables
 from reconciler.state.rescans import RescanTables
 from reconciler.state.shares import ShareTables
@@ -97,8 +97,9 @@ class DecisionTables(
 
     def study_inputs(self, study_uids: list[str]) -> list[StudyInputs]:
         """Inside ``deciding``: the facts of these studies."""
-        studies = self.load_studies(study_uids)
-        observed = self.observed_of(study_uids)
+        # Their files and their copies' instances are read only for the decisions that ask.
+        studies = read_studies(self._db, study_uids, lazy=True)
+        observed = self.observed_of(study_uids, lazy=True)
         shares = self.shares_of(study_uids)
         return [
             StudyInputs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -17,6 +17,7 @@ from reconciler.model.observation import Observation, ObservedInstance, Observed
 from reconciler.state.asking import AskingTables
 from reconciler.state.bulk import building
 from reconciler.state.compression import copy_columns, copy_digest, copy_instances
+from reconciler.state.database import read_in_snapshot
 
 
 class ObservationTables(AskingTables):
@@ -320,11 +321,12 @@ class ObservationTables(AskingTables):
         return CachedCopies(self, destination, [uid for (uid,) in studies])
 
     def observed_of(
-        self, study_uids: Sequence[str], destination: str | None = None
+        self, study_uids: Sequence[str], destination: str | None = None, lazy: bool = False
     ) -> dict[str, dict[str, ObservedStudy]]:
         """The cached copies of these studies (at ``destination``, or anywhere), by
         destination then study. (Read a chunk at a time: sharing the catalog's strings
-        would save little memory and cost time.)"""
+        would save little memory and cost time.) ``lazy``: a copy's instances are read only
+        when asked for, in the transaction the caller holds."""
         where = f"study_uid IN ({', '.join('?' * len(study_uids))})"
         values = list(study_uids)
         if destination is not None:
@@ -343,10 +345,12 @@ class ObservationTables(AskingTables):
         ):
             unconfirmed.setdefault(name, {})[uid] = reason
         observed: dict[str, dict[str, ObservedStudy]] = {}
+        selected = _OBSERVED_COLUMNS.replace("instances", "NULL") if lazy else _OBSERVED_COLUMNS
         for name, *row in self._db.execute(
-            f"SELECT destination, {_OBSERVED_COLUMNS} FROM observed_studies WHERE {where}",
-            values,
+            f"SELECT destination, {selected} FROM observed_studies WHERE {where}", values
         ):
+            if lazy:
+                row[1] = read_in_snapshot(self._db, _INSTANCES_OF, (name, row[0]))
             observed.setdefault(name, {})[row[0]] = _observed_study(
                 tuple(row), verifications.get(name, {}), unconfirmed.get(name, {}), {}
             )
@@ -383,6 +387,7 @@ class CachedCopies(Mapping[str, ObservedStudy]):
 
 
 _STUDIES_AT_ONCE = 500  # copies compared and written (or read) in one transaction
+_INSTANCES_OF = "SELECT instances FROM observed_studies WHERE destination = ? AND study_uid = ?"
 _OBSERVED_COLUMNS = (
     "study_uid, instances, seen_at, site, written_at, in_recovery_point, stamp, digest"
 )
@@ -415,17 +420,19 @@ def _observed_study(
 
 
 class PackedCopy(Mapping[str, ObservedInstance]):
-    """A copy's instances, parsed from their stored text the first time they are asked for:
-    a copy whose digest shows it whole is decided without them."""
+    """A copy's instances, parsed from their stored text (read then, when ``blob`` says how)
+    the first time they are asked for: a copy whose digest shows it whole is decided
+    without them."""
 
-    def __init__(self, blob: bytes) -> None:
+    def __init__(self, blob: bytes | Callable[[], bytes]) -> None:
         self._blob = blob
         self._parsed: dict[str, ObservedInstance] | None = None
 
     @property
     def parsed(self) -> dict[str, ObservedInstance]:
         if self._parsed is None:
-            self._parsed = _parse_instances(self._blob)
+            blob = self._blob if isinstance(self._blob, bytes) else self._blob()
+            self._parsed = _parse_instances(blob)
         return self._parsed
 
     def __getitem__(self, sop_uid: str) -> ObservedInstance:
