@@ -357,7 +357,8 @@ class StateDatabase:
             columns = "destination, study_uid, seen_at, site, written_at, in_recovery_point, stamp"
             db.execute(
                 f"INSERT INTO observed_studies ({columns}, digest, instances) "
-                f"SELECT {columns}, digest(instances), instances FROM observed_studies_8"
+                f"SELECT {columns}, digest(instances), instances FROM observed_studies_8 "
+                "ORDER BY destination, study_uid"  # in key order: the new key written in order
             )
             db.execute("DROP TABLE observed_studies_8")
             db.execute(_OBSERVED_STUDIES_BY_STUDY)
