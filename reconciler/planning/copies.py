@@ -156,7 +156,13 @@ def _files(
     copies a whole archive holds a few numbers a study), else listed in ``order``."""
     if whole is not None and len(files) == whole.count:
         return {"whole_study": WholeStudy(whole.count, whole.size, whole.digest.hex())}
-    return {"instances": tuple(instance_ref(i) for i in sorted(files, key=order))}
+    return {"instances": _listed(files, order)}
+
+
+def _listed(
+    files: Sequence[CatalogInstance], order: Callable[[CatalogInstance], Any]
+) -> tuple[InstanceRef, ...]:
+    return tuple(instance_ref(i) for i in sorted(files, key=order))
 
 
 class StudyChanged(Exception):
@@ -180,9 +186,7 @@ def listing_files(action: Action, study: CatalogStudy | None) -> Action:
             "on the next run"
         )
     order = _series_then_path if action.kind == "copy" else _path
-    return replace(
-        action, instances=_files(None, study.instances, order)["instances"], whole_study=None
-    )
+    return replace(action, instances=_listed(study.instances, order), whole_study=None)
 
 
 def _digests(study: StudySummary) -> tuple[bytes, bytes]:
