@@ -17,7 +17,8 @@ from reconciler.demo.synth import generate
 from reconciler.transforms.anonymization_check import check_anonymized
 from reconciler.transforms.anonymize import anonymize
 from reconciler.transforms.compression import compress
-from reconciler.transforms.encryption import Keyring, MasterKey, decrypt, encrypt
+from reconciler.transforms.encryption import decrypt, encrypt
+from reconciler.transforms.master_keys import Keyring, MasterKey
 from reconciler.transforms.pool import CompressionPool
 from reconciler.transforms.presets import load_preset
 from reconciler.transforms.settings import Codec

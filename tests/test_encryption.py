@@ -10,16 +10,13 @@ import pytest
 
 from reconciler.transforms.encryption import (
     HEADER_SIZE,
-    DecryptionError,
-    KeyFormatError,
-    Keyring,
-    MasterKey,
     decrypt,
     encrypt,
     key_id_of,
     rewrap,
     rewrap_header,
 )
+from reconciler.transforms.master_keys import DecryptionError, KeyFormatError, Keyring, MasterKey
 from reconciler.transforms.settings import EncryptionSettings
 
 NAME = b"2.25.1/2.25.2"  # associated data: the object's study and SOP Instance UIDs

@@ -27,7 +27,7 @@ from recovery_site import hashes
 from reconciler.cli.main import main
 from reconciler.demo.synth import generate
 from reconciler.destinations.object_store.store import ObjectStoreDestination
-from reconciler.transforms.encryption import Keyring
+from reconciler.transforms.master_keys import Keyring
 
 K1 = "11" * 32
 K2 = "22" * 32

@@ -22,7 +22,8 @@ from reconciler.config.problems import ConfigError
 from reconciler.destinations.object_store.manifest import associated_data
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.model.plan import Action
-from reconciler.transforms.encryption import Keyring, decrypt
+from reconciler.transforms.encryption import decrypt
+from reconciler.transforms.master_keys import Keyring
 
 KEY = "11" * 32
 

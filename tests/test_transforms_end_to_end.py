@@ -19,7 +19,8 @@ from reconciler.destinations.object_store.layout import STUDIES
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.destinations.object_store.stored_copy import PIXEL_IDENTICAL
 from reconciler.model.plan import Action, Plan, StudyLabel, WholeStudy
-from reconciler.transforms.encryption import HEADER_SIZE, Keyring, MasterKey, rewrap_header
+from reconciler.transforms.encryption import HEADER_SIZE, rewrap_header
+from reconciler.transforms.master_keys import Keyring, MasterKey
 
 KEY = "33" * 32
 NEW_KEY = "44" * 32

@@ -8,9 +8,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -25,6 +27,13 @@ def warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def progress_bar(**options: Any) -> tqdm[Any]:
+    """A tqdm bar on stderr; tqdm is imported when a command first shows one."""
+    from tqdm import tqdm
+
+    return tqdm(file=sys.stderr, leave=False, **options)
+
+
 def scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
     if quiet:
         return None
@@ -33,9 +42,7 @@ def scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
     def progress(done: int, total: int) -> None:
         """``total`` grows while the walk finds more files to read."""
         if "bar" not in bar:
-            bar["bar"] = tqdm(
-                total=total, unit="file", desc="scan", file=sys.stderr, disable=None, leave=False
-            )
+            bar["bar"] = progress_bar(total=total, unit="file", desc="scan", disable=None)
         bar["bar"].total = total
         bar["bar"].update(done - bar["bar"].n)
         if done >= total:

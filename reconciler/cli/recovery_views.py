@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from tqdm import tqdm
-
+from reconciler.cli.common import progress_bar
 from reconciler.destinations.object_store.stored_copy import PIXEL_IDENTICAL
 from reconciler.recovery.findings import Finding
 from reconciler.recovery.restore import RestoreReport
@@ -15,14 +13,8 @@ from reconciler.recovery.restore import RestoreReport
 
 @contextmanager
 def bytes_bar(quiet: bool, total: int | None, label: str) -> Iterator[Callable[[int], None]]:
-    bar = tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc=label,
-        file=sys.stderr,
-        disable=True if quiet else None,
-        leave=False,
+    bar = progress_bar(
+        total=total, unit="B", unit_scale=True, desc=label, disable=True if quiet else None
     )
     try:
         yield bar.update

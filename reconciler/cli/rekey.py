@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from tqdm import tqdm
-
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_config_option
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_config_option, progress_bar
 from reconciler.config.destinations import DestinationConfig
 from reconciler.config.load import load_config
 from reconciler.engine.workspace import Workspace
@@ -39,7 +36,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         for name in names:
             store = workspace.object_store(name)
             assert store.keyring is not None
-            bar = tqdm(unit=" objects", desc=f"rekey {name}", file=sys.stderr, disable=args.json)
+            bar = progress_bar(unit=" objects", desc=f"rekey {name}", disable=args.json)
             try:
                 reports.append(rekey_store(store, store.keyring, bar.update))
             except OSError as exc:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
+from reconciler.cli.common import progress_bar
 from reconciler.engine.events import (
     ActionFinished,
     ActionProgress,
@@ -17,6 +16,9 @@ from reconciler.engine.events import (
     event_dict,
 )
 from reconciler.model.plan import human_bytes
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 TRANSFERS = ("copy", "archive")  # the actions the byte progress bar counts
 
@@ -42,14 +44,8 @@ class HumanView:
     def __call__(self, event: Event) -> None:
         match event:
             case RunStarted(bytes=size):
-                self._bar = tqdm(
-                    total=size,
-                    unit="B",
-                    unit_scale=True,
-                    desc="apply",
-                    file=sys.stderr,
-                    disable=None,
-                    leave=False,
+                self._bar = progress_bar(
+                    total=size, unit="B", unit_scale=True, desc="apply", disable=None
                 )
             case ActionProgress(action=action, bytes=size) if (
                 action.kind in ("copy", "archive") and self._bar

@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from pydantic import (
     Field,
     field_validator,
@@ -41,6 +40,8 @@ class Window(StrictModel):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
+        from croniter import croniter  # here: most configs name no window
+
         if len(value.split()) != 5 or not croniter.is_valid(value):
             raise ValueError(f"'{value}' is not a five-field cron expression (m h dom mon dow)")
         return value

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-
 from reconciler.config.destinations import Schedule, Window
 from reconciler.config.durations import format_duration
 
@@ -70,6 +68,8 @@ def combine(gates: Iterable[Gate]) -> Gate:
 
 def _open_until(window: Window, local: datetime) -> datetime | None:
     """When the window's current opening ends, if it is open at ``local``."""
+    from croniter import croniter  # here, as in the config: most sites have no window
+
     # The latest start at or before now (croniter's get_prev is strictly before its base).
     start = croniter(window.cron, local + timedelta(seconds=1)).get_prev(datetime)
     end = start + window.duration  # wall-clock, as an administrator reads "10h from 20:00"
@@ -77,6 +77,8 @@ def _open_until(window: Window, local: datetime) -> datetime | None:
 
 
 def _next_start(windows: list[Window], local: datetime) -> datetime | None:
+    from croniter import croniter
+
     return _earliest(croniter(w.cron, local).get_next(datetime).astimezone(UTC) for w in windows)
 
 

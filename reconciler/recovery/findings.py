@@ -18,7 +18,7 @@ from reconciler.destinations.object_store.stored_copy import (
     original_bytes,
     restored_note,
 )
-from reconciler.transforms.encryption import Keyring
+from reconciler.transforms.master_keys import Keyring
 
 # Objects up to this size are fetched in one request; larger ones are streamed in chunks.
 IN_MEMORY_LIMIT = 64 * 1024 * 1024

@@ -39,14 +39,8 @@ from reconciler.destinations.object_store.manifest import (
 from reconciler.destinations.object_store.store import ObjectStoreDestination
 from reconciler.recovery.create import is_study_manifest_key
 from reconciler.recovery.pinned_objects import PinnedObjects, pinned_objects
-from reconciler.transforms.encryption import (
-    HEADER_SIZE,
-    DecryptionError,
-    Keyring,
-    decrypt,
-    key_id_of,
-    rewrap_header,
-)
+from reconciler.transforms.encryption import HEADER_SIZE, decrypt, key_id_of, rewrap_header
+from reconciler.transforms.master_keys import DecryptionError, Keyring
 
 Progress = Callable[[int], None]  # objects just handled
 

@@ -38,7 +38,7 @@ from reconciler.recovery.findings import (
     stored_original,
     write_original,
 )
-from reconciler.transforms.encryption import Keyring
+from reconciler.transforms.master_keys import Keyring
 
 
 @dataclass(frozen=True)

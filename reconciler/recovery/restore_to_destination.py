@@ -25,7 +25,7 @@ from reconciler.recovery.restore import (
     not_in_point,
     select_studies,
 )
-from reconciler.transforms.encryption import Keyring
+from reconciler.transforms.master_keys import Keyring
 
 
 def restore_to_destination(

@@ -16,7 +16,7 @@ from reconciler.destinations.object_store.manifest import (
 )
 from reconciler.destinations.object_store.points import RecoveryError, RecoveryPoint, load_pinned
 from reconciler.recovery.findings import Finding, Progress, check_listed, object_key, read_and_check
-from reconciler.transforms.encryption import Keyring
+from reconciler.transforms.master_keys import Keyring
 
 
 def parse_subset(text: str) -> tuple[int, int]:

@@ -24,9 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from reconciler.config.durations import format_duration
 from reconciler.config.load import LoadedConfig
@@ -34,6 +32,9 @@ from reconciler.config.notifications import NotificationEvent, NotificationSetti
 from reconciler.engine.email import send_email
 from reconciler.model.plan import BLOCKED, Plan
 from reconciler.state.store import StateStore
+
+if TYPE_CHECKING:
+    import requests
 
 Say = Callable[[str], None]
 
@@ -164,6 +165,8 @@ def _body(notice: Notice, site: str) -> dict[str, Any]:
 
 
 def _post(name: str, hook: WebhookSettings, body: dict[str, Any], say: Say) -> None:
+    import requests  # here: a command that sends no webhook starts without it
+
     headers = {"User-Agent": "dicom-reconciler"}
     if hook.token is not None:
         headers["Authorization"] = f"Bearer {hook.token.get_secret_value()}"
@@ -177,6 +180,8 @@ def _post(name: str, hook: WebhookSettings, body: dict[str, Any], say: Say) -> N
 
 
 def _why(exc: requests.RequestException) -> str:
+    import requests
+
     # Not str(exc): it can quote the request; the status or the kind of error is enough.
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return f"HTTP {exc.response.status_code}"

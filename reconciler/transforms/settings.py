@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from reconciler.transforms.anonymization_errors import AnonymizationError
 from reconciler.transforms.anonymization_profile import AnonymizationProfile
-from reconciler.transforms.encryption import Keyring, MasterKey
+from reconciler.transforms.master_keys import Keyring, MasterKey
 from reconciler.transforms.presets import load_preset
 
 Codec = Literal["jpeg2000-lossless", "rle-lossless", "jpeg-ls-lossless", "deflated", "keep"]

@@ -14,9 +14,6 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-
 from reconciler.config.destinations import DestinationConfig
 from reconciler.config.targets import ObjectTarget
 from reconciler.destinations import identity
@@ -48,6 +45,10 @@ class KeyStore:
         options = dict(target.options)
         if target.url.startswith("s3://"):
             options = _s3_defaults(options)
+        # fsspec here, as each destination kind's module is imported when one is opened.
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
         self.fs, root = fsspec.core.url_to_fs(target.url, **options)
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)

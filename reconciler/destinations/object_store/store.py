@@ -64,7 +64,8 @@ from reconciler.destinations.retry import PermanentError, is_no_room, with_retri
 from reconciler.destinations.source_files import check_unchanged, read_unchanged
 from reconciler.model.observation import ObservedInstance, ObservedStudy
 from reconciler.model.plan import Action, InstanceRef
-from reconciler.transforms.encryption import DecryptionError, decrypt, encrypt, sealed_sha256
+from reconciler.transforms.encryption import decrypt, encrypt, sealed_sha256
+from reconciler.transforms.master_keys import DecryptionError
 from reconciler.transforms.pool import CompressionPool
 from reconciler.transforms.settings import Codec, codec_for
 

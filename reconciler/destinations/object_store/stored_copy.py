@@ -13,7 +13,8 @@ import hashlib
 from typing import Literal
 
 from reconciler.destinations.object_store.manifest import ManifestEntry, associated_data
-from reconciler.transforms.encryption import DecryptionError, Keyring, decrypt, key_id_of
+from reconciler.transforms.encryption import decrypt, key_id_of
+from reconciler.transforms.master_keys import DecryptionError, Keyring
 
 PIXEL_IDENTICAL = "restored pixel-identical, not byte-identical (lossless transcode)"
 
