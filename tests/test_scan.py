@@ -32,7 +32,7 @@ def test_first_scan_catalogues_every_instance(inbox: Path, store: StateStore) ->
     assert result.read == 18 and result.rejected == []
     assert len(catalog.studies) == 3
     assert sum(len(s.instances) for s in catalog.studies.values()) == 18
-    some = next(iter(catalog.studies.values())).first
+    some = next(iter(catalog.studies.values())).instances[0]
     assert len(some.sha256) == 64 and some.modality in {"CT", "MR", "CR"}
     assert some.transfer_syntax == "1.2.840.10008.1.2.1"
 

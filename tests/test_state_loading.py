@@ -255,6 +255,45 @@ def test_a_state_without_summaries_gains_them_on_opening(tmp_path: Path) -> None
         store.close()
 
 
+@pytest.mark.parametrize("schema", [SCHEMA_VERSION, 9])
+def test_a_plan_reads_summaries_and_copies_from_covering_indexes(
+    tmp_path: Path, schema: int
+) -> None:
+    """A plan reads each study's summary and each copy's digest from indexes holding every
+    column it reads, not from the tables' rows (a page each, read at random in a large state).
+    Schema 9 lacked them and kept the first file's whole row in each summary: opened, it gains
+    the indexes, and its summaries read as before."""
+    state = tmp_path / "state.db"
+    store = StateStore(state)
+    rows = [put(PATHS[0], "1.1", 2), put(PATHS[1], "1.1", 1)]
+    store.record_scan(rows, [], [])
+    copy = {r.sop_uid: ObservedInstance(r.sha256, r.size) for r in rows}
+    store.save_observation(
+        Observation("cloud", NOW, 0, ok=True, studies={"1.1": ObservedStudy("1.1", copy)})
+    )
+    store.close()
+    if schema != SCHEMA_VERSION:
+        as_version(state, schema)
+
+    store = StateStore(state)
+    try:
+        traced: list[str] = []
+        store._db.set_trace_callback(traced.append)
+        with store.deciding(write=False):
+            [inputs] = store.study_inputs(["1.1"])
+        store._db.set_trace_callback(None)
+        assert inputs.study is not None
+        assert inputs.study.summary == StudySummary.of(rows)
+        assert inputs.study.labels.extra == {"InstitutionName": "NORTH 2"}
+        assert inputs.observed["cloud"].digest == inputs.study.summary.digest
+        reads = [q for q in traced if re.search(r"FROM (catalog|observed)_studies\b", q)]
+        assert len(reads) == 2
+        plans = [d for q in reads for *_, d in store._db.execute(f"EXPLAIN QUERY PLAN {q}")]
+        assert all("USING COVERING INDEX" in detail for detail in plans), plans
+    finally:
+        store.close()
+
+
 def test_an_observation_read_beside_the_catalog_is_the_same(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     try:

@@ -39,6 +39,30 @@ class CatalogInstance(NamedTuple):
         return max(self.mtime_ns, self.ctime_ns)
 
 
+class StudyLabels(NamedTuple):
+    """A study's labels and attributes, as its first file by path gives them: what selectors
+    match and plans show. (Only these are kept of the first file: a summary is stored twice,
+    in its table and in the index a plan reads it from.)"""
+
+    patient_id: str
+    study_date: str
+    modality: str
+    study_description: str
+    accession_number: str
+    extra: Mapping[str, str] = MappingProxyType({})
+
+    @classmethod
+    def of(cls, instance: CatalogInstance) -> StudyLabels:
+        return cls(
+            instance.patient_id,
+            instance.study_date,
+            instance.modality,
+            instance.study_description,
+            instance.accession_number,
+            instance.extra,
+        )
+
+
 def content_digest(instances: Iterable[tuple[str, str | None]]) -> bytes:
     """What tells one set of (SOP Instance UID, SHA-256 or None) from another without
     comparing them one by one: equal digests, equal sets. A copy whose hashes are unknown
@@ -52,7 +76,7 @@ class StudySummary:
     """What most decisions need of a study, kept beside its files: a plan over a quiet
     archive reads these, not each file."""
 
-    first: CatalogInstance  # the first file by path: the study's labels and attributes
+    labels: StudyLabels
     count: int
     size: int
     modalities: frozenset[str]
@@ -69,7 +93,7 @@ class StudySummary:
             changed[i.source] = max(changed.get(i.source, 0), i.mtime_ns, i.ctime_ns)
         sop_uids = [i.sop_uid for i in instances]
         return cls(
-            first=instances[0],
+            labels=StudyLabels.of(instances[0]),
             count=len(instances),
             size=sum(i.size for i in instances),
             modalities=frozenset(i.modality for i in instances if i.modality),
@@ -95,8 +119,8 @@ class CatalogStudy:
         object.__setattr__(self, "summary", known or StudySummary.of(self.instances))
 
     @property
-    def first(self) -> CatalogInstance:
-        return self.summary.first
+    def labels(self) -> StudyLabels:
+        return self.summary.labels
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -108,17 +132,18 @@ class CatalogStudy:
 
     def attribute(self, keyword: str) -> str:
         """A study-level attribute by DICOM keyword, taken from the study's first file."""
+        labels = self.labels
         standard = {
             "StudyInstanceUID": self.study_uid,
-            "PatientID": self.first.patient_id,
-            "StudyDate": self.first.study_date,
-            "StudyDescription": self.first.study_description,
-            "AccessionNumber": self.first.accession_number,
-            "Modality": self.first.modality,
+            "PatientID": labels.patient_id,
+            "StudyDate": labels.study_date,
+            "StudyDescription": labels.study_description,
+            "AccessionNumber": labels.accession_number,
+            "Modality": labels.modality,
         }
         if keyword in standard:
             return standard[keyword]
-        return self.first.extra.get(keyword, "")
+        return labels.extra.get(keyword, "")
 
 
 _by_path = attrgetter("path")

@@ -11,7 +11,7 @@ from reconciler.model.catalog import CatalogStudy
 
 
 def study_date(study: CatalogStudy) -> date | None:
-    return _parsed_date(study.first.study_date[:8])
+    return _parsed_date(study.labels.study_date[:8])
 
 
 @lru_cache(maxsize=4096)  # a plan asks for the same few thousand dates again and again

@@ -101,7 +101,7 @@ def decide_study(
         decision.leftover_shares, decision.share_problems = leftover_shares(config, shares)
         found, ready_at = None, None
     else:
-        decision = StudyDecision(study_uid, (study.first.study_date, study_uid))
+        decision = StudyDecision(study_uid, (study.labels.study_date, study_uid))
         found, ready_at = _decide_local(run, decision, study, observations, shares, reachable)
     pruning = prune.prunes(
         config, study_uid, found, decision.deletion is not None, observations, now
@@ -195,8 +195,8 @@ def in_subset(study_uid: str, n: int, t: int) -> bool:
 def label_of(study: CatalogStudy) -> StudyLabel:
     return StudyLabel(
         modalities="/".join(sorted(study.modalities)),
-        study_date=study.first.study_date,
-        description=study.first.study_description,
+        study_date=study.labels.study_date,
+        description=study.labels.study_description,
     )
 
 

@@ -342,8 +342,10 @@ def read_studies(
     extras = Parsed(json.loads)
     found = {}
     selected = "study_uid, id, instances, summary" + ("" if lazy else ", pack")
+    # SQLite would take the UID's unique index, and read each row from the table.
+    heads = "catalog_studies INDEXED BY catalog_studies_heads" if lazy else "catalog_studies"
     for uid, study, count, summary, *packed in select_in(
-        db, "catalog_studies", selected, "study_uid", study_uids
+        db, heads, selected, "study_uid", study_uids
     ):
         pack = packed[0] if packed else read_in_snapshot(db, _PACK_OF, (study,))
         found[uid] = (

@@ -26,7 +26,7 @@ SELECT study_uid, patient_id, accession_number, study_date, study_description,
     group_concat(DISTINCT modality) FROM instances WHERE study_uid = ? GROUP BY study_uid
 """
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 # The instances last: a plan that reads a copy's digest and dates alone never reads them.
@@ -37,9 +37,11 @@ CREATE TABLE IF NOT EXISTS observed_studies (
     stamp TEXT, digest BLOB, instances BLOB NOT NULL, PRIMARY KEY (destination, study_uid)
 )"""
 # A plan reads a chunk of studies' copies, verifications and unconfirmed commitments at every
-# destination at once: by study, not by destination first.
-_OBSERVED_STUDIES_BY_STUDY = (
-    "CREATE INDEX IF NOT EXISTS observed_studies_by_study ON observed_studies (study_uid)"
+# destination at once: by study, not by destination first. The copies from this index alone,
+# which holds every column but their instances (as study_packs.CATALOG_STUDIES_HEADS does).
+_OBSERVED_STUDIES_HEADS = (
+    "CREATE INDEX IF NOT EXISTS observed_studies_heads ON observed_studies "
+    "(study_uid, destination, seen_at, site, written_at, in_recovery_point, stamp, digest)"
 )
 
 _SCHEMA = (
@@ -54,7 +56,6 @@ CREATE TABLE IF NOT EXISTS observations (
     ok INTEGER NOT NULL, error TEXT
 );
 {_OBSERVED_STUDIES};
-{_OBSERVED_STUDIES_BY_STUDY};
 CREATE TABLE IF NOT EXISTS arrivals (study_uid TEXT PRIMARY KEY, first_seen TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS known_studies (
     study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL, accession_number TEXT NOT NULL,
@@ -203,11 +204,15 @@ class StateDatabase:
             version = self._migrate_from_7()
         if version == 8:
             version = self._migrate_from_8()
+        if version == 9:
+            version = self._migrate_from_9()
         if version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{path} has state schema {version}; "
                 f"this version of reconciler reads {SCHEMA_VERSION}"
             )
+        # On the tables as the migrations leave them (before version 9 they lack columns).
+        self._db.executescript(f"{study_packs.CATALOG_STUDIES_HEADS}; {_OBSERVED_STUDIES_HEADS};")
         self._db.executescript(_change_triggers())
 
     def _migrate_from_1(self) -> int:
@@ -361,9 +366,17 @@ class StateDatabase:
                 "ORDER BY destination, study_uid"  # in key order: the new key written in order
             )
             db.execute("DROP TABLE observed_studies_8")
-            db.execute(_OBSERVED_STUDIES_BY_STUDY)
             db.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
         return 9
+
+    def _migrate_from_9(self) -> int:
+        """Version 10 reads a plan's studies and copies from covering indexes (made after the
+        migrations, as the state opens), in place of an index of the copies by study alone.
+        Summaries written from now on keep the first file's labels, not its whole row."""
+        with self.transaction() as db:
+            db.execute("DROP INDEX IF EXISTS observed_studies_by_study")
+            db.execute("UPDATE meta SET value = '10' WHERE key = 'schema_version'")
+        return 10
 
     def close(self) -> None:
         self._db.close()
