@@ -147,7 +147,7 @@ def test_no_deletion_without_the_required_verified_copies(situation: dict[str, A
         assert len(verified) >= cfg.retention.require_verified_copies
         assert set(cfg.policies[0].copy_to) <= verified
         assert {e.destination for e in action.evidence} <= verified
-        assert local.studies[uid].first.patient_id != "VIP" or not cfg.retention.protect
+        assert local.studies[uid].labels.patient_id != "VIP" or not cfg.retention.protect
         assert local.studies[uid].arrived_at <= NOW - timedelta(days=30)
         paths = {i.path for i in local.studies[uid].instances}
         assert {i.path for i in action.instances} == paths
@@ -209,7 +209,7 @@ def test_no_prune_leaves_fewer_copies_than_asked_or_touches_what_it_must_not(
         assert copy.site == "test-site" and not copy.in_recovery_point
         assert copy.seen_at is not None and NOW - copy.seen_at <= FRESH
         assert name not in cfg.policies[0].copy_to
-        assert local.studies[uid].first.patient_id != "VIP" or not cfg.retention.protect
+        assert local.studies[uid].labels.patient_id != "VIP" or not cfg.retention.protect
         left = int(uid not in deleted) + sum(
             1
             for other in NAMES

@@ -296,7 +296,7 @@ def test_a_state_from_before_sharing_has_its_passwords_redacted_and_their_bytes_
 
     store = StateStore(state)
     try:
-        loaded = store.load_catalog().studies["1.1"].first
+        loaded = store.load_catalog().studies["1.1"].labels
         assert loaded.study_description == "Knee bob@example.org pw=***"
         assert loaded.extra == {"StudyDescription": "Knee bob@example.org pw=***"}
         [known] = store.known_studies("study_uid", "1.1")
