@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
 # 3: instances name their UIDs sop_uid and series_uid. 4: a whole study's files are named by
@@ -41,7 +40,7 @@ class InstanceRef(NamedTuple):
     modality: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StudyLabel:
     """What an administrator recognises a study by, without patient names."""
 
@@ -65,7 +64,7 @@ class StudyLabel:
         return f"study {study_uid} {self}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WholeStudy:
     """Every file of a catalogued study, named rather than listed (``Action.whole_study``): a
     plan that copies or checks a whole archive holds one of these per study, not a reference
@@ -77,7 +76,7 @@ class WholeStudy:
     digest: str  # the study's StudySummary.digest, in hex
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Evidence:
     """A verified copy that justifies a deletion: where, checked how, and when."""
 
@@ -86,7 +85,7 @@ class Evidence:
     at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Action:
     kind: ActionKind
     study_uid: str
@@ -110,9 +109,8 @@ class Action:
         named = self.whole_study
         return named.instances if named is not None else len(self.instances)
 
-    @cached_property
+    @property
     def bytes(self) -> int:
-        """Summed once: a plan's totals, its text and its JSON each ask for it."""
         named = self.whole_study
         return named.bytes if named is not None else sum(i.size for i in self.instances)
 

@@ -15,6 +15,7 @@ import base64
 import json
 from collections.abc import Callable, Sequence
 from functools import partial
+from sys import intern
 from typing import Any
 
 from reconciler.model.catalog import CatalogInstance, StudyLabels, StudySummary
@@ -48,13 +49,23 @@ def parse_summary(blob: bytes, extras: Callable[[str], Any] = json.loads) -> Stu
     """A stored summary; ``extras`` parses the first file's extra attributes (a memoising
     parser shares them between studies)."""
     labels, count, size, modalities, changed, distinct, digest, uids = parse_compressed(blob)
-    if len(labels) == len(CatalogInstance._fields):  # a first file's row, written before schema 10
+    if len(labels) == len(CatalogInstance._fields):  # a first file's row, before schema 10
         labels = [labels[c] for c in _LABEL_COLUMNS]
+    patient_id, date, modality, description, accession, extra = labels
+    # A plan holds every planned study's date, description and modalities: across an archive
+    # a few thousand distinct texts, each kept once.
     return StudySummary(
-        labels=StudyLabels._make((*labels[:-1], extras(labels[-1]))),
+        labels=StudyLabels(
+            patient_id,
+            intern(date),
+            intern(modality),
+            intern(description),
+            accession,
+            extras(extra),
+        ),
         count=count,
         size=size,
-        modalities=frozenset(modalities),
+        modalities=frozenset(map(intern, modalities)),
         changed_ns=changed,
         distinct=distinct,
         digest=base64.b64decode(digest),
