@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,13 +31,15 @@ def write_config(folder: Path, stable_after: str = "1s") -> Path:
 
 
 @contextmanager
-def watching(folder: Path) -> Iterator[subprocess.Popen[str]]:
+def watching(folder: Path, env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """``env``: added to the environment watch runs in."""
     log = (folder / "watch.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "watch", "-c", str(folder), "--json"],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         wait_for(lambda: "watching" in (folder / "watch.log").read_text(), "watch to start")

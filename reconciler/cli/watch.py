@@ -45,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The API without the loop: lookups and restores for sites that apply from cron."""
     from reconciler.service.api.operations import Operations
     from reconciler.service.api.server import ApiUnavailable, serving
+    from reconciler.service.systemd import ServiceManager
     from reconciler.service.watch import read_again
 
     loaded = load_config(args.config)
@@ -52,16 +53,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("the config has no api: section (listen, token) to serve")
     stop, reload = _stop_on_signals(), _reload_on_sighup()
     operations = Operations(loaded, None, warn)
+    manager = ServiceManager()
     try:
         with serving(loaded.config.api, operations, warn) as url:
             warn(f"API at {url}; stop with Ctrl-C or SIGTERM, reload the config with SIGHUP")
+            manager.ready(f"serving the API at {url}")
             while not stop.wait(1):
+                manager.alive()
                 if reload.is_set():
                     reload.clear()
+                    manager.reloading()
                     # The address and token stay as they started, as in watch.
                     if (fresh := read_again(args.config, warn)) is not None:
                         operations.loaded = fresh
                         warn("configuration reloaded")
+                    manager.ready(f"serving the API at {url}")
+            manager.stopping()
     except ApiUnavailable as exc:
         raise UsageError(str(exc)) from None
     warn("stopped")

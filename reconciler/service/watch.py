@@ -38,6 +38,7 @@ from reconciler.service.health import Health
 from reconciler.service.metrics import WatchMetrics
 from reconciler.service.notify import Stall, deliver, notify_after_run, notify_blocked
 from reconciler.service.scheduled_points import describe_created, write_due_points
+from reconciler.service.systemd import ServiceManager
 
 TICK_MS = 1000  # how often the loop looks at the clock when no file changes
 RETRY_AFTER = timedelta(seconds=30)  # after a cycle the local disk stopped
@@ -55,7 +56,8 @@ def watch(
     loaded = load_config(config_path)
     metrics = WatchMetrics()
     stall = Stall(datetime.now(UTC))  # in memory: a new watch process starts afresh
-    emit = metrics.view(emit)
+    manager = ServiceManager()
+    emit = manager.keeping_alive(metrics.view(emit))
     workspace = Workspace(loaded, "watch")
     requests = Requests()
     api = Operations(loaded, requests.ask, say)
@@ -70,6 +72,7 @@ def watch(
         ):
             if url:
                 say(f"API at {url}")
+            manager.ready("watching: first cycle")
             due = datetime.now(UTC)
             # Every destination is asked at start (and after a reload), even with nothing
             # expected there: one that refuses us or is gone is known now, not when studies come.
@@ -81,24 +84,36 @@ def watch(
                 rust_timeout=TICK_MS,
                 raise_interrupt=False,
             ):
+                manager.alive()
                 asked_to_reload = reload.is_set()
                 if asked_to_reload or _config_stamp(config_path) != stamp:
                     reload.clear()
                     stamp = _config_stamp(config_path)
                     loaded, workspace = _reload(
-                        config_path, loaded, workspace, say, health, asked_to_reload
+                        config_path, loaded, workspace, say, health, manager, asked_to_reload
                     )
                     api.loaded = loaded
                     due = datetime.now(UTC)
                     check_all = True
                 if changes or requests.asked.is_set() or datetime.now(UTC) >= due:
                     started = time.monotonic()
+                    manager.status(f"a cycle running since {_clock()}")
                     try:
                         with requests.running():
-                            plan = _cycle(
-                                workspace, emit, say, stop, metrics, health, stall, check_all
+                            plan, ok = _cycle(
+                                workspace,
+                                emit,
+                                say,
+                                stop,
+                                metrics,
+                                health,
+                                stall,
+                                check_all,
+                                manager.alive,
                             )
                         due, check_all = _next_cycle(workspace, plan), False
+                        ended = "ended well" if ok else "ended with errors (see the log)"
+                        manager.status(f"watching: the last cycle {ended} at {_clock()}")
                     except (sqlite3.Error, OSError) as exc:
                         # A full disk under the state, most often. What was recorded stays
                         # (each write is a transaction); a service retries rather than exits.
@@ -111,8 +126,15 @@ def watch(
                         after = workspace.config.notifications.stalled_after
                         if stalled := stall.failed(why, datetime.now(UTC), after):
                             deliver([stalled], workspace.loaded, say)
+                        manager.status(f"watching: the last cycle stopped at {_clock()}")
     finally:
+        manager.stopping()
         workspace.close()
+
+
+def _clock() -> str:
+    """The time in a status line: UTC, to the second."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 class Requests:
@@ -155,12 +177,9 @@ def _watched_paths(loaded: LoadedConfig) -> list[Path]:
 
 
 def _config_stamp(config_path: Path) -> tuple[tuple[str, int, int], ...]:
-    """Sizes and mtimes of the config files: editors that save by renaming defeat watches."""
-    paths = (
-        sorted([*config_path.glob("*.y*ml"), config_path])
-        if config_path.is_dir()
-        else [config_path]
-    )
+    """Sizes and mtimes of the config files: editors that save by renaming defeat watches.
+    Not the folder's own mtime, which every file made beside them (the state) moves."""
+    paths = sorted(config_path.glob("*.y*ml")) if config_path.is_dir() else [config_path]
     stamps = []
     for path in paths:
         try:
@@ -180,9 +199,11 @@ def _cycle(
     health: Health,
     stall: Stall,
     refresh: bool,
-) -> Plan:
+    alive: Callable[[], None],
+) -> tuple[Plan, bool]:
+    """One cycle, and whether it ended well; ``alive`` is called as the scan reads files."""
     started = time.monotonic()
-    plan, scanned = workspace.plan(refresh=refresh)
+    plan, scanned = workspace.plan(refresh=refresh, scan_progress=lambda *_: alive())
     metrics.record_plan(plan, workspace.config.destinations)
     notify_blocked(workspace.loaded, workspace.store, plan, say)
     for path, reason in scanned.rejected:
@@ -203,7 +224,7 @@ def _cycle(
     stalled = stall.cycle(len(plan.actions), progressed, datetime.now(UTC), settings.stalled_after)
     if stalled:
         deliver([stalled], workspace.loaded, say)
-    return plan
+    return plan, ok
 
 
 def _due_points(workspace: Workspace, say: Callable[[str], None]) -> str:
@@ -246,14 +267,18 @@ def _reload(
     workspace: Workspace,
     say: Callable[[str], None],
     health: Health,
+    manager: ServiceManager,
     asked: bool,
 ) -> tuple[LoadedConfig, Workspace]:
     """The config read again: on a file change, or ``asked`` (SIGHUP), then even when its text
     is the same, since a secret it reads from a file may have changed."""
     if asked:
         say("SIGHUP: reading the configuration again")
+    manager.reloading()
     fresh = read_again(config_path, say)
     health.config_read(valid=fresh is not None)
+    read = "read" if fresh is not None else "refused (the last good one runs)"
+    manager.ready(f"watching: the configuration {read} at {_clock()}")
     if fresh is None:
         return loaded, workspace
     if fresh.sha256 == loaded.sha256 and not asked:
