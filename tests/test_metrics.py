@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +18,8 @@ import pytest
 from metrics_scrape import value, wait_for_value
 from peers import free_port
 from watching import manifests, study_folders, watching, write_config
+
+from reconciler import __version__
 
 
 def test_watch_serves_what_it_sent_failed_and_still_has_pending(
@@ -37,6 +41,7 @@ def test_watch_serves_what_it_sent_failed_and_still_has_pending(
     for study in (first, second):
         shutil.copytree(study, tmp_path / "inbox" / study.name)
     sent = sum(f.stat().st_size for study in (first, second) for f in study.rglob("*.dcm"))
+    started = time.time()
 
     with watching(tmp_path):
         samples = wait_for_value(port, "reconciler_reconcile_duration_seconds_count", 1)
@@ -51,6 +56,27 @@ def test_watch_serves_what_it_sent_failed_and_still_has_pending(
     failures = {k[1]: v for k, v in samples.items() if k[0] == "reconciler_failures_total"}
     assert failures == {(("destination", "blocked"), ("kind", "copy")): 2}
     assert value(samples, "reconciler_last_success_timestamp_seconds") == 0  # it had failures
+    # What is still to copy, in bytes and by how long it has waited; the source's volume.
+    assert value(samples, "reconciler_pending_bytes", destination="backup") == 0
+    assert value(samples, "reconciler_pending_bytes", destination="blocked") == sent
+    arrived = value(
+        samples, "reconciler_oldest_pending_arrival_timestamp_seconds", destination="blocked"
+    )
+    assert arrived is not None and started - 5 < arrived <= time.time()
+    assert (
+        value(samples, "reconciler_oldest_pending_arrival_timestamp_seconds", destination="backup")
+        == 0
+    )
+    usage = shutil.disk_usage(tmp_path / "inbox")
+    free = value(samples, "reconciler_source_free_bytes", source="inbox")
+    assert free is not None and abs(free - usage.free) < 10**9
+    assert value(samples, "reconciler_source_volume_bytes", source="inbox") == usage.total
+    assert (
+        value(
+            samples, "reconciler_build_info", version=__version__, python=platform.python_version()
+        )
+        == 1
+    )
 
 
 def test_last_success_is_stamped_once_a_cycle_ends_without_failures(tmp_path: Path) -> None:
@@ -174,3 +200,67 @@ def test_a_destination_that_cannot_be_observed_is_a_metric() -> None:
     assert metrics.registry.get_sample_value(reachable, {"destination": "cloud"}) == 0
     metrics.record_plan(make_plan(config(), studies, {"cloud": observed("cloud")}, NOW), ["cloud"])
     assert metrics.registry.get_sample_value(reachable, {"destination": "cloud"}) == 1
+
+
+def test_removals_and_the_newest_recovery_points_are_metrics() -> None:
+    from factories import NOW, study
+
+    from reconciler.engine.events import ActionFinished
+    from reconciler.model.plan import LOCAL, Action, StudyLabel, WholeStudy
+    from reconciler.service.metrics import WatchMetrics
+
+    metrics = WatchMetrics()
+    label = StudyLabel("CT", "20260101", "CHEST")
+    files = WholeStudy(len(study("1.2.3", 2)), 2000, "00" * 16)
+    for kind, where, ok in [
+        ("delete", LOCAL, True),
+        ("prune", "cloud", True),
+        ("prune", "cloud", False),
+    ]:
+        action = Action(kind, "1.2.3", where, ("p",), "why", label, whole_study=files)  # type: ignore[arg-type]
+        metrics.record_event(ActionFinished(action=action, ok=ok, message=""))
+    get = metrics.registry.get_sample_value
+    assert get("reconciler_removed_studies_total", {"destination": LOCAL, "kind": "delete"}) == 1
+    assert get("reconciler_removed_bytes_total", {"destination": LOCAL, "kind": "delete"}) == 2000
+    assert get("reconciler_removed_studies_total", {"destination": "cloud", "kind": "prune"}) == 1
+    metrics.record_points({"cloud": NOW})
+    assert (
+        get("reconciler_last_recovery_point_timestamp_seconds", {"destination": "cloud"})
+        == NOW.timestamp()
+    )
+
+
+def test_the_grafana_dashboard_asks_only_for_series_watch_serves(tmp_path: Path) -> None:
+    """Every metric the shipped dashboard's queries name is one a real watch serves."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    dashboard = json.loads(
+        (
+            Path(__file__).parent.parent / "examples" / "grafana" / "reconciler-dashboard.json"
+        ).read_text()
+    )
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    asked = {name for q in queries for name in re.findall(r"\breconciler_[a-z0-9_]+", q)}
+    config = write_config(tmp_path)
+    port = free_port()
+    config.write_text(config.read_text() + f"watch:\n  metrics: {{listen: {port}}}\n")
+    with watching(tmp_path):
+        wait_for_value(port, "reconciler_reconcile_duration_seconds_count", 1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    served = {
+        family.name + suffix
+        for family in text_string_to_metric_families(text)
+        for suffix in suffixes.get(family.type, ("",))
+    }
+    assert asked and asked <= served, asked - served
+    # And each family the exporter serves is on the dashboard, but for the _created stamps.
+    families = {
+        f.name for f in text_string_to_metric_families(text) if not f.name.endswith("_created")
+    }
+    shown = {
+        n.removesuffix("_total").removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+        for n in asked
+    }
+    assert families <= shown, families - shown

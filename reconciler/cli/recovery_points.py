@@ -31,7 +31,7 @@ def scheduled_points(workspace: Workspace, json_mode: bool) -> int:
     """Called by `apply` once everything is in place: a point where ``every`` says one is due,
     then the keep policy. A failure is reported and makes the apply exit 1."""
     try:
-        created = write_due_points(workspace, warn)
+        created = write_due_points(workspace, warn).created
     except (RecoveryError, DestinationUnavailable, OSError) as exc:
         print(f"Error: the scheduled recovery point failed: {exc}", file=sys.stderr)
         return EXIT_ERROR

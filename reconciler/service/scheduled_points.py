@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler import __version__
 from reconciler.config.service import KeepPoints
@@ -37,6 +37,7 @@ def create_points(
         every = settings.every if settings else None
         if if_due and every is not None and not is_due(existing[name], every, now):
             outcome["not_due"] = f"the newest point, {existing[name][-1].id}, is recent"
+            outcome["newest"] = existing[name][-1].summary()
             outcomes.append(outcome)
             continue
         corrupt = workspace.store.corrupt_copies(name)
@@ -64,16 +65,26 @@ def create_points(
     return outcomes
 
 
-def write_due_points(workspace: Workspace, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+class DuePoints(NamedTuple):
+    created: list[dict[str, Any]]  # create_points' outcomes of the points written
+    newest: dict[str, datetime]  # by destination: when its newest point was written
+
+
+def write_due_points(workspace: Workspace, warn: Callable[[str], None]) -> DuePoints:
     """The points ``recovery_points.every`` says are due (then ``keep``), notified; by apply
     and by each watch cycle that ended well. Raises what made a point fail."""
     settings = workspace.config.recovery_points
     if settings is None or settings.every is None:
-        return []
+        return DuePoints([], {})
     outcomes = create_points(workspace, settings.store_at, if_due=True)
     created = [o for o in outcomes if o["point"] is not None]
     notify_points(workspace.loaded, created, warn)
-    return created
+    newest = {
+        o["destination"]: datetime.fromisoformat(point["created_at"])
+        for o in outcomes
+        if (point := o["point"] or o.get("newest")) is not None
+    }
+    return DuePoints(created, newest)
 
 
 def keep_policy(keep: KeepPoints) -> KeepPolicy:

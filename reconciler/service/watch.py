@@ -204,7 +204,10 @@ def _cycle(
     """One cycle, and whether it ended well; ``alive`` is called as the scan reads files."""
     started = time.monotonic()
     plan, scanned = workspace.plan(refresh=refresh, scan_progress=lambda *_: alive())
-    metrics.record_plan(plan, workspace.config.destinations)
+    metrics.record_plan(plan, workspace.config.destinations, workspace.store.first_arrival)
+    metrics.record_sources(
+        {n: workspace.loaded.resolve_path(s.path) for n, s in workspace.config.sources.items()}
+    )
     notify_blocked(workspace.loaded, workspace.store, plan, say)
     for path, reason in scanned.rejected:
         say(f"skipped {path}: {reason}")
@@ -216,7 +219,7 @@ def _cycle(
         outcome, progressed = str(summary["outcome"]), summary["actions_done"] != 0
         notify_after_run(workspace.loaded, workspace.store, say)
     if outcome == "ok" and not plan.has_errors and not stop.is_set():
-        outcome = _due_points(workspace, say)
+        outcome = _due_points(workspace, say, metrics)
     ok = outcome == "ok" and not plan.has_errors
     metrics.record_cycle(time.monotonic() - started, ok=ok)
     health.cycle_ended(ok)
@@ -227,14 +230,15 @@ def _cycle(
     return plan, ok
 
 
-def _due_points(workspace: Workspace, say: Callable[[str], None]) -> str:
+def _due_points(workspace: Workspace, say: Callable[[str], None], metrics: WatchMetrics) -> str:
     """Recovery points on their schedule, as apply writes them: after a cycle that ended well."""
     try:
-        created = write_due_points(workspace, say)
+        due = write_due_points(workspace, say)
     except (RecoveryError, DestinationUnavailable, OSError) as exc:
         say(f"error: the scheduled recovery point failed: {exc}")
         return "failed"
-    for line in describe_created(created):
+    metrics.record_points(due.newest)
+    for line in describe_created(due.created):
         say(line.strip())
     return "ok"
 

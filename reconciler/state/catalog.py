@@ -223,6 +223,16 @@ class CatalogTables(StateDatabase):
     def catalog_study_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM catalog_studies").fetchone()[0])
 
+    def first_arrival(self, study_uids: Iterable[str]) -> datetime | None:
+        """When the longest-catalogued of these studies arrived here (None for none)."""
+        # The times are ISO texts in UTC, all written alike: their order is the times'.
+        earliest = [
+            at
+            for (at,) in select_in(self._db, "arrivals", "MIN(first_seen)", "study_uid", study_uids)
+            if at is not None
+        ]
+        return datetime.fromisoformat(min(earliest)) if earliest else None
+
     def record_catalog_size(self) -> None:
         """Remembered after an apply: a sharp shrink by the next run stops its deletions."""
         with self.transaction() as db:
