@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from api_site import Site, make_site
 from planned import plan_copies
 
 from reconciler.model.plan import Action
@@ -94,6 +95,17 @@ def small_studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("studies")
     generate(folder, studies=3, series_per_study=2, instances_per_series=3, matrix=32)
     return folder
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path,
+    small_studies: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Site:
+    """A site serving the integration API (tests/api_site.py)."""
+    return make_site(tmp_path, small_studies, monkeypatch, capsys)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@
 | ``POST /v1/reconcile`` | 202 ``{"accepted": true}``; 409 while one runs or waits, or no loop |
 | ``POST /v1/restore`` ``{"study_uid", "to"[, "destination"][, "point"]}`` | 200 the report |
 | ``POST /RPC2`` | XML-RPC (``reconciler.service.api.xmlrpc``) |
+| ``GET /?methodName=M&…`` or ``GET /RPC2?methodName=M&…`` | the same call, OsiriX's GET form |
 
 Every request carries the token, ``Authorization: Bearer <token>`` (XML-RPC may put it in its
 struct instead), compared in constant time. Errors are JSON ``{"error": message}``: 401
@@ -87,10 +88,12 @@ class _Handler:
         method, path = request.method, request.url.path
         try:
             body = await self._body(request) if method == "POST" else b""
+            query = request.scope["query_string"].decode("latin-1")
+            if method == "GET" and path in ("/", "/RPC2") and "methodName" in request.query_params:
+                return await run_in_threadpool(self._xmlrpc_get, query, request.headers)
             if path == "/RPC2":
                 # Blocking (a restore, a state read): on a worker thread, off the event loop.
                 return await run_in_threadpool(self._xmlrpc, method, request.headers, body)
-            query = request.scope["query_string"].decode("latin-1")
             status, answer = await run_in_threadpool(
                 self._route, method, path, query, request.headers, body
             )
@@ -121,19 +124,40 @@ class _Handler:
 
     def _xmlrpc(self, method: str, headers: Headers, body: bytes) -> Response:
         if method != "POST":
-            raise ApiError(405, "/RPC2 takes POST (XML-RPC)")
+            raise ApiError(405, "/RPC2 takes POST (XML-RPC), or GET with methodName=")
+        return self._xmlrpc_answer(
+            headers, lambda authorized: xmlrpc.call(body, authorized, self.operations)
+        )
+
+    def _xmlrpc_get(self, query: str, headers: Headers) -> Response:
+        """OsiriX's GET form: the query string is the struct, ``methodName`` the method."""
+        fields = parse_qs(query, keep_blank_values=True)
+        if any(len(values) > 1 for values in fields.values()):
+            return _xml(xmlrpc.fault(400, "give each field of the query string once"))
+        struct = {key: values[0] for key, values in fields.items()}
+        method = struct.pop("methodName")
+        return self._xmlrpc_answer(
+            headers, lambda authorized: xmlrpc.dispatch(method, struct, authorized, self.operations)
+        )
+
+    def _xmlrpc_answer(
+        self,
+        headers: Headers,
+        answer: Callable[[Callable[[object], bool]], bytes],
+    ) -> Response:
         given = _bearer(headers)
         if given is not None and not self._valid(given):
             return _xml(xmlrpc.fault(401, "the token is not valid"))
+
+        # Authorized by the header (checked above) or else by the struct's token.
+        def authorized(token: object) -> bool:
+            return given is not None or self._valid(token)
+
         try:
-            # Authorized by the header (checked above) or else by the struct's token.
-            answer = xmlrpc.call(
-                body, lambda token: given is not None or self._valid(token), self.operations
-            )
+            return _xml(answer(authorized))
         except Exception:
             self.say(f"api: XML-RPC call failed:\n{traceback.format_exc()}")
-            answer = xmlrpc.fault(500, "internal error; the reconciler's log has the details")
-        return _xml(answer)
+            return _xml(xmlrpc.fault(500, "internal error; the reconciler's log has the details"))
 
     def _authenticate(self, headers: Headers) -> None:
         if not self._valid(_bearer(headers)):
