@@ -51,14 +51,23 @@ def scan_bar(quiet: bool) -> Callable[[int, int], None] | None:
     return progress
 
 
-def add_config_option(command: argparse.ArgumentParser) -> None:
-    """``-c/--config``, which every command that reads the config takes."""
+CONFIG_VARIABLE = "RECONCILER_CONFIG"
+
+
+def add_config_option(command: argparse.ArgumentParser, top_level: bool = False) -> None:
+    """``-c/--config``: before the command (``top_level``, where the default is set: the
+    environment's ``RECONCILER_CONFIG``, else ./reconciler.yaml) or after it, which wins."""
     command.add_argument(
         "-c",
         "--config",
         type=Path,
-        default=Path("reconciler.yaml"),
-        help="config file or folder of *.yaml files (default: ./reconciler.yaml)",
+        # Unset after the command: argparse would let a command's default overwrite the value
+        # given before it.
+        default=Path(os.environ.get(CONFIG_VARIABLE, "reconciler.yaml"))
+        if top_level
+        else argparse.SUPPRESS,
+        help=f"config file or folder of *.yaml files (default: ${CONFIG_VARIABLE}, else "
+        "./reconciler.yaml)",
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reconciler import __version__
 from reconciler.cli import config_files, init, plan_apply, recovery, rekey, status, untrash, watch
-from reconciler.cli.common import EXIT_ERROR, UsageError
+from reconciler.cli.common import EXIT_ERROR, UsageError, add_config_option
 from reconciler.config.problems import ConfigError
 from reconciler.engine.workspace import StalePlanError
 from reconciler.state.lock import StateBusyError
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="reconciler", description="Keep DICOM studies copied where policies say they must be."
     )
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    add_config_option(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_files.register(commands)  # validate, fmt, schema
     plan_apply.register(commands)  # plan, apply

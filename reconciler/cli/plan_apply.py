@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from reconciler.cli.views import HumanView, JsonLinesView
 from reconciler.config.load import load_config
 from reconciler.engine.events import RunFinished, event_dict
 from reconciler.engine.workspace import RetentionOverrides, Workspace
-from reconciler.model.plan import Plan
+from reconciler.model.plan import LOCAL, Plan
 from reconciler.service.notify import notify_after_run, notify_blocked
 from reconciler.sources.scan import ScanResult
 
@@ -51,6 +52,21 @@ def register(commands: Any) -> None:
     sub.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     sub.add_argument("--json", action="store_true", help="print events as JSON lines")
     sub.add_argument("--refresh", action="store_true", help="re-read every destination first")
+    sub.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="carry out only this study's actions now (repeatable); the rest stay planned",
+    )
+    sub.add_argument(
+        "--destination",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"carry out only the actions at this destination (repeatable; {LOCAL}: local "
+        "deletions); the rest stay planned",
+    )
     _full(sub)
     _retention_overrides(sub)
 
@@ -92,6 +108,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.planfile:
             plan = _load_plan(args.planfile)
             workspace.check_current(plan)
+            plan = _narrowed(plan, args, loaded.config.destinations)
         else:
             plan, scanned = workspace.plan(
                 refresh=args.refresh,
@@ -99,6 +116,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 verify_subset=args.verify_subset,
                 full=args.full,
             )
+            plan = _narrowed(plan, args, loaded.config.destinations)
             if not args.json:
                 _print_scan(scanned)
                 print(render_text(plan))
@@ -114,6 +132,27 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if summary["outcome"] != "ok" or plan.has_errors:
             return EXIT_ERROR
         return scheduled_points(workspace, args.json)
+
+
+def _narrowed(plan: Plan, args: argparse.Namespace, destinations: Collection[str]) -> Plan:
+    """The plan as ``--study`` and ``--destination`` narrow it, said on stderr."""
+    if not args.study and not args.destination:
+        return plan
+    unknown = sorted(set(args.destination) - {*destinations, LOCAL})
+    if unknown:
+        raise UsageError(f"--destination {unknown[0]}: no such destination in the config")
+    narrowed = plan.narrowed(set(args.study), set(args.destination))
+    chosen = " and ".join(
+        f"{flag} {', '.join(values)}"
+        for flag, values in (("--study", args.study), ("--destination", args.destination))
+        if values
+    )
+    left = len(plan.actions) - len(narrowed.actions)
+    warn(
+        f"Only the actions of {chosen}: {len(narrowed.actions)} of {len(plan.actions)}; "
+        f"the other {left} stay planned for a later run."
+    )
+    return narrowed
 
 
 def _verify_subset(text: str) -> tuple[int, int]:

@@ -7,8 +7,8 @@ it once the sources, the config or the destinations' observed state have moved o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
@@ -182,6 +182,17 @@ class Plan:
     @property
     def has_changes(self) -> bool:
         return bool(self.actions)
+
+    def narrowed(self, studies: Collection[str], destinations: Collection[str]) -> Plan:
+        """The plan's actions on these studies and at these destinations only (either empty:
+        any); the rest stays as planned, for a later run. ``LOCAL`` names local deletions."""
+        kept = tuple(
+            a
+            for a in self.actions
+            if (not studies or a.study_uid in studies)
+            and (not destinations or a.destination in destinations)
+        )
+        return replace(self, actions=kept)
 
     @property
     def has_errors(self) -> bool:
